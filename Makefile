@@ -1,0 +1,50 @@
+# atomizer: PGXS build, plus the two commands a newcomer runs (make demo,
+# make test).  The PGXS part is only included once pg_config is present, so
+# that "make test" and "make demo" can install the build dependencies first.
+
+EXTENSION = atomizer
+MODULE_big = atomizer
+OBJS = \
+	src/atomizer.o \
+	src/guc.o \
+	src/privilege.o \
+	src/queue.o \
+	src/handler.o \
+	src/jobs.o \
+	src/dispatch.o
+
+DATA = $(wildcard sql/atomizer--*.sql)
+PG_CFLAGS = -Wall -Werror
+# No LLVM bitcode: it needs clang at build time and buys nothing here.
+override with_llvm = no
+
+# pg_regress suites for "make installcheck" (developers); "make test" runs
+# these and every other suite through test/run.
+REGRESS = $(patsubst test/sql/%.sql,%,$(sort $(wildcard test/sql/*.sql)))
+REGRESS_OPTS = --inputdir=test --temp-instance=tmp_check \
+	--temp-config=test/atomizer.conf
+ISOLATION = $(patsubst test/specs/%.spec,%,$(sort $(wildcard test/specs/*.spec)))
+ISOLATION_OPTS = --inputdir=test --temp-instance=tmp_check_iso \
+	--temp-config=test/atomizer.conf
+
+PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
+PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
+
+ifneq ($(PGXS),)
+include $(PGXS)
+else
+all install installcheck:
+	@echo "pg_config not found: run 'make test' or 'make demo' as root to install PostgreSQL 15 and its headers" >&2
+	@exit 1
+endif
+
+.PHONY: deps test demo
+
+deps:
+	bash test/deps.sh
+
+test: deps
+	bash test/run
+
+demo: deps
+	bash demo/demo.sh

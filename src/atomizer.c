@@ -1,0 +1,32 @@
+/*-------------------------------------------------------------------------
+ *
+ * atomizer.c
+ *	  Module entry point.  _PG_init only calls each module's init function;
+ *	  everything else lives in the file that owns its concern.
+ *
+ *	  atomizer is meant to be loaded through shared_preload_libraries (the
+ *	  background workers need it), but the SQL API also works when the
+ *	  library is loaded on first use, so that atomizer.run_pending() can be
+ *	  used on a server that has not been restarted yet.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+
+#include "atomizer.h"
+
+PG_MODULE_MAGIC;
+
+void		_PG_init(void);
+
+/*
+ * _PG_init
+ *		Define GUCs; later modules add their shared memory and workers here.
+ */
+void
+_PG_init(void)
+{
+	atomizer_guc_init();
+}

@@ -1,0 +1,542 @@
+/*-------------------------------------------------------------------------
+ *
+ * dispatch.c
+ *	  Claiming jobs, running their handlers, and recording outcomes: the
+ *	  three steps every runner of internal jobs shares, and
+ *	  atomizer.run_pending(), the in-session runner built from them.
+ *
+ *	  atomizer_claim_jobs marks up to N due jobs of a queue running, counting
+ *	  the attempt, using FOR UPDATE SKIP LOCKED on the claim index.
+ *
+ *	  atomizer_run_job runs one handler in its own subtransaction, as the
+ *	  role that enqueued the job, inside a security-restricted operation (so
+ *	  the handler cannot SET ROLE, RESET ROLE or SET SESSION AUTHORIZATION
+ *	  its way to the runner's identity, nor leave temporary objects behind
+ *	  for the next job), with every setting it changes rolled back, and with
+ *	  the job's timeout.  Any error is caught and copied into the outcome.
+ *
+ *	  atomizer_record_outcome writes the outcome in the current transaction:
+ *	  success moves the job to the history with its result; failure records
+ *	  the error in atomizer.job_error and either schedules the next attempt
+ *	  with exponential backoff and jitter or, after max_attempts, moves the
+ *	  job to the history as dead.  Because a handler's subtransaction and
+ *	  its outcome are in the same transaction, they commit together.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/acl.h"
+#include "utils/backend_status.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/guc.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/timeout.h"
+#include "utils/timestamp.h"
+
+#include "atomizer.h"
+
+PG_FUNCTION_INFO_V1(atomizer_run_pending);
+
+/* Timeout of the job running now, registered once per backend. */
+static TimeoutId job_timeout_id = MAX_TIMEOUTS;
+static volatile sig_atomic_t job_timed_out = false;
+
+/* Guards against run_pending() being called from a handler. */
+static bool running_jobs = false;
+
+/*
+ * job_timeout_handler
+ *		SIGALRM-time: the job's timeout expired; cancel what it is doing.
+ */
+static void
+job_timeout_handler(void)
+{
+	job_timed_out = true;
+	QueryCancelPending = true;
+	InterruptPending = true;
+	SetLatch(MyLatch);
+}
+
+/*
+ * compare_jobs
+ *		Claim order: priority, run_at, id.
+ */
+static int
+compare_jobs(const void *a, const void *b)
+{
+	const AtomizerJob *x = (const AtomizerJob *) a;
+	const AtomizerJob *y = (const AtomizerJob *) b;
+
+	if (x->priority != y->priority)
+		return x->priority < y->priority ? -1 : 1;
+	if (x->run_at != y->run_at)
+		return x->run_at < y->run_at ? -1 : 1;
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+/*
+ * atomizer_claim_jobs
+ *		Mark up to max_jobs due, available jobs of queue running, in claim
+ *		order, skipping rows another session has locked; jobs of other roles
+ *		are skipped when owner_filter is set.  Returns the number claimed and
+ *		a palloc'd array (in the caller's memory context) in *jobs.
+ */
+int
+atomizer_claim_jobs(const char *queue, int max_jobs, const char *owner_filter,
+					const char *worker, AtomizerJob **jobs)
+{
+	static SPIPlanPtr plan = NULL;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	AtomizerPrivState priv;
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	AtomizerJob *result;
+	int			n;
+
+	values[0] = CStringGetTextDatum(queue);
+	values[1] = Int32GetDatum(max_jobs);
+	values[2] = owner_filter ? CStringGetTextDatum(owner_filter) : (Datum) 0;
+	nulls[2] = owner_filter ? ' ' : 'n';
+	values[3] = worker ? CStringGetTextDatum(worker) : (Datum) 0;
+	nulls[3] = worker ? ' ' : 'n';
+
+	atomizer_become_owner(&priv);
+	SPI_connect();
+	if (plan == NULL)
+	{
+		Oid			types[4] = {TEXTOID, INT4OID, TEXTOID, TEXTOID};
+
+		plan = SPI_prepare("WITH c AS ("
+						   " SELECT id FROM atomizer.job"
+						   " WHERE queue = $1 AND state = 'available'"
+						   " AND run_at <= now()"
+						   " AND ($3::name IS NULL OR owner = $3::name)"
+						   " ORDER BY priority, run_at, id LIMIT $2"
+						   " FOR UPDATE SKIP LOCKED) "
+						   "UPDATE atomizer.job j SET state = 'running',"
+						   " attempt = j.attempt + 1,"
+						   " started_at = clock_timestamp(), worker = $4 "
+						   "FROM c, atomizer.queue q "
+						   "WHERE j.id = c.id AND q.name = j.queue "
+						   "RETURNING j.id, j.handler, j.payload, j.attempt,"
+						   " coalesce(j.max_attempts, q.max_attempts),"
+						   " coalesce(j.timeout, q.timeout), j.owner::text,"
+						   " j.priority::int4, j.run_at",
+						   4, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+
+	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not claim jobs of queue \"%s\"", queue);
+
+	n = (int) SPI_processed;
+	result = MemoryContextAllocZero(caller_cxt, sizeof(AtomizerJob) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		AtomizerJob *job = &result[i];
+		MemoryContext old;
+		bool		isnull;
+
+		old = MemoryContextSwitchTo(caller_cxt);
+		job->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		job->queue = pstrdup(queue);
+		job->handler = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+		job->payload = datumCopy(SPI_getbinval(tup, desc, 3, &isnull), false, -1);
+		job->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+		job->timeout_ms =
+			atomizer_interval_ms(DatumGetIntervalP(SPI_getbinval(tup, desc, 6, &isnull)));
+		job->owner = TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull));
+		job->priority = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+		job->run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
+		MemoryContextSwitchTo(old);
+	}
+
+	SPI_finish();
+	atomizer_restore_caller(&priv);
+
+	qsort(result, n, sizeof(AtomizerJob), compare_jobs);
+	*jobs = result;
+	return n;
+}
+
+/*
+ * call_handler
+ *		Look the handler up again, check the owner may still execute it, and
+ *		call it.  Runs inside the job's subtransaction, as the job's owner.
+ */
+static void
+call_handler(AtomizerJob *job, Oid roleid, AtomizerOutcome *outcome)
+{
+	Oid			fnoid = atomizer_lookup_handler(job->handler, roleid);
+	Oid			rettype = get_func_rettype(fnoid);
+	FmgrInfo	flinfo;
+	LOCAL_FCINFO(fcinfo, 1);
+	Datum		result;
+
+	fmgr_info(fnoid, &flinfo);
+	InitFunctionCallInfoData(*fcinfo, &flinfo, 1, InvalidOid, NULL, NULL);
+	fcinfo->args[0].value = job->payload;
+	fcinfo->args[0].isnull = false;
+
+	result = FunctionCallInvoke(fcinfo);
+
+	if (!fcinfo->isnull && rettype == JSONBOID)
+	{
+		outcome->result = datumCopy(result, false, -1);
+		outcome->has_result = true;
+	}
+	else if (!fcinfo->isnull && rettype == JSONOID)
+	{
+		char	   *json = TextDatumGetCString(result);
+
+		outcome->result = DirectFunctionCall1(jsonb_in, CStringGetDatum(json));
+		outcome->has_result = true;
+	}
+}
+
+/*
+ * atomizer_run_job
+ *		Run one claimed job's handler and fill *outcome.  Never throws for an
+ *		error of the handler; the current transaction stays usable.
+ */
+void
+atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
+{
+	MemoryContext job_cxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	Oid			save_userid;
+	int			save_sec_context;
+
+	memset(outcome, 0, sizeof(AtomizerOutcome));
+
+	if (job_timeout_id == MAX_TIMEOUTS)
+		job_timeout_id = RegisterTimeout(USER_TIMEOUT, job_timeout_handler);
+	job_timed_out = false;
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(job_cxt);
+
+	PG_TRY();
+	{
+		Oid			roleid = get_role_oid(job->owner, true);
+		int			nestlevel;
+
+		if (!OidIsValid(roleid))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("role \"%s\" that enqueued the job does not exist",
+							job->owner)));
+
+		SetUserIdAndSecContext(roleid,
+							   save_sec_context |
+							   SECURITY_LOCAL_USERID_CHANGE |
+							   SECURITY_RESTRICTED_OPERATION);
+		nestlevel = NewGUCNestLevel();
+
+		if (job->timeout_ms > 0)
+			enable_timeout_after(job_timeout_id,
+								 (int) Min(job->timeout_ms, INT_MAX));
+
+		call_handler(job, roleid, outcome);
+
+		if (job->timeout_ms > 0)
+			disable_timeout(job_timeout_id, false);
+		/* The handler finished first: a cancel we raised is not pending. */
+		if (job_timed_out)
+		{
+			QueryCancelPending = false;
+			job_timed_out = false;
+		}
+
+		/* Discard every setting the handler changed, SET or SET LOCAL. */
+		AtEOXact_GUC(false, nestlevel);
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(job_cxt);
+		CurrentResourceOwner = oldowner;
+		outcome->ok = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		if (job->timeout_ms > 0)
+			disable_timeout(job_timeout_id, false);
+
+		MemoryContextSwitchTo(job_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(job_cxt);
+		CurrentResourceOwner = oldowner;
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+
+		outcome->ok = false;
+		outcome->has_result = false;
+		if (job_timed_out && edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+		{
+			outcome->timed_out = true;
+			outcome->message = psprintf("job exceeded its timeout of " INT64_FORMAT " ms",
+										job->timeout_ms);
+			outcome->detail = NULL;
+		}
+		else
+		{
+			outcome->message = edata->message ? pstrdup(edata->message) : pstrdup("unknown error");
+			outcome->detail = edata->detail;
+		}
+		strlcpy(outcome->sqlstate, unpack_sql_state(edata->sqlerrcode),
+				sizeof(outcome->sqlstate));
+		outcome->hint = edata->hint;
+		outcome->context = edata->context;
+		job_timed_out = false;
+	}
+	PG_END_TRY();
+}
+
+/*
+ * atomizer_record_outcome
+ *		Write a job's outcome in the current transaction.  retry_in, if not
+ *		NULL, replaces the queue's backoff for the next attempt.
+ */
+void
+atomizer_record_outcome(AtomizerJob *job, AtomizerOutcome *outcome,
+						const Interval *retry_in)
+{
+	static SPIPlanPtr error_plan = NULL;
+	static SPIPlanPtr retry_plan = NULL;
+	AtomizerPrivState priv;
+
+	atomizer_become_owner(&priv);
+	SPI_connect();
+
+	if (outcome->ok)
+	{
+		(void) atomizer_finish_job(job->id, "succeeded", outcome->result,
+								   !outcome->has_result, NULL);
+	}
+	else
+	{
+		Datum		values[7];
+		char		nulls[7];
+
+		if (error_plan == NULL)
+		{
+			Oid			types[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID,
+			TEXTOID, TEXTOID};
+
+			error_plan = SPI_prepare("INSERT INTO atomizer.job_error "
+									 "(job_id, attempt, owner, queue, sqlstate,"
+									 " message, detail, hint, context) "
+									 "SELECT id, attempt, owner, queue, $2, $3,"
+									 " $4, $5, $6 FROM atomizer.job WHERE id = $1",
+									 6, types);
+			if (error_plan == NULL)
+				elog(ERROR, "SPI_prepare failed: %s",
+					 SPI_result_code_string(SPI_result));
+			SPI_keepplan(error_plan);
+		}
+		if (retry_plan == NULL)
+		{
+			Oid			types[3] = {INT8OID, TEXTOID, INTERVALOID};
+
+			retry_plan = SPI_prepare("UPDATE atomizer.job j SET"
+									 " state = 'available', worker = NULL,"
+									 " lease_until = NULL, last_error = $2,"
+									 " run_at = clock_timestamp() + coalesce($3,"
+									 "  least(q.backoff_cap, q.backoff_base *"
+									 "   power(2, least(j.attempt - 1, 40)))"
+									 "  * (1 - q.backoff_jitter * random())) "
+									 "FROM atomizer.queue q "
+									 "WHERE j.id = $1 AND q.name = j.queue",
+									 3, types);
+			if (retry_plan == NULL)
+				elog(ERROR, "SPI_prepare failed: %s",
+					 SPI_result_code_string(SPI_result));
+			SPI_keepplan(retry_plan);
+		}
+
+		memset(nulls, ' ', sizeof(nulls));
+		values[0] = Int64GetDatum(job->id);
+		values[1] = CStringGetTextDatum(outcome->sqlstate);
+		values[2] = CStringGetTextDatum(outcome->message);
+		values[3] = outcome->detail ? CStringGetTextDatum(outcome->detail) : (Datum) 0;
+		nulls[3] = outcome->detail ? ' ' : 'n';
+		values[4] = outcome->hint ? CStringGetTextDatum(outcome->hint) : (Datum) 0;
+		nulls[4] = outcome->hint ? ' ' : 'n';
+		values[5] = outcome->context ? CStringGetTextDatum(outcome->context) : (Datum) 0;
+		nulls[5] = outcome->context ? ' ' : 'n';
+		if (SPI_execute_plan(error_plan, values, nulls, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not record error of job " INT64_FORMAT, job->id);
+
+		if (job->attempt >= job->max_attempts)
+			(void) atomizer_finish_job(job->id, "dead", (Datum) 0, true,
+									   outcome->message);
+		else
+		{
+			Datum		rvalues[3];
+			char		rnulls[3] = {' ', ' ', ' '};
+
+			rvalues[0] = Int64GetDatum(job->id);
+			rvalues[1] = CStringGetTextDatum(outcome->message);
+			rvalues[2] = retry_in ? IntervalPGetDatum(retry_in) : (Datum) 0;
+			rnulls[2] = retry_in ? ' ' : 'n';
+			if (SPI_execute_plan(retry_plan, rvalues, rnulls, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not schedule retry of job " INT64_FORMAT, job->id);
+		}
+	}
+
+	SPI_finish();
+	atomizer_restore_caller(&priv);
+}
+
+/*
+ * run_queue
+ *		Claim and run up to max_jobs (-1: no limit) due jobs of one queue in
+ *		batches of atomizer.batch_size.  Returns the number of jobs run.
+ */
+static int
+run_queue(const char *queue, int max_jobs, const char *owner_filter,
+		  const char *worker)
+{
+	MemoryContext batch_cxt;
+	MemoryContext old;
+	int			total = 0;
+
+	batch_cxt = AllocSetContextCreate(CurrentMemoryContext,
+									  "atomizer batch",
+									  ALLOCSET_DEFAULT_SIZES);
+	for (;;)
+	{
+		AtomizerJob *jobs;
+		int			want = atomizer_batch_size;
+		int			n;
+
+		if (max_jobs >= 0)
+			want = Min(want, max_jobs - total);
+		if (want <= 0)
+			break;
+
+		CHECK_FOR_INTERRUPTS();
+		old = MemoryContextSwitchTo(batch_cxt);
+		n = atomizer_claim_jobs(queue, want, owner_filter, worker, &jobs);
+		for (int i = 0; i < n; i++)
+		{
+			AtomizerOutcome outcome;
+
+			CHECK_FOR_INTERRUPTS();
+			pgstat_report_activity(STATE_RUNNING, psprintf("atomizer job " INT64_FORMAT ": %s", jobs[i].id, jobs[i].handler));
+			atomizer_run_job(&jobs[i], &outcome);
+			atomizer_record_outcome(&jobs[i], &outcome, NULL);
+		}
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(batch_cxt);
+		total += n;
+		if (n < want)
+			break;
+	}
+	MemoryContextDelete(batch_cxt);
+	return total;
+}
+
+/*
+ * atomizer.run_pending(queue text, max_jobs int) RETURNS int
+ *		Run due jobs of one queue (or of every internal queue that is not
+ *		paused) now, in this session and transaction.  A non-admin runs only
+ *		the jobs it enqueued: other roles' handlers must never run with this
+ *		session's settings.  Returns the number of jobs run.
+ */
+Datum
+atomizer_run_pending(PG_FUNCTION_ARGS)
+{
+	Oid			caller = GetUserId();
+	char	   *owner_filter = NULL;
+	int			max_jobs = -1;
+	int			total = 0;
+	List	   *queues;
+	ListCell   *lc;
+	char	   *save_activity = NULL;
+
+	if (!PG_ARGISNULL(1))
+	{
+		max_jobs = PG_GETARG_INT32(1);
+		if (max_jobs < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("max_jobs must not be negative")));
+	}
+	if (running_jobs)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("atomizer.run_pending() cannot be called from a job handler")));
+	if (!atomizer_is_admin(caller))
+		owner_filter = atomizer_role_name(caller);
+
+	if (!PG_ARGISNULL(0))
+	{
+		AtomizerQueue queue;
+
+		atomizer_require_queue(text_to_cstring(PG_GETARG_TEXT_PP(0)), &queue);
+		if (queue.external)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("queue \"%s\" is external", queue.name),
+					 errhint("Jobs of external queues are claimed by external workers with atomizer.claim().")));
+		if (queue.paused)
+		{
+			ereport(NOTICE,
+					(errmsg("queue \"%s\" is paused", queue.name),
+					 errhint("Resume it with atomizer.resume_queue('%s').", queue.name)));
+			PG_RETURN_INT32(0);
+		}
+		queues = list_make1(queue.name);
+	}
+	else
+		queues = atomizer_runnable_queues();
+
+	if (debug_query_string)
+		save_activity = pstrdup(debug_query_string);
+	running_jobs = true;
+	PG_TRY();
+	{
+		foreach(lc, queues)
+		{
+			int			remaining = max_jobs < 0 ? -1 : max_jobs - total;
+
+			if (remaining == 0)
+				break;
+			total += run_queue((char *) lfirst(lc), remaining, owner_filter,
+							   NULL);
+		}
+	}
+	PG_FINALLY();
+	{
+		running_jobs = false;
+	}
+	PG_END_TRY();
+	if (save_activity)
+		pgstat_report_activity(STATE_RUNNING, save_activity);
+
+	PG_RETURN_INT32(total);
+}

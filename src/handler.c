@@ -1,0 +1,130 @@
+/*-------------------------------------------------------------------------
+ *
+ * handler.c
+ *	  Handler functions: resolving the name given to enqueue() into the
+ *	  function that will run the job, and finding it again when the job runs.
+ *
+ *	  A handler is a function taking exactly one jsonb argument.  At enqueue
+ *	  it is looked up in the enqueuing role's search_path and stored
+ *	  schema-qualified, so that the job later runs the function the user
+ *	  meant, whatever search_path the worker has.  Every way a handler can be
+ *	  unsuitable is an ERROR at enqueue, with a hint; at run time the same
+ *	  checks run again (the function may have been dropped or its EXECUTE
+ *	  privilege revoked since) and their errors are recorded on the job.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "parser/parse_func.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+
+#include "atomizer.h"
+
+/*
+ * lookup_checked
+ *		Find handler(jsonb) and check that roleid may use it as a handler.
+ *		On success returns the function's OID and, if qualified is not NULL,
+ *		sets it to the schema-qualified, quoted name.
+ */
+static Oid
+lookup_checked(const char *handler, Oid roleid, char **qualified)
+{
+	List	   *names;
+	Oid			argtypes[1] = {JSONBOID};
+	Oid			fnoid;
+	HeapTuple	tuple;
+	Form_pg_proc proc;
+	AclResult	aclresult;
+
+	if (handler[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("handler must not be empty")));
+
+	names = stringToQualifiedNameList(handler);
+	fnoid = LookupFuncName(names, 1, argtypes, true);
+	if (!OidIsValid(fnoid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("handler function %s(jsonb) does not exist",
+						NameListToString(names)),
+				 errhint("A handler is a function taking one jsonb argument, e.g. CREATE FUNCTION %s(payload jsonb) RETURNS void ...; qualify its name with its schema if that schema is not in search_path.",
+						 NameListToString(names))));
+
+	tuple = SearchSysCache1(PROCOID, ObjectIdGetDatum(fnoid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for function %u", fnoid);
+	proc = (Form_pg_proc) GETSTRUCT(tuple);
+
+	if (proc->prokind == PROKIND_PROCEDURE)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("handler %s(jsonb) is a procedure",
+						NameListToString(names)),
+				 errhint("A handler must be a function; wrap the procedure's work in a function taking one jsonb argument.")));
+	if (proc->prokind != PROKIND_FUNCTION)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("handler %s(jsonb) is an aggregate or window function",
+						NameListToString(names)),
+				 errhint("A handler must be a plain function taking one jsonb argument.")));
+	if (proc->proretset)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("handler function %s(jsonb) returns a set",
+						NameListToString(names)),
+				 errhint("A handler returns one value; return jsonb to store a result on the job.")));
+
+	if (qualified != NULL)
+		*qualified = quote_qualified_identifier(get_namespace_name(proc->pronamespace),
+												NameStr(proc->proname));
+	ReleaseSysCache(tuple);
+
+	aclresult = pg_proc_aclcheck(fnoid, roleid, ACL_EXECUTE);
+	if (aclresult != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for handler function %s(jsonb)",
+						NameListToString(names)),
+				 errdetail("Jobs run as the role that enqueued them, and role \"%s\" may not execute this function.",
+						   GetUserNameFromId(roleid, false)),
+				 errhint("GRANT EXECUTE ON FUNCTION %s(jsonb) TO %s;",
+						 NameListToString(names),
+						 quote_identifier(GetUserNameFromId(roleid, false)))));
+
+	return fnoid;
+}
+
+/*
+ * atomizer_resolve_handler
+ *		At enqueue: the schema-qualified name to store for handler, which
+ *		roleid must be able to execute.  ERROR if it is unsuitable.
+ */
+char *
+atomizer_resolve_handler(const char *handler, Oid roleid)
+{
+	char	   *qualified;
+
+	(void) lookup_checked(handler, roleid, &qualified);
+	return qualified;
+}
+
+/*
+ * atomizer_lookup_handler
+ *		At run time: the OID of a stored handler, rechecked for roleid.
+ */
+Oid
+atomizer_lookup_handler(const char *handler, Oid roleid)
+{
+	return lookup_checked(handler, roleid, NULL);
+}
