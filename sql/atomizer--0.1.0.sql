@@ -317,7 +317,7 @@ COMMENT ON FUNCTION atomizer.run_pending(text, integer) IS
 
 CREATE FUNCTION atomizer._check_queue_name(name text)
 RETURNS void
-LANGUAGE C STRICT IMMUTABLE PARALLEL SAFE
+LANGUAGE C IMMUTABLE PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'atomizer_check_queue_name_sql';
 
 CREATE FUNCTION atomizer._check_queue_settings(
@@ -484,7 +484,7 @@ BEGIN
 	END IF;
 	SELECT count(*) INTO unfinished FROM atomizer.job j WHERE j.queue = drop_queue.name;
 	IF unfinished > 0 AND NOT COALESCE(force, false) THEN
-		RAISE EXCEPTION 'queue "%" has % unfinished jobs', name, unfinished
+		RAISE EXCEPTION 'queue "%" has % unfinished job(s)', name, unfinished
 			USING ERRCODE = 'dependent_objects_still_exist',
 				  HINT = 'Wait for them or cancel them, or drop the queue and its unfinished jobs with force => true.';
 	END IF;

@@ -24,6 +24,7 @@
 #include "parser/parse_func.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
 #include "utils/syscache.h"
@@ -53,6 +54,21 @@ lookup_checked(const char *handler, Oid roleid, char **qualified)
 
 	names = stringToQualifiedNameList(handler);
 	fnoid = LookupFuncName(names, 1, argtypes, true);
+	if (!OidIsValid(fnoid))
+	{
+		/* Not a function: perhaps a procedure, reported below. */
+		char	   *signature = psprintf("%s(pg_catalog.jsonb)",
+										 NameListToQuotedString(names));
+		LOCAL_FCINFO(fc, 1);
+		Datum		proc;
+
+		InitFunctionCallInfoData(*fc, NULL, 1, InvalidOid, NULL, NULL);
+		fc->args[0].value = CStringGetTextDatum(signature);
+		fc->args[0].isnull = false;
+		proc = to_regprocedure(fc);
+		if (!fc->isnull)
+			fnoid = DatumGetObjectId(proc);
+	}
 	if (!OidIsValid(fnoid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),

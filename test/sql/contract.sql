@@ -1,0 +1,85 @@
+-- The public names of DESIGN.md, checked with pgTAP: functions with their
+-- parameter names (callable in named notation), views with their columns,
+-- job states, roles.
+-- each suite gets a database of its own
+CREATE DATABASE atomizer_contract;
+\c atomizer_contract
+CREATE EXTENSION atomizer;
+CREATE EXTENSION pgtap;
+\set QUIET on
+\pset format unaligned
+\pset tuples_only on
+
+CREATE FUNCTION argnames(fn regprocedure) RETURNS text[] LANGUAGE sql AS $$
+	SELECT proargnames::text[] FROM pg_proc WHERE oid = fn
+$$;
+
+SELECT plan(40);
+
+SELECT is(argnames('atomizer.enqueue(text,jsonb,text,timestamptz,int,int,interval,text)'),
+	ARRAY['handler','payload','queue','run_at','priority','max_attempts','timeout','idempotency_key'],
+	'enqueue parameters');
+SELECT function_returns('atomizer', 'enqueue',
+	ARRAY['text','jsonb','text','timestamp with time zone','integer','integer','interval','text'],
+	'bigint', 'enqueue returns bigint');
+SELECT is(argnames('atomizer.enqueue_many(text,jsonb[],text,timestamptz,int,int,interval)'),
+	ARRAY['handler','payloads','queue','run_at','priority','max_attempts','timeout'],
+	'enqueue_many parameters');
+SELECT function_returns('atomizer', 'enqueue_many',
+	ARRAY['text','jsonb[]','text','timestamp with time zone','integer','integer','interval'],
+	'setof bigint', 'enqueue_many returns setof bigint');
+SELECT is(argnames('atomizer.cancel(bigint)'), ARRAY['job_id'], 'cancel parameters');
+SELECT function_returns('atomizer', 'cancel', ARRAY['bigint'], 'boolean', 'cancel returns boolean');
+SELECT is(argnames('atomizer.retry(bigint)'), ARRAY['job_id'], 'retry parameters');
+SELECT function_returns('atomizer', 'retry', ARRAY['bigint'], 'boolean', 'retry returns boolean');
+SELECT is(argnames('atomizer.purge(interval,text)'), ARRAY['older_than','queue'], 'purge parameters');
+SELECT function_returns('atomizer', 'purge', ARRAY['interval','text'], 'bigint', 'purge returns bigint');
+SELECT is(argnames('atomizer.run_pending(text,int)'), ARRAY['queue','max_jobs'], 'run_pending parameters');
+SELECT function_returns('atomizer', 'run_pending', ARRAY['text','integer'], 'integer', 'run_pending returns integer');
+SELECT is((argnames('atomizer.create_queue(text,int,boolean,int,interval,interval,float8,interval,interval)'))[1:3],
+	ARRAY['name','concurrency','external'], 'create_queue starts with name, concurrency, external');
+SELECT is(argnames('atomizer.create_queue(text,int,boolean,int,interval,interval,float8,interval,interval)'),
+	argnames('atomizer.alter_queue(text,int,boolean,int,interval,interval,float8,interval,interval)'),
+	'create_queue and alter_queue take the same named settings');
+SELECT is((argnames('atomizer.drop_queue(text,boolean)'))[1], 'name', 'drop_queue(name)');
+SELECT is(argnames('atomizer.pause_queue(text)'), ARRAY['name'], 'pause_queue(name)');
+SELECT is(argnames('atomizer.resume_queue(text)'), ARRAY['name'], 'resume_queue(name)');
+
+-- named notation, defaults
+SELECT lives_ok($$SELECT atomizer.enqueue(handler => 'pg_catalog.jsonb_typeof')$$, 'enqueue with only a handler');
+SELECT lives_ok($$SELECT atomizer.enqueue_many(payloads => ARRAY['{}']::jsonb[], handler => 'pg_catalog.jsonb_typeof')$$,
+	'enqueue_many in named notation, any order');
+SELECT lives_ok($$SELECT atomizer.create_queue(name => 'q', concurrency => 2, external => false)$$, 'create_queue named');
+SELECT lives_ok($$SELECT atomizer.alter_queue(name => 'q', concurrency => 3)$$, 'alter_queue named');
+SELECT lives_ok($$SELECT atomizer.pause_queue(name => 'q')$$, 'pause_queue named');
+SELECT lives_ok($$SELECT atomizer.resume_queue(name => 'q')$$, 'resume_queue named');
+SELECT lives_ok($$SELECT atomizer.drop_queue(name => 'q')$$, 'drop_queue named');
+SELECT is(atomizer.run_pending(queue => 'default', max_jobs => 1), 1, 'run_pending named');
+SELECT is(atomizer.purge(older_than => '1 day', queue => 'default'), 0::bigint, 'purge named');
+SELECT is(atomizer.cancel(job_id => 2), true, 'cancel named');
+SELECT is(atomizer.retry(job_id => 2), true, 'retry named');
+
+-- views
+SELECT has_view('atomizer', 'jobs', 'view jobs');
+SELECT columns_are('atomizer', 'jobs', ARRAY['id','queue','handler','payload','state','priority',
+	'run_at','attempt','max_attempts','timeout','owner','idempotency_key','created_at',
+	'started_at','finished_at','result','last_error','worker','lease_until'], 'jobs columns');
+SELECT has_view('atomizer', 'dead_jobs', 'view dead_jobs');
+SELECT has_view('atomizer', 'queue_stats', 'view queue_stats');
+SELECT columns_are('atomizer', 'queue_stats', ARRAY['queue','paused','external','concurrency',
+	'scheduled','available','running','retrying','succeeded','cancelled','dead',
+	'oldest_available'], 'queue_stats: a count column per state');
+SELECT has_view('atomizer', 'job_errors', 'view job_errors');
+SELECT results_eq($$SELECT queue FROM atomizer.queue_stats$$, ARRAY['default'],
+	'queue default exists from the start, one row per queue');
+
+-- states and roles
+SELECT is((SELECT state FROM atomizer.jobs WHERE id = 1), 'succeeded', 'state succeeded');
+SELECT is((SELECT state FROM atomizer.jobs WHERE id = 2), 'available', 'state available');
+SELECT has_role('atomizer_admin', 'role atomizer_admin exists');
+SELECT ok(NOT (SELECT rolcanlogin FROM pg_roles WHERE rolname = 'atomizer_admin'), 'atomizer_admin cannot log in');
+SELECT is((SELECT array_agg(c.relname::text ORDER BY c.relname) FROM pg_extension e,
+		unnest(e.extconfig) cfg JOIN pg_class c ON c.oid = cfg WHERE e.extname = 'atomizer'),
+	ARRAY['job','job_error','job_history','job_id_seq','queue'], 'pg_dump keeps the job store');
+
+SELECT * FROM finish();
