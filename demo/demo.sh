@@ -1,0 +1,158 @@
+#!/bin/bash
+# demo/demo.sh: a short tour of atomizer, a job queue that lives inside
+# PostgreSQL.  Run it with "make demo" (as root, on Debian 12).
+#
+# It builds and installs the extension, starts a throwaway PostgreSQL 15
+# server (unix socket only, removed on exit), and shows jobs that succeed,
+# fail and retry with backoff, run later, and die after max_attempts.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PGBIN=/usr/lib/postgresql/15/bin
+section() { printf '\n\n=== %s ===\n\n' "$*"; }
+
+section "Building and installing atomizer"
+make -C "$ROOT" -s PG_CONFIG="$PGBIN/pg_config"
+make -C "$ROOT" -s PG_CONFIG="$PGBIN/pg_config" install
+echo "installed into $("$PGBIN/pg_config" --pkglibdir)"
+
+# The server runs as "postgres" (it refuses to run as root).
+if [ "$(id -u)" -eq 0 ]; then as_pg() { runuser -u postgres -- "$@"; }; else as_pg() { "$@"; }; fi
+
+section "Starting a throwaway PostgreSQL 15 server"
+DIR=$(mktemp -d /tmp/atomizer-demo.XXXXXX)
+[ "$(id -u)" -ne 0 ] || chown postgres: "$DIR"
+PORT=$((50000 + RANDOM % 10000))
+cleanup() {
+	as_pg "$PGBIN/pg_ctl" -D "$DIR/data" -m fast -w stop >/dev/null 2>&1 || true
+	rm -rf "$DIR"
+}
+trap cleanup EXIT
+cd "$DIR" # somewhere user postgres may be
+as_pg "$PGBIN/initdb" -D "$DIR/data" -A trust -U postgres -E UTF8 --locale=C.UTF-8 --no-sync >/dev/null
+cat <<EOF | as_pg tee -a "$DIR/data/postgresql.conf" >/dev/null
+listen_addresses = ''              # no TCP: unix socket in $DIR only
+unix_socket_directories = '$DIR'
+port = $PORT
+shared_preload_libraries = 'atomizer'
+EOF
+as_pg "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
+echo "server running in $DIR (socket only, port $PORT)"
+
+# sql: run the SQL on stdin in database "demo", with readable tables.
+sql() {
+	{ printf '%s\n' '\pset border 2' '\pset linestyle unicode' \
+		'\pset null -' '\pset footer off' '\set ON_ERROR_STOP 1'; cat; } |
+		as_pg "$PGBIN/psql" -X -q -h "$DIR" -p "$PORT" -U postgres -d demo "$@"
+}
+as_pg "$PGBIN/createdb" -h "$DIR" -p "$PORT" -U postgres demo
+
+section "Installing the extension and creating a queue"
+sql <<'SQL'
+\set ECHO queries
+CREATE EXTENSION atomizer;
+-- At most 3 attempts per job, retried after 1 s, 2 s, 4 s... (no jitter).
+SELECT atomizer.create_queue('demo', max_attempts => 3, backoff_base => '1 second', backoff_jitter => 0) \g /dev/null
+\set ECHO none
+SELECT name, max_attempts, backoff_base, backoff_cap, backoff_jitter FROM atomizer.queue ORDER BY name;
+SQL
+
+section "Handlers: plain SQL functions taking the job's payload (jsonb)"
+sql <<'SQL'
+\set ECHO queries
+-- Succeeds, and its jsonb return value is stored as the job's result.
+CREATE FUNCTION public.greet(payload jsonb) RETURNS jsonb LANGUAGE sql
+AS $$ SELECT jsonb_build_object('greeting', 'hello ' || (payload->>'name')) $$;
+
+-- Always fails: every attempt's error is recorded, then the job is dead.
+CREATE FUNCTION public.send_email(payload jsonb) RETURNS void LANGUAGE plpgsql
+AS $$ BEGIN RAISE EXCEPTION 'smtp server % refused', payload->>'host'; END $$;
+
+-- Fails on its first call only.  A failed attempt is rolled back, so the
+-- call counter is a sequence: nextval() survives the rollback.
+CREATE SEQUENCE public.flaky_calls;
+CREATE FUNCTION public.flaky(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE n bigint := nextval('public.flaky_calls');
+BEGIN
+	IF n = 1 THEN RAISE EXCEPTION 'connection reset by peer (call %)', n; END IF;
+	RETURN jsonb_build_object('succeeded_on_call', n);
+END $$;
+
+-- Writes to a table: the insert commits together with the job's success.
+CREATE TABLE public.audit (at timestamptz DEFAULT now(), event text);
+CREATE FUNCTION public.record_event(payload jsonb) RETURNS void LANGUAGE sql
+AS $$ INSERT INTO public.audit (event) VALUES (payload->>'event') $$;
+SQL
+
+section "Enqueueing jobs (each enqueue is part of your transaction)"
+# Each statement is shown, followed by the job id(s) it returns.
+sql <<'SQL'
+\set ECHO queries
+\pset tuples_only on
+\pset format unaligned
+SELECT atomizer.enqueue('public.greet', '{"name":"Ada"}', queue => 'demo');
+SELECT atomizer.enqueue_many('public.greet', ARRAY['{"name":"Grace"}', '{"name":"Linus"}']::jsonb[], queue => 'demo');
+SELECT atomizer.enqueue('public.send_email', '{"host":"mail.example.com"}', queue => 'demo');
+SELECT atomizer.enqueue('public.flaky', '{}', queue => 'demo');
+SELECT atomizer.enqueue('public.record_event', '{"event":"user signed up"}', queue => 'demo', priority => -1);
+SELECT atomizer.enqueue('public.greet', '{"name":"later"}', queue => 'demo', run_at => now() + interval '2 seconds');
+\set ECHO none
+\pset tuples_only off
+\pset format aligned
+\echo
+\echo 'atomizer.jobs:'
+SELECT id, handler, payload, state, priority, attempt, max_attempts FROM atomizer.jobs ORDER BY id;
+SQL
+
+section "Running due jobs with atomizer.run_pending('demo'), round by round"
+# Each round runs every job that is due now, in this session; failed jobs
+# come back after their backoff, the delayed job once its run_at is reached.
+for round in 1 2 3 4 5 6 7 8; do
+	echo "--- round $round: SELECT atomizer.run_pending('demo');"
+	sql <<'SQL'
+SELECT atomizer.run_pending('demo') AS jobs_run;
+SELECT id, handler, state, attempt || '/' || max_attempts AS attempt,
+       CASE WHEN run_at > now() THEN 'in ' || round(extract(epoch FROM run_at - now()), 1) || ' s' END AS next_run,
+       left(last_error, 45) AS last_error
+  FROM atomizer.jobs ORDER BY id;
+SQL
+	left=$(sql -At <<'SQL'
+SELECT count(*) FROM atomizer.jobs WHERE state NOT IN ('succeeded', 'dead', 'cancelled');
+SQL
+)
+	[ "$left" -eq 0 ] && break
+	sleep 1.2
+done
+
+section "Results"
+sql <<'SQL'
+\echo 'atomizer.queue_stats (jobs per state):'
+SELECT queue, scheduled, available, running, retrying, succeeded, cancelled, dead FROM atomizer.queue_stats ORDER BY queue;
+\echo 'results of the jobs that succeeded:'
+SELECT id, handler, result FROM atomizer.jobs WHERE state = 'succeeded' ORDER BY id;
+\echo 'atomizer.job_errors (one row per failed attempt):'
+SELECT job_id, attempt, to_char(failed_at, 'HH24:MI:SS.MS') AS failed_at, sqlstate, message FROM atomizer.job_errors ORDER BY job_id, attempt;
+\echo 'the audit table written by record_event:'
+SELECT to_char(at, 'HH24:MI:SS') AS at, event FROM public.audit;
+\echo 'atomizer.dead_jobs:'
+SELECT id, handler, payload, attempt, last_error FROM atomizer.dead_jobs ORDER BY id;
+SQL
+
+section "Sending the dead job back with atomizer.retry(id)"
+sql <<'SQL'
+\set ECHO queries
+SELECT id, atomizer.retry(id) AS sent_back FROM atomizer.dead_jobs ORDER BY id;
+SELECT id, handler, state, attempt, max_attempts FROM atomizer.jobs WHERE handler = 'public.send_email';
+SQL
+
+section "Summary"
+cat <<'EOF'
+- Jobs are rows: enqueue() commits or rolls back with your transaction.
+- A handler is any function f(payload jsonb); its jsonb return value is the
+  job's result, and an error fails the attempt (recorded in job_errors).
+- Failed attempts retry with exponential backoff (queue setting backoff_base)
+  until max_attempts; then the job is dead until atomizer.retry(id).
+- run_at delays a job; priority orders due jobs (lower runs first).
+- Here run_pending() ran the jobs in this session; the background workers
+  (next release) run them by themselves.
+EOF
