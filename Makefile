@@ -11,7 +11,12 @@ OBJS = \
 	src/queue.o \
 	src/handler.o \
 	src/jobs.o \
-	src/dispatch.o
+	src/dispatch.o \
+	src/shmem.o \
+	src/wakeup.o \
+	src/launcher.o \
+	src/scheduler.o \
+	src/worker.o
 
 DATA = $(wildcard sql/atomizer--*.sql)
 PG_CFLAGS = -Wall -Werror
@@ -37,6 +42,9 @@ all install installcheck:
 	@echo "pg_config not found: run 'make test' or 'make demo' as root to install PostgreSQL 15 and its headers" >&2
 	@exit 1
 endif
+
+# every module includes the shared header
+$(OBJS): src/atomizer.h
 
 .PHONY: deps test demo
 

@@ -77,7 +77,8 @@ CREATE TABLE atomizer.job (
 	started_at		timestamptz,
 	last_error		text,
 	worker			text,
-	lease_until		timestamptz
+	lease_until		timestamptz,
+	solo			boolean NOT NULL DEFAULT false
 );
 
 ALTER SEQUENCE atomizer.job_id_seq OWNED BY atomizer.job.id;
@@ -239,8 +240,25 @@ SELECT q.name AS queue,
 COMMENT ON VIEW atomizer.queue_stats IS
 	'One row per queue with the number of your jobs in each state.';
 
+CREATE FUNCTION atomizer._workers(
+	OUT pid integer, OUT database oid, OUT queue text, OUT state text,
+	OUT job_id bigint, OUT jobs_succeeded bigint, OUT jobs_failed bigint,
+	OUT started_at timestamptz)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'atomizer_workers';
+
+CREATE VIEW atomizer.workers AS
+SELECT w.pid, d.datname AS database, w.queue, w.state, w.job_id,
+	   w.jobs_succeeded, w.jobs_failed, w.started_at
+  FROM atomizer._workers() w
+  LEFT JOIN pg_catalog.pg_database d ON d.oid = w.database;
+
+COMMENT ON VIEW atomizer.workers IS
+	'atomizer''s worker processes (all databases): queue, state, running job and counters.';
+
 GRANT SELECT ON atomizer.jobs, atomizer.dead_jobs, atomizer.job_errors,
-	atomizer.queue_stats TO PUBLIC;
+	atomizer.queue_stats, atomizer.workers TO PUBLIC;
 
 /* ------------------------------------------------------------------------
  * Jobs: C functions (they check the caller and write as the owner)
@@ -546,3 +564,11 @@ GRANT EXECUTE ON FUNCTION
 	atomizer.pause_queue(text),
 	atomizer.resume_queue(text)
 	TO atomizer_admin;
+
+/* Start this database's scheduler as soon as CREATE EXTENSION commits. */
+CREATE FUNCTION atomizer._extension_created()
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'atomizer_extension_created';
+
+SELECT atomizer._extension_created();

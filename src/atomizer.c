@@ -14,6 +14,7 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "miscadmin.h"
 
 #include "atomizer.h"
 
@@ -23,10 +24,17 @@ void		_PG_init(void);
 
 /*
  * _PG_init
- *		Define GUCs; later modules add their shared memory and workers here.
+ *		Define GUCs; when preloaded, request shared memory and register the
+ *		launcher.
  */
 void
 _PG_init(void)
 {
 	atomizer_guc_init();
+
+	/* shared memory and the launcher need shared_preload_libraries */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	atomizer_shmem_init();
+	atomizer_launcher_register();
 }

@@ -15,6 +15,11 @@
 
 #include "datatype/timestamp.h"
 #include "nodes/pg_list.h"
+#include "pgtime.h"
+#include "postmaster/bgworker.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "port/atomics.h"
 #include "utils/jsonb.h"
 
 #define ATOMIZER_SCHEMA			"atomizer"
@@ -25,7 +30,78 @@
 
 /* guc.c */
 extern int	atomizer_batch_size;
+extern bool atomizer_enabled;
+extern char *atomizer_databases;
+extern int	atomizer_max_workers;
+extern int	atomizer_shutdown_timeout;
+extern int	atomizer_poll_interval;
+extern int	atomizer_worker_idle_timeout;
 extern void atomizer_guc_init(void);
+
+/* shmem.c */
+#define ATOMIZER_MAX_DATABASES	64
+
+#define ATOMIZER_WORKER_STARTING	1
+#define ATOMIZER_WORKER_IDLE		2
+#define ATOMIZER_WORKER_RUNNING		3
+#define ATOMIZER_WORKER_STOPPING	4
+
+typedef struct AtomizerWorkerSlot
+{
+	bool		in_use;
+	uint32		generation;		/* bumped at each reservation */
+	int			state;
+	pid_t		pid;			/* 0 until the worker has started */
+	pg_time_t	start_time;		/* the worker's MyStartTime */
+	Oid			dboid;
+	char		queue[NAMEDATALEN];
+	Latch	   *latch;
+	int64		job_id;			/* job running now, or 0 */
+	int64		jobs_succeeded;
+	int64		jobs_failed;
+	TimestampTz started_at;
+} AtomizerWorkerSlot;
+
+typedef struct AtomizerDbSlot
+{
+	Oid			dboid;
+	pid_t		scheduler_pid;
+	Latch	   *scheduler_latch;
+	bool		no_extension;	/* the scheduler found no extension */
+	bool		logged_no_extension;
+	TimestampTz retry_after;	/* launcher: start no scheduler before */
+	pg_atomic_uint32 orphans_pending;	/* a worker died with jobs */
+	TimestampTz last_worker_failure;	/* a worker exited on an error */
+} AtomizerDbSlot;
+
+typedef struct AtomizerShared
+{
+	LWLock	   *lock;
+	Latch	   *launcher_latch;
+	int			max_workers;
+	bool		logged_no_slot;
+	AtomizerDbSlot dbs[ATOMIZER_MAX_DATABASES];
+	AtomizerWorkerSlot workers[FLEXIBLE_ARRAY_MEMBER];
+} AtomizerShared;
+
+extern AtomizerShared *atomizer_shared;
+extern void atomizer_shmem_init(void);
+extern AtomizerDbSlot *atomizer_db_slot(Oid dboid, bool create);
+extern void atomizer_wake_queue(Oid dboid, const char *queue);
+extern void atomizer_wake_launcher(Oid dboid);
+
+/* launcher.c, scheduler.c, worker.c */
+extern void atomizer_launcher_register(void);
+extern bool atomizer_database_listed(const char *dbname);
+extern bool atomizer_start_scheduler(Oid dboid, BackgroundWorkerHandle **handle);
+extern bool atomizer_start_worker(Oid dboid, const char *queue, int *slotno,
+								  BackgroundWorkerHandle **handle);
+extern PGDLLEXPORT void atomizer_launcher_main(Datum arg);
+extern PGDLLEXPORT void atomizer_scheduler_main(Datum arg);
+extern PGDLLEXPORT void atomizer_worker_main(Datum arg);
+
+/* wakeup.c */
+extern void atomizer_note_enqueue(const char *queue);
 
 /* privilege.c */
 typedef struct AtomizerPrivState
@@ -78,6 +154,7 @@ typedef struct AtomizerOutcome
 	bool		has_result;
 	Datum		result;			/* jsonb, when has_result */
 	bool		timed_out;
+	bool		released;		/* not the job's fault: put back uncounted */
 	char		sqlstate[6];
 	char	   *message;
 	char	   *detail;
@@ -92,6 +169,10 @@ extern void atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome);
 extern void atomizer_record_outcome(AtomizerJob *job,
 									AtomizerOutcome *outcome,
 									const Interval *retry_in);
+extern void atomizer_release_job(int64 id, bool solo);
+extern bool atomizer_in_worker;
+extern volatile sig_atomic_t atomizer_shutdown_pending;
+extern volatile TimestampTz atomizer_shutdown_deadline;
 
 /* jobs.c */
 extern int64 atomizer_interval_ms(const Interval *iv);

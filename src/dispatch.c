@@ -34,6 +34,7 @@
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
+#include "utils/array.h"
 #include "utils/backend_status.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -55,6 +56,34 @@ static volatile sig_atomic_t job_timed_out = false;
 
 /* Guards against run_pending() being called from a handler. */
 static bool running_jobs = false;
+
+/*
+ * Shutdown of a worker (worker.c sets these): a handler still running at
+ * the deadline is cancelled, and its job released.
+ */
+bool		atomizer_in_worker = false;
+volatile sig_atomic_t atomizer_shutdown_pending = false;
+volatile TimestampTz atomizer_shutdown_deadline = 0;
+static TimeoutId shutdown_poll_id = MAX_TIMEOUTS;
+static volatile sig_atomic_t shutdown_cancelled = false;
+
+/*
+ * shutdown_poll_handler
+ *		SIGALRM-time, every 100 ms while a worker runs a handler: past the
+ *		shutdown deadline, cancel the handler.
+ */
+static void
+shutdown_poll_handler(void)
+{
+	if (atomizer_shutdown_pending &&
+		GetCurrentTimestamp() >= atomizer_shutdown_deadline)
+	{
+		shutdown_cancelled = true;
+		QueryCancelPending = true;
+		InterruptPending = true;
+		SetLatch(MyLatch);
+	}
+}
 
 /*
  * job_timeout_handler
@@ -97,55 +126,103 @@ int
 atomizer_claim_jobs(const char *queue, int max_jobs, const char *owner_filter,
 					const char *worker, AtomizerJob **jobs)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr lock_plan = NULL;
+	static SPIPlanPtr mark_plan = NULL;
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	AtomizerPrivState priv;
 	Datum		values[4];
 	char		nulls[4] = {' ', ' ', ' ', ' '};
 	AtomizerJob *result;
+	Datum	   *ids;
+	int			nids = 0;
 	int			n;
 
 	values[0] = CStringGetTextDatum(queue);
 	values[1] = Int32GetDatum(max_jobs);
 	values[2] = owner_filter ? CStringGetTextDatum(owner_filter) : (Datum) 0;
 	nulls[2] = owner_filter ? ' ' : 'n';
-	values[3] = worker ? CStringGetTextDatum(worker) : (Datum) 0;
-	nulls[3] = worker ? ' ' : 'n';
 
 	atomizer_become_owner(&priv);
 	SPI_connect();
-	if (plan == NULL)
+	if (lock_plan == NULL)
 	{
-		Oid			types[4] = {TEXTOID, INT4OID, TEXTOID, TEXTOID};
+		Oid			types[3] = {TEXTOID, INT4OID, TEXTOID};
 
-		plan = SPI_prepare("WITH c AS ("
-						   " SELECT id FROM atomizer.job"
-						   " WHERE queue = $1 AND state = 'available'"
-						   " AND run_at <= now()"
-						   " AND ($3::name IS NULL OR owner = $3::name)"
-						   " ORDER BY priority, run_at, id LIMIT $2"
-						   " FOR UPDATE SKIP LOCKED) "
-						   "UPDATE atomizer.job j SET state = 'running',"
-						   " attempt = j.attempt + 1,"
-						   " started_at = clock_timestamp(), worker = $4 "
-						   "FROM c, atomizer.queue q "
-						   "WHERE j.id = c.id AND q.name = j.queue "
-						   "RETURNING j.id, j.handler, j.payload, j.attempt,"
-						   " coalesce(j.max_attempts, q.max_attempts),"
-						   " coalesce(j.timeout, q.timeout), j.owner::text,"
-						   " j.priority::int4, j.run_at",
-						   4, types);
-		if (plan == NULL)
+		lock_plan = SPI_prepare("SELECT id, solo FROM atomizer.job"
+								" WHERE queue = $1 AND state = 'available'"
+								" AND run_at <= now()"
+								" AND ($3::name IS NULL OR owner = $3::name)"
+								" AND EXISTS (SELECT 1 FROM atomizer.queue q"
+								"  WHERE q.name = $1 AND NOT q.paused"
+								"  AND NOT q.external)"
+								" ORDER BY priority, run_at, id LIMIT $2"
+								" FOR UPDATE SKIP LOCKED", 3, types);
+		if (lock_plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s",
 				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
+		SPI_keepplan(lock_plan);
+	}
+	if (mark_plan == NULL)
+	{
+		Oid			types[2] = {INT8ARRAYOID, TEXTOID};
+
+		mark_plan = SPI_prepare("UPDATE atomizer.job j SET state = 'running',"
+								" attempt = j.attempt + 1,"
+								" started_at = clock_timestamp(), worker = $2 "
+								"FROM atomizer.queue q "
+								"WHERE j.id = ANY($1) AND q.name = j.queue "
+								"RETURNING j.id, j.handler, j.payload, j.attempt,"
+								" coalesce(j.max_attempts, q.max_attempts),"
+								" coalesce(j.timeout, q.timeout), j.owner::text,"
+								" j.priority::int4, j.run_at",
+								2, types);
+		if (mark_plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(mark_plan);
 	}
 
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+	/*
+	 * Lock the candidates.  A job released after its worker died in the
+	 * middle of a batch is "solo": it runs in a batch of its own, so that a
+	 * job that kills its worker is found out and charged alone.
+	 */
+	if (SPI_execute_plan(lock_plan, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim jobs of queue \"%s\"", queue);
+	ids = palloc(sizeof(Datum) * Max(SPI_processed, 1));
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+		Datum		id = SPI_getbinval(SPI_tuptable->vals[i],
+									   SPI_tuptable->tupdesc, 1, &isnull);
+		bool		solo = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i],
+													  SPI_tuptable->tupdesc, 2, &isnull));
 
-	n = (int) SPI_processed;
-	result = MemoryContextAllocZero(caller_cxt, sizeof(AtomizerJob) * Max(n, 1));
+		if (solo)
+		{
+			ids[0] = id;
+			nids = 1;
+			break;
+		}
+		ids[nids++] = id;
+	}
+
+	n = 0;
+	result = MemoryContextAllocZero(caller_cxt, sizeof(AtomizerJob) * Max(nids, 1));
+	if (nids > 0)
+	{
+		Datum		mvalues[2];
+		char		mnulls[2] = {' ', ' '};
+
+		mvalues[0] = PointerGetDatum(construct_array(ids, nids, INT8OID, 8,
+													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		mvalues[1] = worker ? CStringGetTextDatum(worker) : (Datum) 0;
+		mnulls[1] = worker ? ' ' : 'n';
+		if (SPI_execute_plan(mark_plan, mvalues, mnulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not claim jobs of queue \"%s\"", queue);
+		n = (int) SPI_processed;
+	}
+
 	for (int i = 0; i < n; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -229,7 +306,10 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 
 	if (job_timeout_id == MAX_TIMEOUTS)
 		job_timeout_id = RegisterTimeout(USER_TIMEOUT, job_timeout_handler);
+	if (atomizer_in_worker && shutdown_poll_id == MAX_TIMEOUTS)
+		shutdown_poll_id = RegisterTimeout(USER_TIMEOUT, shutdown_poll_handler);
 	job_timed_out = false;
+	shutdown_cancelled = false;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	BeginInternalSubTransaction(NULL);
@@ -255,16 +335,23 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 		if (job->timeout_ms > 0)
 			enable_timeout_after(job_timeout_id,
 								 (int) Min(job->timeout_ms, INT_MAX));
+		if (atomizer_in_worker)
+			enable_timeout_every(shutdown_poll_id,
+								 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 100),
+								 100);
 
 		call_handler(job, roleid, outcome);
 
 		if (job->timeout_ms > 0)
 			disable_timeout(job_timeout_id, false);
+		if (atomizer_in_worker)
+			disable_timeout(shutdown_poll_id, false);
 		/* The handler finished first: a cancel we raised is not pending. */
-		if (job_timed_out)
+		if (job_timed_out || shutdown_cancelled)
 		{
 			QueryCancelPending = false;
 			job_timed_out = false;
+			shutdown_cancelled = false;
 		}
 
 		/* Discard every setting the handler changed, SET or SET LOCAL. */
@@ -282,6 +369,8 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 
 		if (job->timeout_ms > 0)
 			disable_timeout(job_timeout_id, false);
+		if (atomizer_in_worker)
+			disable_timeout(shutdown_poll_id, false);
 
 		MemoryContextSwitchTo(job_cxt);
 		edata = CopyErrorData();
@@ -294,7 +383,13 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 
 		outcome->ok = false;
 		outcome->has_result = false;
-		if (job_timed_out && edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+		if (shutdown_cancelled && edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+		{
+			/* not the job's fault: release it, attempt not counted */
+			outcome->released = true;
+			outcome->message = pstrdup("worker was stopped while running the job");
+		}
+		else if (job_timed_out && edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
 		{
 			outcome->timed_out = true;
 			outcome->message = psprintf("job exceeded its timeout of " INT64_FORMAT " ms",
@@ -311,6 +406,7 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 		outcome->hint = edata->hint;
 		outcome->context = edata->context;
 		job_timed_out = false;
+		shutdown_cancelled = false;
 	}
 	PG_END_TRY();
 }
@@ -336,6 +432,8 @@ atomizer_record_outcome(AtomizerJob *job, AtomizerOutcome *outcome,
 		(void) atomizer_finish_job(job->id, "succeeded", outcome->result,
 								   !outcome->has_result, NULL);
 	}
+	else if (outcome->released)
+		atomizer_release_job(job->id, false);
 	else
 	{
 		Datum		values[7];
@@ -409,6 +507,37 @@ atomizer_record_outcome(AtomizerJob *job, AtomizerOutcome *outcome,
 
 	SPI_finish();
 	atomizer_restore_caller(&priv);
+}
+
+/*
+ * atomizer_release_job
+ *		Put a running job back, available now, its attempt not counted; solo
+ *		makes it run in a batch of its own next time.  The caller is
+ *		connected to SPI and runs as the owner.
+ */
+void
+atomizer_release_job(int64 id, bool solo)
+{
+	static SPIPlanPtr plan = NULL;
+	Datum		values[2];
+
+	if (plan == NULL)
+	{
+		Oid			types[2] = {INT8OID, BOOLOID};
+
+		plan = SPI_prepare("UPDATE atomizer.job SET state = 'available',"
+						   " attempt = greatest(attempt - 1, 0), worker = NULL,"
+						   " started_at = NULL, solo = solo OR $2 "
+						   "WHERE id = $1 AND state = 'running'", 2, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+	values[0] = Int64GetDatum(id);
+	values[1] = BoolGetDatum(solo);
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not release job " INT64_FORMAT, id);
 }
 
 /*

@@ -16,6 +16,24 @@
 /* Jobs claimed per scan by run_pending() and the workers. */
 int			atomizer_batch_size = 16;
 
+/* Whether the launcher runs schedulers and workers at all. */
+bool		atomizer_enabled = true;
+
+/* Databases to run jobs in: "*" or a comma-separated list. */
+char	   *atomizer_databases = NULL;
+
+/* Worker processes across all databases (sizes shared memory). */
+int			atomizer_max_workers = 8;
+
+/* Milliseconds a stopping worker lets its running job finish. */
+int			atomizer_shutdown_timeout = 5000;
+
+/* Milliseconds between safety-net polls of schedulers and idle workers. */
+int			atomizer_poll_interval = 10000;
+
+/* Milliseconds an idle worker waits for work before it exits. */
+int			atomizer_worker_idle_timeout = 60000;
+
 /*
  * atomizer_guc_init
  *		Define the GUCs and reserve the "atomizer" prefix.
@@ -32,6 +50,62 @@ atomizer_guc_init(void)
 							16, 1, 1000,
 							PGC_USERSET,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("atomizer.enabled",
+							 "Whether atomizer's background workers run jobs.",
+							 "When off, schedulers and workers exit and jobs wait "
+							 "until it is on again (or run with atomizer.run_pending()).",
+							 &atomizer_enabled,
+							 true,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomStringVariable("atomizer.databases",
+							   "Databases in which atomizer's workers run jobs.",
+							   "\"*\" means every database that has the extension; "
+							   "otherwise a comma-separated list of database names.",
+							   &atomizer_databases,
+							   "*",
+							   PGC_SIGHUP,
+							   GUC_LIST_INPUT,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("atomizer.max_workers",
+							"Maximum number of atomizer worker processes, over all databases.",
+							"Each also needs a slot of max_worker_processes.",
+							&atomizer_max_workers,
+							8, 1, 1024,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("atomizer.shutdown_timeout",
+							"Time a stopping worker gives its running job to finish.",
+							"After it the job is cancelled and released, its attempt not counted.",
+							&atomizer_shutdown_timeout,
+							5000, 0, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("atomizer.poll_interval",
+							"Longest time a scheduler or idle worker sleeps without looking for work.",
+							"Commits wake workers at once; this is only the safety net.",
+							&atomizer_poll_interval,
+							10000, 10, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("atomizer.worker_idle_timeout",
+							"Time an idle worker waits for work before it exits.",
+							NULL,
+							&atomizer_worker_idle_timeout,
+							60000, 100, 24 * 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("atomizer");

@@ -306,6 +306,7 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 
 	SPI_finish();
 	atomizer_restore_caller(&priv);
+	atomizer_note_enqueue(args.queue);
 
 	PG_RETURN_INT64(id);
 }
@@ -447,6 +448,7 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	atomizer_restore_caller(&priv);
+	atomizer_note_enqueue(args.queue);
 
 	qsort(ids, nids, sizeof(int64), compare_int64);
 	materialize_ids(rsinfo, ids, nids);
@@ -641,6 +643,8 @@ atomizer_retry(PG_FUNCTION_ARGS)
 		if (SPI_execute_plan(move_plan, values, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not retry job " INT64_FORMAT, job_id);
 		retried = (SPI_processed == 1);
+		if (retried)
+			atomizer_note_enqueue(queue);
 	}
 	SPI_finish();
 	atomizer_restore_caller(&priv);

@@ -1,0 +1,584 @@
+/*-------------------------------------------------------------------------
+ *
+ * scheduler.c
+ *	  The scheduler: one background worker per database with the extension,
+ *	  started by the launcher.  Each pass it
+ *
+ *	  - recovers orphans: running jobs whose worker process is gone (it was
+ *		killed, hit a FATAL error, or the server crashed).  A job that was
+ *		alone in its dead worker's batch gets a failed attempt ("worker
+ *		process died while running the job") and is retried or dead like any
+ *		failure; jobs that shared a batch are released uncounted and run one
+ *		at a time ("solo"), so a job that kills its worker is found out and
+ *		charged alone;
+ *	  - starts a worker for each internal, unpaused queue that has due jobs
+ *		and no idle worker, within the queue's concurrency and
+ *		atomizer.max_workers;
+ *	  - prunes finished jobs older than their queue's retention (dead jobs
+ *		stay until retried or purged);
+ *
+ *	  then sleeps until a commit wakes it, the next delayed job is due, or
+ *	  atomizer.poll_interval has passed.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "atomizer.h"
+
+/* Seconds between safety-net orphan scans and between prunes. */
+#define ORPHAN_SCAN_MS		30000
+#define PRUNE_MS			60000
+#define PRUNE_BATCH			10000
+/* A scheduler pass runs at most this often, however many commits wake it. */
+#define MIN_PASS_MS			5
+/* After a worker exits on an error, no new worker before this. */
+#define WORKER_FAILURE_PAUSE_MS	5000
+
+typedef struct WorkerHandle
+{
+	BackgroundWorkerHandle *handle;
+	uint32		generation;
+} WorkerHandle;
+
+static WorkerHandle *worker_handles = NULL;
+static bool logged_no_slots = false;
+
+/*
+ * atomizer_start_worker
+ *		Reserve a worker slot for queue and register the worker.  False (and
+ *		a LOG line, once) when atomizer.max_workers or max_worker_processes
+ *		is exhausted.
+ */
+bool
+atomizer_start_worker(Oid dboid, const char *queue, int *slotno,
+					  BackgroundWorkerHandle **handle)
+{
+	BackgroundWorker worker;
+	AtomizerWorkerSlot *slot = NULL;
+	int			used = 0;
+
+	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < atomizer_shared->max_workers; i++)
+	{
+		if (atomizer_shared->workers[i].in_use)
+			used++;
+		else if (slot == NULL)
+		{
+			slot = &atomizer_shared->workers[i];
+			*slotno = i;
+		}
+	}
+	if (slot != NULL)
+	{
+		uint32		generation = slot->generation + 1;
+
+		memset(slot, 0, sizeof(AtomizerWorkerSlot));
+		slot->in_use = true;
+		slot->generation = generation;
+		slot->state = ATOMIZER_WORKER_STARTING;
+		slot->dboid = dboid;
+		strlcpy(slot->queue, queue, NAMEDATALEN);
+	}
+	LWLockRelease(atomizer_shared->lock);
+
+	if (slot == NULL)
+		return false;			/* atomizer.max_workers reached */
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
+		BGWORKER_BACKEND_DATABASE_CONNECTION;
+	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	worker.bgw_restart_time = BGW_NEVER_RESTART;
+	strlcpy(worker.bgw_library_name, "atomizer", BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, "atomizer_worker_main", BGW_MAXLEN);
+	snprintf(worker.bgw_name, BGW_MAXLEN, "atomizer worker for queue %s", queue);
+	strlcpy(worker.bgw_type, "atomizer worker", BGW_MAXLEN);
+	worker.bgw_main_arg = Int32GetDatum(*slotno);
+	worker.bgw_notify_pid = MyProcPid;
+
+	/* the handle outlives the pass's memory context */
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+		bool		registered = RegisterDynamicBackgroundWorker(&worker, handle);
+
+		MemoryContextSwitchTo(old);
+		if (registered)
+		{
+			logged_no_slots = false;
+			return true;
+		}
+	}
+	{
+		LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+		slot->in_use = false;
+		LWLockRelease(atomizer_shared->lock);
+		if (!logged_no_slots)
+			ereport(LOG,
+					(errmsg("atomizer: could not start a worker for queue \"%s\": no background worker slot is free",
+							queue),
+					 errhint("Raise max_worker_processes (atomizer needs one for its launcher, one per database and one per worker).")));
+		logged_no_slots = true;
+		return false;
+	}
+}
+
+/*
+ * reap_workers
+ *		Free the slots of workers that stopped without freeing them (they
+ *		failed to start, or died before attaching).
+ */
+static void
+reap_workers(void)
+{
+	for (int i = 0; i < atomizer_shared->max_workers; i++)
+	{
+		WorkerHandle *wh = &worker_handles[i];
+		pid_t		pid;
+
+		if (wh->handle == NULL)
+			continue;
+		if (GetBackgroundWorkerPid(wh->handle, &pid) != BGWH_STOPPED)
+			continue;
+		LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+		if (atomizer_shared->workers[i].in_use &&
+			atomizer_shared->workers[i].generation == wh->generation)
+			atomizer_shared->workers[i].in_use = false;
+		LWLockRelease(atomizer_shared->lock);
+		pfree(wh->handle);
+		wh->handle = NULL;
+	}
+}
+
+/*
+ * worker_alive
+ *		Whether a worker identity "atomizer:<pid>:<start>" belongs to a live
+ *		worker of this database.
+ */
+static bool
+worker_alive(const char *worker)
+{
+	int			pid;
+	long		start;
+	bool		alive = false;
+
+	if (sscanf(worker, "atomizer:%d:%ld", &pid, &start) != 2)
+		return true;			/* not ours: leave it alone */
+
+	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
+	for (int i = 0; i < atomizer_shared->max_workers; i++)
+	{
+		AtomizerWorkerSlot *w = &atomizer_shared->workers[i];
+
+		if (w->in_use && w->pid == pid && (long) w->start_time == start &&
+			w->dboid == MyDatabaseId)
+		{
+			alive = true;
+			break;
+		}
+	}
+	LWLockRelease(atomizer_shared->lock);
+	return alive;
+}
+
+/*
+ * recover_orphans
+ *		Find running jobs of dead workers and release or fail them.  The
+ *		rows are locked first and the worker slots read after, so a worker
+ *		that claimed after our snapshot is seen alive.
+ */
+static void
+recover_orphans(void)
+{
+	static SPIPlanPtr plan = NULL;
+	AtomizerPrivState priv;
+	uint64		n;
+	AtomizerJob *jobs;
+	char	  **workers;
+	int			recovered = 0;
+
+	atomizer_become_owner(&priv);
+	SPI_connect();
+	if (plan == NULL)
+	{
+		plan = SPI_prepare("SELECT j.id, j.worker, j.attempt,"
+						   " coalesce(j.max_attempts, q.max_attempts, 1), j.queue"
+						   " FROM atomizer.job j"
+						   " LEFT JOIN atomizer.queue q ON q.name = j.queue"
+						   " WHERE j.state = 'running' AND j.worker LIKE 'atomizer:%'"
+						   " FOR UPDATE OF j SKIP LOCKED", 0, NULL);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+	if (SPI_execute_plan(plan, NULL, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for orphaned jobs");
+
+	n = SPI_processed;
+	jobs = palloc0(sizeof(AtomizerJob) * Max(n, 1));
+	workers = palloc0(sizeof(char *) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		jobs[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		workers[i] = SPI_getvalue(tup, desc, 2);
+		jobs[i].attempt = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		jobs[i].max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		jobs[i].queue = SPI_getvalue(tup, desc, 5);
+	}
+
+	for (uint64 i = 0; i < n; i++)
+	{
+		int			batch = 0;
+
+		if (workers[i] == NULL || worker_alive(workers[i]))
+			continue;
+		for (uint64 k = 0; k < n; k++)
+			if (workers[k] && strcmp(workers[k], workers[i]) == 0)
+				batch++;
+
+		if (batch > 1)
+			atomizer_release_job(jobs[i].id, true);
+		else
+		{
+			AtomizerOutcome outcome;
+
+			memset(&outcome, 0, sizeof(outcome));
+			strlcpy(outcome.sqlstate, "57P01", sizeof(outcome.sqlstate));
+			outcome.message = psprintf("worker process died while running the job (%s)",
+									   workers[i]);
+			outcome.hint = "A job whose handler kills its worker is retried like any failure and is dead after max_attempts.";
+			atomizer_record_outcome(&jobs[i], &outcome, NULL);
+		}
+		recovered++;
+	}
+	SPI_finish();
+	atomizer_restore_caller(&priv);
+
+	if (recovered > 0)
+		ereport(LOG,
+				(errmsg("atomizer: recovered %d job(s) of workers that died", recovered)));
+}
+
+/*
+ * prune
+ *		Delete finished jobs (not dead ones) older than their queue's
+ *		retention, a bounded number per pass.
+ */
+static void
+prune(void)
+{
+	static SPIPlanPtr plan = NULL;
+	AtomizerPrivState priv;
+
+	atomizer_become_owner(&priv);
+	SPI_connect();
+	if (plan == NULL)
+	{
+		Oid			types[1] = {INT4OID};
+
+		plan = SPI_prepare("WITH d AS (DELETE FROM atomizer.job_history h"
+						   " WHERE h.id IN (SELECT h2.id FROM atomizer.job_history h2"
+						   "  JOIN atomizer.queue q ON q.name = h2.queue"
+						   "  WHERE h2.state <> 'dead'"
+						   "  AND h2.finished_at < now() - q.retention LIMIT $1)"
+						   " RETURNING h.id), "
+						   "e AS (DELETE FROM atomizer.job_error e USING d"
+						   " WHERE e.job_id = d.id) "
+						   "SELECT count(*) FROM d", 1, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+	{
+		Datum		limit = Int32GetDatum(PRUNE_BATCH);
+
+		if (SPI_execute_plan(plan, &limit, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not prune finished jobs");
+	}
+	SPI_finish();
+	atomizer_restore_caller(&priv);
+}
+
+/*
+ * queue_workers
+ *		Count this database's live workers of queue, and the idle or
+ *		starting ones among them.
+ */
+static void
+queue_workers(const char *queue, int *alive, int *ready)
+{
+	*alive = 0;
+	*ready = 0;
+	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
+	for (int i = 0; i < atomizer_shared->max_workers; i++)
+	{
+		AtomizerWorkerSlot *w = &atomizer_shared->workers[i];
+
+		if (!w->in_use || w->dboid != MyDatabaseId || strcmp(w->queue, queue) != 0)
+			continue;
+		(*alive)++;
+		if (w->state == ATOMIZER_WORKER_STARTING || w->state == ATOMIZER_WORKER_IDLE)
+			(*ready)++;
+	}
+	LWLockRelease(atomizer_shared->lock);
+}
+
+/*
+ * start_workers
+ *		Start a worker for each queue with due jobs and none ready for them.
+ *		Returns ms until the earliest delayed job is due (or the poll
+ *		interval).
+ */
+static long
+start_workers(void)
+{
+	static SPIPlanPtr plan = NULL;
+	AtomizerPrivState priv;
+	long		sleep_ms = atomizer_poll_interval;
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz last_failure;
+	uint64		n;
+
+	/* a worker that failed (not a job: the worker itself) is not restarted in a loop */
+	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
+	last_failure = atomizer_db_slot(MyDatabaseId, false)->last_worker_failure;
+	LWLockRelease(atomizer_shared->lock);
+	if (last_failure != 0 &&
+		!TimestampDifferenceExceeds(last_failure, now, WORKER_FAILURE_PAUSE_MS))
+		return Max(TimestampDifferenceMilliseconds(now,
+												   TimestampTzPlusMilliseconds(last_failure, WORKER_FAILURE_PAUSE_MS)), 1);
+
+	atomizer_become_owner(&priv);
+	SPI_connect();
+	if (plan == NULL)
+	{
+		plan = SPI_prepare("SELECT q.name, q.concurrency, d.due,"
+						   " CASE WHEN d.due THEN NULL ELSE"
+						   "  (SELECT min(j.run_at) FROM atomizer.job j"
+						   "   WHERE j.queue = q.name AND j.state = 'available') END"
+						   " FROM atomizer.queue q,"
+						   " LATERAL (SELECT EXISTS (SELECT 1 FROM atomizer.job j"
+						   "  WHERE j.queue = q.name AND j.state = 'available'"
+						   "  AND j.run_at <= now())) AS d(due)"
+						   " WHERE NOT q.external AND NOT q.paused", 0, NULL);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list queues");
+
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *queue = SPI_getvalue(tup, desc, 1);
+		bool		isnull;
+		int			concurrency = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		bool		due = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+		Datum		next = SPI_getbinval(tup, desc, 4, &isnull);
+		int			alive;
+		int			ready;
+
+		if (!due)
+		{
+			if (!isnull)
+			{
+				long		ms = TimestampDifferenceMilliseconds(now,
+																 DatumGetTimestampTz(next));
+
+				sleep_ms = Min(sleep_ms, Max(ms, 1));
+			}
+			continue;
+		}
+		queue_workers(queue, &alive, &ready);
+		if (ready == 0 && alive < concurrency)
+		{
+			int			slotno;
+			BackgroundWorkerHandle *handle;
+
+			if (atomizer_start_worker(MyDatabaseId, queue, &slotno, &handle))
+			{
+				worker_handles[slotno].handle = handle;
+				worker_handles[slotno].generation =
+					atomizer_shared->workers[slotno].generation;
+			}
+		}
+	}
+	SPI_finish();
+	atomizer_restore_caller(&priv);
+	return sleep_ms;
+}
+
+/*
+ * scheduler_detach
+ *		before_shmem_exit: this database has no scheduler any more.
+ */
+static void
+scheduler_detach(int code, Datum arg)
+{
+	AtomizerDbSlot *db;
+
+	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+	db = atomizer_db_slot(MyDatabaseId, false);
+	if (db != NULL && db->scheduler_pid == MyProcPid)
+		db->scheduler_latch = NULL;
+	LWLockRelease(atomizer_shared->lock);
+}
+
+/*
+ * has_extension
+ *		Whether this database has the extension (in a transaction).
+ */
+static bool
+has_extension(void)
+{
+	return OidIsValid(get_extension_oid("atomizer", true));
+}
+
+/*
+ * atomizer_scheduler_main
+ *		Entry point of a database's scheduler.
+ */
+void
+atomizer_scheduler_main(Datum arg)
+{
+	Oid			dboid = DatumGetObjectId(arg);
+	AtomizerDbSlot *db;
+	bool		present;
+	char	   *dbname;
+	TimestampTz last_orphan_scan = 0;
+	TimestampTz last_prune = 0;
+	MemoryContext pass_cxt;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	pgstat_report_appname("atomizer scheduler");
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	present = has_extension();
+	dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
+	CommitTransactionCommand();
+
+	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+	db = atomizer_db_slot(dboid, true);
+	if (db == NULL)
+	{
+		LWLockRelease(atomizer_shared->lock);
+		proc_exit(1);
+	}
+	if (!present)
+	{
+		bool		log_it = !db->logged_no_extension;
+
+		db->no_extension = true;
+		db->logged_no_extension = true;
+		LWLockRelease(atomizer_shared->lock);
+		if (log_it)
+			ereport(LOG,
+					(errmsg("atomizer: database \"%s\" does not have the extension, skipping it",
+							dbname),
+					 errhint("Run CREATE EXTENSION atomizer there, or leave it out of atomizer.databases.")));
+		proc_exit(0);
+	}
+	db->no_extension = false;
+	db->logged_no_extension = false;
+	db->scheduler_pid = MyProcPid;
+	db->scheduler_latch = MyLatch;
+	LWLockRelease(atomizer_shared->lock);
+	before_shmem_exit(scheduler_detach, (Datum) 0);
+
+	worker_handles = MemoryContextAllocZero(TopMemoryContext,
+											sizeof(WorkerHandle) * atomizer_shared->max_workers);
+	pass_cxt = AllocSetContextCreate(TopMemoryContext, "atomizer scheduler",
+									 ALLOCSET_DEFAULT_SIZES);
+	ereport(LOG, (errmsg("atomizer: scheduler started for database \"%s\"", dbname)));
+
+	for (;;)
+	{
+		long		sleep_ms;
+		TimestampTz now;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (!atomizer_enabled || !atomizer_database_listed(dbname))
+			proc_exit(0);		/* its workers see the same and stop too */
+
+		reap_workers();
+		now = GetCurrentTimestamp();
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		MemoryContextSwitchTo(pass_cxt);
+		PushActiveSnapshot(GetTransactionSnapshot());
+		if (!has_extension())
+		{
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			ereport(LOG,
+					(errmsg("atomizer: extension dropped in database \"%s\", scheduler exiting",
+							dbname)));
+			proc_exit(0);
+		}
+		pgstat_report_activity(STATE_RUNNING, "atomizer scheduler pass");
+
+		if (last_orphan_scan == 0 ||
+			TimestampDifferenceExceeds(last_orphan_scan, now, ORPHAN_SCAN_MS) ||
+			pg_atomic_exchange_u32(&db->orphans_pending, 0) != 0)
+		{
+			recover_orphans();
+			last_orphan_scan = now;
+		}
+		sleep_ms = start_workers();
+		if (last_prune == 0 || TimestampDifferenceExceeds(last_prune, now, PRUNE_MS))
+		{
+			prune();
+			last_prune = now;
+		}
+
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_IDLE, NULL);
+		MemoryContextReset(pass_cxt);
+
+		/* coalesce bursts of wake-ups */
+		pg_usleep(MIN_PASS_MS * 1000L);
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 sleep_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}

@@ -1,0 +1,268 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *	  atomizer's shared memory: one slot per database scheduler and one per
+ *	  worker process, protected by one LWLock, and the wake-up primitives
+ *	  built on them.
+ *
+ *	  A worker slot is reserved by a scheduler before it registers the
+ *	  worker, filled in by the worker when it starts (pid, latch) and freed
+ *	  by the worker when it exits, or by the scheduler if the worker never
+ *	  started.  Running jobs of in-database workers carry the worker's
+ *	  identity ("atomizer:<pid>:<start time>"), so a running job whose
+ *	  worker has no slot any more is an orphan (see scheduler.c).  After a
+ *	  crash restart shared memory is new, and every running job is one.
+ *
+ *	  Also here: atomizer.workers, the view of the worker slots.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/proc.h"
+#include "storage/shmem.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+#include "atomizer.h"
+
+PG_FUNCTION_INFO_V1(atomizer_workers);
+
+AtomizerShared *atomizer_shared = NULL;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+/*
+ * shared_size
+ *		Bytes of shared memory atomizer needs.
+ */
+static Size
+shared_size(void)
+{
+	return add_size(offsetof(AtomizerShared, workers),
+					mul_size(sizeof(AtomizerWorkerSlot), atomizer_max_workers));
+}
+
+/*
+ * shmem_request
+ *		PG15's hook for requesting shared memory and LWLocks.
+ */
+static void
+shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(shared_size());
+	RequestNamedLWLockTranche("atomizer", 1);
+}
+
+/*
+ * shmem_startup
+ *		Create or attach to the shared state.
+ */
+static void
+shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	atomizer_shared = ShmemInitStruct("atomizer", shared_size(), &found);
+	if (!found)
+	{
+		memset(atomizer_shared, 0, shared_size());
+		for (int i = 0; i < ATOMIZER_MAX_DATABASES; i++)
+			pg_atomic_init_u32(&atomizer_shared->dbs[i].orphans_pending, 0);
+		atomizer_shared->lock = &(GetNamedLWLockTranche("atomizer"))->lock;
+		atomizer_shared->max_workers = atomizer_max_workers;
+	}
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * atomizer_shmem_init
+ *		Install the hooks; called from _PG_init when preloaded.
+ */
+void
+atomizer_shmem_init(void)
+{
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = shmem_startup;
+}
+
+/*
+ * atomizer_db_slot
+ *		The slot of database dboid, creating it if create; NULL if there is
+ *		none (or no room).  Caller holds the lock exclusively when create.
+ */
+AtomizerDbSlot *
+atomizer_db_slot(Oid dboid, bool create)
+{
+	AtomizerDbSlot *free_slot = NULL;
+
+	for (int i = 0; i < ATOMIZER_MAX_DATABASES; i++)
+	{
+		AtomizerDbSlot *db = &atomizer_shared->dbs[i];
+
+		if (db->dboid == dboid)
+			return db;
+		if (db->dboid == InvalidOid && free_slot == NULL)
+			free_slot = db;
+	}
+	if (create && free_slot != NULL)
+	{
+		memset(free_slot, 0, sizeof(AtomizerDbSlot));
+		free_slot->dboid = dboid;
+		pg_atomic_init_u32(&free_slot->orphans_pending, 0);
+		return free_slot;
+	}
+	return NULL;
+}
+
+/*
+ * atomizer_wake_queue
+ *		Jobs of queue in database dboid became available: set the latch of
+ *		one idle worker of that queue, or, if it has none, the scheduler's so
+ *		that it starts one.  Cheap enough for every commit that enqueued.
+ */
+void
+atomizer_wake_queue(Oid dboid, const char *queue)
+{
+	Latch	   *latch = NULL;
+	bool		starting = false;
+
+	if (atomizer_shared == NULL)
+		return;
+
+	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
+	for (int i = 0; i < atomizer_shared->max_workers; i++)
+	{
+		AtomizerWorkerSlot *w = &atomizer_shared->workers[i];
+
+		if (!w->in_use || w->dboid != dboid || strcmp(w->queue, queue) != 0)
+			continue;
+		if (w->state == ATOMIZER_WORKER_IDLE && w->latch != NULL)
+		{
+			latch = w->latch;
+			break;
+		}
+		if (w->state == ATOMIZER_WORKER_STARTING)
+			starting = true;	/* it looks for work as soon as it starts */
+	}
+	if (latch == NULL && !starting)
+	{
+		AtomizerDbSlot *db = atomizer_db_slot(dboid, false);
+
+		if (db != NULL && db->scheduler_latch != NULL)
+			latch = db->scheduler_latch;
+	}
+	LWLockRelease(atomizer_shared->lock);
+
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/*
+ * atomizer_wake_launcher
+ *		Ask the launcher to look at the databases again now (CREATE
+ *		EXTENSION, a reload).
+ */
+void
+atomizer_wake_launcher(Oid dboid)
+{
+	Latch	   *latch;
+
+	if (atomizer_shared == NULL)
+		return;
+	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+	if (OidIsValid(dboid))
+	{
+		AtomizerDbSlot *db = atomizer_db_slot(dboid, false);
+
+		if (db != NULL)
+			db->retry_after = 0;
+	}
+	latch = atomizer_shared->launcher_latch;
+	LWLockRelease(atomizer_shared->lock);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/*
+ * worker_state_name
+ *		The state of a worker slot as shown in atomizer.workers.
+ */
+static const char *
+worker_state_name(int state)
+{
+	switch (state)
+	{
+		case ATOMIZER_WORKER_STARTING:
+			return "starting";
+		case ATOMIZER_WORKER_IDLE:
+			return "idle";
+		case ATOMIZER_WORKER_RUNNING:
+			return "running";
+		case ATOMIZER_WORKER_STOPPING:
+			return "stopping";
+	}
+	return "unknown";
+}
+
+/*
+ * atomizer._workers() RETURNS SETOF record
+ *		The worker slots, for the view atomizer.workers.  Workers belong to
+ *		no role, so every role sees them; the jobs they run stay behind
+ *		row-level security.
+ */
+Datum
+atomizer_workers(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (atomizer_shared == NULL)
+		return (Datum) 0;
+
+	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
+	for (int i = 0; i < atomizer_shared->max_workers; i++)
+	{
+		AtomizerWorkerSlot *w = &atomizer_shared->workers[i];
+		Datum		values[8];
+		bool		nulls[8];
+
+		if (!w->in_use)
+			continue;
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = Int32GetDatum(w->pid);
+		nulls[0] = (w->pid == 0);
+		values[1] = ObjectIdGetDatum(w->dboid);
+		values[2] = CStringGetTextDatum(w->queue);
+		values[3] = CStringGetTextDatum(worker_state_name(w->state));
+		values[4] = Int64GetDatum(w->job_id);
+		nulls[4] = (w->job_id == 0);
+		values[5] = Int64GetDatum(w->jobs_succeeded);
+		values[6] = Int64GetDatum(w->jobs_failed);
+		values[7] = TimestampTzGetDatum(w->started_at);
+		nulls[7] = (w->started_at == 0);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	LWLockRelease(atomizer_shared->lock);
+	return (Datum) 0;
+}

@@ -1,0 +1,111 @@
+/*-------------------------------------------------------------------------
+ *
+ * wakeup.c
+ *	  Wake-up on commit.  enqueue() notes the queues it wrote to; when the
+ *	  transaction commits, a transaction callback sets the latch of an idle
+ *	  worker of each queue (or of the database's scheduler): a job starts as
+ *	  soon as it can be seen, not a polling interval later, and a producer
+ *	  pays a few shared-memory reads, never a lock that serialises commits.
+ *	  If the transaction aborts, nothing happens.
+ *
+ *	  CREATE EXTENSION wakes the launcher the same way, so the new
+ *	  database's scheduler starts right after the commit.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+
+#include "atomizer.h"
+
+PG_FUNCTION_INFO_V1(atomizer_extension_created);
+
+#define MAX_PENDING_QUEUES 8
+
+static bool callback_registered = false;
+static int	npending = 0;
+static bool pending_overflow = false;
+static bool pending_launcher = false;
+static char pending[MAX_PENDING_QUEUES][NAMEDATALEN];
+
+/*
+ * xact_callback
+ *		At commit, wake whoever runs the queues written to; forget them at
+ *		the end of the transaction either way.
+ */
+static void
+xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			if (pending_overflow)
+				atomizer_wake_queue(MyDatabaseId, "");
+			for (int i = 0; i < npending; i++)
+				atomizer_wake_queue(MyDatabaseId, pending[i]);
+			if (pending_launcher)
+				atomizer_wake_launcher(MyDatabaseId);
+			/* FALLTHROUGH */
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			npending = 0;
+			pending_overflow = false;
+			pending_launcher = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
+ * register_callback
+ *		Once per backend.
+ */
+static void
+register_callback(void)
+{
+	if (!callback_registered)
+	{
+		RegisterXactCallback(xact_callback, NULL);
+		callback_registered = true;
+	}
+}
+
+/*
+ * atomizer_note_enqueue
+ *		Remember that this transaction made jobs of queue available.
+ */
+void
+atomizer_note_enqueue(const char *queue)
+{
+	if (atomizer_shared == NULL)
+		return;					/* not preloaded: no workers to wake */
+	register_callback();
+
+	for (int i = 0; i < npending; i++)
+		if (strcmp(pending[i], queue) == 0)
+			return;
+	if (npending < MAX_PENDING_QUEUES)
+		strlcpy(pending[npending++], queue, NAMEDATALEN);
+	else
+		pending_overflow = true;
+}
+
+/*
+ * atomizer._extension_created() RETURNS void
+ *		Called by the install script: wake the launcher at commit.
+ */
+Datum
+atomizer_extension_created(PG_FUNCTION_ARGS)
+{
+	if (atomizer_shared != NULL)
+	{
+		register_callback();
+		pending_launcher = true;
+	}
+	PG_RETURN_VOID();
+}

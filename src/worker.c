@@ -1,0 +1,373 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  A worker process: runs the jobs of one queue of one database, started
+ *	  by that database's scheduler.
+ *
+ *	  Loop: claim a batch (marked running, attempts counted, committed), run
+ *	  each job's handler in its own subtransaction and record every outcome
+ *	  in a second transaction, so a handler's effects commit with its job's
+ *	  completion.  The batch size adapts: it starts at 1, doubles while
+ *	  batches are full and quick, and halves when a batch takes long, so
+ *	  slow jobs spread over the queue's workers and fast ones are claimed
+ *	  atomizer.batch_size at a time.  With nothing to do the worker sleeps on
+ *	  its latch, set by the commit of an enqueue (wakeup.c), until the next
+ *	  delayed job is due or atomizer.poll_interval passes; after
+ *	  atomizer.worker_idle_timeout with no work it exits.
+ *
+ *	  SIGTERM from the postmaster (fast shutdown) stops claiming and lets
+ *	  the batch run until atomizer.shutdown_timeout; then the running
+ *	  handler is cancelled, and it and the batch's remaining jobs are
+ *	  released uncounted.  SIGTERM from any other process (pg_terminate_
+ *	  backend) ends the worker at once, like any backend: its jobs are
+ *	  orphans, recovered by the scheduler.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <signal.h>
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "postmaster/postmaster.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "atomizer.h"
+
+/* A batch faster than this may grow; slower than SLOW_BATCH_MS shrinks. */
+#define FAST_BATCH_MS	20
+#define SLOW_BATCH_MS	200
+
+static int	my_slot = -1;
+static char my_queue[NAMEDATALEN];
+static char *my_dbname = NULL;
+static bool jobs_in_flight = false;
+
+/*
+ * worker_sigterm
+ *		SIGTERM.  From the postmaster it means shutdown: finish gracefully.
+ *		From anyone else (pg_terminate_backend) it means die now.
+ */
+static void
+worker_sigterm(int signo, siginfo_t *info, void *context)
+{
+	int			save_errno = errno;
+
+	if (info != NULL && info->si_pid != PostmasterPid && info->si_pid != 0)
+	{
+		die(signo);
+		errno = save_errno;
+		return;
+	}
+	if (!atomizer_shutdown_pending)
+	{
+		atomizer_shutdown_deadline =
+			TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										atomizer_shutdown_timeout);
+		atomizer_shutdown_pending = true;
+	}
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/*
+ * set_slot
+ *		Update this worker's slot: state and current job.
+ */
+static void
+set_slot(int state, int64 job_id)
+{
+	AtomizerWorkerSlot *w = &atomizer_shared->workers[my_slot];
+
+	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+	w->state = state;
+	w->job_id = job_id;
+	LWLockRelease(atomizer_shared->lock);
+}
+
+/*
+ * worker_detach
+ *		before_shmem_exit: free the slot; if jobs were in flight, tell the
+ *		scheduler to recover them now.
+ */
+static void
+worker_detach(int code, Datum arg)
+{
+	AtomizerDbSlot *db;
+	Latch	   *latch = NULL;
+
+	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+	atomizer_shared->workers[my_slot].in_use = false;
+	db = atomizer_db_slot(MyDatabaseId, false);
+	if (db != NULL && code != 0)
+		db->last_worker_failure = GetCurrentTimestamp();
+	if (db != NULL && jobs_in_flight)
+	{
+		pg_atomic_write_u32(&db->orphans_pending, 1);
+		latch = db->scheduler_latch;
+	}
+	LWLockRelease(atomizer_shared->lock);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/*
+ * next_due_ms
+ *		Milliseconds until the earliest waiting job of our queue is due, or
+ *		-1 if none waits.
+ */
+static long
+next_due_ms(void)
+{
+	static SPIPlanPtr plan = NULL;
+	AtomizerPrivState priv;
+	long		ms = -1;
+	Datum		arg = CStringGetTextDatum(my_queue);
+
+	atomizer_become_owner(&priv);
+	SPI_connect();
+	if (plan == NULL)
+	{
+		Oid			types[1] = {TEXTOID};
+
+		plan = SPI_prepare("SELECT min(run_at) FROM atomizer.job"
+						   " WHERE queue = $1 AND state = 'available'", 1, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+	if (SPI_execute_plan(plan, &arg, NULL, true, 1) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		bool		isnull;
+		Datum		next = SPI_getbinval(SPI_tuptable->vals[0],
+										 SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			ms = Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+													 DatumGetTimestampTz(next)), 0);
+	}
+	SPI_finish();
+	atomizer_restore_caller(&priv);
+	return ms;
+}
+
+/*
+ * run_batch
+ *		Run claimed jobs and record their outcomes in one transaction.
+ *		Returns the number of jobs run (the rest were released on shutdown).
+ */
+static int
+run_batch(AtomizerJob *jobs, int n, int64 *succeeded, int64 *failed)
+{
+	int			ran = 0;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+
+	for (int i = 0; i < n; i++)
+	{
+		AtomizerOutcome outcome;
+		char		activity[NAMEDATALEN * 2 + 64];
+
+		CHECK_FOR_INTERRUPTS();
+		if (atomizer_shutdown_pending &&
+			GetCurrentTimestamp() >= atomizer_shutdown_deadline)
+		{
+			/* out of time: release what has not run, uncounted */
+			AtomizerPrivState priv;
+
+			atomizer_become_owner(&priv);
+			SPI_connect();
+			for (int k = i; k < n; k++)
+				atomizer_release_job(jobs[k].id, false);
+			SPI_finish();
+			atomizer_restore_caller(&priv);
+			break;
+		}
+
+		set_slot(ATOMIZER_WORKER_RUNNING, jobs[i].id);
+		snprintf(activity, sizeof(activity), "atomizer job " INT64_FORMAT ": %s",
+				 jobs[i].id, jobs[i].handler);
+		pgstat_report_activity(STATE_RUNNING, activity);
+
+		atomizer_run_job(&jobs[i], &outcome);
+		atomizer_record_outcome(&jobs[i], &outcome, NULL);
+		if (outcome.ok)
+			(*succeeded)++;
+		else if (!outcome.released)
+			(*failed)++;
+		ran++;
+	}
+
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	return ran;
+}
+
+/*
+ * atomizer_worker_main
+ *		Entry point of a worker; the argument is its slot number.
+ */
+void
+atomizer_worker_main(Datum arg)
+{
+	struct sigaction act;
+	AtomizerWorkerSlot *slot;
+	Oid			dboid;
+	char		worker_id[64];
+	char		appname[NAMEDATALEN + 32];
+	MemoryContext batch_cxt;
+	TimestampTz idle_since;
+	int			batch = 1;
+
+	my_slot = DatumGetInt32(arg);
+	slot = &atomizer_shared->workers[my_slot];
+
+	memset(&act, 0, sizeof(act));
+	act.sa_sigaction = worker_sigterm;
+	act.sa_flags = SA_SIGINFO | SA_RESTART;
+	sigemptyset(&act.sa_mask);
+	sigaction(SIGTERM, &act, NULL);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGINT, StatementCancelHandler);
+	BackgroundWorkerUnblockSignals();
+
+	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
+	dboid = slot->dboid;
+	strlcpy(my_queue, slot->queue, NAMEDATALEN);
+	LWLockRelease(atomizer_shared->lock);
+
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	atomizer_in_worker = true;
+
+	StartTransactionCommand();
+	my_dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
+	CommitTransactionCommand();
+
+	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+	slot->pid = MyProcPid;
+	slot->start_time = MyStartTime;
+	slot->latch = MyLatch;
+	slot->state = ATOMIZER_WORKER_IDLE;
+	slot->started_at = GetCurrentTimestamp();
+	LWLockRelease(atomizer_shared->lock);
+	before_shmem_exit(worker_detach, (Datum) 0);
+
+	snprintf(worker_id, sizeof(worker_id), "atomizer:%d:%ld",
+			 MyProcPid, (long) MyStartTime);
+	snprintf(appname, sizeof(appname), "atomizer worker %s", my_queue);
+	pgstat_report_appname(appname);
+
+	batch_cxt = AllocSetContextCreate(TopMemoryContext, "atomizer worker batch",
+									  ALLOCSET_DEFAULT_SIZES);
+	idle_since = GetCurrentTimestamp();
+
+	while (!atomizer_shutdown_pending)
+	{
+		AtomizerJob *jobs;
+		int			n;
+		TimestampTz started;
+		int64		succeeded = 0;
+		int64		failed = 0;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		if (!atomizer_enabled || !atomizer_database_listed(my_dbname))
+			break;
+		batch = Min(batch, atomizer_batch_size);
+
+		/* claim: the batch is running, attempts counted, once this commits */
+		started = GetCurrentTimestamp();
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		MemoryContextSwitchTo(batch_cxt);
+		n = atomizer_claim_jobs(my_queue, batch, NULL, worker_id, &jobs);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+
+		if (n > 0)
+		{
+			long		elapsed;
+
+			jobs_in_flight = true;
+			set_slot(ATOMIZER_WORKER_RUNNING, 0);
+			if (n == batch)
+				atomizer_wake_queue(MyDatabaseId, my_queue);	/* more to do */
+
+			MemoryContextSwitchTo(batch_cxt);
+			(void) run_batch(jobs, n, &succeeded, &failed);
+			jobs_in_flight = false;
+
+			LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+			slot->jobs_succeeded += succeeded;
+			slot->jobs_failed += failed;
+			slot->job_id = 0;
+			LWLockRelease(atomizer_shared->lock);
+
+			elapsed = TimestampDifferenceMilliseconds(started, GetCurrentTimestamp());
+			if (n == batch && elapsed < FAST_BATCH_MS)
+				batch = Min(batch * 2, atomizer_batch_size);
+			else if (elapsed > SLOW_BATCH_MS)
+				batch = Max(batch / 2, 1);
+			MemoryContextReset(batch_cxt);
+			idle_since = GetCurrentTimestamp();
+			continue;
+		}
+		MemoryContextReset(batch_cxt);
+
+		/* nothing due: sleep until woken, the next delayed job, or a poll */
+		{
+			long		idle_ms;
+			long		sleep_ms = atomizer_poll_interval;
+			long		due_ms;
+			int			rc;
+
+			set_slot(ATOMIZER_WORKER_IDLE, 0);
+			idle_ms = TimestampDifferenceMilliseconds(idle_since, GetCurrentTimestamp());
+			if (idle_ms >= atomizer_worker_idle_timeout)
+				break;
+			sleep_ms = Min(sleep_ms, atomizer_worker_idle_timeout - idle_ms);
+
+			SetCurrentStatementStartTimestamp();
+			StartTransactionCommand();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			due_ms = next_due_ms();
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			if (due_ms >= 0)
+				sleep_ms = Min(sleep_ms, Max(due_ms, 1));
+
+			rc = WaitLatch(MyLatch,
+						   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						   sleep_ms, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			(void) rc;
+		}
+	}
+
+	set_slot(ATOMIZER_WORKER_STOPPING, 0);
+	proc_exit(0);
+}
