@@ -85,11 +85,13 @@ AS $$ INSERT INTO public.audit (event) VALUES (payload->>'event') $$;
 SQL
 
 section "Enqueueing jobs (each enqueue is part of your transaction)"
-# Each statement is shown, followed by the job id(s) it returns.
+# Each statement is shown, followed by the job id(s) it returns.  The jobs
+# become visible to the workers when the transaction commits.
 sql <<'SQL'
 \set ECHO queries
 \pset tuples_only on
 \pset format unaligned
+BEGIN;
 SELECT atomizer.enqueue('public.greet', '{"name":"Ada"}', queue => 'demo');
 SELECT atomizer.enqueue_many('public.greet', ARRAY['{"name":"Grace"}', '{"name":"Linus"}']::jsonb[], queue => 'demo');
 SELECT atomizer.enqueue('public.send_email', '{"host":"mail.example.com"}', queue => 'demo');
@@ -100,19 +102,26 @@ SELECT atomizer.enqueue('public.greet', '{"name":"later"}', queue => 'demo', run
 \pset tuples_only off
 \pset format aligned
 \echo
-\echo 'atomizer.jobs:'
+\echo 'atomizer.jobs, before COMMIT:'
 SELECT id, handler, payload, state, priority, attempt, max_attempts FROM atomizer.jobs ORDER BY id;
+\set ECHO queries
+COMMIT;
 SQL
 
-section "Running due jobs with atomizer.run_pending('demo'), round by round"
-# Each round runs every job that is due now, in this session; failed jobs
-# come back after their backoff, the delayed job once its run_at is reached.
-for round in 1 2 3 4 5 6 7 8; do
-	echo "--- round $round: SELECT atomizer.run_pending('demo');"
+section "Watching the background workers run them (nobody calls anything)"
+# The commit woke a worker: the due jobs ran within milliseconds.  Failed
+# jobs come back after their backoff, the delayed one at its run_at.
+sql <<'SQL'
+\echo 'atomizer.workers and pg_stat_activity:'
+SELECT pid IS NOT NULL AS started, database, queue, state, jobs_succeeded, jobs_failed FROM atomizer.workers;
+SELECT backend_type, application_name FROM pg_stat_activity WHERE backend_type LIKE 'atomizer%' ORDER BY 1;
+SQL
+for tick in 1 2 3 4 5 6 7 8 9 10; do
+	echo "--- after ${tick} s"
 	sql <<'SQL'
-SELECT atomizer.run_pending('demo') AS jobs_run;
 SELECT id, handler, state, attempt || '/' || max_attempts AS attempt,
-       CASE WHEN run_at > now() THEN 'in ' || round(extract(epoch FROM run_at - now()), 1) || ' s' END AS next_run,
+       CASE WHEN run_at > now() AND state <> 'succeeded' AND state <> 'dead'
+            THEN 'in ' || round(extract(epoch FROM run_at - now()), 1) || ' s' END AS next_run,
        left(last_error, 45) AS last_error
   FROM atomizer.jobs ORDER BY id;
 SQL
@@ -121,7 +130,7 @@ SELECT count(*) FROM atomizer.jobs WHERE state NOT IN ('succeeded', 'dead', 'can
 SQL
 )
 	[ "$left" -eq 0 ] && break
-	sleep 1.2
+	sleep 1
 done
 
 section "Results"
@@ -143,6 +152,8 @@ sql <<'SQL'
 \set ECHO queries
 SELECT id, atomizer.retry(id) AS sent_back FROM atomizer.dead_jobs ORDER BY id;
 SELECT id, handler, state, attempt, max_attempts FROM atomizer.jobs WHERE handler = 'public.send_email';
+\set ECHO none
+\echo '(a worker picks it up again at once; it will fail 3 more times and be dead again)'
 SQL
 
 section "Summary"
@@ -153,6 +164,7 @@ cat <<'EOF'
 - Failed attempts retry with exponential backoff (queue setting backoff_base)
   until max_attempts; then the job is dead until atomizer.retry(id).
 - run_at delays a job; priority orders due jobs (lower runs first).
-- Here run_pending() ran the jobs in this session; the background workers
-  (next release) run them by themselves.
+- Background workers ran every job by themselves, woken by the commit.
+  Without shared_preload_libraries, SELECT atomizer.run_pending() runs due
+  jobs in your session instead.
 EOF

@@ -44,10 +44,10 @@ atomizer_guc_init(void)
 	DefineCustomIntVariable("atomizer.batch_size",
 							"Number of jobs claimed in one scan of a queue.",
 							"Each job of a batch runs in its own subtransaction; "
-							"keep it at or below 64 so that the batch's "
-							"subtransactions never overflow the per-backend cache.",
+							"at most 64, so that a batch's subtransactions never "
+							"overflow the per-backend subtransaction cache.",
 							&atomizer_batch_size,
-							16, 1, 1000,
+							16, 1, 64,
 							PGC_USERSET,
 							0,
 							NULL, NULL, NULL);

@@ -113,7 +113,8 @@ worker_detach(int code, Datum arg)
 	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
 	atomizer_shared->workers[my_slot].in_use = false;
 	db = atomizer_db_slot(MyDatabaseId, false);
-	if (db != NULL && code != 0)
+	/* an error of the worker itself, not of a job: no restart loop */
+	if (db != NULL && code != 0 && !jobs_in_flight)
 		db->last_worker_failure = GetCurrentTimestamp();
 	if (db != NULL && jobs_in_flight)
 	{
