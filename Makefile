@@ -16,7 +16,8 @@ OBJS = \
 	src/wakeup.o \
 	src/launcher.o \
 	src/scheduler.o \
-	src/worker.o
+	src/worker.o \
+	src/dropdb.o
 
 DATA = $(wildcard sql/atomizer--*.sql)
 PG_CFLAGS = -Wall -Werror

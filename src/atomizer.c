@@ -37,4 +37,5 @@ _PG_init(void)
 		return;
 	atomizer_shmem_init();
 	atomizer_launcher_register();
+	atomizer_dropdb_init();
 }

@@ -100,6 +100,9 @@ extern PGDLLEXPORT void atomizer_launcher_main(Datum arg);
 extern PGDLLEXPORT void atomizer_scheduler_main(Datum arg);
 extern PGDLLEXPORT void atomizer_worker_main(Datum arg);
 
+/* dropdb.c */
+extern void atomizer_dropdb_init(void);
+
 /* wakeup.c */
 extern void atomizer_note_enqueue(const char *queue);
 

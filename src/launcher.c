@@ -236,6 +236,26 @@ launcher_pass(MemoryContext cxt)
 	TimestampTz now = GetCurrentTimestamp();
 	long		sleep_ms = atomizer_poll_interval;
 
+	/* forget databases that are gone (or no longer listed) */
+	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < ATOMIZER_MAX_DATABASES; i++)
+	{
+		AtomizerDbSlot *db = &atomizer_shared->dbs[i];
+		SchedulerHandle *entry;
+
+		if (db->dboid == InvalidOid || list_member_oid(dbs, db->dboid))
+			continue;
+		entry = find_scheduler(db->dboid, false);
+		if (entry != NULL && scheduler_running(entry))
+			continue;
+		if (db->retry_after > now)
+			continue;			/* being dropped: keep the hold-off */
+		if (entry != NULL)
+			entry->dboid = InvalidOid;
+		db->dboid = InvalidOid;
+	}
+	LWLockRelease(atomizer_shared->lock);
+
 	foreach(lc, dbs)
 	{
 		Oid			dboid = lfirst_oid(lc);
