@@ -338,6 +338,13 @@ RETURNS void
 LANGUAGE C IMMUTABLE PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'atomizer_check_queue_name_sql';
 
+CREATE FUNCTION atomizer._wake_at_commit(queue text)
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'atomizer_wake_at_commit';
+
+REVOKE ALL ON FUNCTION atomizer._wake_at_commit(text) FROM PUBLIC;
+
 CREATE FUNCTION atomizer._check_queue_settings(
 	concurrency integer, max_attempts integer, backoff_base interval,
 	backoff_cap interval, backoff_jitter double precision, timeout interval,
@@ -476,6 +483,7 @@ BEGIN
 		   timeout = COALESCE(alter_queue.timeout, q.timeout),
 		   retention = COALESCE(alter_queue.retention, q.retention)
 	 WHERE queue.name = q.name;
+	PERFORM atomizer._wake_at_commit(name);
 END
 $$;
 
@@ -544,6 +552,7 @@ BEGIN
 		RAISE EXCEPTION 'queue "%" does not exist', name
 			USING ERRCODE = 'undefined_object';
 	END IF;
+	PERFORM atomizer._wake_at_commit(name);
 END
 $$;
 

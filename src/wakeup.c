@@ -18,10 +18,12 @@
 #include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/builtins.h"
 
 #include "atomizer.h"
 
 PG_FUNCTION_INFO_V1(atomizer_extension_created);
+PG_FUNCTION_INFO_V1(atomizer_wake_at_commit);
 
 #define MAX_PENDING_QUEUES 8
 
@@ -107,5 +109,19 @@ atomizer_extension_created(PG_FUNCTION_ARGS)
 		register_callback();
 		pending_launcher = true;
 	}
+	PG_RETURN_VOID();
+}
+
+/*
+ * atomizer._wake_at_commit(queue text) RETURNS void
+ *		Wake queue's workers (or the scheduler) when the transaction commits:
+ *		for resume_queue and alter_queue, whose changes can make jobs
+ *		runnable without an enqueue.
+ */
+Datum
+atomizer_wake_at_commit(PG_FUNCTION_ARGS)
+{
+	if (!PG_ARGISNULL(0))
+		atomizer_note_enqueue(text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
 }
