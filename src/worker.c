@@ -128,8 +128,10 @@ worker_detach(int code, Datum arg)
 
 /*
  * next_due_ms
- *		Milliseconds until the earliest waiting job of our queue is due, or
- *		-1 if none waits.
+ *		Milliseconds until the earliest delayed job of our queue is due, or
+ *		-1 if none.  Jobs due now that we could not claim (the queue is
+ *		paused, or a sibling holds them) are not counted: whoever changes
+ *		that wakes us.
  */
 static long
 next_due_ms(void)
@@ -146,7 +148,8 @@ next_due_ms(void)
 		Oid			types[1] = {TEXTOID};
 
 		plan = SPI_prepare("SELECT min(run_at) FROM atomizer.job"
-						   " WHERE queue = $1 AND state = 'available'", 1, types);
+						   " WHERE queue = $1 AND state = 'available'"
+						   " AND run_at > now()", 1, types);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s",
 				 SPI_result_code_string(SPI_result));
