@@ -50,6 +50,10 @@ INSERT INTO atomizer.queue (name) VALUES ('default');
 /* ------------------------------------------------------------------------
  * Jobs
  *
+ * The job tables have no CHECK constraints: only atomizer's C functions
+ * write them, after validating every value, and a CHECK constraint costs a
+ * parse of its expression at every INSERT.
+ *
  * atomizer.job is the hot table: jobs that are waiting or running.  Finished
  * jobs move to atomizer.job_history, so the hot table stays small whatever
  * the history holds.  The stored state of a waiting job is 'available'; the
@@ -64,13 +68,12 @@ CREATE TABLE atomizer.job (
 	queue			text NOT NULL,
 	handler			text NOT NULL,
 	payload			jsonb NOT NULL,
-	state			text NOT NULL DEFAULT 'available'
-					CHECK (state IN ('available', 'running')),
+	state			text NOT NULL DEFAULT 'available',	/* available, running */
 	priority		smallint NOT NULL DEFAULT 0,
 	run_at			timestamptz NOT NULL DEFAULT pg_catalog.now(),
 	attempt			integer NOT NULL DEFAULT 0,
-	max_attempts	integer CHECK (max_attempts > 0),
-	timeout			interval CHECK (timeout > interval '0'),
+	max_attempts	integer,		/* NULL: the queue's */
+	timeout			interval,		/* NULL: the queue's */
 	owner			name NOT NULL,
 	idempotency_key	text,
 	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
@@ -78,7 +81,8 @@ CREATE TABLE atomizer.job (
 	last_error		text,
 	worker			text,
 	lease_until		timestamptz,
-	solo			boolean NOT NULL DEFAULT false
+	solo			boolean NOT NULL DEFAULT false,
+	schedule_id		bigint
 );
 
 ALTER SEQUENCE atomizer.job_id_seq OWNED BY atomizer.job.id;
@@ -91,6 +95,10 @@ CREATE INDEX job_claim_idx ON atomizer.job (queue, priority, run_at, id)
 CREATE UNIQUE INDEX job_idempotency_idx ON atomizer.job (queue, idempotency_key)
 	WHERE idempotency_key IS NOT NULL;
 
+/* A schedule's unfinished jobs, for its overlap policy. */
+CREATE INDEX job_schedule_idx ON atomizer.job (schedule_id)
+	WHERE schedule_id IS NOT NULL;
+
 COMMENT ON TABLE atomizer.job IS
 	'Jobs waiting or running; read atomizer.jobs instead.';
 
@@ -99,8 +107,7 @@ CREATE TABLE atomizer.job_history (
 	queue			text NOT NULL,
 	handler			text NOT NULL,
 	payload			jsonb NOT NULL,
-	state			text NOT NULL
-					CHECK (state IN ('succeeded', 'dead', 'cancelled')),
+	state			text NOT NULL,	/* succeeded, dead, cancelled */
 	priority		smallint NOT NULL,
 	run_at			timestamptz NOT NULL,
 	attempt			integer NOT NULL,
@@ -112,7 +119,8 @@ CREATE TABLE atomizer.job_history (
 	started_at		timestamptz,
 	finished_at		timestamptz NOT NULL,
 	result			jsonb,
-	last_error		text
+	last_error		text,
+	schedule_id		bigint
 );
 
 CREATE INDEX job_history_finished_idx ON atomizer.job_history (queue, finished_at);
@@ -259,6 +267,7 @@ COMMENT ON VIEW atomizer.workers IS
 
 GRANT SELECT ON atomizer.jobs, atomizer.dead_jobs, atomizer.job_errors,
 	atomizer.queue_stats, atomizer.workers TO PUBLIC;
+
 
 /* ------------------------------------------------------------------------
  * Jobs: C functions (they check the caller and write as the owner)

@@ -89,6 +89,7 @@ extern void atomizer_shmem_init(void);
 extern AtomizerDbSlot *atomizer_db_slot(Oid dboid, bool create);
 extern void atomizer_wake_queue(Oid dboid, const char *queue);
 extern void atomizer_wake_launcher(Oid dboid);
+extern void atomizer_wake_scheduler(Oid dboid);
 
 /* launcher.c, scheduler.c, worker.c */
 extern void atomizer_launcher_register(void);
@@ -105,6 +106,10 @@ extern void atomizer_dropdb_init(void);
 
 /* wakeup.c */
 extern void atomizer_note_enqueue(const char *queue);
+extern void atomizer_note_schedule_change(void);
+
+/* schedule.c */
+extern int	atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake);
 
 /* privilege.c */
 typedef struct AtomizerPrivState

@@ -476,10 +476,11 @@ atomizer_finish_job(int64 id, const char *state, Datum result,
 				 "INSERT INTO atomizer.job_history "
 				 "(id, queue, handler, payload, state, priority, run_at, attempt,"
 				 " max_attempts, timeout, owner, idempotency_key, created_at,"
-				 " started_at, finished_at, result, last_error) "
+				 " started_at, finished_at, result, last_error, schedule_id) "
 				 "SELECT id, queue, handler, payload, $2, priority, run_at, attempt,"
 				 " max_attempts, timeout, owner, idempotency_key, created_at,"
-				 " started_at, clock_timestamp(), $3, coalesce($4, last_error) "
+				 " started_at, clock_timestamp(), $3, coalesce($4, last_error),"
+				 " schedule_id "
 				 "FROM d", 4, types);
 
 	values[0] = Int64GetDatum(id);
@@ -602,10 +603,10 @@ atomizer_retry(PG_FUNCTION_ARGS)
 					 "INSERT INTO atomizer.job "
 					 "(id, queue, handler, payload, state, priority, run_at,"
 					 " attempt, max_attempts, timeout, owner, idempotency_key,"
-					 " created_at, last_error) "
+					 " created_at, last_error, schedule_id) "
 					 "SELECT id, queue, handler, payload, 'available', priority,"
 					 " now(), 0, max_attempts, timeout, owner, idempotency_key,"
-					 " created_at, last_error FROM d", 1, types);
+					 " created_at, last_error, schedule_id FROM d", 1, types);
 	}
 	if (SPI_execute_plan(find_plan, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up job");

@@ -179,6 +179,27 @@ atomizer_wake_queue(Oid dboid, const char *queue)
 }
 
 /*
+ * atomizer_wake_scheduler
+ *		Set the latch of database dboid's scheduler.
+ */
+void
+atomizer_wake_scheduler(Oid dboid)
+{
+	Latch	   *latch = NULL;
+	AtomizerDbSlot *db;
+
+	if (atomizer_shared == NULL)
+		return;
+	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
+	db = atomizer_db_slot(dboid, false);
+	if (db != NULL)
+		latch = db->scheduler_latch;
+	LWLockRelease(atomizer_shared->lock);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/*
  * atomizer_wake_launcher
  *		Ask the launcher to look at the databases again now (CREATE
  *		EXTENSION, a reload).

@@ -31,6 +31,7 @@ static bool callback_registered = false;
 static int	npending = 0;
 static bool pending_overflow = false;
 static bool pending_launcher = false;
+static bool pending_scheduler = false;
 static char pending[MAX_PENDING_QUEUES][NAMEDATALEN];
 
 /*
@@ -51,12 +52,15 @@ xact_callback(XactEvent event, void *arg)
 				atomizer_wake_queue(MyDatabaseId, pending[i]);
 			if (pending_launcher)
 				atomizer_wake_launcher(MyDatabaseId);
+			if (pending_scheduler)
+				atomizer_wake_scheduler(MyDatabaseId);
 			/* FALLTHROUGH */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			npending = 0;
 			pending_overflow = false;
 			pending_launcher = false;
+			pending_scheduler = false;
 			break;
 		default:
 			break;
@@ -95,6 +99,19 @@ atomizer_note_enqueue(const char *queue)
 		strlcpy(pending[npending++], queue, NAMEDATALEN);
 	else
 		pending_overflow = true;
+}
+
+/*
+ * atomizer_note_schedule_change
+ *		A schedule changed: the scheduler recomputes its sleep at commit.
+ */
+void
+atomizer_note_schedule_change(void)
+{
+	if (atomizer_shared == NULL)
+		return;
+	register_callback();
+	pending_scheduler = true;
 }
 
 /*
