@@ -55,6 +55,7 @@ typedef struct AtomizerWorkerSlot
 	pg_time_t	start_time;		/* the worker's MyStartTime */
 	Oid			dboid;
 	char		queue[NAMEDATALEN];
+	int			concurrency;	/* the queue's, when the worker was started */
 	Latch	   *latch;
 	int64		job_id;			/* job running now, or 0 */
 	int64		jobs_succeeded;
@@ -95,8 +96,9 @@ extern void atomizer_wake_scheduler(Oid dboid);
 extern void atomizer_launcher_register(void);
 extern bool atomizer_database_listed(const char *dbname);
 extern bool atomizer_start_scheduler(Oid dboid, BackgroundWorkerHandle **handle);
-extern bool atomizer_start_worker(Oid dboid, const char *queue, int *slotno,
-								  BackgroundWorkerHandle **handle);
+extern bool atomizer_start_worker(Oid dboid, const char *queue, int concurrency,
+								  int *slotno, BackgroundWorkerHandle **handle);
+extern void atomizer_background_settings(void);
 extern PGDLLEXPORT void atomizer_launcher_main(Datum arg);
 extern PGDLLEXPORT void atomizer_scheduler_main(Datum arg);
 extern PGDLLEXPORT void atomizer_worker_main(Datum arg);

@@ -38,6 +38,7 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -69,8 +70,8 @@ static bool logged_no_slots = false;
  *		is exhausted.
  */
 bool
-atomizer_start_worker(Oid dboid, const char *queue, int *slotno,
-					  BackgroundWorkerHandle **handle)
+atomizer_start_worker(Oid dboid, const char *queue, int concurrency,
+					  int *slotno, BackgroundWorkerHandle **handle)
 {
 	BackgroundWorker worker;
 	AtomizerWorkerSlot *slot = NULL;
@@ -96,6 +97,7 @@ atomizer_start_worker(Oid dboid, const char *queue, int *slotno,
 		slot->generation = generation;
 		slot->state = ATOMIZER_WORKER_STARTING;
 		slot->dboid = dboid;
+		slot->concurrency = concurrency;
 		strlcpy(slot->queue, queue, NAMEDATALEN);
 	}
 	LWLockRelease(atomizer_shared->lock);
@@ -139,6 +141,17 @@ atomizer_start_worker(Oid dboid, const char *queue, int *slotno,
 		logged_no_slots = true;
 		return false;
 	}
+}
+
+/*
+ * atomizer_background_settings
+ *		Settings for atomizer's own processes: their statements are short,
+ *		and JIT-compiling them costs far more than it saves.
+ */
+void
+atomizer_background_settings(void)
+{
+	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_SESSION);
 }
 
 /*
@@ -383,7 +396,8 @@ start_workers(void)
 						   " FROM atomizer.queue q,"
 						   " LATERAL (SELECT EXISTS (SELECT 1 FROM atomizer.job j"
 						   "  WHERE j.queue = q.name AND j.state = 'available'"
-						   "  AND j.run_at <= now())) AS d(due)"
+						   "  AND j.run_at <= now()"
+						   "  ORDER BY j.priority, j.run_at, j.id LIMIT 1)) AS d(due)"
 						   " WHERE NOT q.external AND NOT q.paused", 0, NULL);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s",
@@ -423,7 +437,8 @@ start_workers(void)
 			int			slotno;
 			BackgroundWorkerHandle *handle;
 
-			if (atomizer_start_worker(MyDatabaseId, queue, &slotno, &handle))
+			if (atomizer_start_worker(MyDatabaseId, queue, concurrency,
+									  &slotno, &handle))
 			{
 				worker_handles[slotno].handle = handle;
 				worker_handles[slotno].generation =
@@ -481,6 +496,7 @@ atomizer_scheduler_main(Datum arg)
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	atomizer_background_settings();
 	pgstat_report_appname("atomizer scheduler");
 
 	SetCurrentStatementStartTimestamp();

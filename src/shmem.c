@@ -146,6 +146,8 @@ atomizer_wake_queue(Oid dboid, const char *queue)
 {
 	Latch	   *latch = NULL;
 	bool		starting = false;
+	int			alive = 0;
+	int			concurrency = INT_MAX;
 
 	if (atomizer_shared == NULL)
 		return;
@@ -157,6 +159,8 @@ atomizer_wake_queue(Oid dboid, const char *queue)
 
 		if (!w->in_use || w->dboid != dboid || strcmp(w->queue, queue) != 0)
 			continue;
+		alive++;
+		concurrency = w->concurrency;
 		if (w->state == ATOMIZER_WORKER_IDLE && w->latch != NULL)
 		{
 			latch = w->latch;
@@ -165,7 +169,13 @@ atomizer_wake_queue(Oid dboid, const char *queue)
 		if (w->state == ATOMIZER_WORKER_STARTING)
 			starting = true;	/* it looks for work as soon as it starts */
 	}
-	if (latch == NULL && !starting)
+
+	/*
+	 * No idle worker: the scheduler may start one, unless one is starting or
+	 * the queue already has as many as its concurrency allows (its busy
+	 * workers find the jobs when they finish their batches).
+	 */
+	if (latch == NULL && !starting && alive < concurrency)
 	{
 		AtomizerDbSlot *db = atomizer_db_slot(dboid, false);
 

@@ -260,6 +260,7 @@ atomizer_worker_main(Datum arg)
 	LWLockRelease(atomizer_shared->lock);
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+	atomizer_background_settings();
 	atomizer_in_worker = true;
 
 	StartTransactionCommand();

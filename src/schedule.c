@@ -1,0 +1,790 @@
+/*-------------------------------------------------------------------------
+ *
+ * schedule.c
+ *	  Recurring jobs: atomizer.schedule() and its siblings, and the firing
+ *	  pass the scheduler runs (atomizer._tick() runs the same pass with a
+ *	  clock the caller chooses, for tests).
+ *
+ *	  A fire enqueues an ordinary job (with schedule_id set) and moves the
+ *	  schedule's next_run on, in one transaction, on a row locked with
+ *	  FOR UPDATE SKIP LOCKED: a fire happens once per (schedule, fire time)
+ *	  whatever crashes, restarts or concurrent schedulers do.
+ *
+ *	  Policies, per schedule:
+ *	  - overlap 'skip' (default): no fire while the previous run's job is
+ *		waiting or running; 'allow': fire anyway.
+ *	  - misfire 'fire_once' (default): after downtime (more than one fire
+ *		time passed), fire once for the whole missed period; 'skip': do not
+ *		fire for it.  Either way the next run is the first fire time after
+ *		now, so a schedule never fires N times to catch up.
+ *	  - a backward clock jump: next_run values beyond the first fire time
+ *		after the new "now" are brought back, so nothing stalls until the
+ *		clock catches up.
+ *	  - a schedule whose spec, time zone, queue, owner or handler has become
+ *		unusable is disabled with the reason in last_error; the others go on.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "pgtime.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/jsonb.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
+
+#include "atomizer.h"
+#include "cron.h"
+
+PG_FUNCTION_INFO_V1(atomizer_schedule);
+PG_FUNCTION_INFO_V1(atomizer_unschedule);
+PG_FUNCTION_INFO_V1(atomizer_enable_schedule);
+PG_FUNCTION_INFO_V1(atomizer_disable_schedule);
+PG_FUNCTION_INFO_V1(atomizer_run_schedule);
+PG_FUNCTION_INFO_V1(atomizer_tick);
+
+#define SCHEDULE_NAME_MAX	200
+#define FIRE_BATCH			1000
+
+/* The clock of the previous firing pass of this process. */
+static TimestampTz last_pass_now = 0;
+
+/*
+ * prepare
+ *		SPI_prepare + SPI_keepplan, once per backend.
+ */
+static SPIPlanPtr
+prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*cache == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		*cache = plan;
+	}
+	return *cache;
+}
+
+/*
+ * lookup_tz
+ *		The time zone "name" of PostgreSQL's tz database; ERROR if unknown.
+ */
+static pg_tz *
+lookup_tz(const char *name)
+{
+	pg_tz	   *tz = pg_tzset(name);
+
+	if (tz == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("time zone \"%s\" not recognized", name),
+				 errhint("Use a name from pg_timezone_names, such as 'Europe/Berlin' or 'UTC'.")));
+	return tz;
+}
+
+/*
+ * next_after
+ *		The first fire time after "after", as a nullable Datum.
+ */
+static Datum
+next_after(const AtomizerCron *cron, TimestampTz after, pg_tz *tz, bool *isnull)
+{
+	TimestampTz next = atomizer_cron_next(cron, after, tz);
+
+	*isnull = TIMESTAMP_NOT_FINITE(next);
+	return TimestampTzGetDatum(next);
+}
+
+/*
+ * text_arg
+ *		A required text argument as a C string.
+ */
+static char *
+text_arg(FunctionCallInfo fcinfo, int argno, const char *name)
+{
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", name)));
+	return text_to_cstring(PG_GETARG_TEXT_PP(argno));
+}
+
+/*
+ * atomizer.schedule(name, spec, handler, payload, queue, tz, enabled,
+ *					 overlap, misfire, priority, max_attempts, timeout)
+ *		RETURNS bigint
+ *		Create or replace a recurring entry, owned by the caller (its jobs
+ *		run as the caller).  Replacing another role's entry takes
+ *		atomizer_admin.
+ */
+Datum
+atomizer_schedule(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr owner_plan = NULL;
+	static SPIPlanPtr upsert_plan = NULL;
+	Oid			caller = GetUserId();
+	char	   *name = text_arg(fcinfo, 0, "name");
+	char	   *spec = text_arg(fcinfo, 1, "spec");
+	char	   *handler = text_arg(fcinfo, 2, "handler");
+	char	   *queue_name = text_arg(fcinfo, 4, "queue");
+	char	   *tz_name = text_arg(fcinfo, 5, "tz");
+	char	   *overlap = text_arg(fcinfo, 7, "overlap");
+	char	   *misfire = text_arg(fcinfo, 8, "misfire");
+	bool		enabled;
+	Jsonb	   *payload;
+	AtomizerCron cron;
+	AtomizerQueue queue;
+	pg_tz	   *tz;
+	int32		priority;
+	AtomizerPrivState priv;
+	Datum		values[14];
+	char		nulls[14];
+	bool		isnull;
+	int64		id;
+
+	if (name[0] == '\0' || strlen(name) > SCHEDULE_NAME_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid schedule name \"%s\"", name),
+				 errdetail("A schedule name has 1 to %d characters.", SCHEDULE_NAME_MAX)));
+	atomizer_cron_parse_or_error(spec, &cron);
+	tz = lookup_tz(tz_name);
+	if (PG_ARGISNULL(3))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("payload must not be null"),
+				 errhint("Pass '{}' when the job needs no payload.")));
+	payload = PG_GETARG_JSONB_P(3);
+	if (JB_ROOT_IS_SCALAR(payload))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("payload must be a JSON object or array")));
+	if (PG_ARGISNULL(6))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("enabled must not be null")));
+	enabled = PG_GETARG_BOOL(6);
+	if (strcmp(overlap, "skip") != 0 && strcmp(overlap, "allow") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid overlap policy \"%s\"", overlap),
+				 errhint("Use 'skip' (do not fire while the previous run waits or runs) or 'allow'.")));
+	if (strcmp(misfire, "fire_once") != 0 && strcmp(misfire, "skip") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid misfire policy \"%s\"", misfire),
+				 errhint("Use 'fire_once' (fire once for a missed period) or 'skip'.")));
+	if (PG_ARGISNULL(9))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("priority must not be null")));
+	priority = PG_GETARG_INT32(9);
+	if (priority < ATOMIZER_PRIORITY_MIN || priority > ATOMIZER_PRIORITY_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("priority %d is out of range", priority),
+				 errdetail("Priorities run from %d to %d; lower values run first.",
+						   ATOMIZER_PRIORITY_MIN, ATOMIZER_PRIORITY_MAX)));
+	if (!PG_ARGISNULL(10) && PG_GETARG_INT32(10) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_attempts must be positive")));
+	if (!PG_ARGISNULL(11) && atomizer_interval_ms(PG_GETARG_INTERVAL_P(11)) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timeout must be positive")));
+	atomizer_require_queue(queue_name, &queue);
+	if (!queue.external)
+		handler = atomizer_resolve_handler(handler, caller);
+	else if (handler[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("handler must not be empty")));
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = CStringGetTextDatum(name);
+	values[1] = CStringGetTextDatum(spec);
+	values[2] = CStringGetTextDatum(handler);
+	values[3] = JsonbPGetDatum(payload);
+	values[4] = CStringGetTextDatum(queue_name);
+	values[5] = CStringGetTextDatum(tz_name);
+	values[6] = CStringGetTextDatum(atomizer_role_name(caller));
+	values[7] = BoolGetDatum(enabled);
+	values[8] = CStringGetTextDatum(overlap);
+	values[9] = CStringGetTextDatum(misfire);
+	values[10] = Int32GetDatum(priority);
+	values[11] = PG_ARGISNULL(10) ? (Datum) 0 : PG_GETARG_DATUM(10);
+	nulls[11] = PG_ARGISNULL(10) ? 'n' : ' ';
+	values[12] = PG_ARGISNULL(11) ? (Datum) 0 : PG_GETARG_DATUM(11);
+	nulls[12] = PG_ARGISNULL(11) ? 'n' : ' ';
+	values[13] = next_after(&cron, GetCurrentTimestamp(), tz, &isnull);
+	nulls[13] = (isnull || !enabled) ? 'n' : ' ';
+
+	atomizer_become_owner(&priv);
+	SPI_connect();
+	{
+		Oid			types[14] = {TEXTOID, TEXTOID, TEXTOID, JSONBOID, TEXTOID,
+			TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, INT4OID, INT4OID,
+		INTERVALOID, TIMESTAMPTZOID};
+
+		prepare(&owner_plan,
+				"SELECT owner::text FROM atomizer.schedule WHERE name = $1 FOR UPDATE",
+				1, types);
+		prepare(&upsert_plan,
+				"INSERT INTO atomizer.schedule AS s (name, spec, handler, payload,"
+				" queue, tz, owner, enabled, overlap, misfire, priority,"
+				" max_attempts, timeout, next_run) "
+				"VALUES ($1, $2, $3, $4, $5, $6, $7::name, $8, $9, $10, $11,"
+				" $12, $13, $14) "
+				"ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec,"
+				" handler = EXCLUDED.handler, payload = EXCLUDED.payload,"
+				" queue = EXCLUDED.queue, tz = EXCLUDED.tz, owner = EXCLUDED.owner,"
+				" enabled = EXCLUDED.enabled, overlap = EXCLUDED.overlap,"
+				" misfire = EXCLUDED.misfire, priority = EXCLUDED.priority,"
+				" max_attempts = EXCLUDED.max_attempts,"
+				" timeout = EXCLUDED.timeout, next_run = EXCLUDED.next_run,"
+				" last_error = NULL, updated_at = now() "
+				"RETURNING id", 14, types);
+	}
+	if (SPI_execute_plan(owner_plan, values, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up schedule \"%s\"", name);
+	if (SPI_processed == 1)
+	{
+		char	   *owner = SPI_getvalue(SPI_tuptable->vals[0],
+										 SPI_tuptable->tupdesc, 1);
+
+		if (strcmp(owner, atomizer_role_name(caller)) != 0 &&
+			!atomizer_is_admin(caller))
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("schedule \"%s\" belongs to another role", name),
+					 errhint("Choose another name, or ask a member of atomizer_admin.")));
+	}
+	if (SPI_execute_plan(upsert_plan, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not save schedule \"%s\"", name);
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									 SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+	atomizer_restore_caller(&priv);
+	atomizer_note_schedule_change();
+
+	PG_RETURN_INT64(id);
+}
+
+/*
+ * run_on_own_schedule
+ *		Run one of the name-keyed statements below on a schedule the caller
+ *		may change (its own, or any for admins).  Returns SPI_processed.
+ */
+static uint64
+run_on_own_schedule(SPIPlanPtr *cache, const char *sql, const char *name,
+					Datum extra, bool extra_null)
+{
+	Oid			caller = GetUserId();
+	bool		admin = atomizer_is_admin(caller);
+	AtomizerPrivState priv;
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
+	uint64		n;
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = admin ? (Datum) 0 : CStringGetTextDatum(atomizer_role_name(caller));
+	nulls[1] = admin ? 'n' : ' ';
+	values[2] = extra;
+	nulls[2] = extra_null ? 'n' : ' ';
+
+	atomizer_become_owner(&priv);
+	SPI_connect();
+	{
+		Oid			types[3] = {TEXTOID, TEXTOID, TIMESTAMPTZOID};
+
+		prepare(cache, sql, 3, types);
+	}
+	if (SPI_execute_plan(*cache, values, nulls, false, 0) < 0)
+		elog(ERROR, "could not change schedule \"%s\"", name);
+	n = SPI_processed;
+	SPI_finish();
+	atomizer_restore_caller(&priv);
+	return n;
+}
+
+/*
+ * atomizer.unschedule(name text) RETURNS boolean
+ */
+Datum
+atomizer_unschedule(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_BOOL(false);
+	PG_RETURN_BOOL(run_on_own_schedule(&plan,
+									   "DELETE FROM atomizer.schedule WHERE name = $1"
+									   " AND ($2::name IS NULL OR owner = $2::name)"
+									   " AND $3 IS NULL",
+									   text_to_cstring(PG_GETARG_TEXT_PP(0)),
+									   (Datum) 0, true) > 0);
+}
+
+/*
+ * atomizer.disable_schedule(name text) RETURNS boolean
+ */
+Datum
+atomizer_disable_schedule(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr plan = NULL;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_BOOL(false);
+	PG_RETURN_BOOL(run_on_own_schedule(&plan,
+									   "UPDATE atomizer.schedule SET enabled = false,"
+									   " next_run = NULL, updated_at = now()"
+									   " WHERE name = $1"
+									   " AND ($2::name IS NULL OR owner = $2::name)"
+									   " AND $3 IS NULL",
+									   text_to_cstring(PG_GETARG_TEXT_PP(0)),
+									   (Datum) 0, true) > 0);
+}
+
+/*
+ * atomizer.enable_schedule(name text) RETURNS boolean
+ *		Enable a schedule; its next run is the first fire time after now.
+ */
+Datum
+atomizer_enable_schedule(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr find_plan = NULL;
+	static SPIPlanPtr plan = NULL;
+	char	   *name;
+	char	   *spec;
+	char	   *tz_name;
+	AtomizerCron cron;
+	bool		isnull;
+	Datum		next;
+	bool		done;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_BOOL(false);
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	/* read spec and tz (visible to the caller through row-level security) */
+	{
+		AtomizerPrivState priv;
+		Oid			caller = GetUserId();
+		Datum		values[2];
+		char		nulls[2] = {' ', ' '};
+		MemoryContext cxt = CurrentMemoryContext;
+
+		values[0] = CStringGetTextDatum(name);
+		values[1] = atomizer_is_admin(caller) ? (Datum) 0 :
+			CStringGetTextDatum(atomizer_role_name(caller));
+		nulls[1] = atomizer_is_admin(caller) ? 'n' : ' ';
+		atomizer_become_owner(&priv);
+		SPI_connect();
+		{
+			Oid			types[2] = {TEXTOID, TEXTOID};
+
+			prepare(&find_plan,
+					"SELECT spec, tz FROM atomizer.schedule WHERE name = $1"
+					" AND ($2::name IS NULL OR owner = $2::name)", 2, types);
+		}
+		if (SPI_execute_plan(find_plan, values, nulls, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not look up schedule \"%s\"", name);
+		if (SPI_processed != 1)
+		{
+			SPI_finish();
+			atomizer_restore_caller(&priv);
+			PG_RETURN_BOOL(false);
+		}
+		spec = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0],
+													 SPI_tuptable->tupdesc, 1));
+		tz_name = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0],
+														SPI_tuptable->tupdesc, 2));
+		SPI_finish();
+		atomizer_restore_caller(&priv);
+	}
+
+	atomizer_cron_parse_or_error(spec, &cron);
+	next = next_after(&cron, GetCurrentTimestamp(), lookup_tz(tz_name), &isnull);
+	done = run_on_own_schedule(&plan,
+							   "UPDATE atomizer.schedule SET enabled = true,"
+							   " last_error = NULL, next_run = $3,"
+							   " updated_at = now() WHERE name = $1"
+							   " AND ($2::name IS NULL OR owner = $2::name)",
+							   name, next, isnull) > 0;
+	atomizer_note_schedule_change();
+	PG_RETURN_BOOL(done);
+}
+
+/*
+ * enqueue_fire
+ *		Insert the job of one fire; the caller is connected to SPI as the
+ *		owner.  Returns the job id.
+ */
+static int64
+enqueue_fire(int64 schedule_id, TimestampTz run_at)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
+	Datum		values[2];
+	bool		isnull;
+
+	prepare(&plan,
+			"INSERT INTO atomizer.job (queue, handler, payload, run_at, priority,"
+			" max_attempts, timeout, owner, schedule_id) "
+			"SELECT queue, handler, payload, $2, priority, max_attempts,"
+			" timeout, owner, id FROM atomizer.schedule WHERE id = $1 "
+			"RETURNING id", 2, types);
+	values[0] = Int64GetDatum(schedule_id);
+	values[1] = TimestampTzGetDatum(run_at);
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != 1)
+		elog(ERROR, "could not enqueue the job of schedule " INT64_FORMAT, schedule_id);
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
+ * atomizer.run_schedule(name text) RETURNS bigint
+ *		Fire now, whatever the spec and the overlap policy say.
+ */
+Datum
+atomizer_run_schedule(PG_FUNCTION_ARGS)
+{
+	static SPIPlanPtr find_plan = NULL;
+	static SPIPlanPtr mark_plan = NULL;
+	Oid			caller = GetUserId();
+	bool		admin = atomizer_is_admin(caller);
+	char	   *name = text_arg(fcinfo, 0, "name");
+	AtomizerPrivState priv;
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	int64		schedule_id;
+	int64		job_id;
+	char	   *queue;
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = admin ? (Datum) 0 : CStringGetTextDatum(atomizer_role_name(caller));
+	nulls[1] = admin ? 'n' : ' ';
+
+	atomizer_become_owner(&priv);
+	SPI_connect();
+	{
+		Oid			types[2] = {TEXTOID, TEXTOID};
+
+		prepare(&find_plan,
+				"SELECT id, queue FROM atomizer.schedule WHERE name = $1"
+				" AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
+				2, types);
+		types[0] = INT8OID;
+		types[1] = INT8OID;
+		prepare(&mark_plan,
+				"UPDATE atomizer.schedule SET last_run = now(), last_job_id = $2,"
+				" fires = fires + 1 WHERE id = $1", 2, types);
+	}
+	if (SPI_execute_plan(find_plan, values, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up schedule \"%s\"", name);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("schedule \"%s\" does not exist", name)));
+	schedule_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, 1, &isnull));
+	queue = pstrdup(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+	job_id = enqueue_fire(schedule_id, GetCurrentTransactionStartTimestamp());
+	values[0] = Int64GetDatum(schedule_id);
+	values[1] = Int64GetDatum(job_id);
+	if (SPI_execute_plan(mark_plan, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update schedule \"%s\"", name);
+	SPI_finish();
+	atomizer_restore_caller(&priv);
+	atomizer_note_enqueue(queue);
+
+	PG_RETURN_INT64(job_id);
+}
+
+/*
+ * fire_check
+ *		Whether the owner may still run the handler (internal queues);
+ *		otherwise a palloc'd reason.  Catalog lookups only, in a
+ *		subtransaction so that an error is caught, not thrown.
+ */
+static char *
+fire_check(const char *handler, const char *owner, bool external)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	char	   *reason = NULL;
+	Oid			roleid = get_role_oid(owner, true);
+
+	if (!OidIsValid(roleid))
+		return psprintf("role \"%s\" that owns the schedule does not exist", owner);
+	if (external)
+		return NULL;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		(void) atomizer_lookup_handler(handler, roleid);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = oldowner;
+		reason = pstrdup(edata->message);
+	}
+	PG_END_TRY();
+	return reason;
+}
+
+/*
+ * clock_went_back
+ *		The clock is earlier than at the previous pass: bring back next_run
+ *		values that lie beyond the first fire time after now.
+ */
+static void
+clock_went_back(TimestampTz now)
+{
+	static SPIPlanPtr list_plan = NULL;
+	static SPIPlanPtr set_plan = NULL;
+	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
+	Datum		arg = TimestampTzGetDatum(now);
+	SPITupleTable *tuptable;
+	uint64		n;
+
+	prepare(&list_plan,
+			"SELECT id, spec, tz, next_run FROM atomizer.schedule"
+			" WHERE enabled AND next_run > $1 FOR UPDATE SKIP LOCKED",
+			1, &types[1]);
+	prepare(&set_plan,
+			"UPDATE atomizer.schedule SET next_run = $2 WHERE id = $1",
+			2, types);
+	if (SPI_execute_plan(list_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list schedules");
+	tuptable = SPI_tuptable;
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = tuptable->vals[i];
+		AtomizerCron cron;
+		char	   *error;
+		pg_tz	   *tz;
+		bool		isnull;
+		TimestampTz stored;
+		TimestampTz next;
+		Datum		values[2];
+
+		if (!atomizer_cron_parse(SPI_getvalue(tup, tuptable->tupdesc, 2), &cron, &error))
+			continue;			/* the firing pass disables it */
+		tz = pg_tzset(SPI_getvalue(tup, tuptable->tupdesc, 3));
+		if (tz == NULL)
+			continue;
+		stored = DatumGetTimestampTz(SPI_getbinval(tup, tuptable->tupdesc, 4, &isnull));
+		next = atomizer_cron_next(&cron, now, tz);
+		if (TIMESTAMP_NOT_FINITE(next) || next >= stored)
+			continue;
+		values[0] = SPI_getbinval(tup, tuptable->tupdesc, 1, &isnull);
+		values[1] = TimestampTzGetDatum(next);
+		if (SPI_execute_plan(set_plan, values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not update schedule");
+	}
+}
+
+/*
+ * atomizer_fire_schedules
+ *		One firing pass at clock "now", in the current transaction.
+ *		Returns the number of jobs enqueued; *next_wake is the earliest
+ *		next_run left (DT_NOEND if none).
+ */
+int
+atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake)
+{
+	static SPIPlanPtr due_plan = NULL;
+	static SPIPlanPtr busy_plan = NULL;
+	static SPIPlanPtr update_plan = NULL;
+	static SPIPlanPtr disable_plan = NULL;
+	static SPIPlanPtr wake_plan = NULL;
+	AtomizerPrivState priv;
+	SPITupleTable *due;
+	uint64		n;
+	int			fired = 0;
+	Datum		arg = TimestampTzGetDatum(now);
+	bool		isnull;
+
+	atomizer_become_owner(&priv);
+	SPI_connect();
+	{
+		Oid			types[7] = {TIMESTAMPTZOID, INT8OID, TIMESTAMPTZOID,
+		TIMESTAMPTZOID, INT8OID, INT4OID, INT4OID};
+
+		prepare(&due_plan,
+				"SELECT s.id, s.name, s.spec, s.handler, s.queue, s.tz,"
+				" s.owner::text, s.overlap, s.misfire, s.next_run, q.external"
+				" FROM atomizer.schedule s"
+				" LEFT JOIN atomizer.queue q ON q.name = s.queue"
+				" WHERE s.enabled AND s.next_run <= $1"
+				" ORDER BY s.next_run LIMIT " CppAsString2(FIRE_BATCH)
+				" FOR UPDATE OF s SKIP LOCKED", 1, types);
+		prepare(&busy_plan,
+				"SELECT EXISTS (SELECT 1 FROM atomizer.job WHERE schedule_id = $1)",
+				1, &types[1]);
+		prepare(&update_plan,
+				"UPDATE atomizer.schedule SET next_run = $2,"
+				" last_run = coalesce($3, last_run),"
+				" last_job_id = coalesce($4, last_job_id),"
+				" fires = fires + $5, skipped = skipped + $6 WHERE id = $1",
+				6, &types[1]);
+		prepare(&wake_plan,
+				"SELECT min(next_run) FROM atomizer.schedule WHERE enabled",
+				0, NULL);
+	}
+	{
+		Oid			types[2] = {INT8OID, TEXTOID};
+
+		prepare(&disable_plan,
+				"UPDATE atomizer.schedule SET enabled = false, next_run = NULL,"
+				" last_error = $2 WHERE id = $1", 2, types);
+	}
+
+	if (last_pass_now != 0 && now < last_pass_now - USECS_PER_SEC)
+		clock_went_back(now);
+	last_pass_now = now;
+
+	if (SPI_execute_plan(due_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list due schedules");
+	due = SPI_tuptable;
+	n = SPI_processed;
+
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = due->vals[i];
+		TupleDesc	desc = due->tupdesc;
+		Datum		id = SPI_getbinval(tup, desc, 1, &isnull);
+		char	   *name = SPI_getvalue(tup, desc, 2);
+		char	   *spec = SPI_getvalue(tup, desc, 3);
+		char	   *handler = SPI_getvalue(tup, desc, 4);
+		char	   *queue = SPI_getvalue(tup, desc, 5);
+		char	   *tz_name = SPI_getvalue(tup, desc, 6);
+		char	   *owner = SPI_getvalue(tup, desc, 7);
+		bool		skip_overlap = strcmp(SPI_getvalue(tup, desc, 8), "skip") == 0;
+		bool		skip_misfire = strcmp(SPI_getvalue(tup, desc, 9), "skip") == 0;
+		TimestampTz fire_time = DatumGetTimestampTz(SPI_getbinval(tup, desc, 10, &isnull));
+		Datum		external_d = SPI_getbinval(tup, desc, 11, &isnull);
+		bool		queue_missing = isnull;
+		AtomizerCron cron;
+		char	   *reason = NULL;
+		pg_tz	   *tz = NULL;
+		TimestampTz following;
+		TimestampTz next;
+		bool		fire = true;
+		Datum		values[6];
+		char		nulls[6] = {' ', ' ', 'n', 'n', ' ', ' '};
+
+		CHECK_FOR_INTERRUPTS();
+		if (!atomizer_cron_parse(spec, &cron, &reason))
+			;
+		else if ((tz = pg_tzset(tz_name)) == NULL)
+			reason = psprintf("time zone \"%s\" not recognized", tz_name);
+		else if (queue_missing)
+			reason = psprintf("queue \"%s\" does not exist", queue);
+		else
+			reason = fire_check(handler, owner, DatumGetBool(external_d));
+
+		if (reason != NULL)
+		{
+			Datum		dvalues[2] = {id, CStringGetTextDatum(reason)};
+
+			if (SPI_execute_plan(disable_plan, dvalues, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not disable schedule \"%s\"", name);
+			ereport(LOG,
+					(errmsg("atomizer: schedule \"%s\" disabled: %s", name, reason)));
+			continue;
+		}
+
+		/* downtime: more than one fire time has passed */
+		following = atomizer_cron_next(&cron, fire_time, tz);
+		if (!TIMESTAMP_NOT_FINITE(following) && following <= now && skip_misfire)
+			fire = false;
+		if (fire && skip_overlap)
+		{
+			if (SPI_execute_plan(busy_plan, &id, NULL, true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "could not check schedule \"%s\"", name);
+			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1, &isnull)))
+				fire = false;
+		}
+
+		if (fire)
+		{
+			values[2] = TimestampTzGetDatum(fire_time);
+			nulls[2] = ' ';
+			values[3] = Int64GetDatum(enqueue_fire(DatumGetInt64(id), fire_time));
+			nulls[3] = ' ';
+			atomizer_note_enqueue(queue);
+			fired++;
+		}
+
+		/* never fire N times to catch up: the next run is after now */
+		next = atomizer_cron_next(&cron, Max(fire_time, now), tz);
+		values[0] = id;
+		values[1] = TimestampTzGetDatum(next);
+		nulls[1] = TIMESTAMP_NOT_FINITE(next) ? 'n' : ' ';
+		values[4] = Int32GetDatum(fire ? 1 : 0);
+		values[5] = Int32GetDatum(fire ? 0 : 1);
+		if (SPI_execute_plan(update_plan, values, nulls, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not update schedule \"%s\"", name);
+	}
+
+	*next_wake = DT_NOEND;
+	if (SPI_execute_plan(wake_plan, NULL, NULL, true, 0) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		Datum		w = SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			*next_wake = DatumGetTimestampTz(w);
+	}
+	SPI_finish();
+	atomizer_restore_caller(&priv);
+	return fired;
+}
+
+/*
+ * atomizer._tick(now timestamptz) RETURNS integer
+ *		One firing pass with the caller's clock.
+ */
+Datum
+atomizer_tick(PG_FUNCTION_ARGS)
+{
+	TimestampTz next_wake;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("now must not be null")));
+	PG_RETURN_INT32(atomizer_fire_schedules(PG_GETARG_TIMESTAMPTZ(0), &next_wake));
+}
