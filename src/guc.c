@@ -14,7 +14,7 @@
 #include "atomizer.h"
 
 /* Jobs claimed per scan by run_pending() and the workers. */
-int			atomizer_batch_size = 16;
+int			atomizer_batch_size = 64;
 
 /* Whether the launcher runs schedulers and workers at all. */
 bool		atomizer_enabled = true;
@@ -47,7 +47,7 @@ atomizer_guc_init(void)
 							"at most 64, so that a batch's subtransactions never "
 							"overflow the per-backend subtransaction cache.",
 							&atomizer_batch_size,
-							16, 1, 64,
+							64, 1, 64,
 							PGC_USERSET,
 							0,
 							NULL, NULL, NULL);
