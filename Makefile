@@ -17,7 +17,9 @@ OBJS = \
 	src/launcher.o \
 	src/scheduler.o \
 	src/worker.o \
-	src/dropdb.o
+	src/dropdb.o \
+	src/cron.o \
+	src/schedule.o
 
 DATA = $(wildcard sql/atomizer--*.sql)
 PG_CFLAGS = -Wall -Werror

@@ -268,6 +268,129 @@ COMMENT ON VIEW atomizer.workers IS
 GRANT SELECT ON atomizer.jobs, atomizer.dead_jobs, atomizer.job_errors,
 	atomizer.queue_stats, atomizer.workers TO PUBLIC;
 
+/* ------------------------------------------------------------------------
+ * Schedules (cron)
+ *
+ * Each fire of a schedule enqueues an ordinary job (schedule_id set), in the
+ * same transaction that moves next_run on: a fire happens once per
+ * (schedule, fire time), whatever crashes or restarts.
+ * ------------------------------------------------------------------------ */
+
+CREATE TABLE atomizer.schedule (
+	id				bigserial PRIMARY KEY,
+	name			text NOT NULL UNIQUE,
+	spec			text NOT NULL,
+	handler			text NOT NULL,
+	payload			jsonb NOT NULL,
+	queue			text NOT NULL,
+	tz				text NOT NULL,
+	owner			name NOT NULL,
+	enabled			boolean NOT NULL DEFAULT true,
+	overlap			text NOT NULL CHECK (overlap IN ('skip', 'allow')),
+	misfire			text NOT NULL CHECK (misfire IN ('fire_once', 'skip')),
+	priority		smallint NOT NULL DEFAULT 0,
+	max_attempts	integer CHECK (max_attempts > 0),
+	timeout			interval CHECK (timeout > interval '0'),
+	next_run		timestamptz,
+	last_run		timestamptz,
+	last_job_id		bigint,
+	last_error		text,
+	fires			bigint NOT NULL DEFAULT 0,
+	skipped			bigint NOT NULL DEFAULT 0,
+	created_at		timestamptz NOT NULL DEFAULT pg_catalog.now(),
+	updated_at		timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+CREATE INDEX schedule_due_idx ON atomizer.schedule (next_run) WHERE enabled;
+
+COMMENT ON TABLE atomizer.schedule IS
+	'Recurring jobs; change them with atomizer.schedule() and read atomizer.schedules.';
+
+REVOKE ALL ON atomizer.schedule FROM PUBLIC;
+GRANT SELECT ON atomizer.schedule TO PUBLIC;
+REVOKE ALL ON SEQUENCE atomizer.schedule_id_seq FROM PUBLIC;
+ALTER TABLE atomizer.schedule ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_schedules ON atomizer.schedule FOR SELECT
+	USING (owner = CURRENT_USER
+		   OR (SELECT pg_catalog.pg_has_role('atomizer_admin', 'USAGE')));
+SELECT pg_catalog.pg_extension_config_dump('atomizer.schedule', '');
+SELECT pg_catalog.pg_extension_config_dump('atomizer.schedule_id_seq', '');
+
+CREATE VIEW atomizer.schedules WITH (security_invoker = true) AS
+SELECT s.name, s.spec, s.tz, s.handler, s.payload, s.queue, s.owner,
+	   s.enabled, s.overlap, s.misfire, s.next_run, s.last_run,
+	   s.last_job_id, j.state AS last_outcome, s.last_error, s.fires,
+	   s.skipped, s.created_at
+  FROM atomizer.schedule s
+  LEFT JOIN atomizer.jobs j ON j.id = s.last_job_id;
+
+COMMENT ON VIEW atomizer.schedules IS
+	'Your recurring jobs: spec, time zone, next and last run, the last run''s outcome, and why a schedule was disabled.';
+
+GRANT SELECT ON atomizer.schedules TO PUBLIC;
+
+CREATE FUNCTION atomizer.schedule(
+	name text,
+	spec text,
+	handler text,
+	payload jsonb DEFAULT '{}',
+	queue text DEFAULT 'default',
+	tz text DEFAULT 'UTC',
+	enabled boolean DEFAULT true,
+	overlap text DEFAULT 'skip',
+	misfire text DEFAULT 'fire_once',
+	priority integer DEFAULT 0,
+	max_attempts integer DEFAULT NULL,
+	timeout interval DEFAULT NULL)
+RETURNS bigint
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_schedule';
+
+COMMENT ON FUNCTION atomizer.schedule(text, text, text, jsonb, text, text, boolean, text, text, integer, integer, interval) IS
+	'Create or replace the recurring entry "name": a cron expression (5 fields, or 6 with seconds first) or an interval such as ''30 seconds''; returns its id.';
+
+CREATE FUNCTION atomizer.unschedule(name text)
+RETURNS boolean
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_unschedule';
+
+COMMENT ON FUNCTION atomizer.unschedule(text) IS
+	'Remove a recurring entry; true if it existed (and was yours).';
+
+CREATE FUNCTION atomizer.enable_schedule(name text)
+RETURNS boolean
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_enable_schedule';
+
+COMMENT ON FUNCTION atomizer.enable_schedule(text) IS
+	'Enable a recurring entry (its next run is computed from now); true if it exists and is yours.';
+
+CREATE FUNCTION atomizer.disable_schedule(name text)
+RETURNS boolean
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_disable_schedule';
+
+COMMENT ON FUNCTION atomizer.disable_schedule(text) IS
+	'Disable a recurring entry; true if it exists and is yours.';
+
+CREATE FUNCTION atomizer.run_schedule(name text)
+RETURNS bigint
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_run_schedule';
+
+COMMENT ON FUNCTION atomizer.run_schedule(text) IS
+	'Fire a recurring entry now, whatever its spec and overlap policy; returns the job id.';
+
+CREATE FUNCTION atomizer._tick(now timestamptz)
+RETURNS integer
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_tick';
+
+REVOKE ALL ON FUNCTION atomizer._tick(timestamptz) FROM PUBLIC;
+
+COMMENT ON FUNCTION atomizer._tick(timestamptz) IS
+	'One pass of the cron firing logic as if the clock read "now" (for tests and manual catch-up); returns the number of jobs enqueued.';
+
 
 /* ------------------------------------------------------------------------
  * Jobs: C functions (they check the caller and write as the owner)
@@ -582,6 +705,15 @@ GRANT EXECUTE ON FUNCTION
 	atomizer.pause_queue(text),
 	atomizer.resume_queue(text)
 	TO atomizer_admin;
+
+CREATE FUNCTION atomizer.cron_next(expr text, after timestamptz,
+								   tz text DEFAULT 'UTC')
+RETURNS timestamptz
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'atomizer_cron_next_sql';
+
+COMMENT ON FUNCTION atomizer.cron_next(text, timestamptz, text) IS
+	'The first fire time of a cron expression or interval strictly after "after", on the wall clock of time zone tz; NULL if it never fires.';
 
 /* Start this database's scheduler as soon as CREATE EXTENSION commits. */
 CREATE FUNCTION atomizer._extension_created()

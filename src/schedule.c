@@ -86,7 +86,7 @@ lookup_tz(const char *name)
 {
 	pg_tz	   *tz = pg_tzset(name);
 
-	if (tz == NULL)
+	if (tz == NULL || !pg_tz_acceptable(tz))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("time zone \"%s\" not recognized", name),
@@ -431,7 +431,8 @@ atomizer_enable_schedule(PG_FUNCTION_ARGS)
 /*
  * enqueue_fire
  *		Insert the job of one fire; the caller is connected to SPI as the
- *		owner.  Returns the job id.
+ *		owner.  Its run_at is the fire time (or the real time, when a test
+ *		drives the clock into the future).  Returns the job id.
  */
 static int64
 enqueue_fire(int64 schedule_id, TimestampTz run_at)
@@ -444,7 +445,8 @@ enqueue_fire(int64 schedule_id, TimestampTz run_at)
 	prepare(&plan,
 			"INSERT INTO atomizer.job (queue, handler, payload, run_at, priority,"
 			" max_attempts, timeout, owner, schedule_id) "
-			"SELECT queue, handler, payload, $2, priority, max_attempts,"
+			"SELECT queue, handler, payload, least($2, clock_timestamp()),"
+			" priority, max_attempts,"
 			" timeout, owner, id FROM atomizer.schedule WHERE id = $1 "
 			"RETURNING id", 2, types);
 	values[0] = Int64GetDatum(schedule_id);
@@ -706,7 +708,7 @@ atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake)
 		CHECK_FOR_INTERRUPTS();
 		if (!atomizer_cron_parse(spec, &cron, &reason))
 			;
-		else if ((tz = pg_tzset(tz_name)) == NULL)
+		else if ((tz = pg_tzset(tz_name)) == NULL || !pg_tz_acceptable(tz))
 			reason = psprintf("time zone \"%s\" not recognized", tz_name);
 		else if (queue_missing)
 			reason = psprintf("queue \"%s\" does not exist", queue);

@@ -14,6 +14,7 @@
  *	  - starts a worker for each internal, unpaused queue that has due jobs
  *		and no idle worker, within the queue's concurrency and
  *		atomizer.max_workers;
+ *	  - fires due schedules (schedule.c), enqueueing their jobs;
  *	  - prunes finished jobs older than their queue's retention (dead jobs
  *		stay until retried or purged);
  *
@@ -578,7 +579,16 @@ atomizer_scheduler_main(Datum arg)
 			recover_orphans();
 			last_orphan_scan = now;
 		}
-		sleep_ms = start_workers();
+		{
+			TimestampTz next_fire;
+
+			(void) atomizer_fire_schedules(GetCurrentTimestamp(), &next_fire);
+			sleep_ms = start_workers();
+			if (!TIMESTAMP_NOT_FINITE(next_fire))
+				sleep_ms = Min(sleep_ms,
+							   Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+																   next_fire), 1));
+		}
 		if (last_prune == 0 || TimestampDifferenceExceeds(last_prune, now, PRUNE_MS))
 		{
 			prune();
@@ -590,11 +600,17 @@ atomizer_scheduler_main(Datum arg)
 		pgstat_report_activity(STATE_IDLE, NULL);
 		MemoryContextReset(pass_cxt);
 
-		/* coalesce bursts of wake-ups */
-		pg_usleep(MIN_PASS_MS * 1000L);
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 sleep_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
+
+		/* coalesce bursts of wake-ups: at most one pass per MIN_PASS_MS */
+		{
+			long		since = TimestampDifferenceMilliseconds(now, GetCurrentTimestamp());
+
+			if (since < MIN_PASS_MS)
+				pg_usleep((MIN_PASS_MS - since) * 1000L);
+		}
 	}
 }

@@ -14,7 +14,7 @@ CREATE FUNCTION argnames(fn regprocedure) RETURNS text[] LANGUAGE sql AS $$
 	SELECT proargnames::text[] FROM pg_proc WHERE oid = fn
 $$;
 
-SELECT plan(40);
+SELECT plan(47);
 
 SELECT is(argnames('atomizer.enqueue(text,jsonb,text,timestamptz,int,int,interval,text)'),
 	ARRAY['handler','payload','queue','run_at','priority','max_attempts','timeout','idempotency_key'],
@@ -80,6 +80,20 @@ SELECT has_role('atomizer_admin', 'role atomizer_admin exists');
 SELECT ok(NOT (SELECT rolcanlogin FROM pg_roles WHERE rolname = 'atomizer_admin'), 'atomizer_admin cannot log in');
 SELECT is((SELECT array_agg(c.relname::text ORDER BY c.relname) FROM pg_extension e,
 		unnest(e.extconfig) cfg JOIN pg_class c ON c.oid = cfg WHERE e.extname = 'atomizer'),
-	ARRAY['job','job_error','job_history','job_id_seq','queue'], 'pg_dump keeps the job store');
+	ARRAY['job','job_error','job_history','job_id_seq','queue','schedule','schedule_id_seq'],
+	'pg_dump keeps the job store and the schedules');
+
+-- cron
+SELECT is((argnames('atomizer.schedule(text,text,text,jsonb,text,text,boolean,text,text,int,int,interval)'))[1:6],
+	ARRAY['name','spec','handler','payload','queue','tz'], 'schedule parameters');
+SELECT function_returns('atomizer', 'schedule',
+	ARRAY['text','text','text','jsonb','text','text','boolean','text','text','integer','integer','interval'],
+	'bigint', 'schedule returns bigint');
+SELECT is(argnames('atomizer.unschedule(text)'), ARRAY['name'], 'unschedule(name)');
+SELECT function_returns('atomizer', 'unschedule', ARRAY['text'], 'boolean', 'unschedule returns boolean');
+SELECT is(argnames('atomizer.cron_next(text,timestamptz,text)'), ARRAY['expr','after','tz'], 'cron_next parameters');
+SELECT is(atomizer.cron_next(expr => '0 12 * * *', after => '2030-06-01 00:00+00', tz => 'UTC'),
+	'2030-06-01 12:00+00'::timestamptz, 'cron_next in named notation');
+SELECT has_view('atomizer', 'schedules', 'view schedules');
 
 SELECT * FROM finish();

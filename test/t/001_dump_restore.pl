@@ -21,7 +21,7 @@ $node->safe_psql('src', q{
 	$$;
 	CREATE FUNCTION fail(payload jsonb) RETURNS void LANGUAGE plpgsql AS $$
 		BEGIN RAISE EXCEPTION 'always fails'; END $$;
-	SELECT atomizer.create_queue('mail', max_attempts => 2, backoff_jitter => 0);
+	SELECT atomizer.create_queue('mail', max_attempts => 2, backoff_base => '1 hour', backoff_jitter => 0);
 	SELECT atomizer.enqueue('work', '{"n": 1}');
 	SELECT atomizer.enqueue('fail', '{}', queue => 'mail', max_attempts => 1);
 	SELECT atomizer.enqueue('fail', '{}', queue => 'mail');
