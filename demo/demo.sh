@@ -108,6 +108,14 @@ SELECT id, handler, payload, state, priority, attempt, max_attempts FROM atomize
 COMMIT;
 SQL
 
+section "A cron entry: every 2 seconds, in the same engine"
+sql <<'SQL'
+\set ECHO queries
+SELECT atomizer.schedule('tick', '*/2 * * * * *', 'public.record_event', '{"event":"cron tick"}', queue => 'demo') \g /dev/null
+\set ECHO none
+SELECT name, spec, tz, handler, next_run > now() AS next_run_is_ahead FROM atomizer.schedules;
+SQL
+
 section "Watching the background workers run them (nobody calls anything)"
 # The commit woke a worker: the due jobs ran within milliseconds.  Failed
 # jobs come back after their backoff, the delayed one at its run_at.
@@ -132,6 +140,12 @@ SQL
 	[ "$left" -eq 0 ] && break
 	sleep 1
 done
+
+section "The cron entry after a few seconds"
+sql <<'SQL'
+SELECT name, spec, to_char(last_run, 'HH24:MI:SS') AS last_run, to_char(next_run, 'HH24:MI:SS') AS next_run, last_outcome, fires FROM atomizer.schedules;
+SELECT atomizer.unschedule('tick') AS unscheduled;
+SQL
 
 section "Results"
 sql <<'SQL'
