@@ -19,7 +19,8 @@ OBJS = \
 	src/worker.o \
 	src/dropdb.o \
 	src/cron.o \
-	src/schedule.o
+	src/schedule.o \
+	src/external.o
 
 DATA = $(wildcard sql/atomizer--*.sql)
 PG_CFLAGS = -Wall -Werror

@@ -14,6 +14,10 @@ BEGIN
 				   WHERE rolname = 'atomizer_admin') THEN
 		CREATE ROLE atomizer_admin NOLOGIN;
 	END IF;
+	IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles
+				   WHERE rolname = 'atomizer_worker') THEN
+		CREATE ROLE atomizer_worker NOLOGIN;
+	END IF;
 END
 $$;
 
@@ -82,7 +86,8 @@ CREATE TABLE atomizer.job (
 	worker			text,
 	lease_until		timestamptz,
 	solo			boolean NOT NULL DEFAULT false,
-	schedule_id		bigint
+	schedule_id		bigint,
+	lease			interval		/* an external worker's lease length */
 );
 
 ALTER SEQUENCE atomizer.job_id_seq OWNED BY atomizer.job.id;
@@ -94,6 +99,10 @@ CREATE INDEX job_claim_idx ON atomizer.job (queue, priority, run_at, id)
 /* An idempotency key is unique among a queue's unfinished jobs. */
 CREATE UNIQUE INDEX job_idempotency_idx ON atomizer.job (queue, idempotency_key)
 	WHERE idempotency_key IS NOT NULL;
+
+/* Leases of external workers, for their expiry. */
+CREATE INDEX job_lease_idx ON atomizer.job (lease_until)
+	WHERE state = 'running' AND lease_until IS NOT NULL;
 
 /* A schedule's unfinished jobs, for its overlap policy. */
 CREATE INDEX job_schedule_idx ON atomizer.job (schedule_id)
@@ -267,6 +276,78 @@ COMMENT ON VIEW atomizer.workers IS
 
 GRANT SELECT ON atomizer.jobs, atomizer.dead_jobs, atomizer.job_errors,
 	atomizer.queue_stats, atomizer.workers TO PUBLIC;
+
+/* ------------------------------------------------------------------------
+ * External workers (members of atomizer_worker)
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION atomizer.claim(queue text, max_jobs integer DEFAULT 1,
+							   lease interval DEFAULT '5 minutes',
+							   worker text DEFAULT NULL)
+RETURNS TABLE (id bigint, handler text, payload jsonb, attempt integer,
+			   lease_until timestamptz)
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_claim';
+
+COMMENT ON FUNCTION atomizer.claim(text, integer, interval, text) IS
+	'External workers: lock up to max_jobs due jobs of an external queue (FOR UPDATE SKIP LOCKED), count the attempt, and lease them.';
+
+CREATE FUNCTION atomizer.complete(job_id bigint, result jsonb DEFAULT NULL,
+								  attempt integer DEFAULT NULL)
+RETURNS void
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_complete';
+
+COMMENT ON FUNCTION atomizer.complete(bigint, jsonb, integer) IS
+	'External workers: a leased job succeeded; ERROR if the lease (of that attempt) was lost.';
+
+CREATE FUNCTION atomizer.complete_many(job_ids bigint[])
+RETURNS integer
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_complete_many';
+
+COMMENT ON FUNCTION atomizer.complete_many(bigint[]) IS
+	'External workers: many leased jobs succeeded, all or none.';
+
+CREATE FUNCTION atomizer.fail(job_id bigint, error text,
+							  retry_in interval DEFAULT NULL,
+							  attempt integer DEFAULT NULL)
+RETURNS void
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_fail';
+
+COMMENT ON FUNCTION atomizer.fail(bigint, text, interval, integer) IS
+	'External workers: a leased job failed; retried after retry_in (or the queue''s backoff), dead after max_attempts.';
+
+CREATE FUNCTION atomizer.heartbeat(job_id bigint, lease interval DEFAULT NULL,
+								   attempt integer DEFAULT NULL)
+RETURNS timestamptz
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_heartbeat';
+
+COMMENT ON FUNCTION atomizer.heartbeat(bigint, interval, integer) IS
+	'External workers: extend a lease by lease (NULL: the claim''s) from now; returns its new end.';
+
+CREATE FUNCTION atomizer.release(job_id bigint, attempt integer DEFAULT NULL)
+RETURNS void
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_release';
+
+COMMENT ON FUNCTION atomizer.release(bigint, integer) IS
+	'External workers: give a leased job back, available now, its attempt not counted.';
+
+REVOKE ALL ON FUNCTION atomizer.claim(text, integer, interval, text),
+	atomizer.complete(bigint, jsonb, integer),
+	atomizer.complete_many(bigint[]),
+	atomizer.fail(bigint, text, interval, integer),
+	atomizer.heartbeat(bigint, interval, integer),
+	atomizer.release(bigint, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION atomizer.claim(text, integer, interval, text),
+	atomizer.complete(bigint, jsonb, integer),
+	atomizer.complete_many(bigint[]),
+	atomizer.fail(bigint, text, interval, integer),
+	atomizer.heartbeat(bigint, interval, integer),
+	atomizer.release(bigint, integer) TO atomizer_worker, atomizer_admin;
 
 /* ------------------------------------------------------------------------
  * Schedules (cron)

@@ -73,6 +73,10 @@ typedef struct AtomizerDbSlot
 	TimestampTz retry_after;	/* launcher: start no scheduler before */
 	pg_atomic_uint32 orphans_pending;	/* a worker died with jobs */
 	TimestampTz last_worker_failure;	/* a worker exited on an error */
+	TimestampTz next_wake;		/* when the scheduler means to wake */
+	int			nnotify;		/* external queues to NOTIFY ... */
+	bool		notify_all;		/* ... or all of them */
+	char		notify[8][NAMEDATALEN];
 } AtomizerDbSlot;
 
 typedef struct AtomizerShared
@@ -91,6 +95,9 @@ extern AtomizerDbSlot *atomizer_db_slot(Oid dboid, bool create);
 extern void atomizer_wake_queue(Oid dboid, const char *queue);
 extern void atomizer_wake_launcher(Oid dboid);
 extern void atomizer_wake_scheduler(Oid dboid);
+extern void atomizer_wake_scheduler_by(Oid dboid, TimestampTz when);
+extern void atomizer_request_notify(Oid dboid, const char *queue);
+extern List *atomizer_take_notify_requests(bool *all);
 
 /* launcher.c, scheduler.c, worker.c */
 extern void atomizer_launcher_register(void);
@@ -109,6 +116,12 @@ extern void atomizer_dropdb_init(void);
 /* wakeup.c */
 extern void atomizer_note_enqueue(const char *queue);
 extern void atomizer_note_schedule_change(void);
+extern void atomizer_note_external(const char *queue);
+extern void atomizer_note_deadline(TimestampTz when);
+
+/* external.c */
+extern TimestampTz atomizer_expire_leases(void);
+extern void atomizer_notify_queue(const char *queue);
 
 /* schedule.c */
 extern int	atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake);

@@ -478,6 +478,7 @@ atomizer_record_outcome(AtomizerJob *job, AtomizerOutcome *outcome,
 		memset(nulls, ' ', sizeof(nulls));
 		values[0] = Int64GetDatum(job->id);
 		values[1] = CStringGetTextDatum(outcome->sqlstate);
+		nulls[1] = outcome->sqlstate[0] ? ' ' : 'n';
 		values[2] = CStringGetTextDatum(outcome->message);
 		values[3] = outcome->detail ? CStringGetTextDatum(outcome->detail) : (Datum) 0;
 		nulls[3] = outcome->detail ? ' ' : 'n';
@@ -527,7 +528,8 @@ atomizer_release_job(int64 id, bool solo)
 
 		plan = SPI_prepare("UPDATE atomizer.job SET state = 'available',"
 						   " attempt = greatest(attempt - 1, 0), worker = NULL,"
-						   " started_at = NULL, solo = solo OR $2 "
+						   " started_at = NULL, lease_until = NULL,"
+						   " solo = solo OR $2 "
 						   "WHERE id = $1 AND state = 'running'", 2, types);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s",

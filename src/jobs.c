@@ -47,6 +47,7 @@ typedef struct EnqueueArgs
 	bool		timeout_null;
 	Interval   *timeout;
 	char	   *owner;
+	bool		external;
 } EnqueueArgs;
 
 /*
@@ -186,6 +187,7 @@ parse_enqueue_args(FunctionCallInfo fcinfo, EnqueueArgs *args)
 	}
 
 	atomizer_require_queue(args->queue, &queue);
+	args->external = queue.external;
 	args->handler = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	if (!queue.external)
 		args->handler = atomizer_resolve_handler(args->handler, caller);
@@ -306,7 +308,10 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 
 	SPI_finish();
 	atomizer_restore_caller(&priv);
-	atomizer_note_enqueue(args.queue);
+	if (args.external)
+		atomizer_note_external(args.queue);
+	else
+		atomizer_note_enqueue(args.queue);
 
 	PG_RETURN_INT64(id);
 }
@@ -448,7 +453,10 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	atomizer_restore_caller(&priv);
-	atomizer_note_enqueue(args.queue);
+	if (args.external)
+		atomizer_note_external(args.queue);
+	else
+		atomizer_note_enqueue(args.queue);
 
 	qsort(ids, nids, sizeof(int64), compare_int64);
 	materialize_ids(rsinfo, ids, nids);
@@ -644,7 +652,9 @@ atomizer_retry(PG_FUNCTION_ARGS)
 		if (SPI_execute_plan(move_plan, values, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not retry job " INT64_FORMAT, job_id);
 		retried = (SPI_processed == 1);
-		if (retried)
+		if (retried && q.external)
+			atomizer_note_external(queue);
+		else if (retried)
 			atomizer_note_enqueue(queue);
 	}
 	SPI_finish();

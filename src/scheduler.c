@@ -38,7 +38,9 @@
 #include "storage/latch.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "nodes/value.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -215,9 +217,10 @@ worker_alive(const char *worker)
 
 /*
  * recover_orphans
- *		Find running jobs of dead workers and release or fail them.  The
- *		rows are locked first and the worker slots read after, so a worker
- *		that claimed after our snapshot is seen alive.
+ *		Find running jobs of dead workers and release or fail them.  Rows
+ *		of the workers alive before the scan are left alone; the slots are
+ *		read again after the rows are locked, so a worker that started and
+ *		claimed in between is seen alive too.
  */
 static void
 recover_orphans(void)
@@ -228,23 +231,51 @@ recover_orphans(void)
 	AtomizerJob *jobs;
 	char	  **workers;
 	int			recovered = 0;
+	Datum	   *live;
+	int			nlive = 0;
+	Datum		arg;
+
+	/* the workers alive now; a dying one's rows are waited for below */
+	live = palloc(sizeof(Datum) * atomizer_shared->max_workers);
+	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
+	for (int i = 0; i < atomizer_shared->max_workers; i++)
+	{
+		AtomizerWorkerSlot *w = &atomizer_shared->workers[i];
+
+		if (w->in_use && w->pid > 0 && w->dboid == MyDatabaseId)
+			live[nlive++] = CStringGetTextDatum(psprintf("atomizer:%d:%ld",
+														 (int) w->pid,
+														 (long) w->start_time));
+	}
+	LWLockRelease(atomizer_shared->lock);
+	arg = PointerGetDatum(construct_array(live, nlive, TEXTOID, -1, false,
+										  TYPALIGN_INT));
 
 	atomizer_become_owner(&priv);
 	SPI_connect();
 	if (plan == NULL)
 	{
+		Oid			types[1] = {TEXTARRAYOID};
+
+		/*
+		 * No SKIP LOCKED: a worker that is dying still holds locks on the
+		 * jobs whose outcomes it recorded until its transaction has aborted;
+		 * waiting for it lets us see its whole batch, so that batch-mates of
+		 * the job that killed it are not taken for jobs that were alone.
+		 */
 		plan = SPI_prepare("SELECT j.id, j.worker, j.attempt,"
 						   " coalesce(j.max_attempts, q.max_attempts, 1), j.queue"
 						   " FROM atomizer.job j"
 						   " LEFT JOIN atomizer.queue q ON q.name = j.queue"
 						   " WHERE j.state = 'running' AND j.worker LIKE 'atomizer:%'"
-						   " FOR UPDATE OF j SKIP LOCKED", 0, NULL);
+						   " AND NOT (j.worker = ANY ($1))"
+						   " FOR UPDATE OF j", 1, types);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s",
 				 SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);
 	}
-	if (SPI_execute_plan(plan, NULL, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for orphaned jobs");
 
 	n = SPI_processed;
@@ -453,6 +484,57 @@ start_workers(void)
 }
 
 /*
+ * notify_external
+ *		NOTIFY the listeners of external queues: those whose jobs a commit
+ *		made available (wakeup.c asked), and those with delayed jobs that
+ *		came due since the previous pass.  Sent when this pass commits.
+ */
+static void
+notify_external(TimestampTz last_pass)
+{
+	static SPIPlanPtr plan = NULL;
+	AtomizerPrivState priv;
+	bool		all;
+	List	   *queues = atomizer_take_notify_requests(&all);
+	ListCell   *lc;
+	Datum		arg = TimestampTzGetDatum(last_pass);
+	char		nulls[1] = {' '};
+
+	atomizer_become_owner(&priv);
+	SPI_connect();
+	if (plan == NULL)
+	{
+		Oid			types[1] = {TIMESTAMPTZOID};
+
+		/* $1 NULL: every external queue with due jobs */
+		plan = SPI_prepare("SELECT q.name FROM atomizer.queue q"
+						   " WHERE q.external AND NOT q.paused"
+						   " AND EXISTS (SELECT 1 FROM atomizer.job j"
+						   "  WHERE j.queue = q.name AND j.state = 'available'"
+						   "  AND j.run_at <= now()"
+						   "  AND ($1::timestamptz IS NULL OR j.run_at > $1))",
+						   1, types);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+	}
+	if (all || last_pass == 0)
+		nulls[0] = 'n';
+	if (SPI_execute_plan(plan, &arg, nulls, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not list external queues");
+	for (uint64 i = 0; i < SPI_processed; i++)
+		queues = list_append_unique(queues,
+									makeString(SPI_getvalue(SPI_tuptable->vals[i],
+															SPI_tuptable->tupdesc, 1)));
+	SPI_finish();
+	atomizer_restore_caller(&priv);
+
+	foreach(lc, queues)
+		atomizer_notify_queue(strVal(lfirst(lc)));
+}
+
+/*
  * scheduler_detach
  *		before_shmem_exit: this database has no scheduler any more.
  */
@@ -491,6 +573,7 @@ atomizer_scheduler_main(Datum arg)
 	char	   *dbname;
 	TimestampTz last_orphan_scan = 0;
 	TimestampTz last_prune = 0;
+	TimestampTz last_pass = 0;
 	MemoryContext pass_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -581,13 +664,21 @@ atomizer_scheduler_main(Datum arg)
 		}
 		{
 			TimestampTz next_fire;
+			TimestampTz next_lease;
 
+			notify_external(last_pass);
 			(void) atomizer_fire_schedules(GetCurrentTimestamp(), &next_fire);
+			next_lease = atomizer_expire_leases();
 			sleep_ms = start_workers();
 			if (!TIMESTAMP_NOT_FINITE(next_fire))
 				sleep_ms = Min(sleep_ms,
 							   Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
 																   next_fire), 1));
+			if (!TIMESTAMP_NOT_FINITE(next_lease))
+				sleep_ms = Min(sleep_ms,
+							   Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+																   next_lease), 1));
+			last_pass = now;
 		}
 		if (last_prune == 0 || TimestampDifferenceExceeds(last_prune, now, PRUNE_MS))
 		{
@@ -600,6 +691,9 @@ atomizer_scheduler_main(Datum arg)
 		pgstat_report_activity(STATE_IDLE, NULL);
 		MemoryContextReset(pass_cxt);
 
+		LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+		db->next_wake = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), sleep_ms);
+		LWLockRelease(atomizer_shared->lock);
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 sleep_ms, PG_WAIT_EXTENSION);

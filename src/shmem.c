@@ -24,6 +24,7 @@
 #include "fmgr.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "nodes/value.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
@@ -207,6 +208,89 @@ atomizer_wake_scheduler(Oid dboid)
 	LWLockRelease(atomizer_shared->lock);
 	if (latch != NULL)
 		SetLatch(latch);
+}
+
+/*
+ * atomizer_wake_scheduler_by
+ *		Make sure database dboid's scheduler is awake at "when" (a lease
+ *		end): wake it now if it means to sleep past that.
+ */
+void
+atomizer_wake_scheduler_by(Oid dboid, TimestampTz when)
+{
+	Latch	   *latch = NULL;
+	AtomizerDbSlot *db;
+
+	if (atomizer_shared == NULL)
+		return;
+	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
+	db = atomizer_db_slot(dboid, false);
+	if (db != NULL && db->next_wake > when)
+		latch = db->scheduler_latch;
+	LWLockRelease(atomizer_shared->lock);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/*
+ * atomizer_request_notify
+ *		Ask database dboid's scheduler to NOTIFY the listeners of external
+ *		queue "queue" (a commit made jobs of it available).
+ */
+void
+atomizer_request_notify(Oid dboid, const char *queue)
+{
+	Latch	   *latch = NULL;
+	AtomizerDbSlot *db;
+
+	if (atomizer_shared == NULL)
+		return;
+	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+	db = atomizer_db_slot(dboid, false);
+	if (db != NULL)
+	{
+		bool		known = db->notify_all;
+
+		for (int i = 0; !known && i < db->nnotify; i++)
+			known = (strcmp(db->notify[i], queue) == 0);
+		if (!known)
+		{
+			if (db->nnotify < lengthof(db->notify))
+				strlcpy(db->notify[db->nnotify++], queue, NAMEDATALEN);
+			else
+				db->notify_all = true;
+		}
+		latch = db->scheduler_latch;
+	}
+	LWLockRelease(atomizer_shared->lock);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/*
+ * atomizer_take_notify_requests
+ *		The scheduler takes the queues to NOTIFY (a List of String nodes),
+ *		or *all if there were too many to list.
+ */
+List *
+atomizer_take_notify_requests(bool *all)
+{
+	List	   *result = NIL;
+	AtomizerDbSlot *db;
+
+	*all = false;
+	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+	db = atomizer_db_slot(MyDatabaseId, false);
+	if (db != NULL)
+	{
+		for (int i = 0; i < db->nnotify; i++)
+			result = lappend(result, makeString(pstrdup(db->notify[i])));
+		*all = db->notify_all;
+		db->nnotify = 0;
+		db->notify_all = false;
+	}
+	LWLockRelease(atomizer_shared->lock);
+	return result;
 }
 
 /*

@@ -18,6 +18,7 @@
 #include "access/xact.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "utils/timestamp.h"
 #include "utils/builtins.h"
 
 #include "atomizer.h"
@@ -32,6 +33,9 @@ static int	npending = 0;
 static bool pending_overflow = false;
 static bool pending_launcher = false;
 static bool pending_scheduler = false;
+static int	nexternal = 0;
+static TimestampTz pending_deadline = 0;
+static char external[MAX_PENDING_QUEUES][NAMEDATALEN];
 static char pending[MAX_PENDING_QUEUES][NAMEDATALEN];
 
 /*
@@ -54,6 +58,10 @@ xact_callback(XactEvent event, void *arg)
 				atomizer_wake_launcher(MyDatabaseId);
 			if (pending_scheduler)
 				atomizer_wake_scheduler(MyDatabaseId);
+			for (int i = 0; i < nexternal; i++)
+				atomizer_request_notify(MyDatabaseId, external[i]);
+			if (pending_deadline != 0)
+				atomizer_wake_scheduler_by(MyDatabaseId, pending_deadline);
 			/* FALLTHROUGH */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
@@ -61,6 +69,8 @@ xact_callback(XactEvent event, void *arg)
 			pending_overflow = false;
 			pending_launcher = false;
 			pending_scheduler = false;
+			nexternal = 0;
+			pending_deadline = 0;
 			break;
 		default:
 			break;
@@ -99,6 +109,42 @@ atomizer_note_enqueue(const char *queue)
 		strlcpy(pending[npending++], queue, NAMEDATALEN);
 	else
 		pending_overflow = true;
+}
+
+/*
+ * atomizer_note_external
+ *		This transaction made jobs of external queue "queue" available: at
+ *		commit the scheduler NOTIFYs its listeners (one NOTIFY per queue from
+ *		the scheduler, so producers never take the global notify lock).
+ */
+void
+atomizer_note_external(const char *queue)
+{
+	if (atomizer_shared == NULL)
+		return;
+	register_callback();
+	for (int i = 0; i < nexternal; i++)
+		if (strcmp(external[i], queue) == 0)
+			return;
+	if (nexternal < MAX_PENDING_QUEUES)
+		strlcpy(external[nexternal++], queue, NAMEDATALEN);
+	else
+		atomizer_request_notify(MyDatabaseId, queue);	/* rare: ask now */
+}
+
+/*
+ * atomizer_note_deadline
+ *		This transaction set a lease ending at "when": at commit, make sure
+ *		the scheduler wakes by then to expire it.
+ */
+void
+atomizer_note_deadline(TimestampTz when)
+{
+	if (atomizer_shared == NULL)
+		return;
+	register_callback();
+	if (pending_deadline == 0 || when < pending_deadline)
+		pending_deadline = when;
 }
 
 /*
