@@ -14,7 +14,7 @@ CREATE FUNCTION argnames(fn regprocedure) RETURNS text[] LANGUAGE sql AS $$
 	SELECT proargnames::text[] FROM pg_proc WHERE oid = fn
 $$;
 
-SELECT plan(47);
+SELECT plan(54);
 
 SELECT is(argnames('atomizer.enqueue(text,jsonb,text,timestamptz,int,int,interval,text)'),
 	ARRAY['handler','payload','queue','run_at','priority','max_attempts','timeout','idempotency_key'],
@@ -95,5 +95,18 @@ SELECT is(argnames('atomizer.cron_next(text,timestamptz,text)'), ARRAY['expr','a
 SELECT is(atomizer.cron_next(expr => '0 12 * * *', after => '2030-06-01 00:00+00', tz => 'UTC'),
 	'2030-06-01 12:00+00'::timestamptz, 'cron_next in named notation');
 SELECT has_view('atomizer', 'schedules', 'view schedules');
+
+-- external workers
+SELECT is(argnames('atomizer.claim(text,int,interval,text)'),
+	ARRAY['queue','max_jobs','lease','worker','id','handler','payload','attempt','lease_until'],
+	'claim parameters and columns');
+SELECT is((argnames('atomizer.complete(bigint,jsonb,int)'))[1:2], ARRAY['job_id','result'], 'complete parameters');
+SELECT is(argnames('atomizer.complete_many(bigint[])'), ARRAY['job_ids'], 'complete_many parameters');
+SELECT is((argnames('atomizer.fail(bigint,text,interval,int)'))[1:3], ARRAY['job_id','error','retry_in'], 'fail parameters');
+SELECT is((argnames('atomizer.heartbeat(bigint,interval,int)'))[1:2], ARRAY['job_id','lease'], 'heartbeat parameters');
+SELECT has_role('atomizer_worker', 'role atomizer_worker exists');
+SELECT ok(NOT has_function_privilege('public', 'atomizer.claim(text,int,interval,text)', 'EXECUTE')
+	AND has_function_privilege('atomizer_worker', 'atomizer.claim(text,int,interval,text)', 'EXECUTE'),
+	'only atomizer_worker (and admins) may claim');
 
 SELECT * FROM finish();
