@@ -551,6 +551,13 @@ RETURNS void
 LANGUAGE C IMMUTABLE PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'atomizer_check_queue_name_sql';
 
+CREATE FUNCTION atomizer._queues_changed()
+RETURNS void
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'atomizer_queues_changed';
+
+REVOKE ALL ON FUNCTION atomizer._queues_changed() FROM PUBLIC;
+
 CREATE FUNCTION atomizer._wake_at_commit(queue text)
 RETURNS void
 LANGUAGE C VOLATILE
@@ -638,6 +645,7 @@ BEGIN
 		create_queue.max_attempts, create_queue.backoff_base,
 		create_queue.backoff_cap, create_queue.backoff_jitter,
 		create_queue.timeout, create_queue.retention);
+	PERFORM atomizer._queues_changed();
 EXCEPTION
 	WHEN unique_violation THEN
 		RAISE EXCEPTION 'queue "%" already exists', name
@@ -696,6 +704,7 @@ BEGIN
 		   timeout = COALESCE(alter_queue.timeout, q.timeout),
 		   retention = COALESCE(alter_queue.retention, q.retention)
 	 WHERE queue.name = q.name;
+	PERFORM atomizer._queues_changed();
 	PERFORM atomizer._wake_at_commit(name);
 END
 $$;
@@ -729,6 +738,7 @@ BEGIN
 	END IF;
 	DELETE FROM atomizer.job j WHERE j.queue = drop_queue.name;
 	DELETE FROM atomizer.queue WHERE queue.name = drop_queue.name;
+	PERFORM atomizer._queues_changed();
 END
 $$;
 
@@ -747,6 +757,7 @@ BEGIN
 		RAISE EXCEPTION 'queue "%" does not exist', name
 			USING ERRCODE = 'undefined_object';
 	END IF;
+	PERFORM atomizer._queues_changed();
 END
 $$;
 
@@ -765,6 +776,7 @@ BEGIN
 		RAISE EXCEPTION 'queue "%" does not exist', name
 			USING ERRCODE = 'undefined_object';
 	END IF;
+	PERFORM atomizer._queues_changed();
 	PERFORM atomizer._wake_at_commit(name);
 END
 $$;

@@ -201,5 +201,7 @@ extern volatile TimestampTz atomizer_shutdown_deadline;
 extern int64 atomizer_interval_ms(const Interval *iv);
 extern bool atomizer_finish_job(int64 id, const char *state, Datum result,
 								bool result_isnull, const char *error);
+extern void atomizer_finish_succeeded(int64 *ids, Datum *results,
+									  bool *result_nulls, int n);
 
 #endif							/* ATOMIZER_H */

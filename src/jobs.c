@@ -504,6 +504,58 @@ atomizer_finish_job(int64 id, const char *state, Datum result,
 }
 
 /*
+ * atomizer_finish_succeeded
+ *		Move n succeeded jobs to the history at once, with their results
+ *		(results[i] NULL for none).  One statement for a whole batch: the
+ *		workers call it just before they commit the batch.
+ */
+void
+atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	AtomizerPrivState priv;
+	Datum	   *id_datums;
+	Datum		values[2];
+	int			dims[1];
+	int			lbs[1] = {1};
+
+	if (n == 0)
+		return;
+	id_datums = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+		id_datums[i] = Int64GetDatum(ids[i]);
+	dims[0] = n;
+	values[0] = PointerGetDatum(construct_array(id_datums, n, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = PointerGetDatum(construct_md_array(results, result_nulls, 1, dims,
+												   lbs, JSONBOID, -1, false,
+												   TYPALIGN_INT));
+
+	atomizer_become_owner(&priv);
+	SPI_connect();
+	{
+		Oid			types[2] = {INT8ARRAYOID, JSONBARRAYOID};
+
+		prepare_plan(&plan,
+					 "WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)), "
+					 "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
+					 " RETURNING j.*, r.result AS new_result) "
+					 "INSERT INTO atomizer.job_history "
+					 "(id, queue, handler, payload, state, priority, run_at, attempt,"
+					 " max_attempts, timeout, owner, idempotency_key, created_at,"
+					 " started_at, finished_at, result, last_error, schedule_id) "
+					 "SELECT id, queue, handler, payload, 'succeeded', priority,"
+					 " run_at, attempt, max_attempts, timeout, owner,"
+					 " idempotency_key, created_at, started_at, clock_timestamp(),"
+					 " new_result, last_error, schedule_id FROM d", 2, types);
+	}
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record %d succeeded jobs", n);
+	SPI_finish();
+	atomizer_restore_caller(&priv);
+}
+
+/*
  * caller_filter
  *		The owner a non-admin caller is restricted to, as a text Datum, or
  *		NULL (no restriction) for admins.

@@ -8,6 +8,11 @@
  *	  A queue name becomes part of a NOTIFY channel name (atomizer_<queue>),
  *	  so it is restricted to lower-case identifiers: [a-z][a-z0-9_]{0,47}.
  *
+ *	  Queue settings that enqueue needs are cached per backend: every
+ *	  enqueue looks its queue up, and the queue-management functions call
+ *	  atomizer._queues_changed(), which invalidates the relcache entry of
+ *	  atomizer.queue at commit, so every backend drops its cache then.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -16,10 +21,61 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "catalog/namespace.h"
 
 #include "atomizer.h"
 
 PG_FUNCTION_INFO_V1(atomizer_check_queue_name_sql);
+PG_FUNCTION_INFO_V1(atomizer_queues_changed);
+
+typedef struct QueueCacheEntry
+{
+	char		name[NAMEDATALEN];	/* hash key */
+	bool		external;
+	bool		paused;
+} QueueCacheEntry;
+
+static HTAB *queue_cache = NULL;
+static bool queue_cache_valid = false;
+static bool queue_callback_registered = false;
+static Oid	queue_relid = InvalidOid;
+
+/*
+ * queue_cache_callback
+ *		Relcache invalidation: forget the cached queues when atomizer.queue
+ *		(or everything) is invalidated.
+ */
+static void
+queue_cache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == queue_relid)
+		queue_cache_valid = false;
+}
+
+/*
+ * queue_table_oid
+ *		OID of atomizer.queue.
+ */
+static Oid
+queue_table_oid(void)
+{
+	return get_relname_relid("queue", get_namespace_oid(ATOMIZER_SCHEMA, false));
+}
+
+/*
+ * atomizer._queues_changed() RETURNS void
+ *		Called by the queue-management functions: every backend's queue
+ *		cache is dropped when this transaction commits.
+ */
+Datum
+atomizer_queues_changed(PG_FUNCTION_ARGS)
+{
+	CacheInvalidateRelcacheByRelid(queue_table_oid());
+	PG_RETURN_VOID();
+}
 
 /*
  * atomizer_check_queue_name
@@ -74,9 +130,45 @@ atomizer_lookup_queue(const char *name, AtomizerQueue *queue)
 	static SPIPlanPtr plan = NULL;
 	MemoryContext caller = CurrentMemoryContext;
 	AtomizerPrivState priv;
-	Datum		arg = CStringGetTextDatum(name);
+	Datum		arg;
 	bool		found;
+	QueueCacheEntry *entry;
+	char		key[NAMEDATALEN];
 
+	if (strlen(name) >= NAMEDATALEN)
+		return false;
+	memset(key, 0, sizeof(key));
+	strlcpy(key, name, NAMEDATALEN);
+
+	if (!queue_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(queue_cache_callback, (Datum) 0);
+		queue_callback_registered = true;
+	}
+	if (!queue_cache_valid || queue_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		if (queue_cache != NULL)
+			hash_destroy(queue_cache);
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = NAMEDATALEN;
+		ctl.entrysize = sizeof(QueueCacheEntry);
+		queue_cache = hash_create("atomizer queues", 16, &ctl,
+								  HASH_ELEM | HASH_STRINGS);
+		queue_relid = queue_table_oid();
+		queue_cache_valid = true;
+	}
+	entry = hash_search(queue_cache, key, HASH_FIND, NULL);
+	if (entry != NULL)
+	{
+		queue->name = MemoryContextStrdup(caller, name);
+		queue->external = entry->external;
+		queue->paused = entry->paused;
+		return true;
+	}
+
+	arg = CStringGetTextDatum(name);
 	atomizer_become_owner(&priv);
 	SPI_connect();
 
@@ -105,6 +197,12 @@ atomizer_lookup_queue(const char *name, AtomizerQueue *queue)
 		queue->external = DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull));
 		queue->paused = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
 		queue->name = MemoryContextStrdup(caller, name);
+		if (queue_cache_valid)
+		{
+			entry = hash_search(queue_cache, key, HASH_ENTER, NULL);
+			entry->external = queue->external;
+			entry->paused = queue->paused;
+		}
 	}
 
 	SPI_finish();

@@ -6,8 +6,8 @@
  *
  *	  Loop: claim a batch (marked running, attempts counted, committed), run
  *	  each job's handler in its own subtransaction and record every outcome
- *	  in a second transaction, so a handler's effects commit with its job's
- *	  completion.  The batch size adapts: it starts at 1, doubles while
+ *	  in a second transaction (the successes with one statement at its end),
+ *	  so a handler's effects commit with its job's completion.  The batch size adapts: it starts at 1, doubles while
  *	  batches are full and quick, and halves when a batch takes long, so
  *	  slow jobs spread over the queue's workers and fast ones are claimed
  *	  atomizer.batch_size at a time.  With nothing to do the worker sleeps on
@@ -180,6 +180,10 @@ static int
 run_batch(AtomizerJob *jobs, int n, int64 *succeeded, int64 *failed)
 {
 	int			ran = 0;
+	int64	   *ok_ids = palloc(sizeof(int64) * n);
+	Datum	   *ok_results = palloc(sizeof(Datum) * n);
+	bool	   *ok_nulls = palloc(sizeof(bool) * n);
+	int			nok = 0;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -212,13 +216,24 @@ run_batch(AtomizerJob *jobs, int n, int64 *succeeded, int64 *failed)
 		pgstat_report_activity(STATE_RUNNING, activity);
 
 		atomizer_run_job(&jobs[i], &outcome);
-		atomizer_record_outcome(&jobs[i], &outcome, NULL);
 		if (outcome.ok)
+		{
+			/* recorded together with the batch's other successes below */
+			ok_ids[nok] = jobs[i].id;
+			ok_results[nok] = outcome.result;
+			ok_nulls[nok] = !outcome.has_result;
+			nok++;
 			(*succeeded)++;
-		else if (!outcome.released)
-			(*failed)++;
+		}
+		else
+		{
+			atomizer_record_outcome(&jobs[i], &outcome, NULL);
+			if (!outcome.released)
+				(*failed)++;
+		}
 		ran++;
 	}
+	atomizer_finish_succeeded(ok_ids, ok_results, ok_nulls, nok);
 
 	PopActiveSnapshot();
 	CommitTransactionCommand();
