@@ -45,6 +45,7 @@ extern void atomizer_guc_init(void);
 #define ATOMIZER_WORKER_IDLE		2
 #define ATOMIZER_WORKER_RUNNING		3
 #define ATOMIZER_WORKER_STOPPING	4
+#define ATOMIZER_WORKER_PAUSED		5	/* idle, its queue paused */
 
 typedef struct AtomizerWorkerSlot
 {
@@ -93,6 +94,7 @@ extern AtomizerShared *atomizer_shared;
 extern void atomizer_shmem_init(void);
 extern AtomizerDbSlot *atomizer_db_slot(Oid dboid, bool create);
 extern void atomizer_wake_queue(Oid dboid, const char *queue);
+extern void atomizer_wake_queue_all(Oid dboid, const char *queue);
 extern void atomizer_wake_launcher(Oid dboid);
 extern void atomizer_wake_scheduler(Oid dboid);
 extern void atomizer_wake_scheduler_by(Oid dboid, TimestampTz when);
@@ -118,6 +120,7 @@ extern void atomizer_note_enqueue(const char *queue);
 extern void atomizer_note_schedule_change(void);
 extern void atomizer_note_external(const char *queue);
 extern void atomizer_note_deadline(TimestampTz when);
+extern void atomizer_note_resume(const char *queue);
 
 /* external.c */
 extern TimestampTz atomizer_expire_leases(void);

@@ -167,8 +167,10 @@ atomizer_wake_queue(Oid dboid, const char *queue)
 			latch = w->latch;
 			break;
 		}
-		if (w->state == ATOMIZER_WORKER_STARTING)
-			starting = true;	/* it looks for work as soon as it starts */
+		if (w->state == ATOMIZER_WORKER_STARTING ||
+			w->state == ATOMIZER_WORKER_PAUSED)
+			starting = true;	/* it looks for work when it starts, or when
+								 * its queue is resumed */
 	}
 
 	/*
@@ -187,6 +189,37 @@ atomizer_wake_queue(Oid dboid, const char *queue)
 
 	if (latch != NULL)
 		SetLatch(latch);
+}
+
+/*
+ * atomizer_wake_queue_all
+ *		A queue was resumed or altered: wake all its workers, paused ones
+ *		too, and the scheduler.
+ */
+void
+atomizer_wake_queue_all(Oid dboid, const char *queue)
+{
+	Latch	   *latches[64];
+	int			n = 0;
+	AtomizerDbSlot *db;
+
+	if (atomizer_shared == NULL)
+		return;
+	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
+	for (int i = 0; i < atomizer_shared->max_workers && n < lengthof(latches) - 1; i++)
+	{
+		AtomizerWorkerSlot *w = &atomizer_shared->workers[i];
+
+		if (w->in_use && w->dboid == dboid && strcmp(w->queue, queue) == 0 &&
+			w->latch != NULL)
+			latches[n++] = w->latch;
+	}
+	db = atomizer_db_slot(dboid, false);
+	if (db != NULL && db->scheduler_latch != NULL)
+		latches[n++] = db->scheduler_latch;
+	LWLockRelease(atomizer_shared->lock);
+	for (int i = 0; i < n; i++)
+		SetLatch(latches[i]);
 }
 
 /*
@@ -336,6 +369,8 @@ worker_state_name(int state)
 			return "running";
 		case ATOMIZER_WORKER_STOPPING:
 			return "stopping";
+		case ATOMIZER_WORKER_PAUSED:
+			return "paused";
 	}
 	return "unknown";
 }

@@ -35,6 +35,8 @@ static bool pending_launcher = false;
 static bool pending_scheduler = false;
 static int	nexternal = 0;
 static TimestampTz pending_deadline = 0;
+static int	nresumed = 0;
+static char resumed[MAX_PENDING_QUEUES][NAMEDATALEN];
 static char external[MAX_PENDING_QUEUES][NAMEDATALEN];
 static char pending[MAX_PENDING_QUEUES][NAMEDATALEN];
 
@@ -62,6 +64,8 @@ xact_callback(XactEvent event, void *arg)
 				atomizer_request_notify(MyDatabaseId, external[i]);
 			if (pending_deadline != 0)
 				atomizer_wake_scheduler_by(MyDatabaseId, pending_deadline);
+			for (int i = 0; i < nresumed; i++)
+				atomizer_wake_queue_all(MyDatabaseId, resumed[i]);
 			/* FALLTHROUGH */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
@@ -71,6 +75,7 @@ xact_callback(XactEvent event, void *arg)
 			pending_scheduler = false;
 			nexternal = 0;
 			pending_deadline = 0;
+			nresumed = 0;
 			break;
 		default:
 			break;
@@ -133,6 +138,26 @@ atomizer_note_external(const char *queue)
 }
 
 /*
+ * atomizer_note_resume
+ *		A queue was resumed or its settings changed: at commit wake all its
+ *		workers (paused ones too) and the scheduler.
+ */
+void
+atomizer_note_resume(const char *queue)
+{
+	if (atomizer_shared == NULL)
+		return;
+	register_callback();
+	for (int i = 0; i < nresumed; i++)
+		if (strcmp(resumed[i], queue) == 0)
+			return;
+	if (nresumed < MAX_PENDING_QUEUES)
+		strlcpy(resumed[nresumed++], queue, NAMEDATALEN);
+	else
+		pending_scheduler = true;
+}
+
+/*
  * atomizer_note_deadline
  *		This transaction set a lease ending at "when": at commit, make sure
  *		the scheduler wakes by then to expire it.
@@ -185,6 +210,6 @@ Datum
 atomizer_wake_at_commit(PG_FUNCTION_ARGS)
 {
 	if (!PG_ARGISNULL(0))
-		atomizer_note_enqueue(text_to_cstring(PG_GETARG_TEXT_PP(0)));
+		atomizer_note_resume(text_to_cstring(PG_GETARG_TEXT_PP(0)));
 	PG_RETURN_VOID();
 }

@@ -128,10 +128,8 @@ worker_detach(int code, Datum arg)
 
 /*
  * next_due_ms
- *		Milliseconds until the earliest delayed job of our queue is due, or
- *		-1 if none.  Jobs due now that we could not claim (the queue is
- *		paused, or a sibling holds them) are not counted: whoever changes
- *		that wakes us.
+ *		Milliseconds until the next job of our queue is due: 0 if one is due
+ *		now (committed after our claim looked), -1 if none waits.
  */
 static long
 next_due_ms(void)
@@ -147,9 +145,13 @@ next_due_ms(void)
 	{
 		Oid			types[1] = {TEXTOID};
 
-		plan = SPI_prepare("SELECT min(run_at) FROM atomizer.job"
-						   " WHERE queue = $1 AND state = 'available'"
-						   " AND run_at > now()", 1, types);
+		plan = SPI_prepare("SELECT CASE WHEN EXISTS (SELECT 1 FROM atomizer.job"
+						   "  WHERE queue = $1 AND state = 'available'"
+						   "  AND run_at <= now()"
+						   "  ORDER BY priority, run_at, id LIMIT 1)"
+						   " THEN now() ELSE (SELECT min(run_at) FROM atomizer.job"
+						   "  WHERE queue = $1 AND state = 'available'"
+						   "  AND run_at > now()) END", 1, types);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s",
 				 SPI_result_code_string(SPI_result));
@@ -256,6 +258,7 @@ atomizer_worker_main(Datum arg)
 	MemoryContext batch_cxt;
 	TimestampTz idle_since;
 	int			batch = 1;
+	int			missed = 0;		/* looks that found due jobs we could not claim */
 
 	my_slot = DatumGetInt32(arg);
 	slot = &atomizer_shared->workers[my_slot];
@@ -332,6 +335,7 @@ atomizer_worker_main(Datum arg)
 		{
 			long		elapsed;
 
+			missed = 0;
 			jobs_in_flight = true;
 			set_slot(ATOMIZER_WORKER_RUNNING, 0);
 			if (n == batch)
@@ -365,7 +369,9 @@ atomizer_worker_main(Datum arg)
 			long		due_ms;
 			int			rc;
 
-			set_slot(ATOMIZER_WORKER_IDLE, 0);
+			AtomizerQueue queue;
+			bool		exists;
+
 			idle_ms = TimestampDifferenceMilliseconds(idle_since, GetCurrentTimestamp());
 			if (idle_ms >= atomizer_worker_idle_timeout)
 				break;
@@ -374,11 +380,45 @@ atomizer_worker_main(Datum arg)
 			SetCurrentStatementStartTimestamp();
 			StartTransactionCommand();
 			PushActiveSnapshot(GetTransactionSnapshot());
-			due_ms = next_due_ms();
+			exists = atomizer_lookup_queue(my_queue, &queue);
+			if (exists && queue.paused)
+			{
+				/* commits do not wake a paused worker; resume_queue does */
+				set_slot(ATOMIZER_WORKER_PAUSED, 0);
+				due_ms = -1;
+			}
+			else
+			{
+				/*
+				 * Idle first, then look again: a commit after our claim
+				 * either sees us idle and sets our latch, or committed
+				 * before this look and is found by it.
+				 */
+				set_slot(ATOMIZER_WORKER_IDLE, 0);
+				due_ms = exists ? next_due_ms() : -1;
+			}
 			PopActiveSnapshot();
 			CommitTransactionCommand();
-			if (due_ms >= 0)
-				sleep_ms = Min(sleep_ms, Max(due_ms, 1));
+			if (!exists)
+				break;			/* the queue was dropped */
+			if (due_ms == 0 && missed == 0)
+			{
+				missed++;
+				continue;		/* claim again at once */
+			}
+			if (due_ms == 0)
+			{
+				/*
+				 * Due jobs we cannot claim: someone holds their rows (a
+				 * run_pending() or cancel() in a long transaction).  Back off.
+				 */
+				sleep_ms = Min(sleep_ms, 10L << Min(missed, 7));
+				missed++;
+			}
+			else
+				missed = 0;
+			if (due_ms > 0)
+				sleep_ms = Min(sleep_ms, due_ms);
 
 			rc = WaitLatch(MyLatch,
 						   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
