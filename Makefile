@@ -36,6 +36,9 @@ ISOLATION = $(patsubst test/specs/%.spec,%,$(sort $(wildcard test/specs/*.spec))
 ISOLATION_OPTS = --inputdir=test --temp-instance=tmp_check_iso \
 	--temp-config=test/atomizer.conf
 
+# the atomizer command-line tool (built by the rules at the end)
+EXTRA_CLEAN = src/cli/atomizer
+
 PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
 
@@ -50,7 +53,7 @@ endif
 # every module includes the shared header
 $(OBJS): src/atomizer.h
 
-.PHONY: deps test demo
+.PHONY: deps test demo bench
 
 deps:
 	bash test/deps.sh
@@ -60,3 +63,32 @@ test: deps
 
 demo: deps
 	bash demo/demo.sh
+
+bench: deps
+	bash bench/run
+
+# The atomizer command-line tool (src/cli/), a libpq client: built by "all",
+# installed into pg_config --bindir by "install".
+ifneq ($(PGXS),)
+CLI_INCLUDEDIR := $(shell $(PG_CONFIG) --includedir)
+CLI_LIBDIR := $(shell $(PG_CONFIG) --libdir)
+
+all: src/cli/atomizer
+
+CLI_SRCS = $(sort $(wildcard src/cli/*.c))
+
+src/cli/atomizer: $(CLI_SRCS) src/cli/cli.h
+	$(CC) $(CFLAGS) -Wall -Werror -I$(CLI_INCLUDEDIR) -o $@ $(CLI_SRCS) \
+		-L$(CLI_LIBDIR) -lpq
+
+.PHONY: install-cli uninstall-cli
+install: install-cli
+uninstall: uninstall-cli
+
+install-cli: src/cli/atomizer
+	$(MKDIR_P) '$(DESTDIR)$(bindir)'
+	$(INSTALL_PROGRAM) src/cli/atomizer '$(DESTDIR)$(bindir)/atomizer'
+
+uninstall-cli:
+	rm -f '$(DESTDIR)$(bindir)/atomizer'
+endif

@@ -130,7 +130,8 @@ check_lease(int64 job_id, bool attempt_given, int attempt, LeasedJob *job)
 		elog(ERROR, "could not look up job " INT64_FORMAT, job_id);
 	if (SPI_processed == 0)
 	{
-		if (SPI_execute_plan(history_plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		/* not read-only: a fresh snapshot sees a completion we waited for */
+		if (SPI_execute_plan(history_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not look up job " INT64_FORMAT, job_id);
 		if (SPI_processed == 1)
 			ereport(ERROR,

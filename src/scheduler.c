@@ -393,6 +393,55 @@ queue_workers(const char *queue, int *alive, int *ready)
 }
 
 /*
+ * queue_due
+ *		Whether queue has a due job, and if not, when its next delayed job
+ *		is due (*next, DT_NOEND if none).  Two small queries per queue, both
+ *		served by the claim index: a plan over all queues at once may turn
+ *		the due test into a hashed subplan that reads every waiting job.
+ *		The caller is connected to SPI as the owner.
+ */
+static bool
+queue_due(const char *queue, TimestampTz *next)
+{
+	static SPIPlanPtr due_plan = NULL;
+	static SPIPlanPtr next_plan = NULL;
+	Oid			types[1] = {TEXTOID};
+	Datum		arg = CStringGetTextDatum(queue);
+	bool		isnull;
+
+	if (due_plan == NULL)
+	{
+		due_plan = SPI_prepare("SELECT 1 FROM atomizer.job"
+							   " WHERE queue = $1 AND state = 'available'"
+							   " AND run_at <= now()"
+							   " ORDER BY priority, run_at, id LIMIT 1", 1, types);
+		next_plan = SPI_prepare("SELECT min(run_at) FROM atomizer.job"
+								" WHERE queue = $1 AND state = 'available'", 1, types);
+		if (due_plan == NULL || next_plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(due_plan);
+		SPI_keepplan(next_plan);
+	}
+	*next = DT_NOEND;
+	if (SPI_execute_plan(due_plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look at queue \"%s\"", queue);
+	if (SPI_processed > 0)
+		return true;
+	if (SPI_execute_plan(next_plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look at queue \"%s\"", queue);
+	if (SPI_processed == 1)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			*next = DatumGetTimestampTz(d);
+	}
+	return false;
+}
+
+/*
  * start_workers
  *		Start a worker for each queue with due jobs and none ready for them.
  *		Returns ms until the earliest delayed job is due (or the poll
@@ -421,16 +470,8 @@ start_workers(void)
 	SPI_connect();
 	if (plan == NULL)
 	{
-		plan = SPI_prepare("SELECT q.name, q.concurrency, d.due,"
-						   " CASE WHEN d.due THEN NULL ELSE"
-						   "  (SELECT min(j.run_at) FROM atomizer.job j"
-						   "   WHERE j.queue = q.name AND j.state = 'available') END"
-						   " FROM atomizer.queue q,"
-						   " LATERAL (SELECT EXISTS (SELECT 1 FROM atomizer.job j"
-						   "  WHERE j.queue = q.name AND j.state = 'available'"
-						   "  AND j.run_at <= now()"
-						   "  ORDER BY j.priority, j.run_at, j.id LIMIT 1)) AS d(due)"
-						   " WHERE NOT q.external AND NOT q.paused", 0, NULL);
+		plan = SPI_prepare("SELECT name, concurrency FROM atomizer.queue"
+						   " WHERE NOT external AND NOT paused", 0, NULL);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s",
 				 SPI_result_code_string(SPI_result));
@@ -439,42 +480,41 @@ start_workers(void)
 	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not list queues");
 
-	n = SPI_processed;
-	for (uint64 i = 0; i < n; i++)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		char	   *queue = SPI_getvalue(tup, desc, 1);
-		bool		isnull;
-		int			concurrency = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-		bool		due = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
-		Datum		next = SPI_getbinval(tup, desc, 4, &isnull);
-		int			alive;
-		int			ready;
+		SPITupleTable *queues = SPI_tuptable;
 
-		if (!due)
+		n = SPI_processed;
+		for (uint64 i = 0; i < n; i++)
 		{
-			if (!isnull)
-			{
-				long		ms = TimestampDifferenceMilliseconds(now,
-																 DatumGetTimestampTz(next));
+			HeapTuple	tup = queues->vals[i];
+			char	   *queue = SPI_getvalue(tup, queues->tupdesc, 1);
+			bool		isnull;
+			int			concurrency = DatumGetInt32(SPI_getbinval(tup, queues->tupdesc,
+																  2, &isnull));
+			TimestampTz next;
+			int			alive;
+			int			ready;
 
-				sleep_ms = Min(sleep_ms, Max(ms, 1));
+			if (!queue_due(queue, &next))
+			{
+				if (!TIMESTAMP_NOT_FINITE(next))
+					sleep_ms = Min(sleep_ms,
+								   Max(TimestampDifferenceMilliseconds(now, next), 1));
+				continue;
 			}
-			continue;
-		}
-		queue_workers(queue, &alive, &ready);
-		if (ready == 0 && alive < concurrency)
-		{
-			int			slotno;
-			BackgroundWorkerHandle *handle;
-
-			if (atomizer_start_worker(MyDatabaseId, queue, concurrency,
-									  &slotno, &handle))
+			queue_workers(queue, &alive, &ready);
+			if (ready == 0 && alive < concurrency)
 			{
-				worker_handles[slotno].handle = handle;
-				worker_handles[slotno].generation =
-					atomizer_shared->workers[slotno].generation;
+				int			slotno;
+				BackgroundWorkerHandle *handle;
+
+				if (atomizer_start_worker(MyDatabaseId, queue, concurrency,
+										  &slotno, &handle))
+				{
+					worker_handles[slotno].handle = handle;
+					worker_handles[slotno].generation =
+						atomizer_shared->workers[slotno].generation;
+				}
 			}
 		}
 	}
@@ -486,52 +526,83 @@ start_workers(void)
 /*
  * notify_external
  *		NOTIFY the listeners of external queues: those whose jobs a commit
- *		made available (wakeup.c asked), and those with delayed jobs that
- *		came due since the previous pass.  Sent when this pass commits.
+ *		made available (wakeup.c asked), and those whose delayed jobs came
+ *		due: a queue that had no due job at the previous pass and has one
+ *		now.  Both checks go through the claim index; the time of the next
+ *		delayed job is looked up only for queues with nothing due.  Sent
+ *		when this pass commits.  Returns ms until the next delayed job of
+ *		an external queue is due (or the poll interval).
  */
-static void
-notify_external(TimestampTz last_pass)
+static long
+notify_external(void)
 {
 	static SPIPlanPtr plan = NULL;
+	static List *due_before = NIL;	/* external queues that had due jobs */
 	AtomizerPrivState priv;
 	bool		all;
 	List	   *queues = atomizer_take_notify_requests(&all);
+	List	   *due_now = NIL;
 	ListCell   *lc;
-	Datum		arg = TimestampTzGetDatum(last_pass);
-	char		nulls[1] = {' '};
+	long		sleep_ms = atomizer_poll_interval;
+	TimestampTz now = GetCurrentTimestamp();
+	MemoryContext outer = CurrentMemoryContext;
+	MemoryContext old;
 
 	atomizer_become_owner(&priv);
 	SPI_connect();
 	if (plan == NULL)
 	{
-		Oid			types[1] = {TIMESTAMPTZOID};
-
-		/* $1 NULL: every external queue with due jobs */
-		plan = SPI_prepare("SELECT q.name FROM atomizer.queue q"
-						   " WHERE q.external AND NOT q.paused"
-						   " AND EXISTS (SELECT 1 FROM atomizer.job j"
-						   "  WHERE j.queue = q.name AND j.state = 'available'"
-						   "  AND j.run_at <= now()"
-						   "  AND ($1::timestamptz IS NULL OR j.run_at > $1))",
-						   1, types);
+		plan = SPI_prepare("SELECT name FROM atomizer.queue"
+						   " WHERE external AND NOT paused", 0, NULL);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s",
 				 SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);
 	}
-	if (all || last_pass == 0)
-		nulls[0] = 'n';
-	if (SPI_execute_plan(plan, &arg, nulls, true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not list external queues");
-	for (uint64 i = 0; i < SPI_processed; i++)
-		queues = list_append_unique(queues,
-									makeString(SPI_getvalue(SPI_tuptable->vals[i],
-															SPI_tuptable->tupdesc, 1)));
+	{
+		SPITupleTable *ext = SPI_tuptable;
+		uint64		n = SPI_processed;
+
+		for (uint64 i = 0; i < n; i++)
+		{
+			char	   *name = SPI_getvalue(ext->vals[i], ext->tupdesc, 1);
+			TimestampTz next;
+			bool		due = queue_due(name, &next);
+			String	   *node;
+
+			old = MemoryContextSwitchTo(outer);
+			node = makeString(pstrdup(name));
+			if (due)
+			{
+				due_now = lappend(due_now, node);
+				if (all || !list_member(due_before, node))
+					queues = list_append_unique(queues, node);
+			}
+			MemoryContextSwitchTo(old);
+
+			if (!due && !TIMESTAMP_NOT_FINITE(next))
+				sleep_ms = Min(sleep_ms,
+							   Max(TimestampDifferenceMilliseconds(now, next), 1));
+		}
+	}
 	SPI_finish();
 	atomizer_restore_caller(&priv);
 
 	foreach(lc, queues)
 		atomizer_notify_queue(strVal(lfirst(lc)));
+
+	/* remember which queues had due jobs, across passes */
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	foreach(lc, due_before)
+		pfree(strVal(lfirst(lc)));
+	list_free_deep(due_before);
+	due_before = NIL;
+	foreach(lc, due_now)
+		due_before = lappend(due_before, makeString(pstrdup(strVal(lfirst(lc)))));
+	MemoryContextSwitchTo(old);
+	return sleep_ms;
 }
 
 /*
@@ -573,7 +644,6 @@ atomizer_scheduler_main(Datum arg)
 	char	   *dbname;
 	TimestampTz last_orphan_scan = 0;
 	TimestampTz last_prune = 0;
-	TimestampTz last_pass = 0;
 	MemoryContext pass_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -666,10 +736,11 @@ atomizer_scheduler_main(Datum arg)
 			TimestampTz next_fire;
 			TimestampTz next_lease;
 
-			notify_external(last_pass);
+			long		notify_ms = notify_external();
+
 			(void) atomizer_fire_schedules(GetCurrentTimestamp(), &next_fire);
 			next_lease = atomizer_expire_leases();
-			sleep_ms = start_workers();
+			sleep_ms = Min(start_workers(), notify_ms);
 			if (!TIMESTAMP_NOT_FINITE(next_fire))
 				sleep_ms = Min(sleep_ms,
 							   Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
@@ -678,7 +749,6 @@ atomizer_scheduler_main(Datum arg)
 				sleep_ms = Min(sleep_ms,
 							   Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
 																   next_lease), 1));
-			last_pass = now;
 		}
 		if (last_prune == 0 || TimestampDifferenceExceeds(last_prune, now, PRUNE_MS))
 		{
