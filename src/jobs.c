@@ -48,6 +48,7 @@ typedef struct EnqueueArgs
 	Interval   *timeout;
 	char	   *owner;
 	bool		external;
+	bool		paused;			/* nobody to wake until resume_queue() */
 } EnqueueArgs;
 
 /*
@@ -188,6 +189,7 @@ parse_enqueue_args(FunctionCallInfo fcinfo, EnqueueArgs *args)
 
 	atomizer_require_queue(args->queue, &queue);
 	args->external = queue.external;
+	args->paused = queue.paused;
 	args->handler = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	if (!queue.external)
 		args->handler = atomizer_resolve_handler(args->handler, caller);
@@ -308,7 +310,9 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 
 	SPI_finish();
 	atomizer_restore_caller(&priv);
-	if (args.external)
+	if (args.paused)
+		;						/* resume_queue() wakes whoever runs it */
+	else if (args.external)
 		atomizer_note_external(args.queue);
 	else
 		atomizer_note_enqueue(args.queue);
@@ -453,7 +457,9 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	atomizer_restore_caller(&priv);
-	if (args.external)
+	if (args.paused)
+		;						/* resume_queue() wakes whoever runs it */
+	else if (args.external)
 		atomizer_note_external(args.queue);
 	else
 		atomizer_note_enqueue(args.queue);
