@@ -1,0 +1,1 @@
+SELECT atomizer.enqueue('noop', '{"a":1}', queue => 'bench');
