@@ -92,6 +92,21 @@ CREATE TABLE atomizer.job (
 
 ALTER SEQUENCE atomizer.job_id_seq OWNED BY atomizer.job.id;
 
+/*
+ * Every job is inserted, updated and deleted here: vacuum the hot table
+ * after a fixed number of dead rows, not a fraction of its size, and
+ * without cost delays, so that claims do not wade through dead index
+ * entries between vacuums.
+ */
+ALTER TABLE atomizer.job SET (
+	autovacuum_vacuum_scale_factor = 0,
+	autovacuum_vacuum_threshold = 10000,
+	autovacuum_vacuum_insert_scale_factor = 0,
+	autovacuum_vacuum_insert_threshold = 10000,
+	autovacuum_analyze_scale_factor = 0,
+	autovacuum_analyze_threshold = 10000,
+	autovacuum_vacuum_cost_delay = 0);
+
 /* Serves exactly the claim order. */
 CREATE INDEX job_claim_idx ON atomizer.job (queue, priority, run_at, id)
 	WHERE state = 'available';
