@@ -14,6 +14,8 @@ if [ "$(id -u)" -eq 0 ]; then as_pg() { runuser -u postgres -- "$@"; }; else as_
 
 bench_build() {
 	echo "== build and install"
+	# what was built (src/ may change while the benchmark runs)
+	BUILT="commit $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src sql 2>/dev/null || echo ' + uncommitted changes in src/ or sql/')"
 	make -C "$ROOT" -s PG_CONFIG="$PGBIN/pg_config"
 	make -C "$ROOT" -s PG_CONFIG="$PGBIN/pg_config" install
 }
@@ -69,6 +71,6 @@ bench_log_errors() {
 }
 
 bench_header_facts() {
-	echo "$(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src sql 2>/dev/null || echo ' + uncommitted changes in src/ or sql/'), \
+	echo "$(date -u '+%Y-%m-%d %H:%M UTC'), built from ${BUILT:-?}, \
 $("$PGBIN/postgres" --version | sed 's/^postgres (PostgreSQL) /PostgreSQL /'), $(nproc) cores"
 }
