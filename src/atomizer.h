@@ -201,6 +201,10 @@ extern volatile sig_atomic_t atomizer_shutdown_pending;
 extern volatile TimestampTz atomizer_shutdown_deadline;
 
 /* jobs.c */
+struct _SPI_plan;
+extern struct _SPI_plan *atomizer_prepare(struct _SPI_plan **cache,
+										  const char *sql, int nargs,
+										  Oid *argtypes);
 extern int64 atomizer_interval_ms(const Interval *iv);
 extern bool atomizer_finish_job(int64 id, const char *state, Datum result,
 								bool result_isnull, const char *error);

@@ -57,26 +57,6 @@ typedef struct LeasedJob
 } LeasedJob;
 
 /*
- * prepare
- *		SPI_prepare + SPI_keepplan, once per backend.
- */
-static SPIPlanPtr
-prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
-{
-	if (*cache == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		*cache = plan;
-	}
-	return *cache;
-}
-
-/*
  * check_worker_role
  *		ERROR unless the caller may act as an external worker.
  */
@@ -118,12 +98,12 @@ check_lease(int64 job_id, bool attempt_given, int attempt, LeasedJob *job)
 	bool		lease_null;
 	TimestampTz lease_until;
 
-	prepare(&plan,
+	atomizer_prepare(&plan,
 			"SELECT j.state, j.attempt, coalesce(j.max_attempts, q.max_attempts, 1),"
 			" j.lease_until, j.worker, j.queue"
 			" FROM atomizer.job j LEFT JOIN atomizer.queue q ON q.name = j.queue"
 			" WHERE j.id = $1 FOR UPDATE OF j", 1, types);
-	prepare(&history_plan,
+	atomizer_prepare(&history_plan,
 			"SELECT state FROM atomizer.job_history WHERE id = $1", 1, types);
 
 	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
@@ -260,7 +240,7 @@ atomizer_claim(PG_FUNCTION_ARGS)
 	{
 		Oid			types[4] = {TEXTOID, INT4OID, TEXTOID, INTERVALOID};
 
-		prepare(&plan,
+		atomizer_prepare(&plan,
 				"WITH c AS (SELECT id FROM atomizer.job"
 				" WHERE queue = $1 AND state = 'available' AND run_at <= now()"
 				" AND EXISTS (SELECT 1 FROM atomizer.queue q WHERE q.name = $1"
@@ -450,7 +430,7 @@ atomizer_heartbeat(PG_FUNCTION_ARGS)
 	{
 		Oid			types[2] = {INT8OID, INTERVALOID};
 
-		prepare(&plan,
+		atomizer_prepare(&plan,
 				"UPDATE atomizer.job SET lease = coalesce($2, lease),"
 				" lease_until = clock_timestamp() + coalesce($2, lease,"
 				"  interval '5 minutes') WHERE id = $1 RETURNING lease_until",
@@ -511,13 +491,13 @@ atomizer_expire_leases(void)
 
 	atomizer_become_owner(&priv);
 	SPI_connect();
-	prepare(&plan,
+	atomizer_prepare(&plan,
 			"SELECT j.id, j.attempt, coalesce(j.max_attempts, q.max_attempts, 1),"
 			" j.queue, j.worker, j.lease_until"
 			" FROM atomizer.job j LEFT JOIN atomizer.queue q ON q.name = j.queue"
 			" WHERE j.state = 'running' AND j.lease_until < clock_timestamp()"
 			" FOR UPDATE OF j SKIP LOCKED", 0, NULL);
-	prepare(&next_plan,
+	atomizer_prepare(&next_plan,
 			"SELECT min(lease_until) FROM atomizer.job"
 			" WHERE state = 'running' AND lease_until IS NOT NULL", 0, NULL);
 

@@ -52,11 +52,12 @@ typedef struct EnqueueArgs
 } EnqueueArgs;
 
 /*
- * prepare_plan
- *		SPI_prepare + SPI_keepplan, once per backend.
+ * atomizer_prepare
+ *		SPI_prepare + SPI_keepplan of a statement, once per backend: *cache
+ *		keeps the plan (the plan cache replans it when the tables change).
  */
-static SPIPlanPtr
-prepare_plan(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
+SPIPlanPtr
+atomizer_prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
 {
 	if (*cache == NULL)
 	{
@@ -262,7 +263,7 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 		Oid			types[9] = {TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
 		INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTOID};
 
-		prepare_plan(&insert_plan,
+		atomizer_prepare(&insert_plan,
 					 "INSERT INTO atomizer.job "
 					 "(queue, handler, payload, run_at, priority, max_attempts,"
 					 " timeout, owner, idempotency_key) "
@@ -271,7 +272,7 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 					 "WHERE idempotency_key IS NOT NULL DO NOTHING "
 					 "RETURNING id", 9, types);
 		types[1] = TEXTOID;
-		prepare_plan(&existing_plan,
+		atomizer_prepare(&existing_plan,
 					 "SELECT id FROM atomizer.job "
 					 "WHERE queue = $1 AND idempotency_key = $2", 2, types);
 	}
@@ -435,7 +436,7 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 		Oid			types[8] = {TEXTOID, TEXTOID, JSONBARRAYOID, TIMESTAMPTZOID,
 		INT4OID, INT4OID, INTERVALOID, TEXTOID};
 
-		prepare_plan(&plan,
+		atomizer_prepare(&plan,
 					 "INSERT INTO atomizer.job "
 					 "(id, queue, handler, payload, run_at, priority,"
 					 " max_attempts, timeout, owner) "
@@ -485,7 +486,7 @@ atomizer_finish_job(int64 id, const char *state, Datum result,
 	Datum		values[4];
 	char		nulls[4] = {' ', ' ', ' ', ' '};
 
-	prepare_plan(&plan,
+	atomizer_prepare(&plan,
 				 "WITH d AS (DELETE FROM atomizer.job WHERE id = $1 RETURNING *) "
 				 "INSERT INTO atomizer.job_history "
 				 "(id, queue, handler, payload, state, priority, run_at, attempt,"
@@ -542,7 +543,7 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 	{
 		Oid			types[2] = {INT8ARRAYOID, JSONBARRAYOID};
 
-		prepare_plan(&plan,
+		atomizer_prepare(&plan,
 					 "WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)), "
 					 "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
 					 " RETURNING j.*, r.result AS new_result) "
@@ -602,7 +603,7 @@ atomizer_cancel(PG_FUNCTION_ARGS)
 	{
 		Oid			types[2] = {INT8OID, TEXTOID};
 
-		prepare_plan(&plan,
+		atomizer_prepare(&plan,
 					 "SELECT 1 FROM atomizer.job WHERE id = $1 "
 					 "AND state = 'available' "
 					 "AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
@@ -653,17 +654,17 @@ atomizer_retry(PG_FUNCTION_ARGS)
 	{
 		Oid			types[2] = {INT8OID, TEXTOID};
 
-		prepare_plan(&find_plan,
+		atomizer_prepare(&find_plan,
 					 "SELECT queue, idempotency_key FROM atomizer.job_history "
 					 "WHERE id = $1 AND state IN ('dead', 'cancelled') "
 					 "AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
 					 2, types);
 		types[0] = TEXTOID;
-		prepare_plan(&dup_plan,
+		atomizer_prepare(&dup_plan,
 					 "SELECT id FROM atomizer.job "
 					 "WHERE queue = $1 AND idempotency_key = $2", 2, types);
 		types[0] = INT8OID;
-		prepare_plan(&move_plan,
+		atomizer_prepare(&move_plan,
 					 "WITH d AS (DELETE FROM atomizer.job_history WHERE id = $1"
 					 " RETURNING *) "
 					 "INSERT INTO atomizer.job "
@@ -764,7 +765,7 @@ atomizer_purge(PG_FUNCTION_ARGS)
 	{
 		Oid			types[3] = {INTERVALOID, TEXTOID, TEXTOID};
 
-		prepare_plan(&plan,
+		atomizer_prepare(&plan,
 					 "WITH d AS (DELETE FROM atomizer.job_history"
 					 " WHERE finished_at <= now() - coalesce($1, interval '0')"
 					 " AND ($2::text IS NULL OR queue = $2)"

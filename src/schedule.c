@@ -58,26 +58,6 @@ PG_FUNCTION_INFO_V1(atomizer_tick);
 static TimestampTz last_pass_now = 0;
 
 /*
- * prepare
- *		SPI_prepare + SPI_keepplan, once per backend.
- */
-static SPIPlanPtr
-prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
-{
-	if (*cache == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
-
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		*cache = plan;
-	}
-	return *cache;
-}
-
-/*
  * lookup_tz
  *		The time zone "name" of PostgreSQL's tz database; ERROR if unknown.
  */
@@ -239,10 +219,10 @@ atomizer_schedule(PG_FUNCTION_ARGS)
 			TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, INT4OID, INT4OID,
 		INTERVALOID, TIMESTAMPTZOID};
 
-		prepare(&owner_plan,
+		atomizer_prepare(&owner_plan,
 				"SELECT owner::text FROM atomizer.schedule WHERE name = $1 FOR UPDATE",
 				1, types);
-		prepare(&upsert_plan,
+		atomizer_prepare(&upsert_plan,
 				"INSERT INTO atomizer.schedule AS s (name, spec, handler, payload,"
 				" queue, tz, owner, enabled, overlap, misfire, priority,"
 				" max_attempts, timeout, next_run) "
@@ -310,7 +290,7 @@ run_on_own_schedule(SPIPlanPtr *cache, const char *sql, const char *name,
 	{
 		Oid			types[3] = {TEXTOID, TEXTOID, TIMESTAMPTZOID};
 
-		prepare(cache, sql, 3, types);
+		atomizer_prepare(cache, sql, 3, types);
 	}
 	if (SPI_execute_plan(*cache, values, nulls, false, 0) < 0)
 		elog(ERROR, "could not change schedule \"%s\"", name);
@@ -396,7 +376,7 @@ atomizer_enable_schedule(PG_FUNCTION_ARGS)
 		{
 			Oid			types[2] = {TEXTOID, TEXTOID};
 
-			prepare(&find_plan,
+			atomizer_prepare(&find_plan,
 					"SELECT spec, tz FROM atomizer.schedule WHERE name = $1"
 					" AND ($2::name IS NULL OR owner = $2::name)", 2, types);
 		}
@@ -442,7 +422,7 @@ enqueue_fire(int64 schedule_id, TimestampTz run_at)
 	Datum		values[2];
 	bool		isnull;
 
-	prepare(&plan,
+	atomizer_prepare(&plan,
 			"INSERT INTO atomizer.job (queue, handler, payload, run_at, priority,"
 			" max_attempts, timeout, owner, schedule_id) "
 			"SELECT queue, handler, payload, least($2, clock_timestamp()),"
@@ -487,13 +467,13 @@ atomizer_run_schedule(PG_FUNCTION_ARGS)
 	{
 		Oid			types[2] = {TEXTOID, TEXTOID};
 
-		prepare(&find_plan,
+		atomizer_prepare(&find_plan,
 				"SELECT id, queue FROM atomizer.schedule WHERE name = $1"
 				" AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
 				2, types);
 		types[0] = INT8OID;
 		types[1] = INT8OID;
-		prepare(&mark_plan,
+		atomizer_prepare(&mark_plan,
 				"UPDATE atomizer.schedule SET last_run = now(), last_job_id = $2,"
 				" fires = fires + 1 WHERE id = $1", 2, types);
 	}
@@ -577,11 +557,11 @@ clock_went_back(TimestampTz now)
 	SPITupleTable *tuptable;
 	uint64		n;
 
-	prepare(&list_plan,
+	atomizer_prepare(&list_plan,
 			"SELECT id, spec, tz, next_run FROM atomizer.schedule"
 			" WHERE enabled AND next_run > $1 FOR UPDATE SKIP LOCKED",
 			1, &types[1]);
-	prepare(&set_plan,
+	atomizer_prepare(&set_plan,
 			"UPDATE atomizer.schedule SET next_run = $2 WHERE id = $1",
 			2, types);
 	if (SPI_execute_plan(list_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
@@ -642,7 +622,7 @@ atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake)
 		Oid			types[7] = {TIMESTAMPTZOID, INT8OID, TIMESTAMPTZOID,
 		TIMESTAMPTZOID, INT8OID, INT4OID, INT4OID};
 
-		prepare(&due_plan,
+		atomizer_prepare(&due_plan,
 				"SELECT s.id, s.name, s.spec, s.handler, s.queue, s.tz,"
 				" s.owner::text, s.overlap, s.misfire, s.next_run, q.external"
 				" FROM atomizer.schedule s"
@@ -650,23 +630,23 @@ atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake)
 				" WHERE s.enabled AND s.next_run <= $1"
 				" ORDER BY s.next_run LIMIT " CppAsString2(FIRE_BATCH)
 				" FOR UPDATE OF s SKIP LOCKED", 1, types);
-		prepare(&busy_plan,
+		atomizer_prepare(&busy_plan,
 				"SELECT EXISTS (SELECT 1 FROM atomizer.job WHERE schedule_id = $1)",
 				1, &types[1]);
-		prepare(&update_plan,
+		atomizer_prepare(&update_plan,
 				"UPDATE atomizer.schedule SET next_run = $2,"
 				" last_run = coalesce($3, last_run),"
 				" last_job_id = coalesce($4, last_job_id),"
 				" fires = fires + $5, skipped = skipped + $6 WHERE id = $1",
 				6, &types[1]);
-		prepare(&wake_plan,
+		atomizer_prepare(&wake_plan,
 				"SELECT min(next_run) FROM atomizer.schedule WHERE enabled",
 				0, NULL);
 	}
 	{
 		Oid			types[2] = {INT8OID, TEXTOID};
 
-		prepare(&disable_plan,
+		atomizer_prepare(&disable_plan,
 				"UPDATE atomizer.schedule SET enabled = false, next_run = NULL,"
 				" last_error = $2 WHERE id = $1", 2, types);
 	}
