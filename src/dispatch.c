@@ -216,7 +216,11 @@ atomizer_claim_jobs(const char *queue, int max_jobs, const char *owner_filter,
 
 		mvalues[0] = PointerGetDatum(construct_array(ids, nids, INT8OID, 8,
 													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		mvalues[1] = worker ? CStringGetTextDatum(worker) : (Datum) 0;
+		/*
+		 * A worker's identity carries the batch size, so that the scheduler
+		 * knows, if the worker dies, whether a job was alone in its batch.
+		 */
+		mvalues[1] = worker ? CStringGetTextDatum(psprintf("%s:%d", worker, nids)) : (Datum) 0;
 		mnulls[1] = worker ? ' ' : 'n';
 		if (SPI_execute_plan(mark_plan, mvalues, mnulls, false, 0) != SPI_OK_UPDATE_RETURNING)
 			elog(ERROR, "could not claim jobs of queue \"%s\"", queue);

@@ -217,65 +217,50 @@ worker_alive(const char *worker)
 
 /*
  * recover_orphans
- *		Find running jobs of dead workers and release or fail them.  Rows
- *		of the workers alive before the scan are left alone; the slots are
- *		read again after the rows are locked, so a worker that started and
- *		claimed in between is seen alive too.
+ *		Find running jobs of dead workers and release or fail them.  A job's
+ *		worker identity is "atomizer:<pid>:<start time>:<batch size>": the
+ *		rows are locked first (SKIP LOCKED) and the worker slots read after,
+ *		so a worker that claimed after our snapshot is seen alive.  A dying
+ *		worker still holds locks on the jobs whose outcomes it recorded until
+ *		its transaction has aborted; those are skipped now and recovered on
+ *		the next pass, and the batch size in the identity keeps them from
+ *		being taken for jobs that were alone.  Returns true if rows of a dead
+ *		worker were still locked (look again soon).
  */
-static void
+static bool
 recover_orphans(void)
 {
 	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr count_plan = NULL;
 	AtomizerPrivState priv;
 	uint64		n;
 	AtomizerJob *jobs;
 	char	  **workers;
 	int			recovered = 0;
-	Datum	   *live;
-	int			nlive = 0;
-	Datum		arg;
-
-	/* the workers alive now; a dying one's rows are waited for below */
-	live = palloc(sizeof(Datum) * atomizer_shared->max_workers);
-	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
-	for (int i = 0; i < atomizer_shared->max_workers; i++)
-	{
-		AtomizerWorkerSlot *w = &atomizer_shared->workers[i];
-
-		if (w->in_use && w->pid > 0 && w->dboid == MyDatabaseId)
-			live[nlive++] = CStringGetTextDatum(psprintf("atomizer:%d:%ld",
-														 (int) w->pid,
-														 (long) w->start_time));
-	}
-	LWLockRelease(atomizer_shared->lock);
-	arg = PointerGetDatum(construct_array(live, nlive, TEXTOID, -1, false,
-										  TYPALIGN_INT));
+	bool		locked_left = false;
 
 	atomizer_become_owner(&priv);
 	SPI_connect();
 	if (plan == NULL)
 	{
-		Oid			types[1] = {TEXTARRAYOID};
+		Oid			types[1] = {TEXTOID};
 
-		/*
-		 * No SKIP LOCKED: a worker that is dying still holds locks on the
-		 * jobs whose outcomes it recorded until its transaction has aborted;
-		 * waiting for it lets us see its whole batch, so that batch-mates of
-		 * the job that killed it are not taken for jobs that were alone.
-		 */
 		plan = SPI_prepare("SELECT j.id, j.worker, j.attempt,"
 						   " coalesce(j.max_attempts, q.max_attempts, 1), j.queue"
 						   " FROM atomizer.job j"
 						   " LEFT JOIN atomizer.queue q ON q.name = j.queue"
 						   " WHERE j.state = 'running' AND j.worker LIKE 'atomizer:%'"
-						   " AND NOT (j.worker = ANY ($1))"
-						   " FOR UPDATE OF j", 1, types);
-		if (plan == NULL)
+						   " FOR UPDATE OF j SKIP LOCKED", 0, NULL);
+		count_plan = SPI_prepare("SELECT count(*) FROM atomizer.job"
+								 " WHERE state = 'running' AND worker = $1",
+								 1, types);
+		if (plan == NULL || count_plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s",
 				 SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);
+		SPI_keepplan(count_plan);
 	}
-	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(plan, NULL, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look for orphaned jobs");
 
 	n = SPI_processed;
@@ -296,13 +281,31 @@ recover_orphans(void)
 
 	for (uint64 i = 0; i < n; i++)
 	{
+		int			pid;
+		long		start;
 		int			batch = 0;
+		int			seen = 0;
 
 		if (workers[i] == NULL || worker_alive(workers[i]))
 			continue;
+		if (sscanf(workers[i], "atomizer:%d:%ld:%d", &pid, &start, &batch) != 3)
+			batch = 0;
 		for (uint64 k = 0; k < n; k++)
 			if (workers[k] && strcmp(workers[k], workers[i]) == 0)
-				batch++;
+				seen++;
+		if (batch <= 0)
+			batch = seen;
+
+		/* rows of this batch that someone (the dying worker) still locks */
+		{
+			Datum		arg = CStringGetTextDatum(workers[i]);
+			bool		isnull;
+
+			if (SPI_execute_plan(count_plan, &arg, NULL, true, 0) == SPI_OK_SELECT &&
+				DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 1, &isnull)) > seen)
+				locked_left = true;
+		}
 
 		if (batch > 1)
 			atomizer_release_job(jobs[i].id, true);
@@ -325,6 +328,7 @@ recover_orphans(void)
 	if (recovered > 0)
 		ereport(LOG,
 				(errmsg("atomizer: recovered %d job(s) of workers that died", recovered)));
+	return locked_left;
 }
 
 /*
@@ -643,6 +647,8 @@ atomizer_scheduler_main(Datum arg)
 	bool		present;
 	char	   *dbname;
 	TimestampTz last_orphan_scan = 0;
+	bool		orphans_again = false;
+	int			orphan_retries = 0;
 	TimestampTz last_prune = 0;
 	MemoryContext pass_cxt;
 
@@ -725,11 +731,12 @@ atomizer_scheduler_main(Datum arg)
 		}
 		pgstat_report_activity(STATE_RUNNING, "atomizer scheduler pass");
 
+		orphans_again = false;
 		if (last_orphan_scan == 0 ||
 			TimestampDifferenceExceeds(last_orphan_scan, now, ORPHAN_SCAN_MS) ||
 			pg_atomic_exchange_u32(&db->orphans_pending, 0) != 0)
 		{
-			recover_orphans();
+			orphans_again = recover_orphans();
 			last_orphan_scan = now;
 		}
 		{
@@ -760,6 +767,15 @@ atomizer_scheduler_main(Datum arg)
 		CommitTransactionCommand();
 		pgstat_report_activity(STATE_IDLE, NULL);
 		MemoryContextReset(pass_cxt);
+
+		/* a dying worker still held some of its rows: look again soon */
+		if (orphans_again && orphan_retries++ < 100)
+		{
+			pg_atomic_write_u32(&db->orphans_pending, 1);
+			sleep_ms = Min(sleep_ms, 50);
+		}
+		else if (!orphans_again)
+			orphan_retries = 0;
 
 		LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
 		db->next_wake = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), sleep_ms);
