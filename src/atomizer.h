@@ -14,6 +14,7 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
+#include "fmgr.h"
 #include "nodes/pg_list.h"
 #include "pgtime.h"
 #include "postmaster/bgworker.h"
@@ -108,6 +109,7 @@ extern bool atomizer_start_scheduler(Oid dboid, BackgroundWorkerHandle **handle)
 extern bool atomizer_start_worker(Oid dboid, const char *queue, int concurrency,
 								  int *slotno, BackgroundWorkerHandle **handle);
 extern void atomizer_background_settings(void);
+extern bool atomizer_queue_due(const char *queue, TimestampTz *next);
 extern PGDLLEXPORT void atomizer_launcher_main(Datum arg);
 extern PGDLLEXPORT void atomizer_scheduler_main(Datum arg);
 extern PGDLLEXPORT void atomizer_worker_main(Datum arg);
@@ -206,6 +208,11 @@ extern struct _SPI_plan *atomizer_prepare(struct _SPI_plan **cache,
 										  const char *sql, int nargs,
 										  Oid *argtypes);
 extern int64 atomizer_interval_ms(const Interval *iv);
+extern void atomizer_check_payload(Jsonb *payload, int index);
+extern void atomizer_check_job_settings(FunctionCallInfo fcinfo, int priority_arg,
+										int max_attempts_arg, int timeout_arg);
+extern char *atomizer_job_handler(const char *handler,
+								  const AtomizerQueue *queue, Oid roleid);
 extern bool atomizer_finish_job(int64 id, const char *state, Datum result,
 								bool result_isnull, const char *error);
 extern void atomizer_finish_succeeded(int64 *ids, Datum *results,

@@ -99,12 +99,12 @@ require_arg(FunctionCallInfo fcinfo, int argno, const char *name)
 }
 
 /*
- * check_payload
+ * atomizer_check_payload
  *		A payload is a JSON object or array; a scalar is almost always a
  *		mistake (a forgotten jsonb_build_object) and would surprise a handler.
  */
-static void
-check_payload(Jsonb *payload, int index)
+void
+atomizer_check_payload(Jsonb *payload, int index)
 {
 	if (!JB_ROOT_IS_SCALAR(payload))
 		return;
@@ -136,6 +136,54 @@ check_positive_interval(Interval *iv, const char *name)
 }
 
 /*
+ * atomizer_check_job_settings
+ *		Validate the per-job settings enqueue and schedule share, by argument
+ *		number: priority (required, in range), max_attempts and timeout
+ *		(positive, or NULL for the queue's).
+ */
+void
+atomizer_check_job_settings(FunctionCallInfo fcinfo, int priority_arg,
+							int max_attempts_arg, int timeout_arg)
+{
+	int32		priority;
+
+	require_arg(fcinfo, priority_arg, "priority");
+	priority = PG_GETARG_INT32(priority_arg);
+	if (priority < ATOMIZER_PRIORITY_MIN || priority > ATOMIZER_PRIORITY_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
+				 errmsg("priority %d is out of range", priority),
+				 errdetail("Priorities run from %d to %d; lower values run first.",
+						   ATOMIZER_PRIORITY_MIN, ATOMIZER_PRIORITY_MAX)));
+	if (!PG_ARGISNULL(max_attempts_arg) && PG_GETARG_INT32(max_attempts_arg) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max_attempts must be positive"),
+				 errdetail("The value given was %d.", PG_GETARG_INT32(max_attempts_arg)),
+				 errhint("Pass NULL to use the queue's max_attempts.")));
+	if (!PG_ARGISNULL(timeout_arg))
+		check_positive_interval(PG_GETARG_INTERVAL_P(timeout_arg), "timeout");
+}
+
+/*
+ * atomizer_job_handler
+ *		The handler to store for a job of queue: for an internal queue the
+ *		resolved, schema-qualified function (roleid must be able to run it);
+ *		for an external queue the task name as given, which must not be empty.
+ */
+char *
+atomizer_job_handler(const char *handler, const AtomizerQueue *queue, Oid roleid)
+{
+	if (!queue->external)
+		return atomizer_resolve_handler(handler, roleid);
+	if (handler[0] == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("handler must not be empty")));
+	return pstrdup(handler);
+}
+
+/*
  * parse_enqueue_args
  *		Validate the arguments enqueue and enqueue_many share: handler (0),
  *		queue (2), run_at (3), priority (4), max_attempts (5), timeout (6).
@@ -146,12 +194,10 @@ parse_enqueue_args(FunctionCallInfo fcinfo, EnqueueArgs *args)
 {
 	Oid			caller = GetUserId();
 	AtomizerQueue queue;
-	int32		priority;
 
 	require_arg(fcinfo, 0, "handler");
 	require_arg(fcinfo, 2, "queue");
 	require_arg(fcinfo, 3, "run_at");
-	require_arg(fcinfo, 4, "priority");
 
 	args->queue = text_to_cstring(PG_GETARG_TEXT_PP(2));
 	args->run_at = PG_GETARG_TIMESTAMPTZ(3);
@@ -160,44 +206,18 @@ parse_enqueue_args(FunctionCallInfo fcinfo, EnqueueArgs *args)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("run_at must be a finite timestamp")));
 
-	priority = PG_GETARG_INT32(4);
-	if (priority < ATOMIZER_PRIORITY_MIN || priority > ATOMIZER_PRIORITY_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("priority %d is out of range", priority),
-				 errdetail("Priorities run from %d to %d; lower values run first.",
-						   ATOMIZER_PRIORITY_MIN, ATOMIZER_PRIORITY_MAX)));
-	args->priority = priority;
-
+	atomizer_check_job_settings(fcinfo, 4, 5, 6);
+	args->priority = PG_GETARG_INT32(4);
 	args->max_attempts_null = PG_ARGISNULL(5);
-	if (!args->max_attempts_null)
-	{
-		args->max_attempts = PG_GETARG_INT32(5);
-		if (args->max_attempts <= 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("max_attempts must be positive"),
-					 errdetail("The value given was %d.", args->max_attempts),
-					 errhint("Pass NULL to use the queue's max_attempts.")));
-	}
-
+	args->max_attempts = args->max_attempts_null ? 0 : PG_GETARG_INT32(5);
 	args->timeout_null = PG_ARGISNULL(6);
-	if (!args->timeout_null)
-	{
-		args->timeout = PG_GETARG_INTERVAL_P(6);
-		check_positive_interval(args->timeout, "timeout");
-	}
+	args->timeout = args->timeout_null ? NULL : PG_GETARG_INTERVAL_P(6);
 
 	atomizer_require_queue(args->queue, &queue);
 	args->external = queue.external;
 	args->paused = queue.paused;
-	args->handler = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	if (!queue.external)
-		args->handler = atomizer_resolve_handler(args->handler, caller);
-	else if (args->handler[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("handler must not be empty")));
+	args->handler = atomizer_job_handler(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+										 &queue, caller);
 
 	args->owner = atomizer_role_name(caller);
 }
@@ -231,7 +251,7 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 				 errmsg("payload must not be null"),
 				 errhint("Pass '{}' when the job needs no payload.")));
 	payload = PG_GETARG_JSONB_P(1);
-	check_payload(payload, 0);
+	atomizer_check_payload(payload, 0);
 	if (!PG_ARGISNULL(7))
 	{
 		key = text_to_cstring(PG_GETARG_TEXT_PP(7));
@@ -410,7 +430,7 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("payload %d is null", i + 1),
 					 errhint("Pass '{}' for a job that needs no payload.")));
-		check_payload(DatumGetJsonbP(elems[i]), i + 1);
+		atomizer_check_payload(DatumGetJsonbP(elems[i]), i + 1);
 	}
 	if (nelems == 0)
 	{

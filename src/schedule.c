@@ -147,10 +147,7 @@ atomizer_schedule(PG_FUNCTION_ARGS)
 				 errmsg("payload must not be null"),
 				 errhint("Pass '{}' when the job needs no payload.")));
 	payload = PG_GETARG_JSONB_P(3);
-	if (JB_ROOT_IS_SCALAR(payload))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("payload must be a JSON object or array")));
+	atomizer_check_payload(payload, 0);
 	if (PG_ARGISNULL(6))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -166,32 +163,10 @@ atomizer_schedule(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid misfire policy \"%s\"", misfire),
 				 errhint("Use 'fire_once' (fire once for a missed period) or 'skip'.")));
-	if (PG_ARGISNULL(9))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("priority must not be null")));
+	atomizer_check_job_settings(fcinfo, 9, 10, 11);
 	priority = PG_GETARG_INT32(9);
-	if (priority < ATOMIZER_PRIORITY_MIN || priority > ATOMIZER_PRIORITY_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE),
-				 errmsg("priority %d is out of range", priority),
-				 errdetail("Priorities run from %d to %d; lower values run first.",
-						   ATOMIZER_PRIORITY_MIN, ATOMIZER_PRIORITY_MAX)));
-	if (!PG_ARGISNULL(10) && PG_GETARG_INT32(10) <= 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("max_attempts must be positive")));
-	if (!PG_ARGISNULL(11) && atomizer_interval_ms(PG_GETARG_INTERVAL_P(11)) <= 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("timeout must be positive")));
 	atomizer_require_queue(queue_name, &queue);
-	if (!queue.external)
-		handler = atomizer_resolve_handler(handler, caller);
-	else if (handler[0] == '\0')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("handler must not be empty")));
+	handler = atomizer_job_handler(handler, &queue, caller);
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(name);
