@@ -397,15 +397,16 @@ queue_workers(const char *queue, int *alive, int *ready)
 }
 
 /*
- * queue_due
+ * atomizer_queue_due
  *		Whether queue has a due job, and if not, when its next delayed job
  *		is due (*next, DT_NOEND if none).  Two small queries per queue, both
  *		served by the claim index: a plan over all queues at once may turn
  *		the due test into a hashed subplan that reads every waiting job.
- *		The caller is connected to SPI as the owner.
+ *		The caller is connected to SPI as the owner (schedulers and workers
+ *		use it).
  */
-static bool
-queue_due(const char *queue, TimestampTz *next)
+bool
+atomizer_queue_due(const char *queue, TimestampTz *next)
 {
 	static SPIPlanPtr due_plan = NULL;
 	static SPIPlanPtr next_plan = NULL;
@@ -499,7 +500,7 @@ start_workers(void)
 			int			alive;
 			int			ready;
 
-			if (!queue_due(queue, &next))
+			if (!atomizer_queue_due(queue, &next))
 			{
 				if (!TIMESTAMP_NOT_FINITE(next))
 					sleep_ms = Min(sleep_ms,
@@ -573,7 +574,7 @@ notify_external(void)
 		{
 			char	   *name = SPI_getvalue(ext->vals[i], ext->tupdesc, 1);
 			TimestampTz next;
-			bool		due = queue_due(name, &next);
+			bool		due = atomizer_queue_due(name, &next);
 			String	   *node;
 
 			old = MemoryContextSwitchTo(outer);

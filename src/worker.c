@@ -134,43 +134,20 @@ worker_detach(int code, Datum arg)
 static long
 next_due_ms(void)
 {
-	static SPIPlanPtr plan = NULL;
 	AtomizerPrivState priv;
-	long		ms = -1;
-	Datum		arg = CStringGetTextDatum(my_queue);
+	TimestampTz next;
+	bool		due;
 
 	atomizer_become_owner(&priv);
 	SPI_connect();
-	if (plan == NULL)
-	{
-		Oid			types[1] = {TEXTOID};
-
-		plan = SPI_prepare("SELECT CASE WHEN EXISTS (SELECT 1 FROM atomizer.job"
-						   "  WHERE queue = $1 AND state = 'available'"
-						   "  AND run_at <= now()"
-						   "  ORDER BY priority, run_at, id LIMIT 1)"
-						   " THEN now() ELSE (SELECT min(run_at) FROM atomizer.job"
-						   "  WHERE queue = $1 AND state = 'available'"
-						   "  AND run_at > now()) END", 1, types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-	}
-	if (SPI_execute_plan(plan, &arg, NULL, true, 1) == SPI_OK_SELECT &&
-		SPI_processed == 1)
-	{
-		bool		isnull;
-		Datum		next = SPI_getbinval(SPI_tuptable->vals[0],
-										 SPI_tuptable->tupdesc, 1, &isnull);
-
-		if (!isnull)
-			ms = Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
-													 DatumGetTimestampTz(next)), 0);
-	}
+	due = atomizer_queue_due(my_queue, &next);
 	SPI_finish();
 	atomizer_restore_caller(&priv);
-	return ms;
+	if (due)
+		return 0;
+	if (TIMESTAMP_NOT_FINITE(next))
+		return -1;
+	return Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next), 1);
 }
 
 /*
