@@ -99,6 +99,21 @@ wait_until($node, 'app', "SELECT state FROM atomizer.jobs WHERE id = $x",
 is($node->safe_psql('app', 'SELECT count(*), count(DISTINCT n) FROM effects'),
 	'2|2', 'each effect written once');
 
+# DROP DATABASE is not refused because atomizer's processes are connected:
+# its scheduler and workers are stopped first, and none comes back.
+$node->safe_psql('app2', q{SELECT atomizer.enqueue('work', '{"n": 3}')});
+$node->poll_query_until('postgres', q{
+	SELECT count(*) > 0 FROM pg_stat_activity
+	 WHERE backend_type LIKE 'atomizer%' AND datname = 'app2'})
+  or die 'app2 has no atomizer process to stop';
+my ($rc, $out, $err) = $node->psql('postgres', 'DROP DATABASE app2');
+is($rc, 0, 'DROP DATABASE of a database served by atomizer succeeds')
+  or diag($err);
+is( $node->safe_psql('postgres', q{
+		SELECT count(*) FROM pg_stat_activity
+		 WHERE backend_type LIKE 'atomizer%' AND datname = 'app2'}),
+	'0', 'no atomizer process is left in it');
+
 # Errors of atomizer's processes (a scheduler stopped by the launcher may
 # say "terminating background worker ... due to administrator command").
 my @errors =
