@@ -12,6 +12,7 @@ OBJS = \
 	src/handler.o \
 	src/jobs.o \
 	src/dispatch.o \
+	src/floor.o \
 	src/shmem.o \
 	src/wakeup.o \
 	src/launcher.o \

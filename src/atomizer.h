@@ -20,6 +20,7 @@
 #include "postmaster/bgworker.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
+#include "storage/spin.h"
 #include "port/atomics.h"
 #include "utils/jsonb.h"
 
@@ -81,6 +82,26 @@ typedef struct AtomizerDbSlot
 	char		notify[8][NAMEDATALEN];
 } AtomizerDbSlot;
 
+/* floor.c: claim keys and the per-queue claim floor */
+typedef struct AtomizerClaimKey
+{
+	int32		priority;
+	TimestampTz run_at;
+	int64		id;
+} AtomizerClaimKey;
+
+#define ATOMIZER_FLOOR_SLOTS	256
+
+typedef struct AtomizerFloorSlot
+{
+	slock_t		mutex;
+	uint64		gen;			/* bumped by every lowering */
+	Oid			dboid;			/* InvalidOid: no queue holds the slot */
+	char		queue[NAMEDATALEN];
+	AtomizerClaimKey key;		/* no job of the queue waits below it */
+	TimestampTz last_full;		/* last look from the front of the queue */
+} AtomizerFloorSlot;
+
 typedef struct AtomizerShared
 {
 	LWLock	   *lock;
@@ -88,6 +109,7 @@ typedef struct AtomizerShared
 	int			max_workers;
 	bool		logged_no_slot;
 	AtomizerDbSlot dbs[ATOMIZER_MAX_DATABASES];
+	AtomizerFloorSlot floors[ATOMIZER_FLOOR_SLOTS];
 	AtomizerWorkerSlot workers[FLEXIBLE_ARRAY_MEMBER];
 } AtomizerShared;
 
@@ -101,6 +123,18 @@ extern void atomizer_wake_scheduler(Oid dboid);
 extern void atomizer_wake_scheduler_by(Oid dboid, TimestampTz when);
 extern void atomizer_request_notify(Oid dboid, const char *queue);
 extern List *atomizer_take_notify_requests(bool *all);
+
+extern const AtomizerClaimKey atomizer_key_min;
+extern int	atomizer_key_cmp(const AtomizerClaimKey *a, const AtomizerClaimKey *b);
+extern uint64 atomizer_floor_get(Oid dboid, const char *queue,
+								 AtomizerClaimKey *floor);
+extern void atomizer_floor_advance(Oid dboid, const char *queue, uint64 gen,
+								   const AtomizerClaimKey *key);
+extern void atomizer_floor_lower(Oid dboid, const char *queue,
+								 const AtomizerClaimKey *key);
+extern void atomizer_floor_reset_db(Oid dboid);
+extern bool atomizer_floor_recheck(Oid dboid, const char *queue);
+extern void atomizer_floor_init(void);
 
 /* launcher.c, scheduler.c, worker.c */
 extern void atomizer_launcher_register(void);
@@ -123,6 +157,8 @@ extern void atomizer_note_schedule_change(void);
 extern void atomizer_note_external(const char *queue);
 extern void atomizer_note_deadline(TimestampTz when);
 extern void atomizer_note_resume(const char *queue);
+extern void atomizer_note_waiting(const char *queue, const AtomizerClaimKey *key);
+extern void atomizer_note_job_locks(void);
 
 /* external.c */
 extern TimestampTz atomizer_expire_leases(void);
@@ -192,6 +228,8 @@ typedef struct AtomizerOutcome
 
 extern int	atomizer_claim_jobs(const char *queue, int max_jobs,
 								const char *owner_filter, const char *worker,
+								const AtomizerClaimKey *floor,
+								AtomizerClaimKey *new_floor,
 								AtomizerJob **jobs);
 extern void atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome);
 extern void atomizer_record_outcome(AtomizerJob *job,

@@ -116,70 +116,120 @@ compare_jobs(const void *a, const void *b)
 }
 
 /*
+ * floor_check
+ *		A claim that started at floor and ended in a higher priority than
+ *		floor's passed the lower priorities' delayed jobs (run_at in the
+ *		future) without claiming them: the new floor must stay at or below
+ *		the first of them.  The range read is the one the claim just read.
+ */
+static void
+floor_check(const char *queue, const AtomizerClaimKey *floor,
+			AtomizerClaimKey *new_floor)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[5] = {TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, INT4OID};
+	Datum		values[5];
+	bool		isnull;
+
+	if (new_floor->priority <= floor->priority)
+		return;
+	atomizer_prepare(&plan,
+					 "SELECT priority::int4 AS prio, run_at, id FROM atomizer.job"
+					 " WHERE queue = $1 AND state = 'available'"
+					 " AND (priority, run_at, id) >= ($2, $3, $4)"
+					 " AND priority < $5 AND run_at > now()"
+					 " ORDER BY priority, run_at, id LIMIT 1", 5, types);
+	values[0] = CStringGetTextDatum(queue);
+	values[1] = Int32GetDatum(floor->priority);
+	values[2] = TimestampTzGetDatum(floor->run_at);
+	values[3] = Int64GetDatum(floor->id);
+	values[4] = Int32GetDatum(new_floor->priority);
+	if (SPI_execute_plan(plan, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look at queue \"%s\"", queue);
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		new_floor->priority = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		new_floor->run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+		new_floor->id = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+	}
+}
+
+/*
  * atomizer_claim_jobs
  *		Mark up to max_jobs due, available jobs of queue running, in claim
- *		order, skipping rows another session has locked; jobs of other roles
- *		are skipped when owner_filter is set.  Returns the number claimed and
- *		a palloc'd array (in the caller's memory context) in *jobs.
+ *		order from claim key floor on (NULL: from the front of the queue),
+ *		skipping rows another session has locked; jobs of other roles are
+ *		skipped when owner_filter is set.  Returns the number claimed and a
+ *		palloc'd array (in the caller's memory context) in *jobs.
+ *
+ *		If new_floor is not NULL, it is set to the floor the queue may have
+ *		once this transaction commits (see floor.c): the caller passes it to
+ *		atomizer_floor_advance after the commit.
  */
 int
 atomizer_claim_jobs(const char *queue, int max_jobs, const char *owner_filter,
-					const char *worker, AtomizerJob **jobs)
+					const char *worker, const AtomizerClaimKey *floor,
+					AtomizerClaimKey *new_floor, AtomizerJob **jobs)
 {
 	static SPIPlanPtr lock_plan = NULL;
 	static SPIPlanPtr mark_plan = NULL;
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	AtomizerPrivState priv;
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	AtomizerJob *result;
 	Datum	   *ids;
 	int			nids = 0;
 	int			n;
+	AtomizerClaimKey first_left = {0};	/* first locked row not claimed */
+	bool		left = false;
 
+	if (floor == NULL)
+		floor = &atomizer_key_min;
 	values[0] = CStringGetTextDatum(queue);
 	values[1] = Int32GetDatum(max_jobs);
 	values[2] = owner_filter ? CStringGetTextDatum(owner_filter) : (Datum) 0;
 	nulls[2] = owner_filter ? ' ' : 'n';
+	values[3] = Int32GetDatum(floor->priority);
+	values[4] = TimestampTzGetDatum(floor->run_at);
+	values[5] = Int64GetDatum(floor->id);
 
 	atomizer_become_owner(&priv);
 	SPI_connect();
-	if (lock_plan == NULL)
 	{
-		Oid			types[3] = {TEXTOID, INT4OID, TEXTOID};
+		Oid			types[6] = {TEXTOID, INT4OID, TEXTOID, INT4OID,
+		TIMESTAMPTZOID, INT8OID};
 
-		lock_plan = SPI_prepare("SELECT id, solo FROM atomizer.job"
-								" WHERE queue = $1 AND state = 'available'"
-								" AND run_at <= now()"
-								" AND ($3::name IS NULL OR owner = $3::name)"
-								" AND EXISTS (SELECT 1 FROM atomizer.queue q"
-								"  WHERE q.name = $1 AND NOT q.paused"
-								"  AND NOT q.external)"
-								" ORDER BY priority, run_at, id LIMIT $2"
-								" FOR UPDATE SKIP LOCKED", 3, types);
-		if (lock_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(lock_plan);
+		atomizer_prepare(&lock_plan,
+						 "SELECT id, solo, priority::int4 AS prio, run_at"
+						 " FROM atomizer.job"
+						 " WHERE queue = $1 AND state = 'available'"
+						 " AND (priority, run_at, id) >= ($4, $5, $6)"
+						 " AND run_at <= now()"
+						 " AND ($3::name IS NULL OR owner = $3::name)"
+						 " AND EXISTS (SELECT 1 FROM atomizer.queue q"
+						 "  WHERE q.name = $1 AND NOT q.paused"
+						 "  AND NOT q.external)"
+						 " ORDER BY priority, run_at, id LIMIT $2"
+						 " FOR UPDATE SKIP LOCKED", 6, types);
 	}
-	if (mark_plan == NULL)
 	{
 		Oid			types[2] = {INT8ARRAYOID, TEXTOID};
 
-		mark_plan = SPI_prepare("UPDATE atomizer.job j SET state = 'running',"
-								" attempt = j.attempt + 1,"
-								" started_at = clock_timestamp(), worker = $2 "
-								"FROM atomizer.queue q "
-								"WHERE j.id = ANY($1) AND q.name = j.queue "
-								"RETURNING j.id, j.handler, j.payload, j.attempt,"
-								" coalesce(j.max_attempts, q.max_attempts),"
-								" coalesce(j.timeout, q.timeout), j.owner::text,"
-								" j.priority::int4, j.run_at",
-								2, types);
-		if (mark_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(mark_plan);
+		atomizer_prepare(&mark_plan,
+						 "UPDATE atomizer.job j SET state = 'running',"
+						 " attempt = j.attempt + 1,"
+						 " started_at = clock_timestamp(), worker = $2 "
+						 "FROM atomizer.queue q "
+						 "WHERE j.id = ANY($1) AND q.name = j.queue "
+						 "RETURNING j.id, j.handler, j.payload, j.attempt,"
+						 " coalesce(j.max_attempts, q.max_attempts),"
+						 " coalesce(j.timeout, q.timeout), j.owner::text,"
+						 " j.priority::int4, j.run_at",
+						 2, types);
 	}
 
 	/*
@@ -187,25 +237,48 @@ atomizer_claim_jobs(const char *queue, int max_jobs, const char *owner_filter,
 	 * middle of a batch is "solo": it runs in a batch of its own, so that a
 	 * job that kills its worker is found out and charged alone.
 	 */
+	atomizer_note_job_locks();
 	if (SPI_execute_plan(lock_plan, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim jobs of queue \"%s\"", queue);
 	ids = palloc(sizeof(Datum) * Max(SPI_processed, 1));
+	if (new_floor)
+		*new_floor = *floor;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		Datum		id = SPI_getbinval(SPI_tuptable->vals[i],
-									   SPI_tuptable->tupdesc, 1, &isnull);
-		bool		solo = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[i],
-													  SPI_tuptable->tupdesc, 2, &isnull));
+		Datum		id = SPI_getbinval(tup, desc, 1, &isnull);
+		bool		solo = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+		AtomizerClaimKey key;
 
+		key.priority = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		key.run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+		key.id = DatumGetInt64(id);
 		if (solo)
 		{
+			/* the rows before it stay waiting: they were locked, not claimed */
+			if (nids > 0)
+			{
+				left = true;
+				first_left.priority = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], desc, 3, &isnull));
+				first_left.run_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], desc, 4, &isnull));
+				first_left.id = DatumGetInt64(ids[0]);
+			}
 			ids[0] = id;
 			nids = 1;
+			if (new_floor)
+				*new_floor = left ? first_left : key;
 			break;
 		}
 		ids[nids++] = id;
+		if (new_floor)
+			*new_floor = key;
 	}
+	if (left)
+		atomizer_note_waiting(queue, &first_left);
+	if (new_floor && nids > 0)
+		floor_check(queue, floor, new_floor);
 
 	n = 0;
 	result = MemoryContextAllocZero(caller_cxt, sizeof(AtomizerJob) * Max(nids, 1));
@@ -416,6 +489,28 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 }
 
 /*
+ * note_waiting_rows
+ *		The rows SPI_tuptable holds, (queue, priority, run_at, id), are jobs
+ *		waiting again: lower their queue's claim floor at commit.
+ */
+static void
+note_waiting_rows(void)
+{
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		AtomizerClaimKey key;
+		bool		isnull;
+
+		key.priority = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		key.run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+		key.id = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+		atomizer_note_waiting(SPI_getvalue(tup, desc, 1), &key);
+	}
+}
+
+/*
  * atomizer_record_outcome
  *		Write a job's outcome in the current transaction.  retry_in, if not
  *		NULL, replaces the queue's backoff for the next attempt.
@@ -471,7 +566,8 @@ atomizer_record_outcome(AtomizerJob *job, AtomizerOutcome *outcome,
 									 "   power(2, least(j.attempt - 1, 40)))"
 									 "  * (1 - q.backoff_jitter * random())) "
 									 "FROM atomizer.queue q "
-									 "WHERE j.id = $1 AND q.name = j.queue",
+									 "WHERE j.id = $1 AND q.name = j.queue "
+									 "RETURNING j.queue, j.priority::int4, j.run_at, j.id",
 									 3, types);
 			if (retry_plan == NULL)
 				elog(ERROR, "SPI_prepare failed: %s",
@@ -505,8 +601,9 @@ atomizer_record_outcome(AtomizerJob *job, AtomizerOutcome *outcome,
 			rvalues[1] = CStringGetTextDatum(outcome->message);
 			rvalues[2] = retry_in ? IntervalPGetDatum(retry_in) : (Datum) 0;
 			rnulls[2] = retry_in ? ' ' : 'n';
-			if (SPI_execute_plan(retry_plan, rvalues, rnulls, false, 0) != SPI_OK_UPDATE)
+			if (SPI_execute_plan(retry_plan, rvalues, rnulls, false, 0) != SPI_OK_UPDATE_RETURNING)
 				elog(ERROR, "could not schedule retry of job " INT64_FORMAT, job->id);
+			note_waiting_rows();
 		}
 	}
 
@@ -534,7 +631,8 @@ atomizer_release_job(int64 id, bool solo)
 						   " attempt = greatest(attempt - 1, 0), worker = NULL,"
 						   " started_at = NULL, lease_until = NULL,"
 						   " solo = solo OR $2 "
-						   "WHERE id = $1 AND state = 'running'", 2, types);
+						   "WHERE id = $1 AND state = 'running' "
+						   "RETURNING queue, priority::int4, run_at, id", 2, types);
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed: %s",
 				 SPI_result_code_string(SPI_result));
@@ -542,8 +640,9 @@ atomizer_release_job(int64 id, bool solo)
 	}
 	values[0] = Int64GetDatum(id);
 	values[1] = BoolGetDatum(solo);
-	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE)
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
 		elog(ERROR, "could not release job " INT64_FORMAT, id);
+	note_waiting_rows();
 }
 
 /*
@@ -575,7 +674,8 @@ run_queue(const char *queue, int max_jobs, const char *owner_filter,
 
 		CHECK_FOR_INTERRUPTS();
 		old = MemoryContextSwitchTo(batch_cxt);
-		n = atomizer_claim_jobs(queue, want, owner_filter, worker, &jobs);
+		n = atomizer_claim_jobs(queue, want, owner_filter, worker, NULL, NULL,
+								&jobs);
 		for (int i = 0; i < n; i++)
 		{
 			AtomizerOutcome outcome;

@@ -223,6 +223,30 @@ parse_enqueue_args(FunctionCallInfo fcinfo, EnqueueArgs *args)
 }
 
 /*
+ * note_enqueued
+ *		At commit: lower the queue's claim floor to the first new job (all
+ *		new jobs share priority and run_at, and ids grow), and wake whoever
+ *		runs the queue.  A job found by its idempotency key is not new, but
+ *		noting it is harmless.
+ */
+static void
+note_enqueued(const EnqueueArgs *args, int64 first_id)
+{
+	AtomizerClaimKey key;
+
+	key.priority = args->priority;
+	key.run_at = args->run_at;
+	key.id = first_id;
+	atomizer_note_waiting(args->queue, &key);
+	if (args->paused)
+		;						/* resume_queue() wakes whoever runs it */
+	else if (args->external)
+		atomizer_note_external(args->queue);
+	else
+		atomizer_note_enqueue(args->queue);
+}
+
+/*
  * atomizer.enqueue(handler, payload, queue, run_at, priority, max_attempts,
  *					timeout, idempotency_key) RETURNS bigint
  *		Insert one job in the caller's transaction.  With an idempotency key
@@ -331,12 +355,7 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 
 	SPI_finish();
 	atomizer_restore_caller(&priv);
-	if (args.paused)
-		;						/* resume_queue() wakes whoever runs it */
-	else if (args.external)
-		atomizer_note_external(args.queue);
-	else
-		atomizer_note_enqueue(args.queue);
+	note_enqueued(&args, id);
 
 	PG_RETURN_INT64(id);
 }
@@ -478,14 +497,9 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 	}
 	SPI_finish();
 	atomizer_restore_caller(&priv);
-	if (args.paused)
-		;						/* resume_queue() wakes whoever runs it */
-	else if (args.external)
-		atomizer_note_external(args.queue);
-	else
-		atomizer_note_enqueue(args.queue);
-
 	qsort(ids, nids, sizeof(int64), compare_int64);
+	note_enqueued(&args, ids[0]);
+
 	materialize_ids(rsinfo, ids, nids);
 	return (Datum) 0;
 }
@@ -629,6 +643,7 @@ atomizer_cancel(PG_FUNCTION_ARGS)
 					 "AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
 					 2, types);
 	}
+	atomizer_note_job_locks();
 	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up job");
 	if (SPI_processed == 1)
@@ -731,6 +746,8 @@ atomizer_retry(PG_FUNCTION_ARGS)
 		if (SPI_execute_plan(move_plan, values, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not retry job " INT64_FORMAT, job_id);
 		retried = (SPI_processed == 1);
+		if (retried)
+			atomizer_note_waiting(queue, NULL);
 		if (retried && q.external)
 			atomizer_note_external(queue);
 		else if (retried)

@@ -396,6 +396,8 @@ enqueue_fire(int64 schedule_id, TimestampTz run_at)
 	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
 	Datum		values[2];
 	bool		isnull;
+	HeapTuple	tup;
+	AtomizerClaimKey key;
 
 	atomizer_prepare(&plan,
 			"INSERT INTO atomizer.job (queue, handler, payload, run_at, priority,"
@@ -403,14 +405,18 @@ enqueue_fire(int64 schedule_id, TimestampTz run_at)
 			"SELECT queue, handler, payload, least($2, clock_timestamp()),"
 			" priority, max_attempts,"
 			" timeout, owner, id FROM atomizer.schedule WHERE id = $1 "
-			"RETURNING id", 2, types);
+			"RETURNING id, priority::int4, run_at, queue", 2, types);
 	values[0] = Int64GetDatum(schedule_id);
 	values[1] = TimestampTzGetDatum(run_at);
 	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != 1)
 		elog(ERROR, "could not enqueue the job of schedule " INT64_FORMAT, schedule_id);
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-									   SPI_tuptable->tupdesc, 1, &isnull));
+	tup = SPI_tuptable->vals[0];
+	key.id = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
+	key.priority = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+	key.run_at = DatumGetTimestampTz(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
+	atomizer_note_waiting(SPI_getvalue(tup, SPI_tuptable->tupdesc, 4), &key);
+	return key.id;
 }
 
 /*

@@ -397,43 +397,53 @@ queue_workers(const char *queue, int *alive, int *ready)
 }
 
 /*
- * atomizer_queue_due
- *		Whether queue has a due job, and if not, when its next delayed job
- *		is due (*next, DT_NOEND if none).  Two small queries per queue, both
- *		served by the claim index: a plan over all queues at once may turn
- *		the due test into a hashed subplan that reads every waiting job.
- *		The caller is connected to SPI as the owner (schedulers and workers
- *		use it).
+ * queue_due_from
+ *		atomizer_queue_due's two looks, from claim key floor on.
  */
-bool
-atomizer_queue_due(const char *queue, TimestampTz *next)
+static bool
+queue_due_from(const char *queue, const AtomizerClaimKey *floor,
+			   TimestampTz *next)
 {
 	static SPIPlanPtr due_plan = NULL;
 	static SPIPlanPtr next_plan = NULL;
-	Oid			types[1] = {TEXTOID};
-	Datum		arg = CStringGetTextDatum(queue);
+	Oid			types[4] = {TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID};
+	Datum		args[4];
 	bool		isnull;
 
-	if (due_plan == NULL)
-	{
-		due_plan = SPI_prepare("SELECT 1 FROM atomizer.job"
-							   " WHERE queue = $1 AND state = 'available'"
-							   " AND run_at <= now()"
-							   " ORDER BY priority, run_at, id LIMIT 1", 1, types);
-		next_plan = SPI_prepare("SELECT min(run_at) FROM atomizer.job"
-								" WHERE queue = $1 AND state = 'available'", 1, types);
-		if (due_plan == NULL || next_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(due_plan);
-		SPI_keepplan(next_plan);
-	}
+	atomizer_prepare(&due_plan,
+					 "SELECT 1 FROM atomizer.job"
+					 " WHERE queue = $1 AND state = 'available'"
+					 " AND (priority, run_at, id) >= ($2, $3, $4)"
+					 " AND run_at <= now()"
+					 " ORDER BY priority, run_at, id LIMIT 1", 4, types);
+	/*
+	 * The earliest run_at is the least of each priority's first: one index
+	 * descent per priority that has waiting jobs (a loose index scan), not a
+	 * read of every delayed job.
+	 */
+	atomizer_prepare(&next_plan,
+					 "WITH RECURSIVE p(prio, run_at) AS ("
+					 " (SELECT j.priority, j.run_at FROM atomizer.job j"
+					 "  WHERE j.queue = $1 AND j.state = 'available'"
+					 "  AND (j.priority, j.run_at, j.id) >= ($2, $3, $4)"
+					 "  ORDER BY j.priority, j.run_at, j.id LIMIT 1)"
+					 " UNION ALL"
+					 " SELECT n.priority, n.run_at FROM p, LATERAL"
+					 " (SELECT j.priority, j.run_at FROM atomizer.job j"
+					 "  WHERE j.queue = $1 AND j.state = 'available'"
+					 "  AND j.priority > p.prio"
+					 "  ORDER BY j.priority, j.run_at, j.id LIMIT 1) n)"
+					 " SELECT min(run_at) FROM p", 4, types);
+	args[0] = CStringGetTextDatum(queue);
+	args[1] = Int32GetDatum(floor->priority);
+	args[2] = TimestampTzGetDatum(floor->run_at);
+	args[3] = Int64GetDatum(floor->id);
 	*next = DT_NOEND;
-	if (SPI_execute_plan(due_plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(due_plan, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look at queue \"%s\"", queue);
 	if (SPI_processed > 0)
 		return true;
-	if (SPI_execute_plan(next_plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(next_plan, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look at queue \"%s\"", queue);
 	if (SPI_processed == 1)
 	{
@@ -442,6 +452,33 @@ atomizer_queue_due(const char *queue, TimestampTz *next)
 
 		if (!isnull)
 			*next = DatumGetTimestampTz(d);
+	}
+	return false;
+}
+
+/*
+ * atomizer_queue_due
+ *		Whether queue has a due job, and if not, when its next delayed job
+ *		is due (*next, DT_NOEND if none).  Two small queries per queue, both
+ *		served by the claim index from the queue's claim floor (floor.c) on:
+ *		a plan over all queues at once may turn the due test into a hashed
+ *		subplan that reads every waiting job.  The caller is connected to
+ *		SPI as the owner (schedulers and workers use it).
+ */
+bool
+atomizer_queue_due(const char *queue, TimestampTz *next)
+{
+	AtomizerClaimKey floor;
+
+	(void) atomizer_floor_get(MyDatabaseId, queue, &floor);
+	if (queue_due_from(queue, &floor, next))
+		return true;
+	if (atomizer_floor_recheck(MyDatabaseId, queue) &&
+		queue_due_from(queue, &atomizer_key_min, next))
+	{
+		/* a job below the floor, written where no callback saw it */
+		atomizer_floor_lower(MyDatabaseId, queue, NULL);
+		return true;
 	}
 	return false;
 }

@@ -90,6 +90,7 @@ shmem_startup(void)
 			pg_atomic_init_u32(&atomizer_shared->dbs[i].orphans_pending, 0);
 		atomizer_shared->lock = &(GetNamedLWLockTranche("atomizer"))->lock;
 		atomizer_shared->max_workers = atomizer_max_workers;
+		atomizer_floor_init();
 	}
 	LWLockRelease(AddinShmemInitLock);
 }

@@ -11,6 +11,11 @@
  *	  CREATE EXTENSION wakes the launcher the same way, so the new
  *	  database's scheduler starts right after the commit.
  *
+ *	  The same callbacks keep the claim floors (floor.c) honest: a commit
+ *	  that made jobs wait lowers their queue's floor to their key, and an
+ *	  abort of a (sub)transaction that locked waiting jobs resets the
+ *	  database's floors.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -39,6 +44,13 @@ static int	nresumed = 0;
 static char resumed[MAX_PENDING_QUEUES][NAMEDATALEN];
 static char external[MAX_PENDING_QUEUES][NAMEDATALEN];
 static char pending[MAX_PENDING_QUEUES][NAMEDATALEN];
+static int	nwaiting = 0;
+static bool waiting_overflow = false;
+static char waiting[MAX_PENDING_QUEUES][NAMEDATALEN];
+static AtomizerClaimKey waiting_key[MAX_PENDING_QUEUES];
+
+/* Deepest (sub)transaction level that locked waiting jobs; 0: none. */
+static int	locked_level = 0;
 
 /*
  * xact_callback
@@ -52,6 +64,11 @@ xact_callback(XactEvent event, void *arg)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
+			/* floors first: a worker woken below must find the jobs */
+			if (waiting_overflow)
+				atomizer_floor_reset_db(MyDatabaseId);
+			for (int i = 0; i < nwaiting; i++)
+				atomizer_floor_lower(MyDatabaseId, waiting[i], &waiting_key[i]);
 			if (pending_overflow)
 				atomizer_wake_queue(MyDatabaseId, "");
 			for (int i = 0; i < npending; i++)
@@ -66,9 +83,22 @@ xact_callback(XactEvent event, void *arg)
 				atomizer_wake_scheduler_by(MyDatabaseId, pending_deadline);
 			for (int i = 0; i < nresumed; i++)
 				atomizer_wake_queue_all(MyDatabaseId, resumed[i]);
+			locked_level = 0;
 			/* FALLTHROUGH */
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+
+			/*
+			 * Jobs we locked are waiting again, and a claim may have skipped
+			 * them.  (A prepared transaction may still roll back: reset now,
+			 * and the floor's safety net covers the rest.)
+			 */
+			if (locked_level > 0)
+				atomizer_floor_reset_db(MyDatabaseId);
+			locked_level = 0;
+			nwaiting = 0;
+			waiting_overflow = false;
 			npending = 0;
 			pending_overflow = false;
 			pending_launcher = false;
@@ -83,6 +113,28 @@ xact_callback(XactEvent event, void *arg)
 }
 
 /*
+ * subxact_callback
+ *		A subtransaction that locked waiting jobs rolled back: as at abort.
+ *		One that committed hands its locks to its parent.
+ */
+static void
+subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+				 SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+
+	if (locked_level < level)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		atomizer_floor_reset_db(MyDatabaseId);
+		locked_level = level - 1;
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+		locked_level = level - 1;
+}
+
+/*
  * register_callback
  *		Once per backend.
  */
@@ -92,8 +144,55 @@ register_callback(void)
 	if (!callback_registered)
 	{
 		RegisterXactCallback(xact_callback, NULL);
+		RegisterSubXactCallback(subxact_callback, NULL);
 		callback_registered = true;
 	}
+}
+
+/*
+ * atomizer_note_waiting
+ *		This transaction made a job of queue wait (inserted it, or set it
+ *		available) with claim key key, or with any key if key is NULL: at
+ *		commit, lower the queue's claim floor to it.  Paused and external
+ *		queues too: their floor must hold when they are resumed or claimed.
+ */
+void
+atomizer_note_waiting(const char *queue, const AtomizerClaimKey *key)
+{
+	const AtomizerClaimKey *k = key ? key : &atomizer_key_min;
+
+	if (atomizer_shared == NULL)
+		return;
+	register_callback();
+	for (int i = 0; i < nwaiting; i++)
+		if (strcmp(waiting[i], queue) == 0)
+		{
+			if (atomizer_key_cmp(k, &waiting_key[i]) < 0)
+				waiting_key[i] = *k;
+			return;
+		}
+	if (nwaiting < MAX_PENDING_QUEUES)
+	{
+		strlcpy(waiting[nwaiting], queue, NAMEDATALEN);
+		waiting_key[nwaiting++] = *k;
+	}
+	else
+		waiting_overflow = true;
+}
+
+/*
+ * atomizer_note_job_locks
+ *		This (sub)transaction locks waiting jobs (to claim or cancel them):
+ *		if it rolls back, they wait again below the floor a concurrent claim
+ *		may have raised past them.
+ */
+void
+atomizer_note_job_locks(void)
+{
+	if (atomizer_shared == NULL)
+		return;
+	register_callback();
+	locked_level = Max(locked_level, GetCurrentTransactionNestLevel());
 }
 
 /*
@@ -147,7 +246,8 @@ atomizer_note_resume(const char *queue)
 {
 	if (atomizer_shared == NULL)
 		return;
-	register_callback();
+	/* an external queue made internal has no floor kept for it */
+	atomizer_note_waiting(queue, NULL);
 	for (int i = 0; i < nresumed; i++)
 		if (strcmp(resumed[i], queue) == 0)
 			return;

@@ -287,6 +287,9 @@ atomizer_worker_main(Datum arg)
 		TimestampTz started;
 		int64		succeeded = 0;
 		int64		failed = 0;
+		AtomizerClaimKey floor;
+		AtomizerClaimKey new_floor;
+		uint64		floor_gen;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)
@@ -298,15 +301,32 @@ atomizer_worker_main(Datum arg)
 			break;
 		batch = Min(batch, atomizer_batch_size);
 
-		/* claim: the batch is running, attempts counted, once this commits */
+		/*
+		 * claim: the batch is running, attempts counted, once this commits.
+		 * The scan starts at the queue's claim floor, read before the
+		 * snapshot is taken (floor.c); if nothing waits above the floor,
+		 * now and then look from the front of the queue.
+		 */
 		started = GetCurrentTimestamp();
+		floor_gen = atomizer_floor_get(MyDatabaseId, my_queue, &floor);
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		MemoryContextSwitchTo(batch_cxt);
-		n = atomizer_claim_jobs(my_queue, batch, NULL, worker_id, &jobs);
+		n = atomizer_claim_jobs(my_queue, batch, NULL, worker_id, &floor,
+								&new_floor, &jobs);
+		if (n == 0 && atomizer_floor_recheck(MyDatabaseId, my_queue))
+		{
+			PopActiveSnapshot();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			floor = atomizer_key_min;
+			n = atomizer_claim_jobs(my_queue, batch, NULL, worker_id, &floor,
+									&new_floor, &jobs);
+		}
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+		if (n > 0)
+			atomizer_floor_advance(MyDatabaseId, my_queue, floor_gen, &new_floor);
 
 		if (n > 0)
 		{
