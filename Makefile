@@ -13,6 +13,7 @@ OBJS = \
 	src/jobs.o \
 	src/dispatch.o \
 	src/floor.o \
+	src/store.o \
 	src/shmem.o \
 	src/wakeup.o \
 	src/launcher.o \

@@ -147,7 +147,13 @@ CREATE TABLE atomizer.job_history (
 	schedule_id		bigint
 );
 
-CREATE INDEX job_history_finished_idx ON atomizer.job_history (queue, finished_at);
+/*
+ * Pruning reads the history by finish time.  Rows arrive in finish order,
+ * so a BRIN index serves it at a fraction of a btree's cost per finished
+ * job (measured: a btree here was one of three index insertions per job).
+ */
+CREATE INDEX job_history_finished_idx ON atomizer.job_history
+	USING brin (finished_at);
 CREATE INDEX job_history_dead_idx ON atomizer.job_history (queue, finished_at)
 	WHERE state = 'dead';
 

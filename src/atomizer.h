@@ -240,6 +240,25 @@ extern bool atomizer_in_worker;
 extern volatile sig_atomic_t atomizer_shutdown_pending;
 extern volatile TimestampTz atomizer_shutdown_deadline;
 
+/* store.c */
+typedef struct AtomizerNewJobs
+{
+	char	   *handler;		/* as stored: qualified for internal queues */
+	char	   *queue;
+	TimestampTz run_at;
+	int			priority;
+	bool		max_attempts_null;
+	int			max_attempts;
+	bool		timeout_null;
+	Interval   *timeout;
+	char	   *owner;
+	bool		external;
+	bool		paused;			/* nobody to wake until resume_queue() */
+} AtomizerNewJobs;
+
+extern bool atomizer_store_jobs(const AtomizerNewJobs *jobs, Datum *payloads,
+								int n, int64 *ids);
+
 /* jobs.c */
 struct _SPI_plan;
 extern struct _SPI_plan *atomizer_prepare(struct _SPI_plan **cache,

@@ -36,20 +36,7 @@ PG_FUNCTION_INFO_V1(atomizer_retry);
 PG_FUNCTION_INFO_V1(atomizer_purge);
 
 /* Arguments shared by enqueue and enqueue_many, validated. */
-typedef struct EnqueueArgs
-{
-	char	   *handler;		/* as stored: qualified for internal queues */
-	char	   *queue;
-	TimestampTz run_at;
-	int			priority;
-	bool		max_attempts_null;
-	int			max_attempts;
-	bool		timeout_null;
-	Interval   *timeout;
-	char	   *owner;
-	bool		external;
-	bool		paused;			/* nobody to wake until resume_queue() */
-} EnqueueArgs;
+typedef AtomizerNewJobs EnqueueArgs;
 
 /*
  * atomizer_prepare
@@ -286,6 +273,18 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 					 errhint("Pass NULL for a job without an idempotency key.")));
 	}
 
+	/* Without a key there is no conflict to handle: write the row directly. */
+	if (key == NULL)
+	{
+		Datum		payload_datum = JsonbPGetDatum(payload);
+
+		if (atomizer_store_jobs(&args, &payload_datum, 1, &id))
+		{
+			note_enqueued(&args, id);
+			PG_RETURN_INT64(id);
+		}
+	}
+
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(args.queue);
 	values[1] = CStringGetTextDatum(args.handler);
@@ -457,6 +456,15 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	}
 
+	ids = MemoryContextAlloc(caller_cxt, sizeof(int64) * nelems);
+	if (atomizer_store_jobs(&args, elems, nelems, ids))
+	{
+		/* ids ascend: drawn in payload order */
+		note_enqueued(&args, ids[0]);
+		materialize_ids(rsinfo, ids, nelems);
+		return (Datum) 0;
+	}
+
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(args.queue);
 	values[1] = CStringGetTextDatum(args.handler);
@@ -487,7 +495,7 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 		elog(ERROR, "could not insert jobs");
 
 	nids = SPI_processed;
-	ids = MemoryContextAlloc(caller_cxt, sizeof(int64) * nids);
+	Assert(nids == nelems);
 	for (uint64 i = 0; i < nids; i++)
 	{
 		bool		isnull;

@@ -1,0 +1,389 @@
+/*-------------------------------------------------------------------------
+ *
+ * store.c
+ *	  Writing new jobs into atomizer.job without a planned statement: the
+ *	  heap insert and index insertions an INSERT would do, minus parsing,
+ *	  plan-cache revalidation, executor start-up and shutdown, and the
+ *	  privilege switch around them.  enqueue() and enqueue_many() (jobs.c)
+ *	  use it for jobs without an idempotency key, which need no ON CONFLICT;
+ *	  measured, it is what brings a single-row enqueue close to a bare
+ *	  INSERT (see the README's performance section).
+ *
+ *	  The caller has validated every value.  What an INSERT would still do
+ *	  is done here: NOT NULL checks (ExecConstraints), every index including
+ *	  the partial ones (ExecInsertIndexTuples evaluates their predicates),
+ *	  TOAST (the table AM), read-only and parallel-mode checks.  No user
+ *	  code runs: the sequence is advanced without a privilege check, as the
+ *	  INSERT the extension owner would run.
+ *
+ *	  If the table is not what this file knows (a trigger was added to it,
+ *	  or a column this file does not fill), atomizer_store_jobs returns
+ *	  false and the caller uses the INSERT statement instead, so a later
+ *	  version's added column with a default can never be written as NULL.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/index.h"
+#include "catalog/pg_am_d.h"
+#include "catalog/pg_type.h"
+#include "commands/sequence.h"
+#include "executor/executor.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "optimizer/optimizer.h"
+#include "tcop/utility.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+#include "atomizer.h"
+
+/* The columns a new job gets a value in, and their types. */
+enum
+{
+	COL_ID,
+	COL_QUEUE,
+	COL_HANDLER,
+	COL_PAYLOAD,
+	COL_STATE,
+	COL_PRIORITY,
+	COL_RUN_AT,
+	COL_ATTEMPT,
+	COL_MAX_ATTEMPTS,
+	COL_TIMEOUT,
+	COL_OWNER,
+	COL_CREATED_AT,
+	COL_SOLO,
+	NCOLS
+};
+
+static const struct
+{
+	const char *name;
+	Oid			type;
+}			columns[NCOLS] = {
+	{"id", INT8OID},
+	{"queue", TEXTOID},
+	{"handler", TEXTOID},
+	{"payload", JSONBOID},
+	{"state", TEXTOID},
+	{"priority", INT2OID},
+	{"run_at", TIMESTAMPTZOID},
+	{"attempt", INT4OID},
+	{"max_attempts", INT4OID},
+	{"timeout", INTERVALOID},
+	{"owner", NAMEOID},
+	{"created_at", TIMESTAMPTZOID},
+	{"solo", BOOLOID},
+};
+
+/* Columns a new job leaves NULL. */
+static const char *const null_columns[] = {
+	"idempotency_key", "started_at", "last_error", "worker", "lease_until",
+	"schedule_id", "lease",
+};
+
+/*
+ * Which indexes a new job goes into.  A new job's state, attempt, solo and
+ * NULL columns are the same for every job this file writes, so an index
+ * whose predicate reads only those either takes every new job or none:
+ * found out once (on the first job written after the table's relcache
+ * entry changed) and kept, with the index's key columns, so that each job
+ * costs one index_insert per index it belongs in, not an index open,
+ * IndexInfo build and predicate evaluation per index per enqueue.
+ */
+#define MAX_INDEXES 8
+
+typedef struct IndexPlan
+{
+	bool		valid;			/* computed for relid, still current */
+	bool		usable;			/* false: use ExecInsertIndexTuples */
+	Oid			relid;
+	int			n;				/* indexes a new job goes into */
+	Oid			oids[MAX_INDEXES];
+	bool		unique[MAX_INDEXES];
+	int			natts[MAX_INDEXES];
+	AttrNumber	attnums[MAX_INDEXES][INDEX_MAX_KEYS];
+} IndexPlan;
+
+static IndexPlan index_plan;
+static bool callback_registered = false;
+
+static void
+relcache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == index_plan.relid)
+		index_plan.valid = false;
+}
+
+/*
+ * plan_indexes
+ *		Fill index_plan for rel, slot holding a new job.
+ */
+static void
+plan_indexes(Relation rel, ResultRelInfo *rri, EState *estate,
+			 TupleTableSlot *slot, const int *attnums)
+{
+	Bitmapset  *constant = NULL;
+	ExprContext *econtext = GetPerTupleExprContext(estate);
+
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(relcache_callback, (Datum) 0);
+		callback_registered = true;
+	}
+	memset(&index_plan, 0, sizeof(index_plan));
+	index_plan.relid = RelationGetRelid(rel);
+	index_plan.valid = true;
+
+	/* columns every new job has the same value in (attribute numbers offset as pull_varattnos does) */
+	for (int i = 0; i < RelationGetDescr(rel)->natts; i++)
+	{
+		bool		varies = false;
+
+		for (int c = 0; c < NCOLS; c++)
+			if (attnums[c] == i && c != COL_STATE && c != COL_ATTEMPT && c != COL_SOLO)
+				varies = true;
+		if (!varies)
+			constant = bms_add_member(constant,
+									  i + 1 - FirstLowInvalidHeapAttributeNumber);
+	}
+
+	econtext->ecxt_scantuple = slot;
+	for (int i = 0; i < rri->ri_NumIndices; i++)
+	{
+		Relation	irel = rri->ri_IndexRelationDescs[i];
+		IndexInfo  *ii = rri->ri_IndexRelationInfo[i];
+		int			k = index_plan.n;
+
+		if (ii->ii_Expressions != NIL || ii->ii_ExclusionOps != NULL ||
+			irel->rd_rel->relam != BTREE_AM_OID ||
+			!irel->rd_index->indimmediate)
+			return;				/* not usable */
+		if (ii->ii_Predicate != NIL)
+		{
+			Bitmapset  *used = NULL;
+			ExprState  *pred;
+
+			pull_varattnos((Node *) ii->ii_Predicate, 1, &used);
+			if (!bms_is_subset(used, constant))
+				return;			/* varies between jobs: not usable */
+			pred = ExecPrepareQual(ii->ii_Predicate, estate);
+			if (!ExecQual(pred, econtext))
+				continue;		/* no new job goes into it */
+		}
+		if (k == MAX_INDEXES)
+			return;
+		index_plan.oids[k] = RelationGetRelid(irel);
+		index_plan.unique[k] = ii->ii_Unique;
+		index_plan.natts[k] = ii->ii_NumIndexAttrs;
+		for (int a = 0; a < ii->ii_NumIndexAttrs; a++)
+		{
+			if (ii->ii_IndexAttrNumbers[a] <= 0)
+				return;			/* system column: not usable */
+			index_plan.attnums[k][a] = ii->ii_IndexAttrNumbers[a];
+		}
+		index_plan.n++;
+	}
+	index_plan.usable = true;
+}
+
+/*
+ * map_columns
+ *		Fill attnums[] (0-based attribute numbers) from the table's
+ *		descriptor; false if the table has a column, or a column type, this
+ *		file does not know.
+ */
+static bool
+map_columns(TupleDesc desc, int *attnums)
+{
+	for (int c = 0; c < NCOLS; c++)
+		attnums[c] = -1;
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+		bool		known = false;
+
+		if (att->attisdropped)
+			continue;
+		for (int c = 0; c < NCOLS && !known; c++)
+			if (strcmp(NameStr(att->attname), columns[c].name) == 0)
+			{
+				if (att->atttypid != columns[c].type)
+					return false;
+				attnums[c] = i;
+				known = true;
+			}
+		for (int k = 0; k < lengthof(null_columns) && !known; k++)
+			if (strcmp(NameStr(att->attname), null_columns[k]) == 0)
+				known = true;
+		if (!known)
+			return false;
+	}
+	for (int c = 0; c < NCOLS; c++)
+		if (attnums[c] < 0)
+			return false;
+	return true;
+}
+
+/*
+ * fill_slot
+ *		Store one new job in slot.
+ */
+static void
+fill_slot(TupleTableSlot *slot, const int *attnums, const Datum *fixed,
+		  const bool *fixed_null, int64 id, Datum payload)
+{
+	ExecClearTuple(slot);
+	memset(slot->tts_isnull, true, sizeof(bool) * slot->tts_tupleDescriptor->natts);
+	for (int c = 0; c < NCOLS; c++)
+	{
+		slot->tts_values[attnums[c]] = fixed[c];
+		slot->tts_isnull[attnums[c]] = fixed_null[c];
+	}
+	slot->tts_values[attnums[COL_ID]] = Int64GetDatum(id);
+	slot->tts_values[attnums[COL_PAYLOAD]] = payload;
+	slot->tts_isnull[attnums[COL_PAYLOAD]] = (payload == (Datum) 0);
+	ExecStoreVirtualTuple(slot);
+}
+
+/*
+ * atomizer_store_jobs
+ *		Insert one available job per payload (n >= 1) with the given
+ *		settings into atomizer.job, ids drawn from its sequence in payload
+ *		order into ids[].  False, with nothing written, if the table is not
+ *		one this file knows how to write (see the header comment).
+ */
+bool
+atomizer_store_jobs(const AtomizerNewJobs *jobs, Datum *payloads, int n,
+					int64 *ids)
+{
+	Oid			nsp = get_namespace_oid(ATOMIZER_SCHEMA, false);
+	Oid			relid = get_relname_relid("job", nsp);
+	Oid			seqid = get_relname_relid("job_id_seq", nsp);
+	Relation	rel;
+	int			attnums[NCOLS];
+	EState	   *estate;
+	ResultRelInfo *rri;
+	RangeTblEntry *rte;
+	TupleTableSlot *slot;
+	BulkInsertState bistate = NULL;
+	CommandId	cid;
+	Datum		fixed[NCOLS];
+	bool		fixed_null[NCOLS];
+	Relation	irels[MAX_INDEXES];
+
+	if (!OidIsValid(relid) || !OidIsValid(seqid))
+		return false;
+
+	PreventCommandIfReadOnly("atomizer.enqueue()");
+	PreventCommandIfParallelMode("atomizer.enqueue()");
+
+	rel = table_open(relid, RowExclusiveLock);
+	if (rel->trigdesc != NULL || rel->rd_rel->relkind != RELKIND_RELATION ||
+		!map_columns(RelationGetDescr(rel), attnums))
+	{
+		table_close(rel, RowExclusiveLock);
+		return false;
+	}
+
+	/* What every row shares. */
+	memset(fixed_null, false, sizeof(fixed_null));
+	fixed[COL_QUEUE] = CStringGetTextDatum(jobs->queue);
+	fixed[COL_HANDLER] = CStringGetTextDatum(jobs->handler);
+	fixed[COL_STATE] = CStringGetTextDatum("available");
+	fixed[COL_PRIORITY] = Int16GetDatum((int16) jobs->priority);
+	fixed[COL_RUN_AT] = TimestampTzGetDatum(jobs->run_at);
+	fixed[COL_ATTEMPT] = Int32GetDatum(0);
+	fixed[COL_MAX_ATTEMPTS] = Int32GetDatum(jobs->max_attempts);
+	fixed_null[COL_MAX_ATTEMPTS] = jobs->max_attempts_null;
+	fixed[COL_TIMEOUT] = jobs->timeout_null ? (Datum) 0 : IntervalPGetDatum(jobs->timeout);
+	fixed_null[COL_TIMEOUT] = jobs->timeout_null;
+	fixed[COL_OWNER] = DirectFunctionCall1(namein, CStringGetDatum(jobs->owner));
+	fixed[COL_CREATED_AT] = TimestampTzGetDatum(GetCurrentTransactionStartTimestamp());
+	fixed[COL_SOLO] = BoolGetDatum(false);
+
+	/* The executor state an INSERT into this one table would have. */
+	estate = CreateExecutorState();
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = relid;
+	rte->relkind = rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	ExecInitRangeTable(estate, list_make1(rte));
+	rri = makeNode(ResultRelInfo);
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	slot = table_slot_create(rel, &estate->es_tupleTable);
+	cid = GetCurrentCommandId(true);
+	if (n > 1)
+		bistate = GetBulkInsertState();
+	if (!index_plan.valid || index_plan.relid != relid)
+	{
+		fill_slot(slot, attnums, fixed, fixed_null, 0, (Datum) 0);
+		ExecOpenIndices(rri, false);
+		plan_indexes(rel, rri, estate, slot, attnums);
+		ResetPerTupleExprContext(estate);
+	}
+	if (!index_plan.usable && rri->ri_NumIndices == 0)
+		ExecOpenIndices(rri, false);
+	else if (index_plan.usable)
+	{
+		for (int k = 0; k < index_plan.n; k++)
+			irels[k] = index_open(index_plan.oids[k], RowExclusiveLock);
+	}
+
+	for (int i = 0; i < n; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		ids[i] = nextval_internal(seqid, false);
+		fill_slot(slot, attnums, fixed, fixed_null, ids[i], payloads[i]);
+
+		if (rel->rd_att->constr)
+			ExecConstraints(rri, slot, estate);
+		table_tuple_insert(rel, slot, cid, 0, bistate);
+		if (index_plan.usable)
+		{
+			slot_getallattrs(slot);
+			for (int k = 0; k < index_plan.n; k++)
+			{
+				Datum		values[INDEX_MAX_KEYS];
+				bool		isnull[INDEX_MAX_KEYS];
+
+				for (int a = 0; a < index_plan.natts[k]; a++)
+				{
+					values[a] = slot->tts_values[index_plan.attnums[k][a] - 1];
+					isnull[a] = slot->tts_isnull[index_plan.attnums[k][a] - 1];
+				}
+				index_insert(irels[k], values, isnull, &slot->tts_tid, rel,
+							 index_plan.unique[k] ? UNIQUE_CHECK_YES : UNIQUE_CHECK_NO,
+							 false, NULL);
+			}
+		}
+		else if (rri->ri_NumIndices > 0)
+			(void) ExecInsertIndexTuples(rri, slot, estate, false, false,
+										 NULL, NIL);
+		ResetPerTupleExprContext(estate);
+	}
+
+	if (bistate)
+		FreeBulkInsertState(bistate);
+	if (index_plan.usable)
+	{
+		for (int k = 0; k < index_plan.n; k++)
+			index_close(irels[k], NoLock);
+	}
+	ExecCloseIndices(rri);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+	table_close(rel, NoLock);
+	return true;
+}

@@ -1,0 +1,94 @@
+-- How enqueue writes jobs (src/store.c): without an idempotency key a job
+-- is written by a direct heap and index insertion, not an INSERT statement.
+-- The rows must be the same an INSERT would write, every index must hold
+-- exactly the rows it should (amcheck, heapallindexed), a read-only
+-- transaction is refused, and when the table is not the one store.c knows
+-- (a trigger, an unknown column) enqueue falls back to the INSERT.
+CREATE DATABASE atomizer_store;
+\c atomizer_store
+CREATE EXTENSION atomizer;
+CREATE EXTENSION amcheck;
+SET client_min_messages = warning;
+
+CREATE FUNCTION noop(payload jsonb) RETURNS void LANGUAGE sql AS 'SELECT';
+CREATE ROLE regress_store_user;
+GRANT USAGE ON SCHEMA public TO regress_store_user;
+GRANT EXECUTE ON FUNCTION noop(jsonb) TO regress_store_user;
+
+-- one row, written directly, with what the column defaults would give
+SET ROLE regress_store_user;
+BEGIN;
+SELECT atomizer.enqueue('noop', '{"n": 1}', priority => 7, max_attempts => 3,
+						timeout => '5 s', run_at => now() + interval '1 hour') > 0 AS enqueued;
+SELECT queue, handler, payload, state, priority, run_at = now() + interval '1 hour' AS run_at_ok,
+	   attempt, max_attempts, timeout, owner, created_at = now() AS created_now
+  FROM atomizer.jobs ORDER BY id;
+COMMIT;
+RESET ROLE;
+SELECT solo, idempotency_key, started_at, worker, lease_until, schedule_id, lease, last_error
+  FROM atomizer.job;
+
+-- many rows: ids ascend in payload order, the defaults in every row
+SELECT count(*), min(e) < max(e) AS ascending
+  FROM atomizer.enqueue_many('noop', ARRAY(SELECT jsonb_build_object('n', g)
+											 FROM generate_series(1, 500) g)) e;
+SELECT count(*) FILTER (WHERE (payload->>'n')::int = r) AS in_payload_order
+  FROM (SELECT payload, row_number() OVER (ORDER BY id) AS r
+		  FROM atomizer.job WHERE priority = 0) s;
+
+-- a large payload goes to TOAST like an INSERT's
+SELECT atomizer.enqueue('noop', jsonb_build_object('big', repeat('x', 100000))) > 0 AS enqueued;
+SELECT length(payload->>'big') FROM atomizer.job WHERE payload ? 'big';
+
+-- with a key: the INSERT ... ON CONFLICT path, and the same rows
+SELECT atomizer.enqueue('noop', '{}', idempotency_key => 'k1')
+	 = atomizer.enqueue('noop', '{}', idempotency_key => 'k1') AS same_job;
+
+-- every btree index holds exactly the rows it should
+SELECT c.relname, bt_index_check(c.oid, true)
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = 'atomizer.job'::regclass ORDER BY c.relname;
+-- and the claim index serves a claim of them
+SET enable_seqscan = off;
+SELECT count(*) FROM atomizer.job WHERE queue = 'default' AND state = 'available'
+   AND run_at <= now() + interval '2 hours';
+RESET enable_seqscan;
+
+-- a read-only transaction cannot enqueue
+BEGIN READ ONLY;
+SELECT atomizer.enqueue('noop', '{}');
+ROLLBACK;
+
+-- a trigger on the table: enqueue falls back to the INSERT, which fires it
+CREATE TABLE seen (id bigint);
+CREATE FUNCTION seen() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.seen VALUES (NEW.id); RETURN NEW; END $$;
+CREATE TRIGGER seen AFTER INSERT ON atomizer.job FOR EACH ROW EXECUTE FUNCTION seen();
+SELECT atomizer.enqueue('noop', '{}') AS id \gset
+SELECT :id IN (SELECT id FROM seen) AS trigger_fired;
+SELECT count(*) FROM atomizer.enqueue_many('noop', ARRAY['{}', '{}']::jsonb[]);
+SELECT count(*) FROM seen;
+DROP TRIGGER seen ON atomizer.job;
+
+-- a column store.c does not know: the INSERT writes its default
+ALTER TABLE atomizer.job ADD COLUMN note text DEFAULT 'from the default';
+SELECT atomizer.enqueue('noop', '{}') AS id \gset
+SELECT note FROM atomizer.job WHERE id = :id;
+ALTER TABLE atomizer.job DROP COLUMN note;
+-- and with it dropped, the direct path again (a dropped column is skipped)
+SELECT atomizer.enqueue('noop', '{}') > 0 AS enqueued;
+
+-- an index added by hand is kept up to date by the direct path too
+CREATE INDEX job_owner_idx ON atomizer.job (owner, id);
+SELECT count(*) FROM atomizer.enqueue_many('noop', ARRAY['{}', '{}', '{}']::jsonb[]);
+SELECT c.relname, bt_index_check(c.oid, true)
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = 'atomizer.job'::regclass ORDER BY c.relname;
+DROP INDEX atomizer.job_owner_idx;
+
+-- the jobs run: what was written is what a worker claims
+SELECT atomizer.run_pending() > 0 AS ran;
+
+\c postgres
+DROP DATABASE atomizer_store;
+DROP ROLE regress_store_user;
