@@ -7,7 +7,10 @@
  *	  Loop: claim a batch (marked running, attempts counted, committed), run
  *	  each job's handler in its own subtransaction and record every outcome
  *	  in a second transaction (the successes with one statement at its end),
- *	  so a handler's effects commit with its job's completion.  The batch size adapts: it starts at 1, doubles while
+ *	  so a handler's effects commit with its job's completion.  After a full
+ *	  batch, that second transaction also claims the next batch, so a busy
+ *	  worker commits (and waits for a WAL flush) once per batch.  The batch
+ *	  size adapts: it starts at 1, doubles while
  *	  batches are full and quick, and halves when a batch takes long, so
  *	  slow jobs spread over the queue's workers and fast ones are claimed
  *	  atomizer.batch_size at a time.  With nothing to do the worker sleeps on
@@ -151,12 +154,60 @@ next_due_ms(void)
 }
 
 /*
- * run_batch
- *		Run claimed jobs and record their outcomes in one transaction.
- *		Returns the number of jobs run (the rest were released on shutdown).
+ * A claim made in the transaction that records a batch's outcomes: the
+ * next batch, when the last one was full.  One commit (one WAL flush) per
+ * batch instead of two; the claim is as durable as before, since it
+ * commits before any of its handlers runs.
+ */
+typedef struct NextClaim
+{
+	int			want;			/* 0: do not claim */
+	MemoryContext cxt;			/* where the claimed jobs go */
+	AtomizerJob *jobs;
+	int			n;
+	AtomizerClaimKey new_floor;
+	uint64		floor_gen;
+} NextClaim;
+
+/*
+ * claim
+ *		Claim up to want jobs of our queue from its claim floor (floor.c),
+ *		in the current transaction; the floor's generation is read before
+ *		the claim's snapshot is taken.  If nothing waits above the floor,
+ *		now and then look from the front of the queue.  The caller passes
+ *		*new_floor and *gen to atomizer_floor_advance after the commit.
  */
 static int
-run_batch(AtomizerJob *jobs, int n, int64 *succeeded, int64 *failed)
+claim(int want, const char *worker_id, AtomizerJob **jobs,
+	  AtomizerClaimKey *new_floor, uint64 *gen)
+{
+	AtomizerClaimKey floor;
+	int			n;
+
+	*gen = atomizer_floor_get(MyDatabaseId, my_queue, &floor);
+	PushActiveSnapshot(GetTransactionSnapshot());
+	n = atomizer_claim_jobs(my_queue, want, NULL, worker_id, &floor,
+							new_floor, jobs);
+	PopActiveSnapshot();
+	if (n == 0 && atomizer_floor_recheck(MyDatabaseId, my_queue))
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		n = atomizer_claim_jobs(my_queue, want, NULL, worker_id,
+								&atomizer_key_min, new_floor, jobs);
+		PopActiveSnapshot();
+	}
+	return n;
+}
+
+/*
+ * run_batch
+ *		Run claimed jobs and record their outcomes in one transaction, and
+ *		claim the next batch in it if next->want > 0.  Returns the number of
+ *		jobs run (the rest were released on shutdown).
+ */
+static int
+run_batch(AtomizerJob *jobs, int n, int64 *succeeded, int64 *failed,
+		  const char *worker_id, NextClaim *next)
 {
 	int			ran = 0;
 	int64	   *ok_ids = palloc(sizeof(int64) * n);
@@ -213,9 +264,22 @@ run_batch(AtomizerJob *jobs, int n, int64 *succeeded, int64 *failed)
 		ran++;
 	}
 	atomizer_finish_succeeded(ok_ids, ok_results, ok_nulls, nok);
-
 	PopActiveSnapshot();
+
+	next->n = 0;
+	if (next->want > 0 && ran == n && !atomizer_shutdown_pending)
+	{
+		MemoryContext old = MemoryContextSwitchTo(next->cxt);
+
+		next->n = claim(next->want, worker_id, &next->jobs, &next->new_floor,
+						&next->floor_gen);
+		MemoryContextSwitchTo(old);
+	}
+
 	CommitTransactionCommand();
+	if (next->n > 0)
+		atomizer_floor_advance(MyDatabaseId, my_queue, next->floor_gen,
+							   &next->new_floor);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	return ran;
 }
@@ -236,6 +300,7 @@ atomizer_worker_main(Datum arg)
 	TimestampTz idle_since;
 	int			batch = 1;
 	int			missed = 0;		/* looks that found due jobs we could not claim */
+	NextClaim	next;
 
 	my_slot = DatumGetInt32(arg);
 	slot = &atomizer_shared->workers[my_slot];
@@ -278,6 +343,9 @@ atomizer_worker_main(Datum arg)
 
 	batch_cxt = AllocSetContextCreate(TopMemoryContext, "atomizer worker batch",
 									  ALLOCSET_DEFAULT_SIZES);
+	memset(&next, 0, sizeof(next));
+	next.cxt = AllocSetContextCreate(TopMemoryContext, "atomizer worker next batch",
+									 ALLOCSET_DEFAULT_SIZES);
 	idle_since = GetCurrentTimestamp();
 
 	while (!atomizer_shutdown_pending)
@@ -287,7 +355,6 @@ atomizer_worker_main(Datum arg)
 		TimestampTz started;
 		int64		succeeded = 0;
 		int64		failed = 0;
-		AtomizerClaimKey floor;
 		AtomizerClaimKey new_floor;
 		uint64		floor_gen;
 
@@ -302,31 +369,33 @@ atomizer_worker_main(Datum arg)
 		batch = Min(batch, atomizer_batch_size);
 
 		/*
-		 * claim: the batch is running, attempts counted, once this commits.
-		 * The scan starts at the queue's claim floor, read before the
-		 * snapshot is taken (floor.c); if nothing waits above the floor,
-		 * now and then look from the front of the queue.
+		 * claim: the batch is running, attempts counted, once this commits
+		 * (or it was claimed in the transaction that recorded the last
+		 * batch).
 		 */
 		started = GetCurrentTimestamp();
-		floor_gen = atomizer_floor_get(MyDatabaseId, my_queue, &floor);
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		MemoryContextSwitchTo(batch_cxt);
-		n = atomizer_claim_jobs(my_queue, batch, NULL, worker_id, &floor,
-								&new_floor, &jobs);
-		if (n == 0 && atomizer_floor_recheck(MyDatabaseId, my_queue))
+		if (next.n > 0)
 		{
-			PopActiveSnapshot();
-			PushActiveSnapshot(GetTransactionSnapshot());
-			floor = atomizer_key_min;
-			n = atomizer_claim_jobs(my_queue, batch, NULL, worker_id, &floor,
-									&new_floor, &jobs);
+			MemoryContext t = batch_cxt;
+
+			/* the claimed jobs live in next.cxt: swap the contexts */
+			batch_cxt = next.cxt;
+			next.cxt = t;
+			jobs = next.jobs;
+			n = next.n;
+			next.n = 0;
 		}
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		if (n > 0)
-			atomizer_floor_advance(MyDatabaseId, my_queue, floor_gen, &new_floor);
+		else
+		{
+			SetCurrentStatementStartTimestamp();
+			StartTransactionCommand();
+			MemoryContextSwitchTo(batch_cxt);
+			n = claim(batch, worker_id, &jobs, &new_floor, &floor_gen);
+			CommitTransactionCommand();
+			if (n > 0)
+				atomizer_floor_advance(MyDatabaseId, my_queue, floor_gen,
+									   &new_floor);
+		}
 
 		if (n > 0)
 		{
@@ -339,8 +408,10 @@ atomizer_worker_main(Datum arg)
 				atomizer_wake_queue(MyDatabaseId, my_queue);	/* more to do */
 
 			MemoryContextSwitchTo(batch_cxt);
-			(void) run_batch(jobs, n, &succeeded, &failed);
-			jobs_in_flight = false;
+			/* a full batch: the next one is claimed as this one commits */
+			next.want = (n == batch) ? batch : 0;
+			(void) run_batch(jobs, n, &succeeded, &failed, worker_id, &next);
+			jobs_in_flight = (next.n > 0);
 
 			LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
 			slot->jobs_succeeded += succeeded;
@@ -423,6 +494,25 @@ atomizer_worker_main(Datum arg)
 			ResetLatch(MyLatch);
 			(void) rc;
 		}
+	}
+
+	/* a batch claimed with the last one's outcomes, never started: give it back */
+	if (next.n > 0)
+	{
+		AtomizerPrivState priv;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		atomizer_become_owner(&priv);
+		SPI_connect();
+		for (int k = 0; k < next.n; k++)
+			atomizer_release_job(next.jobs[k].id, false);
+		SPI_finish();
+		atomizer_restore_caller(&priv);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		jobs_in_flight = false;
 	}
 
 	set_slot(ATOMIZER_WORKER_STOPPING, 0);
