@@ -14,6 +14,7 @@ OBJS = \
 	src/dispatch.o \
 	src/floor.o \
 	src/store.o \
+	src/sqlfunc.o \
 	src/shmem.o \
 	src/wakeup.o \
 	src/launcher.o \

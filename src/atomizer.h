@@ -240,6 +240,10 @@ extern bool atomizer_in_worker;
 extern volatile sig_atomic_t atomizer_shutdown_pending;
 extern volatile TimestampTz atomizer_shutdown_deadline;
 
+/* sqlfunc.c */
+extern bool atomizer_call_sql_handler(Oid fnoid, Datum payload, Datum *result,
+									  bool *isnull);
+
 /* store.c */
 typedef struct AtomizerNewJobs
 {

@@ -276,7 +276,11 @@ atomizer_claim_jobs(const char *queue, int max_jobs, const char *owner_filter,
 			*new_floor = key;
 	}
 	if (left)
+	{
+		/* at commit they wait again, below the floor a worker may have raised */
 		atomizer_note_waiting(queue, &first_left);
+		atomizer_note_enqueue(queue);
+	}
 	if (new_floor && nids > 0)
 		floor_check(queue, floor, new_floor);
 
@@ -341,23 +345,29 @@ call_handler(AtomizerJob *job, Oid roleid, AtomizerOutcome *outcome)
 {
 	Oid			fnoid = atomizer_lookup_handler(job->handler, roleid);
 	Oid			rettype = get_func_rettype(fnoid);
-	FmgrInfo	flinfo;
-	LOCAL_FCINFO(fcinfo, 1);
 	Datum		result;
+	bool		isnull;
 
-	fmgr_info(fnoid, &flinfo);
-	InitFunctionCallInfoData(*fcinfo, &flinfo, 1, InvalidOid, NULL, NULL);
-	fcinfo->args[0].value = job->payload;
-	fcinfo->args[0].isnull = false;
+	/* simple SQL handlers keep their plan from job to job (sqlfunc.c) */
+	if (!atomizer_call_sql_handler(fnoid, job->payload, &result, &isnull))
+	{
+		FmgrInfo	flinfo;
+		LOCAL_FCINFO(fcinfo, 1);
 
-	result = FunctionCallInvoke(fcinfo);
+		fmgr_info(fnoid, &flinfo);
+		InitFunctionCallInfoData(*fcinfo, &flinfo, 1, InvalidOid, NULL, NULL);
+		fcinfo->args[0].value = job->payload;
+		fcinfo->args[0].isnull = false;
+		result = FunctionCallInvoke(fcinfo);
+		isnull = fcinfo->isnull;
+	}
 
-	if (!fcinfo->isnull && rettype == JSONBOID)
+	if (!isnull && rettype == JSONBOID)
 	{
 		outcome->result = datumCopy(result, false, -1);
 		outcome->has_result = true;
 	}
-	else if (!fcinfo->isnull && rettype == JSONOID)
+	else if (!isnull && rettype == JSONOID)
 	{
 		char	   *json = TextDatumGetCString(result);
 
