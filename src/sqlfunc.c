@@ -21,7 +21,8 @@
  *	  statement's one column has that very type, no coercion).  Volatile
  *	  functions run with a fresh snapshot and see earlier jobs' effects, the
  *	  others read-only, as fmgr_sql does; an error carries the same context
- *	  line.  Everything else goes through fmgr as before.
+ *	  line (after SPI's, which quotes the statement).  Everything else goes
+ *	  through fmgr as before.
  *
  *-------------------------------------------------------------------------
  */
