@@ -26,7 +26,6 @@
 #include "postgres.h"
 
 #include "access/genam.h"
-#include "access/heapam.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
@@ -276,7 +275,6 @@ atomizer_store_jobs(const AtomizerNewJobs *jobs, Datum *payloads, int n,
 	ResultRelInfo *rri;
 	RangeTblEntry *rte;
 	TupleTableSlot *slot;
-	BulkInsertState bistate = NULL;
 	CommandId	cid;
 	Datum		fixed[NCOLS];
 	bool		fixed_null[NCOLS];
@@ -324,8 +322,11 @@ atomizer_store_jobs(const AtomizerNewJobs *jobs, Datum *payloads, int n,
 	InitResultRelInfo(rri, rel, 1, NULL, 0);
 	slot = table_slot_create(rel, &estate->es_tupleTable);
 	cid = GetCurrentCommandId(true);
-	if (n > 1)
-		bistate = GetBulkInsertState();
+	/*
+	 * No BulkInsertState: its ring buffer would push the new pages out of
+	 * shared buffers, and workers read them right away (an INSERT does not
+	 * use one either).
+	 */
 	if (!index_plan.valid || index_plan.relid != relid)
 	{
 		fill_slot(slot, attnums, fixed, fixed_null, 0, (Datum) 0);
@@ -349,7 +350,7 @@ atomizer_store_jobs(const AtomizerNewJobs *jobs, Datum *payloads, int n,
 
 		if (rel->rd_att->constr)
 			ExecConstraints(rri, slot, estate);
-		table_tuple_insert(rel, slot, cid, 0, bistate);
+		table_tuple_insert(rel, slot, cid, 0, NULL);
 		if (index_plan.usable)
 		{
 			slot_getallattrs(slot);
@@ -374,8 +375,6 @@ atomizer_store_jobs(const AtomizerNewJobs *jobs, Datum *payloads, int n,
 		ResetPerTupleExprContext(estate);
 	}
 
-	if (bistate)
-		FreeBulkInsertState(bistate);
 	if (index_plan.usable)
 	{
 		for (int k = 0; k < index_plan.n; k++)
