@@ -257,13 +257,18 @@ atomizer_claim_jobs(const char *queue, int max_jobs, const char *owner_filter,
 		key.id = DatumGetInt64(id);
 		if (solo)
 		{
-			/* the rows before it stay waiting: they were locked, not claimed */
-			if (nids > 0)
+			/*
+			 * The other candidates, before it and after it, stay waiting:
+			 * they were locked, not claimed.
+			 */
+			if (SPI_processed > 1)
 			{
+				HeapTuple	first = SPI_tuptable->vals[i == 0 ? 1 : 0];
+
 				left = true;
-				first_left.priority = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], desc, 3, &isnull));
-				first_left.run_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0], desc, 4, &isnull));
-				first_left.id = DatumGetInt64(ids[0]);
+				first_left.priority = DatumGetInt32(SPI_getbinval(first, desc, 3, &isnull));
+				first_left.run_at = DatumGetTimestampTz(SPI_getbinval(first, desc, 4, &isnull));
+				first_left.id = DatumGetInt64(SPI_getbinval(first, desc, 1, &isnull));
 			}
 			ids[0] = id;
 			nids = 1;
