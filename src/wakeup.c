@@ -74,7 +74,11 @@ xact_callback(XactEvent event, void *arg)
 			for (int i = 0; i < npending; i++)
 				atomizer_wake_queue(MyDatabaseId, pending[i]);
 			if (pending_launcher)
+			{
+				/* a new extension: nothing of an old one's floors holds */
+				atomizer_floor_reset_db(MyDatabaseId);
 				atomizer_wake_launcher(MyDatabaseId);
+			}
 			if (pending_scheduler)
 				atomizer_wake_scheduler(MyDatabaseId);
 			for (int i = 0; i < nexternal; i++)
