@@ -408,8 +408,13 @@ atomizer_worker_main(Datum arg)
 				atomizer_wake_queue(MyDatabaseId, my_queue);	/* more to do */
 
 			MemoryContextSwitchTo(batch_cxt);
-			/* a full batch: the next one is claimed as this one commits */
-			next.want = (n == batch) ? batch : 0;
+			/*
+			 * A full batch of more than one job: the queue is busy, and the
+			 * next batch is claimed as this one commits.  (Single jobs
+			 * arriving one at a time would only pay for a claim that finds
+			 * nothing.)
+			 */
+			next.want = (n == batch && n > 1) ? batch : 0;
 			(void) run_batch(jobs, n, &succeeded, &failed, worker_id, &next);
 			jobs_in_flight = (next.n > 0);
 
