@@ -159,6 +159,8 @@ extern void atomizer_note_deadline(TimestampTz when);
 extern void atomizer_note_resume(const char *queue);
 extern void atomizer_note_waiting(const char *queue, const AtomizerClaimKey *key);
 extern void atomizer_note_job_locks(void);
+extern void atomizer_note_floor_advance(const char *queue, uint64 gen,
+										const AtomizerClaimKey *key);
 
 /* external.c */
 extern TimestampTz atomizer_expire_leases(void);
@@ -236,6 +238,8 @@ extern void atomizer_record_outcome(AtomizerJob *job,
 									AtomizerOutcome *outcome,
 									const Interval *retry_in);
 extern void atomizer_release_job(int64 id, bool solo);
+extern void atomizer_floor_check(const char *queue, const AtomizerClaimKey *floor,
+								 AtomizerClaimKey *new_floor);
 extern bool atomizer_in_worker;
 extern volatile sig_atomic_t atomizer_shutdown_pending;
 extern volatile TimestampTz atomizer_shutdown_deadline;

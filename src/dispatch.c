@@ -116,15 +116,15 @@ compare_jobs(const void *a, const void *b)
 }
 
 /*
- * floor_check
+ * atomizer_floor_check
  *		A claim that started at floor and ended in a higher priority than
  *		floor's passed the lower priorities' delayed jobs (run_at in the
  *		future) without claiming them: the new floor must stay at or below
  *		the first of them.  The range read is the one the claim just read.
  */
-static void
-floor_check(const char *queue, const AtomizerClaimKey *floor,
-			AtomizerClaimKey *new_floor)
+void
+atomizer_floor_check(const char *queue, const AtomizerClaimKey *floor,
+					 AtomizerClaimKey *new_floor)
 {
 	static SPIPlanPtr plan = NULL;
 	Oid			types[5] = {TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, INT4OID};
@@ -287,7 +287,7 @@ atomizer_claim_jobs(const char *queue, int max_jobs, const char *owner_filter,
 		atomizer_note_enqueue(queue);
 	}
 	if (new_floor && nids > 0)
-		floor_check(queue, floor, new_floor);
+		atomizer_floor_check(queue, floor, new_floor);
 
 	n = 0;
 	result = MemoryContextAllocZero(caller_cxt, sizeof(AtomizerJob) * Max(nids, 1));

@@ -22,6 +22,7 @@
 #include "postgres.h"
 
 #include "access/tupdesc.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
 #include "executor/spi.h"
@@ -194,8 +195,11 @@ atomizer_claim(PG_FUNCTION_ARGS)
 	int64		lease_ms;
 	char	   *worker;
 	AtomizerPrivState priv;
-	Datum		values[4];
+	Datum		values[7];
 	Interval   *lease;
+	AtomizerClaimKey floor;
+	AtomizerClaimKey new_floor;
+	uint64		floor_gen;
 
 	check_worker_role();
 	if (PG_ARGISNULL(0))
@@ -235,14 +239,24 @@ atomizer_claim(PG_FUNCTION_ARGS)
 	values[2] = CStringGetTextDatum(worker);
 	values[3] = IntervalPGetDatum(lease);
 
+	/*
+	 * Start at the queue's claim floor (floor.c), read before the claim's
+	 * snapshot.  Only a READ COMMITTED claim, whose statement takes its
+	 * snapshot after that read, may raise the floor (at commit); an older
+	 * snapshot may not see jobs committed since.
+	 */
+	floor_gen = atomizer_floor_get(MyDatabaseId, queue_name, &floor);
+
 	atomizer_become_owner(&priv);
 	SPI_connect();
 	{
-		Oid			types[4] = {TEXTOID, INT4OID, TEXTOID, INTERVALOID};
+		Oid			types[7] = {TEXTOID, INT4OID, TEXTOID, INTERVALOID,
+		INT4OID, TIMESTAMPTZOID, INT8OID};
 
 		atomizer_prepare(&plan,
 				"WITH c AS (SELECT id FROM atomizer.job"
 				" WHERE queue = $1 AND state = 'available' AND run_at <= now()"
+				" AND (priority, run_at, id) >= ($5, $6, $7)"
 				" AND EXISTS (SELECT 1 FROM atomizer.queue q WHERE q.name = $1"
 				"  AND NOT q.paused AND q.external)"
 				" ORDER BY priority, run_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) "
@@ -250,22 +264,47 @@ atomizer_claim(PG_FUNCTION_ARGS)
 				" attempt = j.attempt + 1, started_at = clock_timestamp(),"
 				" worker = $3, lease = $4, lease_until = clock_timestamp() + $4 "
 				"FROM c WHERE j.id = c.id "
-				"RETURNING j.id, j.handler, j.payload, j.attempt, j.lease_until",
-				4, types);
+				"RETURNING j.id, j.handler, j.payload, j.attempt, j.lease_until,"
+				" j.priority::int4 AS prio, j.run_at AS key_run_at",
+				7, types);
 	}
-	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
-		elog(ERROR, "could not claim jobs of queue \"%s\"", queue_name);
+	atomizer_note_job_locks();
+	for (int pass = 0; pass < 2; pass++)
+	{
+		values[4] = Int32GetDatum(floor.priority);
+		values[5] = TimestampTzGetDatum(floor.run_at);
+		values[6] = Int64GetDatum(floor.id);
+		if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not claim jobs of queue \"%s\"", queue_name);
+		/* nothing above the floor: now and then, look from the front */
+		if (SPI_processed > 0 || pass == 1 ||
+			!atomizer_floor_recheck(MyDatabaseId, queue_name))
+			break;
+		floor = atomizer_key_min;
+	}
+	new_floor = floor;
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		Datum		row[5];
-		bool		nulls[5];
+		Datum		row[7];
+		bool		nulls[7];
+		AtomizerClaimKey key;
 
-		for (int k = 0; k < 5; k++)
+		for (int k = 0; k < 7; k++)
 			row[k] = SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc,
 								   k + 1, &nulls[k]);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, row, nulls);
 		if (!nulls[4])
 			atomizer_note_deadline(DatumGetTimestampTz(row[4]));
+		key.priority = DatumGetInt32(row[5]);
+		key.run_at = DatumGetTimestampTz(row[6]);
+		key.id = DatumGetInt64(row[0]);
+		if (atomizer_key_cmp(&key, &new_floor) > 0)
+			new_floor = key;
+	}
+	if (SPI_processed > 0 && XactIsoLevel == XACT_READ_COMMITTED)
+	{
+		atomizer_floor_check(queue_name, &floor, &new_floor);
+		atomizer_note_floor_advance(queue_name, floor_gen, &new_floor);
 	}
 	SPI_finish();
 	atomizer_restore_caller(&priv);

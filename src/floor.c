@@ -16,10 +16,11 @@
  *	  The rule that keeps it safe: every waiting job's key is at least the
  *	  floor, except jobs locked by a claim in progress.
  *
- *	  - A worker advances the floor, after its claim commits, to the last
- *	    key it claimed, but only if no one lowered it meanwhile: each slot
- *	    has a generation that every lowering bumps, read with the floor
- *	    before the claim's snapshot is taken.
+ *	  - A worker (or an external claim() in READ COMMITTED, from its
+ *	    commit callback) advances the floor, after its claim commits, to
+ *	    the last key it claimed, but only if no one lowered it meanwhile:
+ *	    each slot has a generation that every lowering bumps, read with the
+ *	    floor before the claim's snapshot is taken.
  *	  - Every commit that makes a job wait (enqueue, retry, release, a cron
  *	    fire) lowers the floor to that job's key, or resets it, from its
  *	    commit callback (wakeup.c), so after the procarray shows the job.

@@ -49,6 +49,12 @@ static bool waiting_overflow = false;
 static char waiting[MAX_PENDING_QUEUES][NAMEDATALEN];
 static AtomizerClaimKey waiting_key[MAX_PENDING_QUEUES];
 
+/* A claim floor to raise at commit (external claims, external.c). */
+static bool advance_pending = false;
+static char advance_queue[NAMEDATALEN];
+static uint64 advance_gen;
+static AtomizerClaimKey advance_key;
+
 /* Deepest (sub)transaction level that locked waiting jobs; 0: none. */
 static int	locked_level = 0;
 
@@ -87,6 +93,10 @@ xact_callback(XactEvent event, void *arg)
 				atomizer_wake_scheduler_by(MyDatabaseId, pending_deadline);
 			for (int i = 0; i < nresumed; i++)
 				atomizer_wake_queue_all(MyDatabaseId, resumed[i]);
+			/* after the lowerings: one of ours makes the advance stand down */
+			if (advance_pending)
+				atomizer_floor_advance(MyDatabaseId, advance_queue,
+									   advance_gen, &advance_key);
 			locked_level = 0;
 			/* FALLTHROUGH */
 		case XACT_EVENT_ABORT:
@@ -101,6 +111,7 @@ xact_callback(XactEvent event, void *arg)
 			if (locked_level > 0)
 				atomizer_floor_reset_db(MyDatabaseId);
 			locked_level = 0;
+			advance_pending = false;
 			nwaiting = 0;
 			waiting_overflow = false;
 			npending = 0;
@@ -182,6 +193,32 @@ atomizer_note_waiting(const char *queue, const AtomizerClaimKey *key)
 	}
 	else
 		waiting_overflow = true;
+}
+
+/*
+ * atomizer_note_floor_advance
+ *		An external claim in this transaction may raise queue's floor to key
+ *		once it commits, if the floor's generation is still gen (read
+ *		before the claim's snapshot).  The last claim of the transaction
+ *		wins; an earlier one's floor is at most as high, so that is safe.
+ */
+void
+atomizer_note_floor_advance(const char *queue, uint64 gen,
+							const AtomizerClaimKey *key)
+{
+	if (atomizer_shared == NULL)
+		return;
+	register_callback();
+	if (advance_pending && strcmp(advance_queue, queue) != 0)
+	{
+		/* claims from two queues in one transaction: raise neither */
+		advance_gen = PG_UINT64_MAX;
+		return;
+	}
+	strlcpy(advance_queue, queue, NAMEDATALEN);
+	advance_gen = advance_pending ? Min(advance_gen, gen) : gen;
+	advance_key = *key;
+	advance_pending = true;
 }
 
 /*

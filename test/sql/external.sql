@@ -100,4 +100,41 @@ CREATE FUNCTION noop(payload jsonb) RETURNS void LANGUAGE sql AS 'SELECT';
 SELECT atomizer.enqueue('noop') AS internal_id \gset
 SELECT * FROM try(format('SELECT atomizer.complete(%s)', :internal_id));
 
+-- claims start at the queue's claim floor (floor.c), which no waiting job
+-- may be left below: each claim here follows one that raised it
+SELECT atomizer.create_queue('floors', external => true);
+SELECT count(atomizer.enqueue('f', jsonb_build_object('n', i), queue => 'floors'))
+  FROM generate_series(1, 4) i;
+SELECT payload->>'n' AS n FROM atomizer.claim('floors', 2) ORDER BY id;
+-- enqueued with a run_at a day ago: below the floor, claimed first
+SELECT atomizer.enqueue('f', '{"n": "old"}', queue => 'floors',
+						run_at => now() - interval '1 day') AS old_id \gset
+SELECT payload->>'n' AS n FROM atomizer.claim('floors', 1);
+-- a claim rolled back: its jobs wait again, below the floor others raised
+BEGIN;
+SELECT payload->>'n' AS n FROM atomizer.claim('floors', 1);
+ROLLBACK;
+SELECT payload->>'n' AS n FROM atomizer.claim('floors', 1);
+-- a claim in a savepoint rolled back, the transaction committed
+BEGIN;
+SAVEPOINT s;
+SELECT payload->>'n' AS n FROM atomizer.claim('floors', 1);
+ROLLBACK TO SAVEPOINT s;
+COMMIT;
+SELECT payload->>'n' AS n FROM atomizer.claim('floors', 1);
+-- a delayed job of an urgent priority, passed by a claim of later ones
+SELECT atomizer.enqueue('f', '{"n": "urgent"}', queue => 'floors', priority => -5,
+						run_at => clock_timestamp() + interval '1 second') AS urgent_id \gset
+SELECT count(atomizer.enqueue('f', jsonb_build_object('n', 'p5-' || i), queue => 'floors',
+								priority => 5))
+  FROM generate_series(1, 3) i;
+SELECT payload->>'n' AS n FROM atomizer.claim('floors', 2) ORDER BY id;
+SELECT pg_sleep(1.2);
+-- the urgent job first, not p5-3 above the floor the last claim left
+SELECT payload->>'n' AS n FROM atomizer.claim('floors', 1);
+SELECT payload->>'n' AS n FROM atomizer.claim('floors', 1);
+-- a failed attempt comes back (retry_in 0): claimed again
+SELECT atomizer.fail(:urgent_id, 'try again', retry_in => '0 seconds');
+SELECT payload->>'n' AS n, attempt FROM atomizer.claim('floors', 10);
+
 DROP ROLE regress_image_worker, regress_stranger;
