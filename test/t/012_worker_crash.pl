@@ -46,6 +46,13 @@ $node->safe_psql('postgres', q{
 	CREATE FUNCTION work(payload jsonb) RETURNS void LANGUAGE sql AS $$
 		INSERT INTO effects VALUES (payload->>'tag', (payload->>'n')::int)
 	$$;
+	-- the load's handler: a millisecond each, so that the immediate stop
+	-- finds the load in full swing however fast the workers are
+	CREATE FUNCTION paced(payload jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+		PERFORM pg_sleep(0.001);
+		INSERT INTO effects VALUES (payload->>'tag', (payload->>'n')::int);
+	END $$;
 	-- sleeps (to be killed) only while slow_mode says so
 	CREATE FUNCTION sleepy(payload jsonb) RETURNS void LANGUAGE plpgsql AS $$
 	BEGIN
@@ -161,7 +168,7 @@ for my $b (0 .. 9)
 {
 	my ($lo, $hi) = ($b * 1000 + 1, $b * 1000 + 1000);
 	$node->safe_psql('postgres', qq{
-		SELECT count(*) FROM atomizer.enqueue_many('work',
+		SELECT count(*) FROM atomizer.enqueue_many('paced',
 			ARRAY(SELECT jsonb_build_object('tag', 'load', 'n', g)
 				    FROM generate_series($lo, $hi) g), queue => 'load')});
 }
