@@ -25,8 +25,16 @@ OBJS = \
 	src/schedule.o \
 	src/external.o
 
-DATA = $(wildcard sql/atomizer--*.sql)
+# The version this library's SQL objects are: the control file's default.
+# sql/atomizer--$(EXTVERSION).sql, the full install script, is made from the
+# frozen 0.1.0 script and the upgrade scripts after it, so that a fresh
+# install and an updated one run the same statements.
+EXTVERSION = $(shell sed -n "s/^default_version = '\(.*\)'/\1/p" atomizer.control)
+UPGRADES = sql/atomizer--0.1.0--0.2.0.sql
+DATA_built = sql/atomizer--$(EXTVERSION).sql
+DATA = sql/atomizer--0.1.0.sql $(UPGRADES)
 PG_CFLAGS = -Wall -Werror
+PG_CPPFLAGS = -DATOMIZER_VERSION='"$(EXTVERSION)"'
 # No LLVM bitcode: it needs clang at build time and buys nothing here.
 override with_llvm = no
 
@@ -40,7 +48,7 @@ ISOLATION_OPTS = --inputdir=test --temp-instance=tmp_check_iso \
 	--temp-config=test/atomizer.conf
 
 # the atomizer command-line tool (built by the rules at the end)
-EXTRA_CLEAN = src/cli/atomizer
+EXTRA_CLEAN = src/cli/atomizer $(BUILD_STAMP)
 
 PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
@@ -53,16 +61,30 @@ all install installcheck:
 	@exit 1
 endif
 
+# Objects built for one server must not be linked for another: the stamp
+# names the server the tree was last built for, and everything depends on
+# it ("make PG_CONFIG=..." after a build for another release rebuilds all).
+BUILD_STAMP = .build-server
+ifneq ($(PGXS),)
+BUILD_FOR := $(PG_CONFIG) $(shell $(PG_CONFIG) --version)
+ifneq ($(BUILD_FOR),$(shell cat $(BUILD_STAMP) 2>/dev/null))
+$(shell echo '$(BUILD_FOR)' > $(BUILD_STAMP); rm -f $(OBJS) src/cli/atomizer)
+endif
+endif
+
 # every module includes the shared header
-$(OBJS): src/atomizer.h
+$(OBJS): src/atomizer.h src/compat.h atomizer.control $(BUILD_STAMP)
+
+sql/atomizer--$(EXTVERSION).sql: sql/atomizer--0.1.0.sql $(UPGRADES)
+	cat $^ > $@
 
 .PHONY: deps test demo bench
 
 deps:
-	bash test/deps.sh
+	PG_CONFIG='$(PG_CONFIG)' bash test/deps.sh
 
 test: deps
-	bash test/run
+	PG_CONFIG='$(PG_CONFIG)' bash test/run
 
 demo: deps
 	bash demo/demo.sh
@@ -80,7 +102,7 @@ all: src/cli/atomizer
 
 CLI_SRCS = $(sort $(wildcard src/cli/*.c))
 
-src/cli/atomizer: $(CLI_SRCS) src/cli/cli.h
+src/cli/atomizer: $(CLI_SRCS) src/cli/cli.h $(BUILD_STAMP)
 	$(CC) $(CFLAGS) -Wall -Werror -I$(CLI_INCLUDEDIR) -o $@ $(CLI_SRCS) \
 		-L$(CLI_LIBDIR) -lpq
 

@@ -24,6 +24,8 @@
 #include "port/atomics.h"
 #include "utils/jsonb.h"
 
+#include "compat.h"
+
 #define ATOMIZER_SCHEMA			"atomizer"
 #define ATOMIZER_ADMIN_ROLE		"atomizer_admin"
 #define ATOMIZER_QUEUE_NAME_MAX	48

@@ -56,6 +56,7 @@
 #include "utils/datetime.h"
 #include "utils/timestamp.h"
 
+#include "compat.h"
 #include "cron.h"
 
 PG_FUNCTION_INFO_V1(atomizer_cron_next_sql);

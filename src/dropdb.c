@@ -85,7 +85,7 @@ atomizer_process_utility(PlannedStmt *pstmt, const char *queryString,
 		Oid			dboid = get_database_oid(((DropdbStmt *) parsetree)->dbname, true);
 
 		/* only for whoever may drop it: others must not stop our workers */
-		if (OidIsValid(dboid) && pg_database_ownercheck(dboid, GetUserId()) &&
+		if (OidIsValid(dboid) && object_ownercheck(DatabaseRelationId, dboid, GetUserId()) &&
 			stop_database_processes(dboid, true))
 		{
 			for (int waited = 0; waited < DROP_WAIT_MS; waited += 50)

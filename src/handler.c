@@ -52,7 +52,7 @@ lookup_checked(const char *handler, Oid roleid, char **qualified)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("handler must not be empty")));
 
-	names = stringToQualifiedNameList(handler);
+	names = atomizer_qualified_name_list(handler);
 	fnoid = LookupFuncName(names, 1, argtypes, true);
 	if (!OidIsValid(fnoid))
 	{
@@ -106,7 +106,7 @@ lookup_checked(const char *handler, Oid roleid, char **qualified)
 												NameStr(proc->proname));
 	ReleaseSysCache(tuple);
 
-	aclresult = pg_proc_aclcheck(fnoid, roleid, ACL_EXECUTE);
+	aclresult = object_aclcheck(ProcedureRelationId, fnoid, roleid, ACL_EXECUTE);
 	if (aclresult != ACLCHECK_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),

@@ -25,7 +25,12 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "access/xact.h"
+#include "catalog/indexing.h"
+#include "catalog/pg_extension.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
@@ -40,6 +45,8 @@
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/rel.h"
 #include "nodes/value.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
@@ -664,13 +671,49 @@ scheduler_detach(int code, Datum arg)
 }
 
 /*
- * has_extension
- *		Whether this database has the extension (in a transaction).
+ * installed_version
+ *		The version of the atomizer extension installed in this database, or
+ *		NULL when it is not installed (in a transaction).
+ */
+static char *
+installed_version(void)
+{
+	Relation	rel;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tuple;
+	char	   *version = NULL;
+
+	rel = table_open(ExtensionRelationId, AccessShareLock);
+	ScanKeyInit(&key, Anum_pg_extension_extname, BTEqualStrategyNumber,
+				F_NAMEEQ, CStringGetDatum("atomizer"));
+	scan = systable_beginscan(rel, ExtensionNameIndexId, true, NULL, 1, &key);
+	tuple = systable_getnext(scan);
+	if (HeapTupleIsValid(tuple))
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tuple, Anum_pg_extension_extversion,
+									 RelationGetDescr(rel), &isnull);
+
+		if (!isnull)
+			version = TextDatumGetCString(d);
+	}
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	return version;
+}
+
+/*
+ * schema_matches
+ *		Whether the extension's SQL objects in this database are those of the
+ *		version this library was built for.  A server restarted on a newer
+ *		library keeps the old objects until ALTER EXTENSION atomizer UPDATE
+ *		runs; until then the scheduler leaves the database alone.
  */
 static bool
-has_extension(void)
+schema_matches(const char *version)
 {
-	return OidIsValid(get_extension_oid("atomizer", true));
+	return version != NULL && strcmp(version, ATOMIZER_VERSION) == 0;
 }
 
 /*
@@ -683,6 +726,7 @@ atomizer_scheduler_main(Datum arg)
 	Oid			dboid = DatumGetObjectId(arg);
 	AtomizerDbSlot *db;
 	bool		present;
+	char	   *version;
 	char	   *dbname;
 	TimestampTz last_orphan_scan = 0;
 	bool		orphans_again = false;
@@ -699,7 +743,10 @@ atomizer_scheduler_main(Datum arg)
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
-	present = has_extension();
+	version = installed_version();
+	if (version != NULL)
+		version = MemoryContextStrdup(TopMemoryContext, version);
+	present = schema_matches(version);
 	dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
 	CommitTransactionCommand();
 
@@ -717,11 +764,17 @@ atomizer_scheduler_main(Datum arg)
 		db->no_extension = true;
 		db->logged_no_extension = true;
 		LWLockRelease(atomizer_shared->lock);
-		if (log_it)
+		if (log_it && version == NULL)
 			ereport(LOG,
 					(errmsg("atomizer: database \"%s\" does not have the extension, skipping it",
 							dbname),
 					 errhint("Run CREATE EXTENSION atomizer there, or leave it out of atomizer.databases.")));
+		else if (log_it)
+			ereport(LOG,
+					(errmsg("atomizer: database \"%s\" has version %s of the extension, but the server runs version %s; no jobs run there until it is updated",
+							dbname, version, ATOMIZER_VERSION),
+					 errhint("Run ALTER EXTENSION atomizer UPDATE in database \"%s\".",
+							 dbname)));
 		proc_exit(0);
 	}
 	db->no_extension = false;
@@ -758,14 +811,16 @@ atomizer_scheduler_main(Datum arg)
 		StartTransactionCommand();
 		MemoryContextSwitchTo(pass_cxt);
 		PushActiveSnapshot(GetTransactionSnapshot());
-		if (!has_extension())
+		version = installed_version();
+		if (!schema_matches(version))
 		{
 			PopActiveSnapshot();
 			CommitTransactionCommand();
-			ereport(LOG,
-					(errmsg("atomizer: extension dropped in database \"%s\", scheduler exiting",
-							dbname)));
-			proc_exit(0);
+			if (version == NULL)
+				ereport(LOG,
+						(errmsg("atomizer: extension dropped in database \"%s\", scheduler exiting",
+								dbname)));
+			proc_exit(0);		/* the next scheduler says why */
 		}
 		pgstat_report_activity(STATE_RUNNING, "atomizer scheduler pass");
 

@@ -317,7 +317,7 @@ atomizer_store_jobs(const AtomizerNewJobs *jobs, Datum *payloads, int n,
 	rte->relid = relid;
 	rte->relkind = rel->rd_rel->relkind;
 	rte->rellockmode = RowExclusiveLock;
-	ExecInitRangeTable(estate, list_make1(rte));
+	atomizer_init_range_table(estate, rte);
 	rri = makeNode(ResultRelInfo);
 	InitResultRelInfo(rri, rel, 1, NULL, 0);
 	slot = table_slot_create(rel, &estate->es_tupleTable);
@@ -370,8 +370,7 @@ atomizer_store_jobs(const AtomizerNewJobs *jobs, Datum *payloads, int n,
 			}
 		}
 		else if (rri->ri_NumIndices > 0)
-			(void) ExecInsertIndexTuples(rri, slot, estate, false, false,
-										 NULL, NIL);
+			(void) atomizer_insert_index_tuples(rri, slot, estate);
 		ResetPerTupleExprContext(estate);
 	}
 

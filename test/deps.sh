@@ -1,7 +1,12 @@
 #!/bin/bash
 # test/deps.sh: make sure everything needed to build and test atomizer is
 # installed (PostgreSQL 15 server and headers, pg_regress, pgTAP, the perl
-# TAP modules, psycopg2, make, gcc).
+# TAP modules, psycopg2, make, gcc, and bison and flex for building other
+# PostgreSQL releases from source with test/build-pg.sh).
+#
+# With PG_CONFIG naming another server (e.g. PostgreSQL 18 built by
+# test/build-pg.sh), also check that it has what the suites need, and give it
+# pgTAP: pgTAP is plain SQL, so Debian's files for 15 serve any release.
 #
 # Idempotent: when everything is already there it prints one line and exits
 # at once, without touching apt.  Otherwise it installs the missing pieces
@@ -12,7 +17,7 @@ set -euo pipefail
 PGBIN=/usr/lib/postgresql/15/bin
 PGXS_SRC=/usr/lib/postgresql/15/lib/pgxs/src
 PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap
-libipc-run-perl python3-psycopg2 make gcc"
+libipc-run-perl python3-psycopg2 make gcc bison flex"
 
 # Print one line per missing piece (nothing when all is present).
 missing() {
@@ -29,6 +34,8 @@ missing() {
 	done
 	command -v make >/dev/null 2>&1 || echo "command make"
 	command -v gcc >/dev/null 2>&1 || echo "command gcc"
+	command -v bison >/dev/null 2>&1 || echo "command bison"
+	command -v flex >/dev/null 2>&1 || echo "command flex"
 	[ -x /usr/bin/prove ] || echo "command /usr/bin/prove"
 	# The system interpreters, not whatever pyenv/perlbrew puts first in PATH:
 	# the Debian packages install their modules for these.
@@ -47,10 +54,38 @@ missing() {
 	fi
 }
 
+# The other server named by PG_CONFIG, if any: what a source build must
+# have installed (test/build-pg.sh does), and pgTAP.
+other_server() {
+	local pgc=${PG_CONFIG:-} pgxs share f
+	[ -n "$pgc" ] && [ "$pgc" != "$PGBIN/pg_config" ] || return 0
+	if [ ! -x "$pgc" ]; then
+		echo "deps: error: PG_CONFIG=$pgc is not an executable pg_config" >&2
+		return 1
+	fi
+	pgxs=$(dirname "$(dirname "$("$pgc" --pgxs)")")
+	for f in "$pgxs/test/regress/pg_regress" \
+		"$pgxs/test/isolation/pg_isolation_regress" \
+		"$pgxs/test/isolation/isolationtester" \
+		"$pgxs/test/perl/PostgreSQL/Test/Cluster.pm" \
+		"$("$pgc" --pkglibdir)/amcheck.so"; do
+		if [ ! -e "$f" ]; then
+			echo "deps: error: $pgc's server lacks $f (build it with test/build-pg.sh)" >&2
+			return 1
+		fi
+	done
+	share=$("$pgc" --sharedir)/extension
+	if [ ! -e "$share/pgtap.control" ]; then
+		cp /usr/share/postgresql/15/extension/pgtap* "$share/" || return 1
+		echo "deps: installed pgTAP's SQL files into $share"
+	fi
+}
+
 need=$(missing)
 if [ -z "$need" ]; then
 	echo "deps: all build and test dependencies are installed"
-	exit 0
+	other_server
+	exit
 fi
 
 echo "deps: missing:"
@@ -77,3 +112,4 @@ if [ -n "$need" ]; then
 	exit 1
 fi
 echo "deps: all build and test dependencies are installed"
+other_server
