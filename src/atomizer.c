@@ -35,6 +35,13 @@ _PG_init(void)
 	/* shared memory and the launcher need shared_preload_libraries */
 	if (!process_shared_preload_libraries_in_progress)
 		return;
+
+	/*
+	 * pg_upgrade starts both servers in binary-upgrade mode: no job may run
+	 * and no scheduler may connect while it moves the databases.
+	 */
+	if (IsBinaryUpgrade)
+		return;
 	atomizer_shmem_init();
 	atomizer_launcher_register();
 	atomizer_dropdb_init();

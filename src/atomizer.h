@@ -73,8 +73,11 @@ typedef struct AtomizerDbSlot
 	Oid			dboid;
 	pid_t		scheduler_pid;
 	Latch	   *scheduler_latch;
-	bool		no_extension;	/* the scheduler found no extension */
-	bool		logged_no_extension;
+	bool		no_extension;	/* the scheduler found no extension, or
+								 * one of another version */
+	char		logged_version[NAMEDATALEN];	/* what the log last said was
+												 * installed: "" nothing said,
+												 * "-" no extension */
 	TimestampTz retry_after;	/* launcher: start no scheduler before */
 	pg_atomic_uint32 orphans_pending;	/* a worker died with jobs */
 	TimestampTz last_worker_failure;	/* a worker exited on an error */

@@ -9,6 +9,7 @@
  */
 #include "postgres.h"
 
+#include "miscadmin.h"
 #include "utils/guc.h"
 
 #include "atomizer.h"
@@ -72,14 +73,21 @@ atomizer_guc_init(void)
 							   GUC_LIST_INPUT,
 							   NULL, NULL, NULL);
 
-	DefineCustomIntVariable("atomizer.max_workers",
-							"Maximum number of atomizer worker processes, over all databases.",
-							"Each also needs a slot of max_worker_processes.",
-							&atomizer_max_workers,
-							8, 1, 1024,
-							PGC_POSTMASTER,
-							0,
-							NULL, NULL, NULL);
+	/*
+	 * A PGC_POSTMASTER setting can only be defined while the postmaster
+	 * loads the library; loaded later (CREATE EXTENSION or LOAD without
+	 * shared_preload_libraries), defining it would be a FATAL error, and it
+	 * would mean nothing: there are no background workers then.
+	 */
+	if (process_shared_preload_libraries_in_progress)
+		DefineCustomIntVariable("atomizer.max_workers",
+								"Maximum number of atomizer worker processes, over all databases.",
+								"Each also needs a slot of max_worker_processes.",
+								&atomizer_max_workers,
+								8, 1, 1024,
+								PGC_POSTMASTER,
+								0,
+								NULL, NULL, NULL);
 
 	DefineCustomIntVariable("atomizer.shutdown_timeout",
 							"Time a stopping worker gives its running job to finish.",

@@ -759,10 +759,11 @@ atomizer_scheduler_main(Datum arg)
 	}
 	if (!present)
 	{
-		bool		log_it = !db->logged_no_extension;
+		const char *seen = version != NULL ? version : "-";
+		bool		log_it = strcmp(db->logged_version, seen) != 0;
 
 		db->no_extension = true;
-		db->logged_no_extension = true;
+		strlcpy(db->logged_version, seen, NAMEDATALEN);
 		LWLockRelease(atomizer_shared->lock);
 		if (log_it && version == NULL)
 			ereport(LOG,
@@ -778,7 +779,7 @@ atomizer_scheduler_main(Datum arg)
 		proc_exit(0);
 	}
 	db->no_extension = false;
-	db->logged_no_extension = false;
+	db->logged_version[0] = '\0';
 	db->scheduler_pid = MyProcPid;
 	db->scheduler_latch = MyLatch;
 	LWLockRelease(atomizer_shared->lock);

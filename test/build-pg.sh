@@ -1,6 +1,6 @@
 #!/bin/bash
 # test/build-pg.sh VERSION: build PostgreSQL VERSION from the source tarball
-# in ../shared/vendor (or $PG_TARBALL) into a cache directory outside the
+# in ../shared/vendor beside the clone (or $PG_TARBALL) into a cache directory outside the
 # clone, /var/cache/atomizer/pgVERSION (or $PG_CACHE_DIR), together with what
 # the test suites need from a source tree: pg_regress, the isolation tester,
 # the perl TAP modules and the contrib modules the tests load (amcheck).
@@ -13,7 +13,13 @@ set -euo pipefail
 
 VERSION=${1:?usage: test/build-pg.sh VERSION (e.g. 18.6)}
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TARBALL=${PG_TARBALL:-$ROOT/../shared/vendor/postgresql-$VERSION.tar.bz2}
+TARBALL=${PG_TARBALL:-}
+if [ -z "$TARBALL" ]; then
+	for dir in "$ROOT/../shared/vendor" /work/shared/vendor; do
+		TARBALL=$dir/postgresql-$VERSION.tar.bz2
+		[ -r "$TARBALL" ] && break
+	done
+fi
 PREFIX=${PG_CACHE_DIR:-/var/cache/atomizer}/pg$VERSION
 STAMP=$PREFIX/.atomizer-complete
 
