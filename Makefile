@@ -72,6 +72,9 @@ $(shell echo '$(BUILD_FOR)' > $(BUILD_STAMP); rm -f $(OBJS) src/cli/atomizer)
 endif
 endif
 
+$(BUILD_STAMP):
+	echo '$(BUILD_FOR)' > $@
+
 # every module includes the shared header
 $(OBJS): src/atomizer.h src/compat.h atomizer.control $(BUILD_STAMP)
 
