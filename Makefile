@@ -81,7 +81,7 @@ $(OBJS): src/atomizer.h src/compat.h atomizer.control $(BUILD_STAMP)
 sql/atomizer--$(EXTVERSION).sql: sql/atomizer--0.1.0.sql $(UPGRADES)
 	cat $^ > $@
 
-.PHONY: deps test demo bench
+.PHONY: deps test demo bench deb
 
 deps:
 	PG_CONFIG='$(PG_CONFIG)' bash test/deps.sh
@@ -94,6 +94,12 @@ demo: deps
 
 bench: deps
 	bash bench/run
+
+# Debian packages (postgresql-NN-atomizer) for every PostgreSQL whose
+# postgresql-server-dev-NN is installed, built the Debian way (debian/,
+# pg_buildext) in a copy of the tree; the .deb files land in dist/.
+deb:
+	bash test/build-deb.sh dist
 
 # The atomizer command-line tool (src/cli/), a libpq client: built by "all",
 # installed into pg_config --bindir by "install".
