@@ -34,7 +34,9 @@ UPGRADES = sql/atomizer--0.1.0--0.2.0.sql
 DATA_built = sql/atomizer--$(EXTVERSION).sql
 DATA = sql/atomizer--0.1.0.sql $(UPGRADES)
 PG_CFLAGS = -Wall -Werror
-PG_CPPFLAGS = -DATOMIZER_VERSION='"$(EXTVERSION)"'
+PG_CPPFLAGS = -DATOMIZER_VERSION='"$(EXTVERSION)"' $(ATOMIZER_CPPFLAGS)
+# ATOMIZER_CPPFLAGS: developers' switches, e.g. -DATOMIZER_NO_SQLFUNC (SQL
+# handlers through fmgr only, to measure src/sqlfunc.c against it).
 # No LLVM bitcode: it needs clang at build time and buys nothing here.
 override with_llvm = no
 
@@ -66,7 +68,7 @@ endif
 # it ("make PG_CONFIG=..." after a build for another release rebuilds all).
 BUILD_STAMP = .build-server
 ifneq ($(PGXS),)
-BUILD_FOR := $(PG_CONFIG) $(shell $(PG_CONFIG) --version)
+BUILD_FOR := $(PG_CONFIG) $(shell $(PG_CONFIG) --version) $(ATOMIZER_CPPFLAGS)
 ifneq ($(BUILD_FOR),$(shell cat $(BUILD_STAMP) 2>/dev/null))
 $(shell echo '$(BUILD_FOR)' > $(BUILD_STAMP); rm -f $(OBJS) src/cli/atomizer)
 endif
@@ -93,7 +95,7 @@ demo: deps
 	bash demo/demo.sh
 
 bench: deps
-	bash bench/run
+	PG_CONFIG='$(PG_CONFIG)' bash bench/run
 
 # Debian packages (postgresql-NN-atomizer) for every PostgreSQL whose
 # postgresql-server-dev-NN is installed, built the Debian way (debian/,

@@ -1,12 +1,14 @@
 # bench/lib.sh: sourced by bench/run and bench/workers.sh.  Builds and
-# installs the extension, starts a throwaway durable PostgreSQL 15 cluster as
+# installs the extension, starts a throwaway durable PostgreSQL cluster (15,
+# or the server of PG_CONFIG) as
 # user postgres (socket in a mktemp directory, no TCP, removed on exit),
 # creates database "bench" and loads bench/setup.sql into it.
 # Sets ROOT BENCH PGBIN PY DIR PORT PSQL START; defines as_pg.
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BENCH=$ROOT/bench
-PGBIN=/usr/lib/postgresql/15/bin
+# PG_CONFIG=/path/to/pg_config benchmarks another server (default: 15)
+PGBIN=$(dirname "${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}")
 PY=/usr/bin/python3                # the one with psycopg2
 START=$(date +%s)
 
@@ -16,8 +18,8 @@ bench_build() {
 	echo "== build and install"
 	# what was built (src/ may change while the benchmark runs)
 	BUILT="commit $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- src sql 2>/dev/null || echo ' + uncommitted changes in src/ or sql/')"
-	make -C "$ROOT" -s PG_CONFIG="$PGBIN/pg_config"
-	make -C "$ROOT" -s PG_CONFIG="$PGBIN/pg_config" install
+	make -C "$ROOT" -s PG_CONFIG="$PGBIN/pg_config" ATOMIZER_CPPFLAGS="${ATOMIZER_CPPFLAGS:-}"
+	make -C "$ROOT" -s PG_CONFIG="$PGBIN/pg_config" ATOMIZER_CPPFLAGS="${ATOMIZER_CPPFLAGS:-}" install
 }
 
 bench_cleanup() {

@@ -173,6 +173,9 @@ atomizer_call_sql_handler(Oid fnoid, Datum payload, Datum *result, bool *isnull)
 
 	*result = (Datum) 0;
 	*isnull = true;
+#ifdef ATOMIZER_NO_SQLFUNC
+	return false;				/* measuring fmgr's own SQL functions */
+#endif
 	if (cache_cxt == NULL)
 		cache_cxt = AllocSetContextCreate(TopMemoryContext,
 										  "atomizer SQL handlers",
