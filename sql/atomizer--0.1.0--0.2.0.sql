@@ -8,6 +8,85 @@
 \echo Use "ALTER EXTENSION atomizer UPDATE TO '0.2.0'" to load this file. \quit
 
 /*
+ * Queue settings whose times cannot be represented are refused: a backoff
+ * or a retention of more than 1000 years (the longest delay atomizer
+ * schedules), a timeout longer than a statement timeout can be (an int of
+ * milliseconds).  0.1.0 accepted them and then failed every retry.
+ */
+CREATE OR REPLACE FUNCTION atomizer._check_queue_settings(
+	concurrency integer, max_attempts integer, backoff_base interval,
+	backoff_cap interval, backoff_jitter double precision, timeout interval,
+	retention interval)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	longest constant interval := interval '1000 years';
+	longest_timeout constant interval := interval '24 days 20:31:23.647';
+	-- the messages name them as the C functions do
+BEGIN
+	IF concurrency IS NOT NULL AND concurrency <= 0 THEN
+		RAISE EXCEPTION 'concurrency must be positive'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given was %s.', concurrency);
+	END IF;
+	IF max_attempts IS NOT NULL AND max_attempts <= 0 THEN
+		RAISE EXCEPTION 'max_attempts must be positive'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given was %s.', max_attempts);
+	END IF;
+	IF backoff_base IS NOT NULL AND backoff_base <= interval '0' THEN
+		RAISE EXCEPTION 'backoff_base must be positive'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF backoff_base IS NOT NULL AND backoff_base > longest THEN
+		RAISE EXCEPTION 'backoff_base must be at most 1000 years'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given was %s.', backoff_base);
+	END IF;
+	IF backoff_cap IS NOT NULL AND backoff_cap <= interval '0' THEN
+		RAISE EXCEPTION 'backoff_cap must be positive'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF backoff_cap IS NOT NULL AND backoff_cap > longest THEN
+		RAISE EXCEPTION 'backoff_cap must be at most 1000 years'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given was %s.', backoff_cap);
+	END IF;
+	IF backoff_jitter IS NOT NULL
+	   AND (backoff_jitter < 0 OR backoff_jitter > 1 OR backoff_jitter = 'NaN') THEN
+		RAISE EXCEPTION 'backoff_jitter must be between 0 and 1'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given was %s.', backoff_jitter);
+	END IF;
+	IF timeout IS NOT NULL AND timeout < interval '0' THEN
+		RAISE EXCEPTION 'timeout must not be negative'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Use interval ''0'' for no timeout.';
+	END IF;
+	IF timeout IS NOT NULL AND timeout > longest_timeout THEN
+		RAISE EXCEPTION 'timeout must be at most 24 days 20:31:23.647'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given was %s.', timeout),
+				  HINT = 'Use interval ''0'' for no timeout.';
+	END IF;
+	IF retention IS NOT NULL AND retention < interval '0' THEN
+		RAISE EXCEPTION 'retention must not be negative'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF retention IS NOT NULL AND retention > longest THEN
+		RAISE EXCEPTION 'retention must be at most 1000 years'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given was %s.', retention);
+	END IF;
+END
+$$;
+
+/* Only the install and upgrade scripts call it. */
+REVOKE ALL ON FUNCTION atomizer._extension_created() FROM PUBLIC;
+
+/*
  * Last: the schedulers of a server running the 0.2.0 library leave a
  * database with the 0.1.0 objects alone; wake the launcher at commit so that
  * this database's scheduler starts at once.

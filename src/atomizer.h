@@ -32,6 +32,19 @@
 #define ATOMIZER_PRIORITY_MIN	(-32768)
 #define ATOMIZER_PRIORITY_MAX	32767
 
+/*
+ * The longest delay atomizer schedules (a retry's backoff, retry_in, a
+ * lease): interval '1000 years' (12,000 months of 30 days, as intervals
+ * compare), in seconds and in milliseconds.  Longer
+ * settings are refused; a backoff that would grow past its cap saturates.
+ */
+#define ATOMIZER_MAX_DELAY_SECS	INT64CONST(31104000000)
+#define ATOMIZER_MAX_DELAY_MS	(ATOMIZER_MAX_DELAY_SECS * 1000)
+#define ATOMIZER_MAX_DELAY_TEXT	"1000 years"	/* also an interval literal */
+/* A job's timeout becomes a statement timeout: an int of milliseconds. */
+#define ATOMIZER_MAX_TIMEOUT_MS	INT64CONST(2147483647)
+#define ATOMIZER_MAX_TIMEOUT_TEXT "24 days 20:31:23.647"
+
 /* guc.c */
 extern int	atomizer_batch_size;
 extern bool atomizer_enabled;
@@ -278,6 +291,8 @@ extern struct _SPI_plan *atomizer_prepare(struct _SPI_plan **cache,
 										  const char *sql, int nargs,
 										  Oid *argtypes);
 extern int64 atomizer_interval_ms(const Interval *iv);
+extern void atomizer_check_interval(const Interval *iv, const char *name,
+									bool allow_zero, int64 max_ms);
 extern void atomizer_check_payload(Jsonb *payload, int index);
 extern void atomizer_check_job_settings(FunctionCallInfo fcinfo, int priority_arg,
 										int max_attempts_arg, int timeout_arg);

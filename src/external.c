@@ -172,11 +172,9 @@ lease_ms_arg(FunctionCallInfo fcinfo, int argno, int64 dflt)
 
 	if (PG_ARGISNULL(argno))
 		return dflt;
+	atomizer_check_interval(PG_GETARG_INTERVAL_P(argno), "lease", false,
+							ATOMIZER_MAX_DELAY_MS);
 	ms = atomizer_interval_ms(PG_GETARG_INTERVAL_P(argno));
-	if (ms <= 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("lease must be positive")));
 	return ms;
 }
 
@@ -405,10 +403,8 @@ atomizer_fail(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(2))
 	{
 		retry_in = PG_GETARG_INTERVAL_P(2);
-		if (atomizer_interval_ms(retry_in) < 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("retry_in must not be negative")));
+		atomizer_check_interval(retry_in, "retry_in", true,
+								ATOMIZER_MAX_DELAY_MS);
 	}
 
 	memset(&outcome, 0, sizeof(outcome));

@@ -15,6 +15,7 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "common/int.h"
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "funcapi.h"
@@ -68,8 +69,20 @@ int64
 atomizer_interval_ms(const Interval *iv)
 {
 	int64		days = (int64) iv->month * DAYS_PER_MONTH + iv->day;
+	int64		usecs;
 
-	return (days * USECS_PER_DAY + iv->time) / 1000;
+#ifdef INTERVAL_NOT_FINITE
+	/* 17 has infinite intervals */
+	if (INTERVAL_IS_NOBEGIN(iv))
+		return PG_INT64_MIN;
+	if (INTERVAL_IS_NOEND(iv))
+		return PG_INT64_MAX;
+#endif
+	/* saturate instead of wrapping around (interval's range is wider) */
+	if (pg_mul_s64_overflow(days, USECS_PER_DAY, &usecs) ||
+		pg_add_s64_overflow(usecs, iv->time, &usecs))
+		return days < 0 ? PG_INT64_MIN : PG_INT64_MAX;
+	return usecs / 1000;
 }
 
 /*
@@ -107,19 +120,42 @@ atomizer_check_payload(Jsonb *payload, int index)
 }
 
 /*
- * check_positive_interval
- *		ERROR unless iv is greater than zero.
+ * atomizer_check_interval
+ *		ERROR unless iv is greater than zero (or, with allow_zero, not
+ *		negative) and at most max_ms milliseconds, ATOMIZER_MAX_TIMEOUT_MS
+ *		or ATOMIZER_MAX_DELAY_MS; the error names the limit.
  */
-static void
-check_positive_interval(Interval *iv, const char *name)
+void
+atomizer_check_interval(const Interval *iv, const char *name, bool allow_zero,
+						int64 max_ms)
 {
-	if (atomizer_interval_ms(iv) <= 0)
+	int64		ms = atomizer_interval_ms(iv);
+	char	   *given = DatumGetCString(DirectFunctionCall1(interval_out,
+															IntervalPGetDatum(iv)));
+
+	if (ms < 0 || (ms == 0 && !allow_zero))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("%s must be positive", name),
-				 errdetail("The value given was %s.",
-						   DatumGetCString(DirectFunctionCall1(interval_out,
-															   IntervalPGetDatum(iv))))));
+				 errmsg(allow_zero ? "%s must not be negative" : "%s must be positive",
+						name),
+				 errdetail("The value given was %s.", given)));
+	if (ms > max_ms)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("%s must be at most %s", name,
+						max_ms == ATOMIZER_MAX_TIMEOUT_MS ? ATOMIZER_MAX_TIMEOUT_TEXT :
+						ATOMIZER_MAX_DELAY_TEXT),
+				 errdetail("The value given was %s.", given)));
+}
+
+/*
+ * check_positive_interval
+ *		ERROR unless iv is greater than zero (and at most max_ms).
+ */
+static void
+check_positive_interval(Interval *iv, const char *name, int64 max_ms)
+{
+	atomizer_check_interval(iv, name, false, max_ms);
 }
 
 /*
@@ -149,7 +185,8 @@ atomizer_check_job_settings(FunctionCallInfo fcinfo, int priority_arg,
 				 errdetail("The value given was %d.", PG_GETARG_INT32(max_attempts_arg)),
 				 errhint("Pass NULL to use the queue's max_attempts.")));
 	if (!PG_ARGISNULL(timeout_arg))
-		check_positive_interval(PG_GETARG_INTERVAL_P(timeout_arg), "timeout");
+		check_positive_interval(PG_GETARG_INTERVAL_P(timeout_arg), "timeout",
+								ATOMIZER_MAX_TIMEOUT_MS);
 }
 
 /*
@@ -786,10 +823,8 @@ atomizer_purge(PG_FUNCTION_ARGS)
 
 	if (!PG_ARGISNULL(0))
 	{
-		if (atomizer_interval_ms(PG_GETARG_INTERVAL_P(0)) < 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("older_than must not be negative")));
+		atomizer_check_interval(PG_GETARG_INTERVAL_P(0), "older_than", true,
+								ATOMIZER_MAX_DELAY_MS);
 		values[0] = PG_GETARG_DATUM(0);
 	}
 	else

@@ -118,6 +118,8 @@ atomizer_database_listed(const char *dbname)
 
 	if (!SplitIdentifierString(raw, ',', &names))
 	{
+		list_free(names);
+		pfree(raw);
 		ereport(LOG,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid list syntax in parameter \"atomizer.databases\"")));
@@ -133,6 +135,9 @@ atomizer_database_listed(const char *dbname)
 			break;
 		}
 	}
+	/* called once per pass of long-lived loops: leave nothing behind */
+	list_free(names);
+	pfree(raw);
 	return listed;
 }
 

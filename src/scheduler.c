@@ -797,6 +797,9 @@ atomizer_scheduler_main(Datum arg)
 		TimestampTz now;
 
 		CHECK_FOR_INTERRUPTS();
+		/* the pass's memory, outside its transaction too */
+		MemoryContextSwitchTo(pass_cxt);
+		MemoryContextReset(pass_cxt);
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
@@ -859,8 +862,10 @@ atomizer_scheduler_main(Datum arg)
 
 		PopActiveSnapshot();
 		CommitTransactionCommand();
+		MemoryContextSwitchTo(pass_cxt);
+		/* table statistics (pruning deletes, fired jobs) for autovacuum */
+		pgstat_report_stat(true);
 		pgstat_report_activity(STATE_IDLE, NULL);
-		MemoryContextReset(pass_cxt);
 
 		/* a dying worker still held some of its rows: look again soon */
 		if (orphans_again && orphan_retries++ < 100)

@@ -154,6 +154,13 @@ next_due_ms(void)
 }
 
 /*
+ * The worker's per-pass memory: reset at the top of every pass of its loop
+ * and current between transactions, so that nothing allocated outside a
+ * transaction accumulates in TopMemoryContext.
+ */
+static MemoryContext loop_cxt = NULL;
+
+/*
  * A claim made in the transaction that records a batch's outcomes: the
  * next batch, when the last one was full.  One commit (one WAL flush) per
  * batch instead of two; the claim is as durable as before, since it
@@ -277,6 +284,9 @@ run_batch(AtomizerJob *jobs, int n, int64 *succeeded, int64 *failed,
 	}
 
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(loop_cxt);
+	/* table statistics for autovacuum: at most once a second (pgstat.c) */
+	pgstat_report_stat(false);
 	if (next->n > 0)
 		atomizer_floor_advance(MyDatabaseId, my_queue, next->floor_gen,
 							   &next->new_floor);
@@ -341,6 +351,8 @@ atomizer_worker_main(Datum arg)
 	snprintf(appname, sizeof(appname), "atomizer worker %s", my_queue);
 	pgstat_report_appname(appname);
 
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "atomizer worker pass",
+									 ALLOCSET_SMALL_SIZES);
 	batch_cxt = AllocSetContextCreate(TopMemoryContext, "atomizer worker batch",
 									  ALLOCSET_DEFAULT_SIZES);
 	memset(&next, 0, sizeof(next));
@@ -359,6 +371,9 @@ atomizer_worker_main(Datum arg)
 		uint64		floor_gen;
 
 		CHECK_FOR_INTERRUPTS();
+		/* whatever a pass allocates outside a transaction goes here */
+		MemoryContextSwitchTo(loop_cxt);
+		MemoryContextReset(loop_cxt);
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
@@ -392,6 +407,8 @@ atomizer_worker_main(Datum arg)
 			MemoryContextSwitchTo(batch_cxt);
 			n = claim(batch, worker_id, &jobs, &new_floor, &floor_gen);
 			CommitTransactionCommand();
+			MemoryContextSwitchTo(loop_cxt);
+			pgstat_report_stat(false);
 			if (n > 0)
 				atomizer_floor_advance(MyDatabaseId, my_queue, floor_gen,
 									   &new_floor);
@@ -472,6 +489,7 @@ atomizer_worker_main(Datum arg)
 			}
 			PopActiveSnapshot();
 			CommitTransactionCommand();
+			MemoryContextSwitchTo(loop_cxt);
 			if (!exists)
 				break;			/* the queue was dropped */
 			if (due_ms == 0 && missed == 0)
@@ -493,6 +511,9 @@ atomizer_worker_main(Datum arg)
 			if (due_ms > 0)
 				sleep_ms = Min(sleep_ms, due_ms);
 
+			/* about to sleep: flush what the last batches did */
+			if (due_ms != 0)
+				pgstat_report_stat(true);
 			rc = WaitLatch(MyLatch,
 						   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						   sleep_ms, PG_WAIT_EXTENSION);
