@@ -130,9 +130,12 @@ atomizer_check_interval(const Interval *iv, const char *name, bool allow_zero,
 						int64 max_ms)
 {
 	int64		ms = atomizer_interval_ms(iv);
-	char	   *given = DatumGetCString(DirectFunctionCall1(interval_out,
-															IntervalPGetDatum(iv)));
+	char	   *given;
 
+	if (ms > 0 && ms <= max_ms)
+		return;					/* the common case: no formatting */
+	given = DatumGetCString(DirectFunctionCall1(interval_out,
+												IntervalPGetDatum(iv)));
 	if (ms < 0 || (ms == 0 && !allow_zero))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
