@@ -33,7 +33,7 @@
 
 /*
  * 16 folded the per-catalog ACL and ownership checks into object_aclcheck()
- * and object_ownercheck() (commit "Generalize ... aclcheck").
+ * and object_ownercheck().
  */
 #if PG_VERSION_NUM < 160000
 #define object_aclcheck(classid, objectid, roleid, mode) \

@@ -152,16 +152,6 @@ atomizer_check_interval(const Interval *iv, const char *name, bool allow_zero,
 }
 
 /*
- * check_positive_interval
- *		ERROR unless iv is greater than zero (and at most max_ms).
- */
-static void
-check_positive_interval(Interval *iv, const char *name, int64 max_ms)
-{
-	atomizer_check_interval(iv, name, false, max_ms);
-}
-
-/*
  * atomizer_check_job_settings
  *		Validate the per-job settings enqueue and schedule share, by argument
  *		number: priority (required, in range), max_attempts and timeout
@@ -188,8 +178,8 @@ atomizer_check_job_settings(FunctionCallInfo fcinfo, int priority_arg,
 				 errdetail("The value given was %d.", PG_GETARG_INT32(max_attempts_arg)),
 				 errhint("Pass NULL to use the queue's max_attempts.")));
 	if (!PG_ARGISNULL(timeout_arg))
-		check_positive_interval(PG_GETARG_INTERVAL_P(timeout_arg), "timeout",
-								ATOMIZER_MAX_TIMEOUT_MS);
+		atomizer_check_interval(PG_GETARG_INTERVAL_P(timeout_arg), "timeout",
+								false, ATOMIZER_MAX_TIMEOUT_MS);
 }
 
 /*

@@ -1,8 +1,9 @@
 # AtomizerTest: what atomizer's TAP tests share.
 #
+#   use AtomizerTest;     # exports wait_until and log_lines_mentioning
 #   my $node = AtomizerTest::node('name', conf => q{...});   # preloaded, started
-#   AtomizerTest::wait_until($node, $db, $sql, $expected, $name);
-#   my @lines = AtomizerTest::log_lines_mentioning($node, $word, $offset);
+#   wait_until($node, $db, $sql, $expected, $name);
+#   my @lines = log_lines_mentioning($node, $words, $offset [, qr/also skip/]);
 #
 # PostgreSQL::Test::Cluster and ::Utils do the rest.
 package AtomizerTest;
@@ -12,6 +13,9 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use Exporter 'import';
+
+our @EXPORT = qw(wait_until log_lines_mentioning);
 
 # Settings every test server gets (beside Cluster.pm's own).
 our $BASE_CONF = q{
@@ -38,7 +42,8 @@ sub node
 
 # Wait (at most timeout_default) until $sql returns $expected.  A timeout
 # fails the test and ends the file: everything after it would only wait
-# again.
+# again.  (poll_query_until also rides out a server that is restarting:
+# failed connections are retried.)
 sub wait_until
 {
 	my ($node, $db, $sql, $expected, $name) = @_;
@@ -48,18 +53,21 @@ sub wait_until
 	return;
 }
 
-# Server log lines, from byte $offset on, that mention $word and were
-# written by the server itself: not the statements the test sent, nor their
-# continuation lines.
+# Server log lines, from byte $offset on, that mention $words (as whole
+# words) and were written by the server itself: not the statements the test
+# sent (log_statement = all), nor their continuation lines, nor the notes of
+# changed settings, nor lines matching one of the further patterns given.
 sub log_lines_mentioning
 {
-	my ($node, $word, $offset) = @_;
+	my ($node, $words, $offset, @skip) = @_;
 	my $log = slurp_file($node->logfile, $offset);
 	return grep {
-		/\Q$word\E/
-		  && !/\b(?:statement|STATEMENT):/
-		  && !/^\t/
-		  && !/parameter "[^"]+" changed to/
+		my $line = $_;
+		$line =~ /\b\Q$words\E\b/
+		  && $line !~ /\b(?:statement|STATEMENT):/
+		  && $line !~ /^\t/
+		  && $line !~ /parameter "[^"]+" changed to/
+		  && !grep { $line =~ $_ } @skip
 	} split /\n/, $log;
 }
 

@@ -9,34 +9,8 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use AtomizerTest;
 use Time::HiRes qw(usleep);
-
-# Wait (at most timeout_default) until $sql returns $expected.  A timeout
-# fails the test and ends the file: everything after it would only wait
-# again.
-sub wait_until
-{
-	my ($node, $db, $sql, $expected, $name) = @_;
-	my $ok = $node->poll_query_until($db, $sql, $expected);
-	ok($ok, $name);
-	die "stopping: timed out waiting for: $name\n" unless $ok;
-	return;
-}
-
-# Server log lines, from byte $offset on, that mention $word and were
-# written by the server itself: not the statements the test sent
-# (log_statement = all), nor their continuation lines.
-sub log_lines_mentioning
-{
-	my ($node, $word, $offset) = @_;
-	my $log = slurp_file($node->logfile, $offset);
-	return grep {
-		/\b\Q$word\E\b/
-		  && !/\b(?:statement|STATEMENT):/
-		  && !/^\t/
-		  && !/parameter "[^"]+" changed to/
-	} split /\n/, $log;
-}
 
 # How long the checks for "nothing happens" watch (seconds): what a
 # negative assertion needs, not a wait for something to happen.

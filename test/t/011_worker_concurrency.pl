@@ -9,18 +9,8 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use AtomizerTest;
 use Time::HiRes qw(usleep time);
-
-# Wait (at most timeout_default) until $sql returns $expected; a timeout
-# fails the test and ends the file.
-sub wait_until
-{
-	my ($node, $db, $sql, $expected, $name) = @_;
-	my $ok = $node->poll_query_until($db, $sql, $expected);
-	ok($ok, $name);
-	die "stopping: timed out waiting for: $name\n" unless $ok;
-	return;
-}
 
 my $max_workers = 3;
 my %concurrency = (qa => 2, qb => 2);

@@ -12,19 +12,8 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use AtomizerTest;
 use Time::HiRes qw(time usleep);
-
-# Wait (at most timeout_default) until $sql returns $expected; a timeout
-# fails the test and ends the file.  (poll_query_until also rides out a
-# server that is restarting: failed connections are retried.)
-sub wait_until
-{
-	my ($node, $db, $sql, $expected, $name) = @_;
-	my $ok = $node->poll_query_until($db, $sql, $expected);
-	ok($ok, $name);
-	die "stopping: timed out waiting for: $name\n" unless $ok;
-	return;
-}
 
 my $node = PostgreSQL::Test::Cluster->new('crash');
 $node->init;

@@ -7,33 +7,8 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use AtomizerTest;
 use Time::HiRes qw(usleep);
-
-# Wait (at most timeout_default) until $sql returns $expected; a timeout
-# fails the test and ends the file.
-sub wait_until
-{
-	my ($node, $db, $sql, $expected, $name) = @_;
-	my $ok = $node->poll_query_until($db, $sql, $expected);
-	ok($ok, $name);
-	die "stopping: timed out waiting for: $name\n" unless $ok;
-	return;
-}
-
-# Server log lines from byte $offset on that mention $word, other than the
-# statements the test sent (log_statement = all), postmaster reports of
-# worker exits, and the postmaster's note of the changed setting.
-sub log_lines_mentioning
-{
-	my ($node, $word, $offset) = @_;
-	return grep {
-		/\b\Q$word\E\b/
-		  && !/\b(?:statement|STATEMENT):/
-		  && !/^\t/
-		  && !/exited with exit code/
-		  && !/parameter "atomizer\.databases" changed to/
-	} split /\n/, slurp_file($node->logfile, $offset);
-}
 
 # How long "nothing happens" is watched (seconds).
 my $window = 3;
@@ -83,7 +58,7 @@ wait_until($node, 'app2', "SELECT state FROM atomizer.jobs WHERE id = $y",
 usleep($window * 1_000_000);
 is($node->safe_psql('app', "SELECT state FROM atomizer.jobs WHERE id = $x"),
 	'available', "a database not listed does not run its jobs (watched ${window} s)");
-my @noext = log_lines_mentioning($node, 'noext', $offset);
+my @noext = log_lines_mentioning($node, 'noext', $offset, qr/exited with exit code/);
 cmp_ok(scalar(@noext), '<=', 1,
 	'a listed database without the extension: at most one log line')
   or diag(join("\n", @noext));

@@ -28,7 +28,7 @@ $node->safe_psql('postgres', q{
 # ---------------------------------------------------------------- statistics
 $node->safe_psql('postgres',
 	q{SELECT atomizer.enqueue_many('noop', array_fill('{}'::jsonb, ARRAY[2000]), queue => 'mem')});
-AtomizerTest::wait_until($node, 'postgres',
+wait_until($node, 'postgres',
 	q{SELECT count(*) FROM atomizer.jobs WHERE queue = 'mem' AND state = 'succeeded'},
 	'2000', '2,000 jobs ran');
 my $worker = $node->safe_psql('postgres',
@@ -37,7 +37,7 @@ ok($worker > 0, "the queue's worker ($worker) is still alive");
 # Each claim updates a job's row and each finish deletes it: the worker's
 # own counts reach the statistics within about a second (pgstat's rate),
 # while it lives.
-AtomizerTest::wait_until($node, 'postgres', q{
+wait_until($node, 'postgres', q{
 	SELECT n_tup_upd >= 2000 AND n_tup_del >= 2000 AND n_dead_tup > 0
 	FROM pg_stat_user_tables WHERE relid = 'atomizer.job'::regclass},
 	't', "pg_stat_user_tables counts the worker's updates, deletes and dead rows while it runs");
@@ -77,7 +77,7 @@ my $scheduler_before = memory_of($scheduler);
 my $passes_sql = q{SELECT count(*) FROM atomizer.jobs WHERE queue = 'mem' AND state = 'succeeded'};
 $node->safe_psql('postgres',
 	q{SELECT atomizer.enqueue_many('noop', array_fill('{}'::jsonb, ARRAY[20000]), queue => 'mem')});
-AtomizerTest::wait_until($node, 'postgres', $passes_sql, '22000',
+wait_until($node, 'postgres', $passes_sql, '22000',
 	'20,000 more jobs ran, one per batch');
 is($node->safe_psql('postgres',
 	q{SELECT pid FROM pg_stat_activity WHERE application_name = 'atomizer worker mem'}),

@@ -12,6 +12,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use AtomizerTest;
 use IPC::Run;
 use Time::HiRes qw(usleep time);
 
@@ -22,17 +23,6 @@ my $cli = "$bindir/atomizer";
 ok(-x $cli, "the CLI is installed at $cli") or BAIL_OUT("no $cli: run make install");
 
 my $tmp = PostgreSQL::Test::Utils::tempdir;
-
-# Wait (at most timeout_default) until $sql returns $expected; a timeout
-# fails the test and ends the file.
-sub wait_until
-{
-	my ($node, $sql, $expected, $name) = @_;
-	my $ok = $node->poll_query_until('postgres', $sql, $expected);
-	ok($ok, $name);
-	die "stopping: timed out waiting for: $name\n" unless $ok;
-	return;
-}
 
 # Run the CLI to completion: (exit status, stdout, stderr).
 sub cli
@@ -245,7 +235,7 @@ echo '{"fixed": true}'
 	my $nope = $node->safe_psql('postgres',
 		q{SELECT atomizer.enqueue('nope', '{}', queue => 'flaky', max_attempts => 1)});
 	my ($h) = start_worker($dsn, '-q', 'flaky', '-c', '2', '--poll', '1s', '--', $flaky);
-	wait_until($node, "SELECT state FROM atomizer.jobs WHERE id = $id",
+	wait_until($node, 'postgres', "SELECT state FROM atomizer.jobs WHERE id = $id",
 		'succeeded', 'a job whose command exits 1 is retried, then succeeds');
 	is($node->safe_psql('postgres',
 			"SELECT attempt, result FROM atomizer.jobs WHERE id = $id"),
@@ -300,17 +290,17 @@ sleep 0.03
 });
 	my ($h, $log) = start_worker($dsn, '-q', 'bulk', '-c', '4', '--lease', '20s',
 		'--poll', '1s', '--', $bulk, "$tmp/bulk.ids");
-	wait_until($node,
+	wait_until($node, 'postgres',
 		q{SELECT count(*) > 30 FROM atomizer.jobs WHERE queue = 'bulk' AND state = 'succeeded'},
 		't', 'the bulk queue is being worked on');
 	$node->restart(mode => 'fast');
 	ok(1, 'the server restarted mid-run');
-	wait_until($node,
+	wait_until($node, 'postgres',
 		q{SELECT count(*) > 150 FROM atomizer.jobs WHERE queue = 'bulk' AND state = 'succeeded'},
 		't', 'the worker reconnected and goes on');
 	for my $k (1 .. 2)
 	{
-		wait_until($node, q{SELECT count(*) FROM pg_stat_activity
+		wait_until($node, 'postgres', q{SELECT count(*) FROM pg_stat_activity
 			WHERE application_name = 'atomizer work'}, '1',
 			"the worker's backend is in pg_stat_activity (kill $k)");
 		is($node->safe_psql('postgres', q{
@@ -319,7 +309,7 @@ sleep 0.03
 			'1', "terminated the worker's backend ($k)");
 		usleep(300_000);
 	}
-	wait_until($node, q{SELECT count(*) FROM atomizer.jobs
+	wait_until($node, 'postgres', q{SELECT count(*) FROM atomizer.jobs
 		WHERE queue = 'bulk' AND state = 'succeeded'}, $n,
 		"all $n jobs succeeded");
 	$h->signal('TERM');
@@ -353,11 +343,11 @@ echo "{\"by\": \"$1\"}"
 });
 	my ($ha, $loga) = start_worker($dsn, '-q', 'lease', '--lease', '1s',
 		'--heartbeat', '0', '--drain', '--', $script, 'A', "$tmp/lease.runs");
-	wait_until($node, "SELECT state, attempt FROM atomizer.jobs WHERE id = $id",
+	wait_until($node, 'postgres', "SELECT state, attempt FROM atomizer.jobs WHERE id = $id",
 		'running|1', 'worker A claimed the job');
 	my ($hb, $logb) = start_worker($dsn, '-q', 'lease', '--poll', '500ms',
 		'--', $script, 'B', "$tmp/lease.runs");
-	wait_until($node, "SELECT state, attempt, result->>'by' FROM atomizer.jobs WHERE id = $id",
+	wait_until($node, 'postgres', "SELECT state, attempt, result->>'by' FROM atomizer.jobs WHERE id = $id",
 		'succeeded|2|B', 'after the lease expired, worker B ran attempt 2 and completed it');
 	is(finish_worker($ha, 30), 0, 'worker A exits 0 after its late report');
 	note("worker A's log:\n" . slurp_file($loga));
@@ -383,10 +373,10 @@ echo "{\"by\": \"$1\"}"
 	my ($h, $log) = start_worker($dsn, '-q', 'lease', '--lease', '1s',
 		'--grace', '0', '--', 'sh', '-c',
 		"[ \$ATOMIZER_ATTEMPT = 1 ] && echo \$\$ > $pidfile; exec sleep 60");
-	wait_until($node, "SELECT state, attempt FROM atomizer.jobs WHERE id = $id",
+	wait_until($node, 'postgres', "SELECT state, attempt FROM atomizer.jobs WHERE id = $id",
 		'running|1', 'a job is running under a 1 s lease');
 	$h->signal('STOP');
-	wait_until($node, "SELECT attempt > 1 OR state <> 'running' FROM atomizer.jobs WHERE id = $id",
+	wait_until($node, 'postgres', "SELECT attempt > 1 OR state <> 'running' FROM atomizer.jobs WHERE id = $id",
 		't', 'while the worker is frozen, its lease expires');
 	$h->signal('CONT');
 	my $deadline = time + 20;
@@ -416,7 +406,7 @@ echo "{\"by\": \"$1\"}"
 	my $pidfile = "$tmp/orphan.pid";
 	my ($h, $log) = start_worker($dsn, '-q', 'lease', '--lease', '1s', '--',
 		'sh', '-c', "echo \$\$ > $pidfile; exec sleep 60");
-	wait_until($node, "SELECT state FROM atomizer.jobs WHERE id = $id",
+	wait_until($node, 'postgres', "SELECT state FROM atomizer.jobs WHERE id = $id",
 		'running', 'a job is running');
 	my $deadline = time + 10;
 	usleep(50_000) until -s $pidfile || time > $deadline;
@@ -427,7 +417,7 @@ echo "{\"by\": \"$1\"}"
 	$deadline = time + 10;
 	usleep(100_000) while kill(0, $cpid) && time < $deadline;
 	ok(!kill(0, $cpid), 'SIGKILL of the worker: its command is gone too');
-	wait_until($node, "SELECT state <> 'running' FROM atomizer.jobs WHERE id = $id",
+	wait_until($node, 'postgres', "SELECT state <> 'running' FROM atomizer.jobs WHERE id = $id",
 		't', 'and the job comes back once its lease expires');
 	$node->safe_psql('postgres', "SELECT atomizer.cancel($id)");
 }
@@ -439,7 +429,7 @@ echo "{\"by\": \"$1\"}"
 		q{SELECT atomizer.enqueue('short', '{}', queue => 'stop')});
 	my ($h, $log) = start_worker($dsn, '-q', 'stop', '--grace', '10s',
 		'--', 'sh', '-c', 'sleep 1; echo \'{"done": 1}\'');
-	wait_until($node, "SELECT state FROM atomizer.jobs WHERE id = $id",
+	wait_until($node, 'postgres', "SELECT state FROM atomizer.jobs WHERE id = $id",
 		'running', 'a job is running');
 	my $t0 = time;
 	$h->signal('TERM');
@@ -455,7 +445,7 @@ echo "{\"by\": \"$1\"}"
 	my $pidfile = "$tmp/long.pid";
 	($h, $log) = start_worker($dsn, '-q', 'stop', '--grace', '1s',
 		'--', 'sh', '-c', "echo \$\$ > $pidfile; exec sleep 60");
-	wait_until($node, "SELECT state, attempt FROM atomizer.jobs WHERE id = $id2",
+	wait_until($node, 'postgres', "SELECT state, attempt FROM atomizer.jobs WHERE id = $id2",
 		'running|1', 'a long job is running');
 	$h->signal('TERM');
 	is(finish_worker($h, 20), 0, 'SIGTERM: the worker exits 0 after the grace');

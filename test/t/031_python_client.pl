@@ -13,6 +13,7 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use AtomizerTest;
 use IPC::Run;
 use Time::HiRes qw(usleep time);
 use File::Basename qw(dirname);
@@ -28,15 +29,6 @@ ok(-e $worker_py, "the Python worker exists: $worker_py");
 }
 
 my $tmp = PostgreSQL::Test::Utils::tempdir;
-
-sub wait_until
-{
-	my ($node, $sql, $expected, $name) = @_;
-	my $ok = $node->poll_query_until('postgres', $sql, $expected);
-	ok($ok, $name);
-	die "stopping: timed out waiting for: $name\n" unless $ok;
-	return;
-}
 
 my $nw = 0;
 sub start_py
@@ -92,7 +84,7 @@ my ($h1, $log1) = start_py('--dsn', $dsn, '--queue', 'py', '--batch', '1',
 my ($h2, $log2) = start_py('--dsn', $dsn, '--queue', 'py', '--batch', '25',
 	'--complete-many', '--poll', '60', '--fail-task', 'explode',
 	'--out', "$tmp/runs2");
-wait_until($node, q{SELECT count(*) FROM pg_stat_activity
+wait_until($node, 'postgres', q{SELECT count(*) FROM pg_stat_activity
 	WHERE application_name = 'worker.py' AND usename = 'pyworker'},
 	'2', 'two Python workers are connected as pyworker');
 usleep(500_000);    # let both reach their LISTEN and first (empty) claim
@@ -105,13 +97,13 @@ my $explode = $node->safe_psql('postgres', qq{
 	SELECT atomizer.enqueue('explode', '{}', queue => 'py');
 });
 ($explode) = (split /\n/, $explode)[1];
-wait_until($node, q{SELECT count(*) FROM atomizer.jobs
+wait_until($node, 'postgres', q{SELECT count(*) FROM atomizer.jobs
 	WHERE queue = 'py' AND handler = 'work' AND state = 'succeeded'}, $n,
 	"all $n jobs succeeded");
 my $elapsed = time - $t0;
 cmp_ok($elapsed, '<', 20, 'well before the 60 s poll: NOTIFY woke the workers');
 note(sprintf('%d jobs drained by two Python workers in %.2f s', $n, $elapsed));
-wait_until($node, qq{SELECT state FROM atomizer.jobs WHERE id = $explode},
+wait_until($node, 'postgres', qq{SELECT state FROM atomizer.jobs WHERE id = $explode},
 	'succeeded', 'the failing job succeeded too');
 note(sprintf('the failing job succeeded %.2f s after the enqueue', time - $t0));
 $h1->signal('TERM');
@@ -177,7 +169,7 @@ is($node->safe_psql('postgres', q{
 	});
 	my ($h, $log) = start_py('--dsn', $dsn, '--queue', 'stop', '--batch', '3',
 		'--lease', '30', '--out', "$tmp/stop");
-	wait_until($node, q{SELECT count(*) FROM atomizer.jobs
+	wait_until($node, 'postgres', q{SELECT count(*) FROM atomizer.jobs
 		WHERE queue = 'stop' AND state = 'running'}, '3',
 		'a batch of three is claimed');
 	$h->signal('TERM');

@@ -85,7 +85,7 @@ my $schedule_before = $node->safe_psql('old', q{SELECT next_run FROM atomizer.sc
 
 # The launcher looks at a database it skipped every 10 s: watch two looks.
 my $fresh_job = $node->safe_psql('fresh', q{SELECT atomizer.enqueue('work', '{"tag": "fresh"}')});
-AtomizerTest::wait_until($node, 'fresh', q{SELECT count(*) FROM effects WHERE tag = 'fresh'},
+wait_until($node, 'fresh', q{SELECT count(*) FROM effects WHERE tag = 'fresh'},
 	'1', 'another database with the current schema runs its jobs meanwhile');
 sleep 12;
 is($node->safe_psql('old', $snapshot_sql), $before,
@@ -93,7 +93,7 @@ is($node->safe_psql('old', $snapshot_sql), $before,
 is($node->safe_psql('old', q{SELECT count(*) FROM effects}), '0', 'no handler ran there');
 is($node->safe_psql('old', q{SELECT next_run FROM atomizer.schedule}), $schedule_before,
 	'its schedule did not fire');
-my @told = AtomizerTest::log_lines_mentioning($node, 'has version 0.1.0 of the extension', $offset);
+my @told = log_lines_mentioning($node, 'has version 0.1.0 of the extension', $offset);
 is(scalar(@told), 1, 'the log says once that the database needs the update')
   or diag(join("\n", @told));
 like($told[0] // '', qr/database "old" has version 0\.1\.0 of the extension, but the server runs version \Q$current\E/,
@@ -110,11 +110,14 @@ $node->safe_psql('old', 'ALTER EXTENSION atomizer UPDATE');
 is($node->safe_psql('old', q{SELECT extversion FROM pg_extension WHERE extname = 'atomizer'}),
 	$current, "ALTER EXTENSION atomizer UPDATE brings it to $current");
 
-AtomizerTest::wait_until($node, 'old', q{SELECT count(*) FROM effects WHERE tag = 'waiting'},
+wait_until($node, 'old', q{SELECT count(*) FROM effects WHERE tag = 'waiting'},
 	'5', 'the waiting jobs run after the update');
-AtomizerTest::wait_until($node, 'old', q{SELECT count(*) >= 3 FROM effects WHERE tag = 'tick'},
+# the update wakes the launcher at commit: not its next look, 10 s later
+is($node->safe_psql('old', qq{SELECT min(at) - '$updated_at' < interval '5 seconds'
+	FROM effects WHERE tag = 'waiting'}), 't', 'at once: the update woke the launcher');
+wait_until($node, 'old', q{SELECT count(*) >= 3 FROM effects WHERE tag = 'tick'},
 	't', 'the schedule fires');
-AtomizerTest::wait_until($node, 'old', q{SELECT count(*) FROM effects WHERE tag = 'orphan'},
+wait_until($node, 'old', q{SELECT count(*) FROM effects WHERE tag = 'orphan'},
 	'1', 'the orphaned job is recovered and runs again');
 is($node->safe_psql('old', qq{
 	SELECT attempt || ' ' || (message LIKE '%worker process died%')
@@ -128,27 +131,27 @@ $node->safe_psql('old', qq{SELECT atomizer.complete($id{held}, '{"ok": true}')})
 is($node->safe_psql('old', qq{SELECT state || ' ' || result FROM atomizer.jobs WHERE id = $id{held}}),
 	'succeeded {"ok": true}', 'and completed');
 # the expired one is taken back and can be claimed again
-AtomizerTest::wait_until($node, 'old', qq{SELECT state <> 'running' FROM atomizer.jobs WHERE id = $id{expired}},
+wait_until($node, 'old', qq{SELECT state <> 'running' FROM atomizer.jobs WHERE id = $id{expired}},
 	't', 'the lease that ran out under 0.1.0 expires after the update');
-AtomizerTest::wait_until($node, 'old', q{SELECT string_agg(id || ':' || attempt, ' ') FROM atomizer.claim('ext', 5)},
+wait_until($node, 'old', q{SELECT string_agg(id || ':' || attempt, ' ') FROM atomizer.claim('ext', 5)},
 	"$id{expired}:2", 'and its job is claimed again, as attempt 2');
 
 # retrying and dead jobs, and their errors
 is($node->safe_psql('old', qq{SELECT count(*) FROM atomizer.job_errors WHERE job_id IN ($id{retrying}, $id{dead})
 	AND message LIKE 'boom %' AND failed_at < '$updated_at'}), '2', "the 0.1.0 failures' errors are kept");
 $node->safe_psql('old', q{INSERT INTO effects (tag) VALUES ('switch')});
-AtomizerTest::wait_until($node, 'old', qq{SELECT state FROM atomizer.jobs WHERE id = $id{retrying}},
+wait_until($node, 'old', qq{SELECT state FROM atomizer.jobs WHERE id = $id{retrying}},
 	'succeeded', 'the retrying job runs its next attempt');
 is($node->safe_psql('old', qq{SELECT atomizer.retry($id{dead})}), 't', 'the dead job can be retried');
-AtomizerTest::wait_until($node, 'old', qq{SELECT state FROM atomizer.jobs WHERE id = $id{dead}},
+wait_until($node, 'old', qq{SELECT state FROM atomizer.jobs WHERE id = $id{dead}},
 	'succeeded', 'and runs');
-AtomizerTest::wait_until($node, 'old', q{SELECT count(*) FROM effects WHERE tag = 'delayed'},
+wait_until($node, 'old', q{SELECT count(*) FROM effects WHERE tag = 'delayed'},
 	'1', 'the delayed job runs');
 is($node->safe_psql('old', qq{SELECT e.at >= j.run_at FROM effects e, atomizer.jobs j
 	WHERE e.tag = 'delayed' AND j.id = $id{delayed}}), 't', 'not before its run_at');
 my $new = $node->safe_psql('old', q{SELECT atomizer.enqueue('work', '{"tag": "new"}')});
 ok($new > $id{expired}, 'new jobs continue the id sequence');
-AtomizerTest::wait_until($node, 'old', q{SELECT count(*) FROM effects WHERE tag = 'new'},
+wait_until($node, 'old', q{SELECT count(*) FROM effects WHERE tag = 'new'},
 	'1', 'and run');
 
 # ---------------------------------------------------------------- schema

@@ -42,7 +42,7 @@ $old->safe_psql('app', q{
 	SELECT atomizer.create_queue('ext', external => true);
 	SELECT atomizer.enqueue('work', '{"tag": "history"}') FROM generate_series(1, 20);
 });
-AtomizerTest::wait_until($old, 'app', q{SELECT count(*) FROM effects WHERE tag = 'history'},
+wait_until($old, 'app', q{SELECT count(*) FROM effects WHERE tag = 'history'},
 	'20', "old: the workers of PostgreSQL $old_major ran 20 jobs");
 $old->safe_psql('app', q{
 	SELECT atomizer.pause_queue('default');
@@ -53,7 +53,7 @@ $old->safe_psql('app', q{
 my $delayed_at = $old->safe_psql('app', q{SELECT now() + interval '20 seconds'});
 my $delayed = $old->safe_psql('app',
 	qq{SELECT atomizer.enqueue('work', '{"tag": "delayed"}', queue => 'cron', run_at => '$delayed_at')});
-AtomizerTest::wait_until($old, 'app', q{SELECT count(*) >= 2 FROM effects WHERE tag = 'tick'},
+wait_until($old, 'app', q{SELECT count(*) >= 2 FROM effects WHERE tag = 'tick'},
 	't', 'old: the schedule fires');
 my $history = $old->safe_psql('app', q{SELECT count(*) FROM atomizer.jobs WHERE state = 'succeeded'});
 ok($history >= 22, "old: $history finished jobs in the history");
@@ -104,7 +104,7 @@ is($new->safe_psql('app', q{SELECT count(*) FROM atomizer.jobs
 	WHERE state = 'succeeded' AND payload->>'tag' = 'history'}), '20', 'the history came along');
 ok($new->safe_psql('app', q{SELECT count(*) FROM atomizer.jobs WHERE state = 'succeeded'}) >= $history,
 	'all of it');
-AtomizerTest::wait_until($new, 'app', qq{SELECT count(*) > $ticks_before FROM effects WHERE tag = 'tick'},
+wait_until($new, 'app', qq{SELECT count(*) > $ticks_before FROM effects WHERE tag = 'tick'},
 	't', 'the schedule fires on the new server');
 my $t0 = $new->safe_psql('app', q{SELECT count(*) FROM effects WHERE tag = 'tick'});
 sleep 3;
@@ -115,15 +115,15 @@ ok($n >= 2 && $n <= 4, "every second: $n fires in 3 s");
 ok($lag < 0.5, "on time: each within 0.5 s of its second (latest $lag s)");
 
 $new->safe_psql('app', q{SELECT atomizer.resume_queue('default')});
-AtomizerTest::wait_until($new, 'app', q{SELECT count(*) FROM effects WHERE tag = 'waiting'},
+wait_until($new, 'app', q{SELECT count(*) FROM effects WHERE tag = 'waiting'},
 	'10', 'the jobs that waited through the upgrade run');
 is($new->safe_psql('app', q{SELECT string_agg(handler || ':' || attempt, ' ') FROM atomizer.claim('ext')}),
 	'task:1', 'the external job can be claimed');
 my $id = $new->safe_psql('app', q{SELECT atomizer.enqueue('work', '{"tag": "new"}')});
 ok($id > $last_id, "new job ids go on after the old ones ($id > $last_id)");
-AtomizerTest::wait_until($new, 'app', q{SELECT count(*) FROM effects WHERE tag = 'new'},
+wait_until($new, 'app', q{SELECT count(*) FROM effects WHERE tag = 'new'},
 	'1', 'and the new job runs');
-AtomizerTest::wait_until($new, 'app', q{SELECT count(*) FROM effects WHERE tag = 'delayed'},
+wait_until($new, 'app', q{SELECT count(*) FROM effects WHERE tag = 'delayed'},
 	'1', 'the delayed job runs');
 is($new->safe_psql('app', qq{SELECT min(at) >= '$delayed_at' FROM effects WHERE tag = 'delayed'}),
 	't', 'not before its run_at');
