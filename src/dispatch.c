@@ -31,6 +31,7 @@
 #include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/lock.h"
 #include "storage/latch.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
@@ -382,6 +383,24 @@ call_handler(AtomizerJob *job, Oid roleid, AtomizerOutcome *outcome)
 }
 
 /*
+ * release_session_state
+ *		Give up what a handler can leave on a worker's session beyond its
+ *		subtransaction: session-level advisory locks (pg_advisory_lock), which
+ *		neither commit nor abort releases, and which the next job, perhaps of
+ *		another role, would otherwise run holding.  The rest of a session's
+ *		state is out of a handler's reach: settings are rolled back, and the
+ *		security-restricted operation refuses PREPARE, LISTEN, cursors WITH
+ *		HOLD, DISCARD and temporary tables.  Only in workers: a session that
+ *		calls run_pending() may hold advisory locks of its own.
+ */
+static void
+release_session_state(void)
+{
+	if (atomizer_in_worker)
+		LockReleaseSession(USER_LOCKMETHOD);
+}
+
+/*
  * atomizer_run_job
  *		Run one claimed job's handler and fill *outcome.  Never throws for an
  *		error of the handler; the current transaction stays usable.
@@ -453,6 +472,7 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(job_cxt);
 		CurrentResourceOwner = oldowner;
+		release_session_state();
 		outcome->ok = true;
 	}
 	PG_CATCH();
@@ -472,6 +492,7 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 		MemoryContextSwitchTo(job_cxt);
 		CurrentResourceOwner = oldowner;
 		SetUserIdAndSecContext(save_userid, save_sec_context);
+		release_session_state();
 
 		outcome->ok = false;
 		outcome->has_result = false;
