@@ -83,6 +83,20 @@ BEGIN
 END
 $$;
 
+/*
+ * Idempotency keys belong to the role that enqueues: the same key from two
+ * roles makes two jobs, so that no role can suppress another role's job, or
+ * learn its id, by guessing its key.  (Unique on (queue, key) implies unique
+ * on (queue, owner, key): existing jobs fit.)
+ */
+DROP INDEX atomizer.job_idempotency_idx;
+CREATE UNIQUE INDEX job_idempotency_idx
+	ON atomizer.job (queue, owner, idempotency_key)
+	WHERE idempotency_key IS NOT NULL;
+
+COMMENT ON FUNCTION atomizer.enqueue(text, jsonb, text, timestamptz, integer, integer, interval, text) IS
+	'Enqueue one job in the current transaction; returns its id (or, for an idempotency_key the same role repeats in the same queue, the id of its unfinished job that has it).';
+
 /* Only the install and upgrade scripts call it. */
 REVOKE ALL ON FUNCTION atomizer._extension_created() FROM PUBLIC;
 

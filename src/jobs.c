@@ -335,19 +335,21 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 	{
 		Oid			types[9] = {TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
 		INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTOID};
+		Oid			lookup_types[3] = {TEXTOID, TEXTOID, TEXTOID};
 
 		atomizer_prepare(&insert_plan,
 					 "INSERT INTO atomizer.job "
 					 "(queue, handler, payload, run_at, priority, max_attempts,"
 					 " timeout, owner, idempotency_key) "
 					 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::name, $9) "
-					 "ON CONFLICT (queue, idempotency_key) "
+					 "ON CONFLICT (queue, owner, idempotency_key) "
 					 "WHERE idempotency_key IS NOT NULL DO NOTHING "
 					 "RETURNING id", 9, types);
-		types[1] = TEXTOID;
+		/* keys are the enqueuing role's own: another role's are not seen */
 		atomizer_prepare(&existing_plan,
 					 "SELECT id FROM atomizer.job "
-					 "WHERE queue = $1 AND idempotency_key = $2", 2, types);
+					 "WHERE queue = $1 AND idempotency_key = $2 "
+					 "AND owner = $3::name", 3, lookup_types);
 	}
 
 	/*
@@ -369,7 +371,7 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 		}
 		else
 		{
-			Datum		lookup[2] = {values[0], values[8]};
+			Datum		lookup[3] = {values[0], values[8], values[7]};
 
 			if (SPI_execute_plan(existing_plan, lookup, NULL, false, 1) != SPI_OK_SELECT)
 				elog(ERROR, "could not look up job by idempotency key");
@@ -728,14 +730,18 @@ atomizer_retry(PG_FUNCTION_ARGS)
 		Oid			types[2] = {INT8OID, TEXTOID};
 
 		atomizer_prepare(&find_plan,
-					 "SELECT queue, idempotency_key FROM atomizer.job_history "
+					 "SELECT queue, idempotency_key, owner::text FROM atomizer.job_history "
 					 "WHERE id = $1 AND state IN ('dead', 'cancelled') "
 					 "AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
 					 2, types);
-		types[0] = TEXTOID;
-		atomizer_prepare(&dup_plan,
-					 "SELECT id FROM atomizer.job "
-					 "WHERE queue = $1 AND idempotency_key = $2", 2, types);
+		{
+			Oid			dup_types[3] = {TEXTOID, TEXTOID, TEXTOID};
+
+			atomizer_prepare(&dup_plan,
+						 "SELECT id FROM atomizer.job "
+						 "WHERE queue = $1 AND idempotency_key = $2 "
+						 "AND owner = $3::name", 3, dup_types);
+		}
 		types[0] = INT8OID;
 		atomizer_prepare(&move_plan,
 					 "WITH d AS (DELETE FROM atomizer.job_history WHERE id = $1"
@@ -771,14 +777,17 @@ atomizer_retry(PG_FUNCTION_ARGS)
 							 queue)));
 		if (!key_isnull)
 		{
-			Datum		dup[2] = {CStringGetTextDatum(queue), key};
+			bool		owner_isnull;
+			Datum		dup[3] = {CStringGetTextDatum(queue), key,
+			SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3,
+						  &owner_isnull)};
 
 			if (SPI_execute_plan(dup_plan, dup, NULL, false, 1) != SPI_OK_SELECT)
 				elog(ERROR, "could not look up job by idempotency key");
 			if (SPI_processed == 1)
 				ereport(ERROR,
 						(errcode(ERRCODE_UNIQUE_VIOLATION),
-						 errmsg("cannot retry job " INT64_FORMAT ": another unfinished job of queue \"%s\" has the same idempotency key",
+						 errmsg("cannot retry job " INT64_FORMAT ": another unfinished job of its owner in queue \"%s\" has the same idempotency key",
 								job_id, queue)));
 		}
 		if (SPI_execute_plan(move_plan, values, NULL, false, 0) != SPI_OK_INSERT)

@@ -151,6 +151,23 @@ RESET search_path;
 RESET ROLE;
 
 DROP SCHEMA evil CASCADE;
+
+-- idempotency keys are the enqueuing role's own: bob's key does not
+-- swallow alice's job, nor tell her that bob's job exists
+SET ROLE regress_bob;
+SELECT atomizer.enqueue('app.bobs', idempotency_key => 'welcome:ada@example.com') AS bobs_keyed \gset
+RESET ROLE;
+SET ROLE regress_alice;
+SELECT atomizer.enqueue('app.whoami', idempotency_key => 'welcome:ada@example.com') AS alices_keyed \gset
+SELECT :alices_keyed <> :bobs_keyed AS a_job_of_her_own;
+SELECT atomizer.enqueue('app.whoami', idempotency_key => 'welcome:ada@example.com') = :alices_keyed
+	AS her_repeat_finds_hers;
+SELECT count(*) AS keyed_jobs_she_sees FROM atomizer.jobs
+ WHERE idempotency_key = 'welcome:ada@example.com';
+RESET ROLE;
+SELECT owner, count(*) FROM atomizer.jobs WHERE idempotency_key = 'welcome:ada@example.com'
+ GROUP BY owner ORDER BY owner;
+
 SELECT atomizer.purge();
 DROP EXTENSION atomizer;
 DROP SCHEMA app CASCADE;
