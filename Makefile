@@ -23,7 +23,8 @@ OBJS = \
 	src/dropdb.o \
 	src/cron.o \
 	src/schedule.o \
-	src/external.o
+	src/external.o \
+	src/subxact.o
 
 # The version this library's SQL objects are: the control file's default.
 # sql/atomizer--$(EXTVERSION).sql, the full install script, is made from the

@@ -101,6 +101,38 @@ COMMENT ON FUNCTION atomizer.enqueue(text, jsonb, text, timestamptz, integer, in
 REVOKE ALL ON FUNCTION atomizer._extension_created() FROM PUBLIC;
 
 /*
+ * Schedule names belong to the role that makes them: two roles may each
+ * have a schedule "nightly", and no role can take a name another will need
+ * or learn from an error that it exists.  (Unique on name implies unique on
+ * (owner, name): existing schedules fit.)
+ */
+ALTER TABLE atomizer.schedule DROP CONSTRAINT schedule_name_key;
+ALTER TABLE atomizer.schedule ADD CONSTRAINT schedule_owner_name_key UNIQUE (owner, name);
+
+COMMENT ON FUNCTION atomizer.schedule(text, text, text, jsonb, text, text, boolean, text, text, integer, integer, interval) IS
+	'Create or replace your recurring entry "name" (each role has its own names): a cron expression (5 fields, or 6 with seconds first) or an interval such as ''30 seconds''; returns its id.';
+
+/*
+ * atomizer.workers shows each role the id of the job a worker runs only if
+ * the job is the role's own (members of atomizer_admin see every one): the
+ * view runs with the caller's rights, so row-level security on atomizer.job
+ * decides.
+ */
+CREATE OR REPLACE VIEW atomizer.workers AS
+SELECT w.pid, d.datname AS database, w.queue, w.state,
+	   CASE WHEN (SELECT pg_catalog.pg_has_role('atomizer_admin', 'USAGE'))
+				 OR (d.datname = pg_catalog.current_database()
+					 AND EXISTS (SELECT FROM atomizer.job j WHERE j.id = w.job_id))
+			THEN w.job_id END AS job_id,
+	   w.jobs_succeeded, w.jobs_failed, w.started_at
+  FROM atomizer._workers() w
+  LEFT JOIN pg_catalog.pg_database d ON d.oid = w.database;
+ALTER VIEW atomizer.workers SET (security_invoker = true);
+
+COMMENT ON VIEW atomizer.workers IS
+	'atomizer''s worker processes (all databases): queue, state, counters, and the running job''s id if the job is yours.';
+
+/*
  * Last: the schedulers of a server running the 0.2.0 library leave a
  * database with the 0.1.0 objects alone; wake the launcher at commit so that
  * this database's scheduler starts at once.

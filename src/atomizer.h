@@ -79,6 +79,9 @@ typedef struct AtomizerWorkerSlot
 	int64		jobs_succeeded;
 	int64		jobs_failed;
 	TimestampTz started_at;
+	bool		yield_requested;	/* give the slot up after this batch */
+	Oid			yield_to_db;	/* and wake this database's scheduler */
+	char		yield_to_queue[NAMEDATALEN];	/* which wants it for this queue */
 } AtomizerWorkerSlot;
 
 typedef struct AtomizerDbSlot
@@ -158,8 +161,16 @@ extern void atomizer_floor_init(void);
 extern void atomizer_launcher_register(void);
 extern bool atomizer_database_listed(const char *dbname);
 extern bool atomizer_start_scheduler(Oid dboid, BackgroundWorkerHandle **handle);
-extern bool atomizer_start_worker(Oid dboid, const char *queue, int concurrency,
-								  int *slotno, BackgroundWorkerHandle **handle);
+typedef enum AtomizerStartResult
+{
+	ATOMIZER_STARTED,
+	ATOMIZER_NO_WORKER_SLOT,	/* atomizer.max_workers are all in use */
+	ATOMIZER_NO_BGWORKER_SLOT	/* max_worker_processes is exhausted */
+} AtomizerStartResult;
+
+extern AtomizerStartResult atomizer_start_worker(Oid dboid, const char *queue,
+												 int concurrency, int *slotno,
+												 BackgroundWorkerHandle **handle);
 extern void atomizer_background_settings(void);
 extern bool atomizer_queue_due(const char *queue, TimestampTz *next);
 extern PGDLLEXPORT void atomizer_launcher_main(Datum arg);
@@ -256,11 +267,18 @@ extern void atomizer_record_outcome(AtomizerJob *job,
 									AtomizerOutcome *outcome,
 									const Interval *retry_in);
 extern void atomizer_release_job(int64 id, bool solo);
+extern bool atomizer_record_or_set_aside(AtomizerJob *job,
+										 AtomizerOutcome *outcome,
+										 bool release_solo,
+										 const char *duty);
 extern void atomizer_floor_check(const char *queue, const AtomizerClaimKey *floor,
 								 AtomizerClaimKey *new_floor);
 extern bool atomizer_in_worker;
 extern volatile sig_atomic_t atomizer_shutdown_pending;
 extern volatile TimestampTz atomizer_shutdown_deadline;
+
+/* subxact.c */
+extern ErrorData *atomizer_try(void (*fn) (void *arg), void *arg);
 
 /* sqlfunc.c */
 extern bool atomizer_call_sql_handler(Oid fnoid, Datum payload, Datum *result,

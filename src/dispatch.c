@@ -684,6 +684,91 @@ atomizer_release_job(int64 id, bool solo)
 	note_waiting_rows();
 }
 
+typedef struct RecordArgs
+{
+	AtomizerJob *job;
+	AtomizerOutcome *outcome;
+	bool		release_solo;
+} RecordArgs;
+
+static void
+record_cb(void *arg)
+{
+	RecordArgs *a = (RecordArgs *) arg;
+
+	if (a->release_solo)
+	{
+		AtomizerPrivState priv;
+
+		atomizer_become_owner(&priv);
+		SPI_connect();
+		atomizer_release_job(a->job->id, true);
+		SPI_finish();
+		atomizer_restore_caller(&priv);
+	}
+	else
+		atomizer_record_outcome(a->job, a->outcome, NULL);
+}
+
+static void
+set_aside_cb(void *arg)
+{
+	RecordArgs *a = (RecordArgs *) arg;
+	AtomizerPrivState priv;
+
+	atomizer_become_owner(&priv);
+	SPI_connect();
+	if (!atomizer_finish_job(a->job->id, "dead", (Datum) 0, true,
+							 a->outcome->message))
+		elog(ERROR, "job " INT64_FORMAT " is gone", a->job->id);
+	SPI_finish();
+	atomizer_restore_caller(&priv);
+}
+
+/*
+ * atomizer_record_or_set_aside
+ *		For the scheduler's duties: record a job's outcome (or, with
+ *		release_solo, put it back to run alone) in a subtransaction.  If
+ *		that fails (a trigger raises, a setting cannot be applied), the job
+ *		is set aside instead: dead, its last error saying what could not be
+ *		written and why, and a LOG line naming the duty, so that the row is
+ *		not tried again at every pass.  If even that fails, the error is
+ *		thrown: the duty as a whole fails and is retried with backoff.
+ *		Returns false when the job was set aside.
+ */
+bool
+atomizer_record_or_set_aside(AtomizerJob *job, AtomizerOutcome *outcome,
+							 bool release_solo, const char *duty)
+{
+	RecordArgs	args = {job, outcome, release_solo};
+	AtomizerOutcome dead;
+	ErrorData  *edata;
+	ErrorData  *again;
+
+	edata = atomizer_try(record_cb, &args);
+	if (edata == NULL)
+		return true;
+
+	memset(&dead, 0, sizeof(dead));
+	dead.message = psprintf("set aside by the scheduler's %s: %s%s%s",
+							duty, edata->message,
+							outcome && outcome->message ? "; while recording: " : "",
+							outcome && outcome->message ? outcome->message : "");
+	args.outcome = &dead;
+	again = atomizer_try(set_aside_cb, &args);
+	if (again != NULL)
+		ReThrowError(again);
+	ereport(LOG,
+			(errcode(edata->sqlerrcode),
+			 errmsg("atomizer: job " INT64_FORMAT " of queue \"%s\" set aside as dead: its outcome could not be recorded: %s",
+					job->id, job->queue ? job->queue : "?", edata->message),
+			 edata->context ? errcontext_msg("%s", edata->context) : 0,
+			 errhint("The job's last_error in atomizer.dead_jobs has the reason; atomizer.retry(" INT64_FORMAT ") runs it again once the cause is fixed.",
+					 job->id)));
+	FreeErrorData(edata);
+	return false;
+}
+
 /*
  * run_queue
  *		Claim and run up to max_jobs (-1: no limit) due jobs of one queue in

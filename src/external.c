@@ -555,7 +555,7 @@ atomizer_expire_leases(void)
 		outcome.message = psprintf("lease of worker \"%s\" expired at %s",
 								   SPI_getvalue(tup, tuptable->tupdesc, 5),
 								   SPI_getvalue(tup, tuptable->tupdesc, 6));
-		atomizer_record_outcome(&job, &outcome, NULL);
+		(void) atomizer_record_or_set_aside(&job, &outcome, false, "lease expiry");
 		atomizer_note_external(job.queue);
 	}
 

@@ -31,6 +31,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgtime.h"
 #include "utils/acl.h"
@@ -52,6 +53,8 @@ PG_FUNCTION_INFO_V1(atomizer_run_schedule);
 PG_FUNCTION_INFO_V1(atomizer_tick);
 
 #define SCHEDULE_NAME_MAX	200
+/* first key of the advisory lock schedule() takes on (owner, name) */
+#define SCHEDULE_LOCK_CLASS	1635020653
 #define FIRE_BATCH			1000
 
 /* The clock of the previous firing pass of this process. */
@@ -105,14 +108,13 @@ text_arg(FunctionCallInfo fcinfo, int argno, const char *name)
  * atomizer.schedule(name, spec, handler, payload, queue, tz, enabled,
  *					 overlap, misfire, priority, max_attempts, timeout)
  *		RETURNS bigint
- *		Create or replace a recurring entry, owned by the caller (its jobs
- *		run as the caller).  Replacing another role's entry takes
- *		atomizer_admin.
+ *		Create or replace the caller's recurring entry "name" (its jobs run
+ *		as the caller).  Every role has its own schedule names.
  */
 Datum
 atomizer_schedule(PG_FUNCTION_ARGS)
 {
-	static SPIPlanPtr owner_plan = NULL;
+	static SPIPlanPtr lock_plan = NULL;
 	static SPIPlanPtr upsert_plan = NULL;
 	Oid			caller = GetUserId();
 	char	   *name = text_arg(fcinfo, 0, "name");
@@ -134,7 +136,7 @@ atomizer_schedule(PG_FUNCTION_ARGS)
 	bool		isnull;
 	int64		id;
 
-	if (name[0] == '\0' || strlen(name) > SCHEDULE_NAME_MAX)
+	if (name[0] == '\0' || pg_mbstrlen(name) > SCHEDULE_NAME_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("invalid schedule name \"%s\"", name),
@@ -194,40 +196,35 @@ atomizer_schedule(PG_FUNCTION_ARGS)
 			TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, INT4OID, INT4OID,
 		INTERVALOID, TIMESTAMPTZOID};
 
-		atomizer_prepare(&owner_plan,
-				"SELECT owner::text FROM atomizer.schedule WHERE name = $1 FOR UPDATE",
-				1, types);
+		/*
+		 * Replace the caller's schedule of that name, or insert it.  Not ON
+		 * CONFLICT (owner, name): a database still on 0.1.0's objects (not
+		 * yet updated) has its unique constraint on name alone.  The lock
+		 * on (owner, name) makes two sessions creating the same schedule
+		 * take turns: the second replaces the first's.
+		 */
+		atomizer_prepare(&lock_plan,
+				"SELECT pg_catalog.pg_advisory_xact_lock("
+				CppAsString2(SCHEDULE_LOCK_CLASS) ","
+				" pg_catalog.hashtext($7 || '/' || $1))", 14, types);
 		atomizer_prepare(&upsert_plan,
-				"INSERT INTO atomizer.schedule AS s (name, spec, handler, payload,"
+				"WITH u AS (UPDATE atomizer.schedule SET spec = $2,"
+				" handler = $3, payload = $4, queue = $5, tz = $6,"
+				" enabled = $8, overlap = $9, misfire = $10, priority = $11,"
+				" max_attempts = $12, timeout = $13, next_run = $14,"
+				" last_error = NULL, updated_at = now()"
+				" WHERE owner = $7::name AND name = $1 RETURNING id), "
+				"i AS (INSERT INTO atomizer.schedule (name, spec, handler, payload,"
 				" queue, tz, owner, enabled, overlap, misfire, priority,"
 				" max_attempts, timeout, next_run) "
-				"VALUES ($1, $2, $3, $4, $5, $6, $7::name, $8, $9, $10, $11,"
-				" $12, $13, $14) "
-				"ON CONFLICT (name) DO UPDATE SET spec = EXCLUDED.spec,"
-				" handler = EXCLUDED.handler, payload = EXCLUDED.payload,"
-				" queue = EXCLUDED.queue, tz = EXCLUDED.tz, owner = EXCLUDED.owner,"
-				" enabled = EXCLUDED.enabled, overlap = EXCLUDED.overlap,"
-				" misfire = EXCLUDED.misfire, priority = EXCLUDED.priority,"
-				" max_attempts = EXCLUDED.max_attempts,"
-				" timeout = EXCLUDED.timeout, next_run = EXCLUDED.next_run,"
-				" last_error = NULL, updated_at = now() "
-				"RETURNING id", 14, types);
+				"SELECT $1, $2, $3, $4, $5, $6, $7::name, $8, $9, $10, $11,"
+				" $12, $13, $14 WHERE NOT EXISTS (SELECT FROM u) RETURNING id) "
+				"SELECT id FROM u UNION ALL SELECT id FROM i", 14, types);
 	}
-	if (SPI_execute_plan(owner_plan, values, nulls, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not look up schedule \"%s\"", name);
-	if (SPI_processed == 1)
-	{
-		char	   *owner = SPI_getvalue(SPI_tuptable->vals[0],
-										 SPI_tuptable->tupdesc, 1);
-
-		if (strcmp(owner, atomizer_role_name(caller)) != 0 &&
-			!atomizer_is_admin(caller))
-			ereport(ERROR,
-					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("schedule \"%s\" belongs to another role", name),
-					 errhint("Choose another name, or ask a member of atomizer_admin.")));
-	}
-	if (SPI_execute_plan(upsert_plan, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
+	if (SPI_execute_plan(lock_plan, values, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not lock schedule \"%s\"", name);
+	if (SPI_execute_plan(upsert_plan, values, nulls, false, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
 		elog(ERROR, "could not save schedule \"%s\"", name);
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 									 SPI_tuptable->tupdesc, 1, &isnull));
@@ -239,24 +236,77 @@ atomizer_schedule(PG_FUNCTION_ARGS)
 }
 
 /*
+ * schedule_owner
+ *		The owner of the schedule "name" that the caller acts on.  Names
+ *		belong to roles: each role has its own namespace of schedule names,
+ *		so no role can take a name another will need, or learn that it
+ *		exists.  An ordinary role acts on its own schedules.  A member of
+ *		atomizer_admin acts on its own schedule of that name if it has one,
+ *		otherwise on the one role's that has it; when several roles have
+ *		one, it must say whose (SET ROLE to that role).
+ */
+static Datum
+schedule_owner(const char *name)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			caller = GetUserId();
+	char	   *me = atomizer_role_name(caller);
+	AtomizerPrivState priv;
+	Datum		values[2];
+	char	   *owner = me;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	if (!atomizer_is_admin(caller))
+		return CStringGetTextDatum(me);
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = CStringGetTextDatum(me);
+	atomizer_become_owner(&priv);
+	SPI_connect();
+	{
+		Oid			types[2] = {TEXTOID, TEXTOID};
+
+		atomizer_prepare(&plan,
+				"SELECT owner::text FROM atomizer.schedule WHERE name = $1"
+				" ORDER BY owner = $2::name DESC, owner LIMIT 2", 2, types);
+	}
+	if (SPI_execute_plan(plan, values, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up schedule \"%s\"", name);
+	if (SPI_processed > 0)
+	{
+		char	   *first = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+		if (SPI_processed > 1 && strcmp(first, me) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_AMBIGUOUS_PARAMETER),
+					 errmsg("several roles have a schedule named \"%s\"", name),
+					 errdetail("Schedule names belong to the role that made them; roles \"%s\" and \"%s\" (at least) each have one.",
+							   first,
+							   SPI_getvalue(SPI_tuptable->vals[1], SPI_tuptable->tupdesc, 1)),
+					 errhint("SET ROLE to the schedule's owner first.")));
+		owner = MemoryContextStrdup(cxt, first);
+	}
+	SPI_finish();
+	atomizer_restore_caller(&priv);
+	return CStringGetTextDatum(owner);
+}
+
+/*
  * run_on_own_schedule
- *		Run one of the name-keyed statements below on a schedule the caller
- *		may change (its own, or any for admins).  Returns SPI_processed.
+ *		Run one of the name-keyed statements below on the schedule the
+ *		caller acts on (schedule_owner: $2).  Returns SPI_processed.
  */
 static uint64
 run_on_own_schedule(SPIPlanPtr *cache, const char *sql, const char *name,
 					Datum extra, bool extra_null)
 {
-	Oid			caller = GetUserId();
-	bool		admin = atomizer_is_admin(caller);
 	AtomizerPrivState priv;
 	Datum		values[3];
 	char		nulls[3] = {' ', ' ', ' '};
 	uint64		n;
 
 	values[0] = CStringGetTextDatum(name);
-	values[1] = admin ? (Datum) 0 : CStringGetTextDatum(atomizer_role_name(caller));
-	nulls[1] = admin ? 'n' : ' ';
+	values[1] = schedule_owner(name);
 	values[2] = extra;
 	nulls[2] = extra_null ? 'n' : ' ';
 
@@ -287,7 +337,7 @@ atomizer_unschedule(PG_FUNCTION_ARGS)
 		PG_RETURN_BOOL(false);
 	PG_RETURN_BOOL(run_on_own_schedule(&plan,
 									   "DELETE FROM atomizer.schedule WHERE name = $1"
-									   " AND ($2::name IS NULL OR owner = $2::name)"
+									   " AND owner = $2::name"
 									   " AND $3 IS NULL",
 									   text_to_cstring(PG_GETARG_TEXT_PP(0)),
 									   (Datum) 0, true) > 0);
@@ -307,7 +357,7 @@ atomizer_disable_schedule(PG_FUNCTION_ARGS)
 									   "UPDATE atomizer.schedule SET enabled = false,"
 									   " next_run = NULL, updated_at = now()"
 									   " WHERE name = $1"
-									   " AND ($2::name IS NULL OR owner = $2::name)"
+									   " AND owner = $2::name"
 									   " AND $3 IS NULL",
 									   text_to_cstring(PG_GETARG_TEXT_PP(0)),
 									   (Datum) 0, true) > 0);
@@ -337,15 +387,12 @@ atomizer_enable_schedule(PG_FUNCTION_ARGS)
 	/* read spec and tz (visible to the caller through row-level security) */
 	{
 		AtomizerPrivState priv;
-		Oid			caller = GetUserId();
 		Datum		values[2];
 		char		nulls[2] = {' ', ' '};
 		MemoryContext cxt = CurrentMemoryContext;
 
 		values[0] = CStringGetTextDatum(name);
-		values[1] = atomizer_is_admin(caller) ? (Datum) 0 :
-			CStringGetTextDatum(atomizer_role_name(caller));
-		nulls[1] = atomizer_is_admin(caller) ? 'n' : ' ';
+		values[1] = schedule_owner(name);
 		atomizer_become_owner(&priv);
 		SPI_connect();
 		{
@@ -353,7 +400,7 @@ atomizer_enable_schedule(PG_FUNCTION_ARGS)
 
 			atomizer_prepare(&find_plan,
 					"SELECT spec, tz FROM atomizer.schedule WHERE name = $1"
-					" AND ($2::name IS NULL OR owner = $2::name)", 2, types);
+					" AND owner = $2::name", 2, types);
 		}
 		if (SPI_execute_plan(find_plan, values, nulls, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not look up schedule \"%s\"", name);
@@ -377,7 +424,7 @@ atomizer_enable_schedule(PG_FUNCTION_ARGS)
 							   "UPDATE atomizer.schedule SET enabled = true,"
 							   " last_error = NULL, next_run = $3,"
 							   " updated_at = now() WHERE name = $1"
-							   " AND ($2::name IS NULL OR owner = $2::name)",
+							   " AND owner = $2::name",
 							   name, next, isnull) > 0;
 	atomizer_note_schedule_change();
 	PG_RETURN_BOOL(done);
@@ -428,8 +475,6 @@ atomizer_run_schedule(PG_FUNCTION_ARGS)
 {
 	static SPIPlanPtr find_plan = NULL;
 	static SPIPlanPtr mark_plan = NULL;
-	Oid			caller = GetUserId();
-	bool		admin = atomizer_is_admin(caller);
 	char	   *name = text_arg(fcinfo, 0, "name");
 	AtomizerPrivState priv;
 	Datum		values[2];
@@ -440,8 +485,7 @@ atomizer_run_schedule(PG_FUNCTION_ARGS)
 	bool		isnull;
 
 	values[0] = CStringGetTextDatum(name);
-	values[1] = admin ? (Datum) 0 : CStringGetTextDatum(atomizer_role_name(caller));
-	nulls[1] = admin ? 'n' : ' ';
+	values[1] = schedule_owner(name);
 
 	atomizer_become_owner(&priv);
 	SPI_connect();
@@ -450,7 +494,7 @@ atomizer_run_schedule(PG_FUNCTION_ARGS)
 
 		atomizer_prepare(&find_plan,
 				"SELECT id, queue FROM atomizer.schedule WHERE name = $1"
-				" AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
+				" AND owner = $2::name FOR UPDATE",
 				2, types);
 		types[0] = INT8OID;
 		types[1] = INT8OID;
@@ -576,9 +620,152 @@ clock_went_back(TimestampTz now)
 	}
 }
 
+/* One due schedule, for fire_one. */
+typedef struct FireArgs
+{
+	HeapTuple	tup;
+	TupleDesc	desc;
+	TimestampTz now;
+	int			fired;
+} FireArgs;
+
+/*
+ * fire_one
+ *		Fire (or skip, or disable) one due schedule, the row a->tup of the
+ *		due list; the caller is connected to SPI as the owner.
+ */
+static void
+fire_one(void *arg)
+{
+	static SPIPlanPtr busy_plan = NULL;
+	static SPIPlanPtr update_plan = NULL;
+	static SPIPlanPtr disable_plan = NULL;
+	FireArgs   *a = (FireArgs *) arg;
+	HeapTuple	tup = a->tup;
+	TupleDesc	desc = a->desc;
+	bool		isnull;
+	Datum		id = SPI_getbinval(tup, desc, 1, &isnull);
+	char	   *name = SPI_getvalue(tup, desc, 2);
+	char	   *spec = SPI_getvalue(tup, desc, 3);
+	char	   *handler = SPI_getvalue(tup, desc, 4);
+	char	   *queue = SPI_getvalue(tup, desc, 5);
+	char	   *tz_name = SPI_getvalue(tup, desc, 6);
+	char	   *owner = SPI_getvalue(tup, desc, 7);
+	bool		skip_overlap = strcmp(SPI_getvalue(tup, desc, 8), "skip") == 0;
+	bool		skip_misfire = strcmp(SPI_getvalue(tup, desc, 9), "skip") == 0;
+	TimestampTz fire_time = DatumGetTimestampTz(SPI_getbinval(tup, desc, 10, &isnull));
+	Datum		external_d = SPI_getbinval(tup, desc, 11, &isnull);
+	bool		queue_missing = isnull;
+	AtomizerCron cron;
+	char	   *reason = NULL;
+	pg_tz	   *tz = NULL;
+	TimestampTz following;
+	TimestampTz next;
+	bool		fire = true;
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', 'n', 'n', ' ', ' '};
+
+	{
+		Oid			types[6] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+		INT8OID, INT4OID, INT4OID};
+
+		atomizer_prepare(&busy_plan,
+				"SELECT EXISTS (SELECT 1 FROM atomizer.job WHERE schedule_id = $1)",
+				1, types);
+		atomizer_prepare(&update_plan,
+				"UPDATE atomizer.schedule SET next_run = $2,"
+				" last_run = coalesce($3, last_run),"
+				" last_job_id = coalesce($4, last_job_id),"
+				" fires = fires + $5, skipped = skipped + $6 WHERE id = $1",
+				6, types);
+		types[1] = TEXTOID;
+		atomizer_prepare(&disable_plan,
+				"UPDATE atomizer.schedule SET enabled = false, next_run = NULL,"
+				" last_error = $2 WHERE id = $1", 2, types);
+	}
+
+	if (!atomizer_cron_parse(spec, &cron, &reason))
+		;
+	else if ((tz = pg_tzset(tz_name)) == NULL || !pg_tz_acceptable(tz))
+		reason = psprintf("time zone \"%s\" not recognized", tz_name);
+	else if (queue_missing)
+		reason = psprintf("queue \"%s\" does not exist", queue);
+	else
+		reason = fire_check(handler, owner, DatumGetBool(external_d));
+
+	if (reason != NULL)
+	{
+		Datum		dvalues[2] = {id, CStringGetTextDatum(reason)};
+
+		if (SPI_execute_plan(disable_plan, dvalues, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not disable schedule \"%s\"", name);
+		ereport(LOG,
+				(errmsg("atomizer: schedule \"%s\" disabled: %s", name, reason)));
+		return;
+	}
+
+	/* downtime: more than one fire time has passed */
+	following = atomizer_cron_next(&cron, fire_time, tz);
+	if (!TIMESTAMP_NOT_FINITE(following) && following <= a->now && skip_misfire)
+		fire = false;
+	if (fire && skip_overlap)
+	{
+		if (SPI_execute_plan(busy_plan, &id, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not check schedule \"%s\"", name);
+		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 1, &isnull)))
+			fire = false;
+	}
+
+	if (fire)
+	{
+		values[2] = TimestampTzGetDatum(fire_time);
+		nulls[2] = ' ';
+		values[3] = Int64GetDatum(enqueue_fire(DatumGetInt64(id), fire_time));
+		nulls[3] = ' ';
+		atomizer_note_enqueue(queue);
+		a->fired++;
+	}
+
+	/* never fire N times to catch up: the next run is after now */
+	next = atomizer_cron_next(&cron, Max(fire_time, a->now), tz);
+	values[0] = id;
+	values[1] = TimestampTzGetDatum(next);
+	nulls[1] = TIMESTAMP_NOT_FINITE(next) ? 'n' : ' ';
+	values[4] = Int32GetDatum(fire ? 1 : 0);
+	values[5] = Int32GetDatum(fire ? 0 : 1);
+	if (SPI_execute_plan(update_plan, values, nulls, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not update schedule \"%s\"", name);
+}
+
+/* The schedule whose fire failed, and why, for disable_failed. */
+typedef struct DisableArgs
+{
+	Datum		id;
+	char	   *error;
+} DisableArgs;
+
+static void
+disable_failed(void *arg)
+{
+	static SPIPlanPtr plan = NULL;
+	DisableArgs *a = (DisableArgs *) arg;
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2] = {a->id, CStringGetTextDatum(a->error)};
+
+	atomizer_prepare(&plan,
+			"UPDATE atomizer.schedule SET enabled = false, next_run = NULL,"
+			" last_error = $2 WHERE id = $1", 2, types);
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "could not disable a schedule");
+}
+
 /*
  * atomizer_fire_schedules
- *		One firing pass at clock "now", in the current transaction.
+ *		One firing pass at clock "now", in the current transaction.  Each
+ *		schedule fires in a subtransaction of its own: one whose job cannot
+ *		be inserted (a trigger raises, its queue's settings fail) is
+ *		disabled with the error as its last_error, and the others fire.
  *		Returns the number of jobs enqueued; *next_wake is the earliest
  *		next_run left (DT_NOEND if none).
  */
@@ -586,22 +773,18 @@ int
 atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake)
 {
 	static SPIPlanPtr due_plan = NULL;
-	static SPIPlanPtr busy_plan = NULL;
-	static SPIPlanPtr update_plan = NULL;
-	static SPIPlanPtr disable_plan = NULL;
 	static SPIPlanPtr wake_plan = NULL;
 	AtomizerPrivState priv;
 	SPITupleTable *due;
 	uint64		n;
-	int			fired = 0;
+	FireArgs	args;
 	Datum		arg = TimestampTzGetDatum(now);
 	bool		isnull;
 
 	atomizer_become_owner(&priv);
 	SPI_connect();
 	{
-		Oid			types[7] = {TIMESTAMPTZOID, INT8OID, TIMESTAMPTZOID,
-		TIMESTAMPTZOID, INT8OID, INT4OID, INT4OID};
+		Oid			types[1] = {TIMESTAMPTZOID};
 
 		atomizer_prepare(&due_plan,
 				"SELECT s.id, s.name, s.spec, s.handler, s.queue, s.tz,"
@@ -611,25 +794,9 @@ atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake)
 				" WHERE s.enabled AND s.next_run <= $1"
 				" ORDER BY s.next_run LIMIT " CppAsString2(FIRE_BATCH)
 				" FOR UPDATE OF s SKIP LOCKED", 1, types);
-		atomizer_prepare(&busy_plan,
-				"SELECT EXISTS (SELECT 1 FROM atomizer.job WHERE schedule_id = $1)",
-				1, &types[1]);
-		atomizer_prepare(&update_plan,
-				"UPDATE atomizer.schedule SET next_run = $2,"
-				" last_run = coalesce($3, last_run),"
-				" last_job_id = coalesce($4, last_job_id),"
-				" fires = fires + $5, skipped = skipped + $6 WHERE id = $1",
-				6, &types[1]);
 		atomizer_prepare(&wake_plan,
 				"SELECT min(next_run) FROM atomizer.schedule WHERE enabled",
 				0, NULL);
-	}
-	{
-		Oid			types[2] = {INT8OID, TEXTOID};
-
-		atomizer_prepare(&disable_plan,
-				"UPDATE atomizer.schedule SET enabled = false, next_run = NULL,"
-				" last_error = $2 WHERE id = $1", 2, types);
 	}
 
 	if (last_pass_now != 0 && now < last_pass_now - USECS_PER_SEC)
@@ -641,84 +808,36 @@ atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake)
 	due = SPI_tuptable;
 	n = SPI_processed;
 
+	args.desc = due->tupdesc;
+	args.now = now;
+	args.fired = 0;
 	for (uint64 i = 0; i < n; i++)
 	{
-		HeapTuple	tup = due->vals[i];
-		TupleDesc	desc = due->tupdesc;
-		Datum		id = SPI_getbinval(tup, desc, 1, &isnull);
-		char	   *name = SPI_getvalue(tup, desc, 2);
-		char	   *spec = SPI_getvalue(tup, desc, 3);
-		char	   *handler = SPI_getvalue(tup, desc, 4);
-		char	   *queue = SPI_getvalue(tup, desc, 5);
-		char	   *tz_name = SPI_getvalue(tup, desc, 6);
-		char	   *owner = SPI_getvalue(tup, desc, 7);
-		bool		skip_overlap = strcmp(SPI_getvalue(tup, desc, 8), "skip") == 0;
-		bool		skip_misfire = strcmp(SPI_getvalue(tup, desc, 9), "skip") == 0;
-		TimestampTz fire_time = DatumGetTimestampTz(SPI_getbinval(tup, desc, 10, &isnull));
-		Datum		external_d = SPI_getbinval(tup, desc, 11, &isnull);
-		bool		queue_missing = isnull;
-		AtomizerCron cron;
-		char	   *reason = NULL;
-		pg_tz	   *tz = NULL;
-		TimestampTz following;
-		TimestampTz next;
-		bool		fire = true;
-		Datum		values[6];
-		char		nulls[6] = {' ', ' ', 'n', 'n', ' ', ' '};
+		ErrorData  *edata;
 
 		CHECK_FOR_INTERRUPTS();
-		if (!atomizer_cron_parse(spec, &cron, &reason))
-			;
-		else if ((tz = pg_tzset(tz_name)) == NULL || !pg_tz_acceptable(tz))
-			reason = psprintf("time zone \"%s\" not recognized", tz_name);
-		else if (queue_missing)
-			reason = psprintf("queue \"%s\" does not exist", queue);
-		else
-			reason = fire_check(handler, owner, DatumGetBool(external_d));
-
-		if (reason != NULL)
+		args.tup = due->vals[i];
+		edata = atomizer_try(fire_one, &args);
+		if (edata != NULL)
 		{
-			Datum		dvalues[2] = {id, CStringGetTextDatum(reason)};
+			char	   *name = SPI_getvalue(args.tup, args.desc, 2);
+			DisableArgs dargs;
+			ErrorData  *again;
 
-			if (SPI_execute_plan(disable_plan, dvalues, NULL, false, 0) != SPI_OK_UPDATE)
-				elog(ERROR, "could not disable schedule \"%s\"", name);
+			dargs.id = SPI_getbinval(args.tup, args.desc, 1, &isnull);
+			dargs.error = psprintf("could not fire: %s", edata->message);
+			again = atomizer_try(disable_failed, &dargs);
+			if (again != NULL)
+				ReThrowError(again);
 			ereport(LOG,
-					(errmsg("atomizer: schedule \"%s\" disabled: %s", name, reason)));
-			continue;
+					(errcode(edata->sqlerrcode),
+					 errmsg("atomizer: schedule \"%s\" disabled: it could not fire: %s",
+							name, edata->message),
+					 edata->context ? errcontext_msg("%s", edata->context) : 0,
+					 errhint("Fix the cause, then run atomizer.enable_schedule('%s').",
+							 name)));
+			FreeErrorData(edata);
 		}
-
-		/* downtime: more than one fire time has passed */
-		following = atomizer_cron_next(&cron, fire_time, tz);
-		if (!TIMESTAMP_NOT_FINITE(following) && following <= now && skip_misfire)
-			fire = false;
-		if (fire && skip_overlap)
-		{
-			if (SPI_execute_plan(busy_plan, &id, NULL, true, 0) != SPI_OK_SELECT)
-				elog(ERROR, "could not check schedule \"%s\"", name);
-			if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-										   SPI_tuptable->tupdesc, 1, &isnull)))
-				fire = false;
-		}
-
-		if (fire)
-		{
-			values[2] = TimestampTzGetDatum(fire_time);
-			nulls[2] = ' ';
-			values[3] = Int64GetDatum(enqueue_fire(DatumGetInt64(id), fire_time));
-			nulls[3] = ' ';
-			atomizer_note_enqueue(queue);
-			fired++;
-		}
-
-		/* never fire N times to catch up: the next run is after now */
-		next = atomizer_cron_next(&cron, Max(fire_time, now), tz);
-		values[0] = id;
-		values[1] = TimestampTzGetDatum(next);
-		nulls[1] = TIMESTAMP_NOT_FINITE(next) ? 'n' : ' ';
-		values[4] = Int32GetDatum(fire ? 1 : 0);
-		values[5] = Int32GetDatum(fire ? 0 : 1);
-		if (SPI_execute_plan(update_plan, values, nulls, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not update schedule \"%s\"", name);
 	}
 
 	*next_wake = DT_NOEND;
@@ -733,7 +852,7 @@ atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake)
 	}
 	SPI_finish();
 	atomizer_restore_caller(&priv);
-	return fired;
+	return args.fired;
 }
 
 /*

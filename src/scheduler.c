@@ -13,10 +13,17 @@
  *		charged alone;
  *	  - starts a worker for each internal, unpaused queue that has due jobs
  *		and no idle worker, within the queue's concurrency and
- *		atomizer.max_workers;
+ *		atomizer.max_workers; when those slots are all taken, it asks an
+ *		idle worker anywhere, or one of the queue that holds the most
+ *		slots, to give its slot up (request_slot);
  *	  - fires due schedules (schedule.c), enqueueing their jobs;
  *	  - prunes finished jobs older than their queue's retention (dead jobs
  *		stay until retried or purged);
+ *	  - notifies the listeners of external queues and expires their leases;
+ *
+ *	  each of these duties in a transaction of its own (run_duty), so that
+ *	  one that fails is logged and retried with backoff while the others go
+ *	  on;
  *
  *	  then sleeps until a commit wakes it, the next delayed job is due, or
  *	  atomizer.poll_interval has passed.
@@ -71,31 +78,33 @@ typedef struct WorkerHandle
 } WorkerHandle;
 
 static WorkerHandle *worker_handles = NULL;
-static bool logged_no_slots = false;
+static bool logged_no_bgworker = false;
+static char *my_dbname = NULL;
+
+/* Queues of this database logged as waiting for a slot, this episode. */
+static List *logged_full = NIL;
 
 /*
  * atomizer_start_worker
- *		Reserve a worker slot for queue and register the worker.  False (and
- *		a LOG line, once) when atomizer.max_workers or max_worker_processes
- *		is exhausted.
+ *		Reserve a worker slot for queue and register the worker.  Says why
+ *		not when atomizer.max_workers or max_worker_processes is exhausted
+ *		(the latter with a LOG line, once).
  */
-bool
+AtomizerStartResult
 atomizer_start_worker(Oid dboid, const char *queue, int concurrency,
 					  int *slotno, BackgroundWorkerHandle **handle)
 {
 	BackgroundWorker worker;
 	AtomizerWorkerSlot *slot = NULL;
-	int			used = 0;
 
 	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < atomizer_shared->max_workers; i++)
 	{
-		if (atomizer_shared->workers[i].in_use)
-			used++;
-		else if (slot == NULL)
+		if (!atomizer_shared->workers[i].in_use)
 		{
 			slot = &atomizer_shared->workers[i];
 			*slotno = i;
+			break;
 		}
 	}
 	if (slot != NULL)
@@ -113,7 +122,7 @@ atomizer_start_worker(Oid dboid, const char *queue, int concurrency,
 	LWLockRelease(atomizer_shared->lock);
 
 	if (slot == NULL)
-		return false;			/* atomizer.max_workers reached */
+		return ATOMIZER_NO_WORKER_SLOT;
 
 	memset(&worker, 0, sizeof(worker));
 	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
@@ -135,21 +144,140 @@ atomizer_start_worker(Oid dboid, const char *queue, int concurrency,
 		MemoryContextSwitchTo(old);
 		if (registered)
 		{
-			logged_no_slots = false;
-			return true;
+			logged_no_bgworker = false;
+			return ATOMIZER_STARTED;
 		}
 	}
+	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+	slot->in_use = false;
+	LWLockRelease(atomizer_shared->lock);
+	if (!logged_no_bgworker)
+		ereport(LOG,
+				(errmsg("atomizer: could not start a worker for queue \"%s\" of database \"%s\": no background worker slot is free",
+						queue, my_dbname ? my_dbname : "?"),
+				 errhint("Raise max_worker_processes: atomizer needs one for its launcher, one per database and one per worker, beside those PostgreSQL itself uses (see the README).")));
+	logged_no_bgworker = true;
+	return ATOMIZER_NO_BGWORKER_SLOT;
+}
+
+/*
+ * request_slot
+ *		Every atomizer.max_workers slot is taken and queue (of this
+ *		database, with alive workers) has due jobs: ask a worker to give its
+ *		slot up after its current batch, and to wake this scheduler when it
+ *		has.  An idle (or paused) worker anywhere is asked first; otherwise
+ *		one of the (database, queue) that holds the most slots, if it holds
+ *		more than one more than queue, so that busy queues end up sharing
+ *		the slots evenly.  Returns false when no worker should give way (the
+ *		slots are shared fairly already); true also when one was asked
+ *		before and has not yet gone.
+ */
+static bool
+request_slot(const char *queue, int alive)
+{
+	AtomizerWorkerSlot *victim = NULL;
+	Latch	   *latch = NULL;
+	bool		pending = false;
+	int			most = 0;
+	int			n = atomizer_shared->max_workers;
+
+	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < n; i++)
 	{
-		LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
-		slot->in_use = false;
-		LWLockRelease(atomizer_shared->lock);
-		if (!logged_no_slots)
-			ereport(LOG,
-					(errmsg("atomizer: could not start a worker for queue \"%s\": no background worker slot is free",
-							queue),
-					 errhint("Raise max_worker_processes (atomizer needs one for its launcher, one per database and one per worker).")));
-		logged_no_slots = true;
-		return false;
+		AtomizerWorkerSlot *w = &atomizer_shared->workers[i];
+
+		if (!w->in_use)
+			continue;
+		if (w->yield_requested)
+		{
+			if (w->yield_to_db == MyDatabaseId &&
+				strcmp(w->yield_to_queue, queue) == 0)
+				pending = true;
+			continue;
+		}
+		if (w->latch != NULL &&
+			(w->state == ATOMIZER_WORKER_IDLE || w->state == ATOMIZER_WORKER_PAUSED))
+			victim = w;
+	}
+	if (!pending && victim == NULL)
+	{
+		for (int i = 0; i < n; i++)
+		{
+			AtomizerWorkerSlot *w = &atomizer_shared->workers[i];
+			int			count = 0;
+
+			if (!w->in_use || w->yield_requested || w->latch == NULL)
+				continue;
+			for (int k = 0; k < n; k++)
+			{
+				AtomizerWorkerSlot *o = &atomizer_shared->workers[k];
+
+				if (o->in_use && !o->yield_requested && o->dboid == w->dboid &&
+					strcmp(o->queue, w->queue) == 0)
+					count++;
+			}
+			if (count > most)
+			{
+				most = count;
+				victim = w;
+			}
+		}
+		if (most <= alive + 1)
+			victim = NULL;
+	}
+	if (!pending && victim != NULL)
+	{
+		victim->yield_requested = true;
+		victim->yield_to_db = MyDatabaseId;
+		strlcpy(victim->yield_to_queue, queue, NAMEDATALEN);
+		latch = victim->latch;
+	}
+	LWLockRelease(atomizer_shared->lock);
+	if (latch != NULL)
+		SetLatch(latch);
+	return pending || victim != NULL;
+}
+
+/*
+ * note_full / forget_full
+ *		Log once per episode that queue waits for a slot; the episode ends
+ *		when the queue gets a worker or has no due job.
+ */
+static void
+note_full(const char *queue)
+{
+	ListCell   *lc;
+	MemoryContext old;
+
+	foreach(lc, logged_full)
+		if (strcmp(strVal(lfirst(lc)), queue) == 0)
+			return;
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	logged_full = lappend(logged_full, makeString(pstrdup(queue)));
+	MemoryContextSwitchTo(old);
+	ereport(LOG,
+			(errmsg("atomizer: queue \"%s\" of database \"%s\" has due jobs, but all %d worker slots are busy",
+					queue, my_dbname, atomizer_shared->max_workers),
+			 errdetail("Its jobs wait until a worker finishes a batch; the queues that hold the most slots give slots up until every queue with due jobs has its share."),
+			 errhint("Raise atomizer.max_workers (a restart is needed), or lower the concurrency of other queues.")));
+}
+
+static void
+forget_full(const char *queue)
+{
+	ListCell   *lc;
+
+	foreach(lc, logged_full)
+	{
+		String	   *name = lfirst(lc);
+
+		if (strcmp(strVal(name), queue) == 0)
+		{
+			logged_full = list_delete_cell(logged_full, lc);
+			pfree(strVal(name));
+			pfree(name);
+			return;
+		}
 	}
 }
 
@@ -314,9 +442,6 @@ recover_orphans(void)
 				locked_left = true;
 		}
 
-		if (batch > 1)
-			atomizer_release_job(jobs[i].id, true);
-		else
 		{
 			AtomizerOutcome outcome;
 
@@ -325,7 +450,8 @@ recover_orphans(void)
 			outcome.message = psprintf("worker process died while running the job (%s)",
 									   workers[i]);
 			outcome.hint = "A job whose handler kills its worker is retried like any failure and is dead after max_attempts.";
-			atomizer_record_outcome(&jobs[i], &outcome, NULL);
+			(void) atomizer_record_or_set_aside(&jobs[i], &outcome, batch > 1,
+												"orphan recovery");
 		}
 		recovered++;
 	}
@@ -546,6 +672,7 @@ start_workers(void)
 
 			if (!atomizer_queue_due(queue, &next))
 			{
+				forget_full(queue);
 				if (!TIMESTAMP_NOT_FINITE(next))
 					sleep_ms = Min(sleep_ms,
 								   Max(TimestampDifferenceMilliseconds(now, next), 1));
@@ -557,12 +684,21 @@ start_workers(void)
 				int			slotno;
 				BackgroundWorkerHandle *handle;
 
-				if (atomizer_start_worker(MyDatabaseId, queue, concurrency,
-										  &slotno, &handle))
+				switch (atomizer_start_worker(MyDatabaseId, queue, concurrency,
+											  &slotno, &handle))
 				{
-					worker_handles[slotno].handle = handle;
-					worker_handles[slotno].generation =
-						atomizer_shared->workers[slotno].generation;
+					case ATOMIZER_STARTED:
+						worker_handles[slotno].handle = handle;
+						worker_handles[slotno].generation =
+							atomizer_shared->workers[slotno].generation;
+						forget_full(queue);
+						break;
+					case ATOMIZER_NO_WORKER_SLOT:
+						if (!request_slot(queue, alive))
+							note_full(queue);
+						break;
+					case ATOMIZER_NO_BGWORKER_SLOT:
+						break;
 				}
 			}
 		}
@@ -583,13 +719,13 @@ start_workers(void)
  *		an external queue is due (or the poll interval).
  */
 static long
-notify_external(void)
+notify_external(bool redo_all)
 {
 	static SPIPlanPtr plan = NULL;
 	static List *due_before = NIL;	/* external queues that had due jobs */
 	AtomizerPrivState priv;
 	bool		all;
-	List	   *queues = atomizer_take_notify_requests(&all);
+	List	   *queues;
 	List	   *due_now = NIL;
 	ListCell   *lc;
 	long		sleep_ms = atomizer_poll_interval;
@@ -597,6 +733,8 @@ notify_external(void)
 	MemoryContext outer = CurrentMemoryContext;
 	MemoryContext old;
 
+	queues = atomizer_take_notify_requests(&all);
+	all = all || redo_all;
 	atomizer_become_owner(&priv);
 	SPI_connect();
 	if (plan == NULL)
@@ -652,6 +790,188 @@ notify_external(void)
 		due_before = lappend(due_before, makeString(pstrdup(strVal(lfirst(lc)))));
 	MemoryContextSwitchTo(old);
 	return sleep_ms;
+}
+
+/*
+ * The scheduler's duties.  Each runs in a transaction of its own, so that
+ * one that fails (a faulty row, a trigger, a setting that cannot be
+ * applied) neither rolls back nor stops the others: its error is logged
+ * with the duty's name and the database's, and it is tried again after a
+ * pause that doubles with each failure in a row, from 1 s up to 1 min.
+ * Duties that work row by row (orphans, cron fires, lease expiry) also set
+ * aside a row that fails, so the duty itself goes on.
+ */
+typedef enum SchedulerDutyId
+{
+	DUTY_ORPHANS,
+	DUTY_NOTIFY,
+	DUTY_SCHEDULES,
+	DUTY_LEASES,
+	DUTY_WORKERS,
+	DUTY_PRUNE,
+	NUM_DUTIES
+} SchedulerDutyId;
+
+typedef struct SchedulerDuty
+{
+	const char *name;			/* for the log and pg_stat_activity */
+	int			failures;		/* in a row */
+	TimestampTz retry_at;		/* after a failure: not before */
+} SchedulerDuty;
+
+static SchedulerDuty duties[NUM_DUTIES] = {
+	[DUTY_ORPHANS] = {"orphan recovery"},
+	[DUTY_NOTIFY] = {"notifications"},
+	[DUTY_SCHEDULES] = {"cron fires"},
+	[DUTY_LEASES] = {"lease expiry"},
+	[DUTY_WORKERS] = {"worker starts"},
+	[DUTY_PRUNE] = {"pruning"},
+};
+
+#define DUTY_BACKOFF_MIN_MS	1000
+#define DUTY_BACKOFF_MAX_MS	60000
+
+/*
+ * run_duty
+ *		Run fn(arg) as duty "which" in a transaction of its own, unless the
+ *		duty is pausing after a failure.  Returns whether it ran and
+ *		committed.  Memory stays in the caller's context.
+ */
+static bool
+run_duty(SchedulerDutyId which, const char *dbname,
+		 void (*fn) (void *arg), void *arg)
+{
+	SchedulerDuty *duty = &duties[which];
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool ok = false;
+
+	if (duty->retry_at != 0 && GetCurrentTimestamp() < duty->retry_at)
+		return false;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pgstat_report_activity(STATE_RUNNING, duty->name);
+		fn(arg);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		ok = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		long		pause;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(cxt);
+
+		duty->failures++;
+		pause = Min((long) DUTY_BACKOFF_MIN_MS << Min(duty->failures - 1, 10),
+					DUTY_BACKOFF_MAX_MS);
+		duty->retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), pause);
+		ereport(LOG,
+				(errcode(edata->sqlerrcode),
+				 errmsg("atomizer: the scheduler's %s failed in database \"%s\": %s",
+						duty->name, dbname, edata->message),
+				 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
+				 edata->context ? errcontext_msg("%s", edata->context) : 0,
+				 errhint("Its other duties go on; this one is tried again in %ld ms (failure %d in a row).",
+						 pause, duty->failures)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+
+	if (ok && duty->failures > 0)
+	{
+		ereport(LOG,
+				(errmsg("atomizer: the scheduler's %s works again in database \"%s\" after %d failure(s)",
+						duty->name, dbname, duty->failures)));
+		duty->failures = 0;
+		duty->retry_at = 0;
+	}
+	return ok;
+}
+
+/*
+ * duty_pause_ms
+ *		Ms until the first pausing duty may run again, or max_ms.
+ */
+static long
+duty_pause_ms(long max_ms)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	for (int i = 0; i < NUM_DUTIES; i++)
+		if (duties[i].retry_at != 0)
+			max_ms = Min(max_ms,
+						 Max(TimestampDifferenceMilliseconds(now, duties[i].retry_at), 1));
+	return max_ms;
+}
+
+/* What the duties report back to the pass. */
+typedef struct PassState
+{
+	bool		orphans_again;	/* a dead worker's rows were still locked */
+	bool		notify_all;		/* the last notification duty failed */
+	long		sleep_ms;		/* until something is due */
+} PassState;
+
+static void
+sleep_until(PassState *ps, TimestampTz t)
+{
+	if (!TIMESTAMP_NOT_FINITE(t))
+		ps->sleep_ms = Min(ps->sleep_ms,
+						   Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(), t), 1));
+}
+
+static void
+duty_orphans(void *arg)
+{
+	((PassState *) arg)->orphans_again = recover_orphans();
+}
+
+static void
+duty_notify(void *arg)
+{
+	PassState  *ps = (PassState *) arg;
+
+	ps->sleep_ms = Min(ps->sleep_ms, notify_external(ps->notify_all));
+}
+
+static void
+duty_schedules(void *arg)
+{
+	TimestampTz next_fire;
+
+	(void) atomizer_fire_schedules(GetCurrentTimestamp(), &next_fire);
+	sleep_until((PassState *) arg, next_fire);
+}
+
+static void
+duty_leases(void *arg)
+{
+	sleep_until((PassState *) arg, atomizer_expire_leases());
+}
+
+static void
+duty_workers(void *arg)
+{
+	PassState  *ps = (PassState *) arg;
+
+	ps->sleep_ms = Min(ps->sleep_ms, start_workers());
+}
+
+static void
+duty_prune(void *arg)
+{
+	prune();
 }
 
 /*
@@ -733,6 +1053,7 @@ atomizer_scheduler_main(Datum arg)
 	int			orphan_retries = 0;
 	TimestampTz last_prune = 0;
 	MemoryContext pass_cxt;
+	PassState	ps = {0};
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
@@ -748,6 +1069,7 @@ atomizer_scheduler_main(Datum arg)
 		version = MemoryContextStrdup(TopMemoryContext, version);
 	present = schema_matches(version);
 	dbname = MemoryContextStrdup(TopMemoryContext, get_database_name(dboid));
+	my_dbname = dbname;
 	CommitTransactionCommand();
 
 	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
@@ -814,55 +1136,41 @@ atomizer_scheduler_main(Datum arg)
 		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		MemoryContextSwitchTo(pass_cxt);
-		PushActiveSnapshot(GetTransactionSnapshot());
 		version = installed_version();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(pass_cxt);
 		if (!schema_matches(version))
 		{
-			PopActiveSnapshot();
-			CommitTransactionCommand();
 			if (version == NULL)
 				ereport(LOG,
 						(errmsg("atomizer: extension dropped in database \"%s\", scheduler exiting",
 								dbname)));
 			proc_exit(0);		/* the next scheduler says why */
 		}
-		pgstat_report_activity(STATE_RUNNING, "atomizer scheduler pass");
 
-		orphans_again = false;
+		ps.orphans_again = false;
+		ps.sleep_ms = atomizer_poll_interval;
 		if (last_orphan_scan == 0 ||
 			TimestampDifferenceExceeds(last_orphan_scan, now, ORPHAN_SCAN_MS) ||
 			pg_atomic_exchange_u32(&db->orphans_pending, 0) != 0)
 		{
-			orphans_again = recover_orphans();
-			last_orphan_scan = now;
+			if (run_duty(DUTY_ORPHANS, dbname, duty_orphans, &ps))
+				last_orphan_scan = now;
+			else
+				pg_atomic_write_u32(&db->orphans_pending, 1);
 		}
-		{
-			TimestampTz next_fire;
-			TimestampTz next_lease;
-
-			long		notify_ms = notify_external();
-
-			(void) atomizer_fire_schedules(GetCurrentTimestamp(), &next_fire);
-			next_lease = atomizer_expire_leases();
-			sleep_ms = Min(start_workers(), notify_ms);
-			if (!TIMESTAMP_NOT_FINITE(next_fire))
-				sleep_ms = Min(sleep_ms,
-							   Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
-																   next_fire), 1));
-			if (!TIMESTAMP_NOT_FINITE(next_lease))
-				sleep_ms = Min(sleep_ms,
-							   Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
-																   next_lease), 1));
-		}
+		ps.notify_all = !run_duty(DUTY_NOTIFY, dbname, duty_notify, &ps);
+		(void) run_duty(DUTY_SCHEDULES, dbname, duty_schedules, &ps);
+		(void) run_duty(DUTY_LEASES, dbname, duty_leases, &ps);
+		(void) run_duty(DUTY_WORKERS, dbname, duty_workers, &ps);
 		if (last_prune == 0 || TimestampDifferenceExceeds(last_prune, now, PRUNE_MS))
 		{
-			prune();
-			last_prune = now;
+			if (run_duty(DUTY_PRUNE, dbname, duty_prune, &ps))
+				last_prune = now;
 		}
+		orphans_again = ps.orphans_again;
+		sleep_ms = duty_pause_ms(ps.sleep_ms);
 
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		MemoryContextSwitchTo(pass_cxt);
 		/* table statistics (pruning deletes, fired jobs) for autovacuum */
 		pgstat_report_stat(true);
 		pgstat_report_activity(STATE_IDLE, NULL);

@@ -16,7 +16,9 @@
  *	  atomizer.batch_size at a time.  With nothing to do the worker sleeps on
  *	  its latch, set by the commit of an enqueue (wakeup.c), until the next
  *	  delayed job is due or atomizer.poll_interval passes; after
- *	  atomizer.worker_idle_timeout with no work it exits.
+ *	  atomizer.worker_idle_timeout with no work it exits, and so it does
+ *	  after its batch when a scheduler asks for its slot (another queue, of
+ *	  this database or another, has due jobs and every slot is taken).
  *
  *	  SIGTERM from the postmaster (fast shutdown) stops claiming and lets
  *	  the batch run until atomizer.shutdown_timeout; then the running
@@ -110,11 +112,20 @@ set_slot(int state, int64 job_id)
 static void
 worker_detach(int code, Datum arg)
 {
+	AtomizerWorkerSlot *w = &atomizer_shared->workers[my_slot];
 	AtomizerDbSlot *db;
 	Latch	   *latch = NULL;
+	Latch	   *wants_slot = NULL;
 
 	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
-	atomizer_shared->workers[my_slot].in_use = false;
+	w->in_use = false;
+	if (w->yield_requested)
+	{
+		AtomizerDbSlot *to = atomizer_db_slot(w->yield_to_db, false);
+
+		if (to != NULL)
+			wants_slot = to->scheduler_latch;
+	}
 	db = atomizer_db_slot(MyDatabaseId, false);
 	/* an error of the worker itself, not of a job: no restart loop */
 	if (db != NULL && code != 0 && !jobs_in_flight)
@@ -127,6 +138,8 @@ worker_detach(int code, Datum arg)
 	LWLockRelease(atomizer_shared->lock);
 	if (latch != NULL)
 		SetLatch(latch);
+	if (wants_slot != NULL)
+		SetLatch(wants_slot);
 }
 
 /*
@@ -380,6 +393,9 @@ atomizer_worker_main(Datum arg)
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 		if (!atomizer_enabled || !atomizer_database_listed(my_dbname))
+			break;
+		/* a scheduler needs our slot for a queue with due jobs */
+		if (slot->yield_requested)
 			break;
 		batch = Min(batch, atomizer_batch_size);
 

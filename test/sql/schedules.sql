@@ -142,6 +142,10 @@ EXCEPTION WHEN OTHERS THEN
 	GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
 END
 $$;
+-- a name has 1 to 200 characters (not bytes)
+SELECT atomizer.schedule(repeat('é', 200), '0 0 1 1 *', 'work') IS NOT NULL AS two_hundred_characters;
+SELECT code, left(message, 25) AS message FROM try($$SELECT atomizer.schedule(repeat('é', 201), '0 0 1 1 *', 'work')$$);
+SELECT atomizer.unschedule(repeat('é', 200));
 SELECT * FROM try($$SELECT atomizer.schedule('x', '61 * * * *', 'work')$$);
 SELECT * FROM try($$SELECT atomizer.schedule('x', '* * * *', 'work')$$);
 SELECT * FROM try($$SELECT atomizer.schedule('x', '* * * * *', 'work', tz => 'Mars/Olympus')$$);
@@ -166,15 +170,30 @@ SELECT atomizer.schedule('alices', '* * * * *', 'work', '{"tag": "alice"}') IS N
 RESET ROLE;
 SET ROLE regress_cron_bob;
 SELECT count(*) AS bob_sees FROM atomizer.schedules;
-SELECT * FROM try($$SELECT atomizer.schedule('alices', '* * * * *', 'work')$$);
-SELECT atomizer.unschedule('alices') AS bob_cannot_unschedule;
+-- names belong to roles: bob's "alices" is his own, alice's is untouched
+SELECT atomizer.schedule('alices', '0 0 1 1 *', 'work', '{"tag": "bob"}') IS NOT NULL AS bob_has_his_own;
+SELECT name, owner, payload FROM atomizer.schedules;
+SELECT atomizer.unschedule('alices') AS bob_unschedules_his;
+SELECT atomizer.unschedule('alices') AS but_not_alices;
 RESET ROLE;
 SELECT anchor('alices', '2030-01-01 08:00');
 SELECT tick('2030-01-01 08:01:00') AS fired;
 SELECT handler, owner FROM atomizer.jobs WHERE payload->>'tag' = 'alice';
 SELECT atomizer.run_pending();
 SELECT state FROM atomizer.jobs WHERE payload->>'tag' = 'alice';
+-- an admin acts on the only schedule of a name, and must say whose when
+-- several roles have one
+SELECT atomizer.disable_schedule('alices') AS admin_disables_alices;
+SET ROLE regress_cron_bob;
+SELECT atomizer.schedule('alices', '0 0 1 1 *', 'work', '{"tag": "bob"}') IS NOT NULL AS bob_again;
+RESET ROLE;
+SELECT * FROM try($$SELECT atomizer.run_schedule('alices')$$);
+SELECT owner, enabled FROM atomizer.schedules WHERE name = 'alices' ORDER BY owner;
+SET ROLE regress_cron_alice;
 SELECT atomizer.unschedule('alices');
+RESET ROLE;
+SELECT atomizer.unschedule('alices') AS admin_removes_bobs;
+SELECT count(*) AS left_over FROM atomizer.schedules WHERE name = 'alices';
 DROP OWNED BY regress_cron_alice, regress_cron_bob;
 DROP ROLE regress_cron_alice, regress_cron_bob;
 

@@ -4,6 +4,8 @@
 # of another role) does not run holding it and other sessions can take it.
 # The rest of a session's state is refused to handlers (PREPARE, LISTEN,
 # cursors WITH HOLD: test/sql/security.sql covers the restricted operation).
+# Last, atomizer.workers shows a running job's id only to those who may see
+# the job.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -61,6 +63,25 @@ is($node->safe_psql('postgres', q{SELECT count(DISTINCT pid) FROM seen}), '1',
 	'(both jobs ran in the same worker)');
 is($node->safe_psql('postgres', q{SELECT string_agg(state, ' ' ORDER BY id) FROM atomizer.jobs
 	WHERE handler LIKE '%take'}), 'succeeded dead', 'the taking jobs ended as they should');
+
+# atomizer.workers shows the id of the job a worker runs to the job's owner
+# and to atomizer_admin, not to other roles
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION nap(p jsonb) RETURNS void LANGUAGE sql AS $$ SELECT pg_sleep(5) $$;
+	GRANT EXECUTE ON FUNCTION nap(jsonb) TO app_a;
+	SET ROLE app_a;
+	SELECT atomizer.enqueue('nap', '{}', queue => 'one');
+});
+wait_until($node, 'postgres',
+	q{SELECT count(*) FROM atomizer.workers WHERE state = 'running' AND job_id IS NOT NULL},
+	'1', 'a job of app_a runs');
+for my $case (['app_a', '1'], ['app_b', '0'], ['atomizer_admin', '1'])
+{
+	my ($role, $sees) = @$case;
+	is($node->safe_psql('postgres', qq{SET ROLE $role;
+		SELECT count(job_id) FROM atomizer.workers WHERE state = 'running'}),
+		$sees, "$role sees the running job's id: $sees");
+}
 
 $node->stop;
 done_testing();
