@@ -105,7 +105,12 @@ deb:
 	bash test/build-deb.sh dist
 
 # The atomizer command-line tool (src/cli/), a libpq client: built by "all",
-# installed into pg_config --bindir by "install".
+# installed into pg_config --bindir by "install", with a symbolic link to it
+# in CLI_LINK_DIR so that "atomizer" is on PATH.  Packagers set CLI_LINK_DIR
+# empty to install no link (debian/rules does).  "make install" replaces a
+# link of its own there, never a file that is not a link.
+CLI_LINK_DIR ?= /usr/local/bin
+
 ifneq ($(PGXS),)
 CLI_INCLUDEDIR := $(shell $(PG_CONFIG) --includedir)
 CLI_LIBDIR := $(shell $(PG_CONFIG) --libdir)
@@ -114,8 +119,9 @@ all: src/cli/atomizer
 
 CLI_SRCS = $(sort $(wildcard src/cli/*.c))
 
-src/cli/atomizer: $(CLI_SRCS) src/cli/cli.h $(BUILD_STAMP)
-	$(CC) $(CFLAGS) -Wall -Werror -I$(CLI_INCLUDEDIR) -o $@ $(CLI_SRCS) \
+src/cli/atomizer: $(CLI_SRCS) src/cli/cli.h $(BUILD_STAMP) atomizer.control
+	$(CC) $(CFLAGS) -Wall -Werror -I$(CLI_INCLUDEDIR) \
+		-DATOMIZER_VERSION='"$(EXTVERSION)"' -o $@ $(CLI_SRCS) \
 		-L$(CLI_LIBDIR) -lpq
 
 .PHONY: install-cli uninstall-cli
@@ -125,7 +131,23 @@ uninstall: uninstall-cli
 install-cli: src/cli/atomizer
 	$(MKDIR_P) '$(DESTDIR)$(bindir)'
 	$(INSTALL_PROGRAM) src/cli/atomizer '$(DESTDIR)$(bindir)/atomizer'
+ifneq ($(strip $(CLI_LINK_DIR)),)
+	@link='$(DESTDIR)$(CLI_LINK_DIR)/atomizer'; \
+	if [ -e "$$link" ] && [ ! -L "$$link" ]; then \
+		echo "error: $$link exists and is not a link; not replacing it (set CLI_LINK_DIR= to install no link)" >&2; \
+		exit 1; \
+	fi; \
+	$(MKDIR_P) '$(DESTDIR)$(CLI_LINK_DIR)' && \
+	ln -sfn '$(bindir)/atomizer' "$$link" && \
+	echo "atomizer: the command-line tool is $(bindir)/atomizer, linked from $(CLI_LINK_DIR)/atomizer"
+endif
 
 uninstall-cli:
 	rm -f '$(DESTDIR)$(bindir)/atomizer'
+ifneq ($(strip $(CLI_LINK_DIR)),)
+	@link='$(DESTDIR)$(CLI_LINK_DIR)/atomizer'; \
+	if [ -L "$$link" ] && [ "$$(readlink "$$link")" = '$(bindir)/atomizer' ]; then \
+		rm -f "$$link"; \
+	fi
+endif
 endif

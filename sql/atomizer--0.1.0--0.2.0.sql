@@ -100,6 +100,40 @@ COMMENT ON FUNCTION atomizer.enqueue(text, jsonb, text, timestamptz, integer, in
 /* Only the install and upgrade scripts call it. */
 REVOKE ALL ON FUNCTION atomizer._extension_created() FROM PUBLIC;
 
+/* ------------------------------------------------------------------------
+ * Backups by the database owner (issue 12)
+ *
+ * pg_dump run by the database's owner, not a superuser, must read what
+ * pg_extension_config_dump registered: the id sequences (SELECT) and every
+ * row of the job and schedule tables.  SELECT on the sequences reveals no
+ * more than enqueue() and schedule() return to any role (the latest id), and
+ * allows neither nextval() nor setval().  Row-level security lets the
+ * database owner (and roles with its privileges) read every job, error and
+ * schedule, so that its dump is complete; writing stays as it was: only
+ * through the API, by no role but the extension's owner.  The owner's
+ * pg_dump needs --enable-row-security (without it, PostgreSQL refuses to
+ * dump a table with row-level security for a role that is neither its owner
+ * nor BYPASSRLS).
+ * ------------------------------------------------------------------------ */
+GRANT SELECT ON SEQUENCE atomizer.job_id_seq, atomizer.schedule_id_seq TO PUBLIC;
+
+CREATE POLICY database_owner_reads ON atomizer.job FOR SELECT
+	USING ((SELECT pg_catalog.pg_has_role(d.datdba, 'USAGE')
+			  FROM pg_catalog.pg_database d
+			 WHERE d.datname = pg_catalog.current_database()));
+CREATE POLICY database_owner_reads ON atomizer.job_history FOR SELECT
+	USING ((SELECT pg_catalog.pg_has_role(d.datdba, 'USAGE')
+			  FROM pg_catalog.pg_database d
+			 WHERE d.datname = pg_catalog.current_database()));
+CREATE POLICY database_owner_reads ON atomizer.job_error FOR SELECT
+	USING ((SELECT pg_catalog.pg_has_role(d.datdba, 'USAGE')
+			  FROM pg_catalog.pg_database d
+			 WHERE d.datname = pg_catalog.current_database()));
+CREATE POLICY database_owner_reads ON atomizer.schedule FOR SELECT
+	USING ((SELECT pg_catalog.pg_has_role(d.datdba, 'USAGE')
+			  FROM pg_catalog.pg_database d
+			 WHERE d.datname = pg_catalog.current_database()));
+
 /*
  * Schedule names belong to the role that makes them: two roles may each
  * have a schedule "nightly", and no role can take a name another will need

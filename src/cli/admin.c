@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * admin.c
- *	  "atomizer enqueue" (one job, prints its id) and "atomizer stats" (a
+ *	  "atomizer enqueue" (one job with the options of atomizer.enqueue(),
+ *	  its payload checked to be JSON before connecting; prints its id) and "atomizer stats" (a
  *	  table of the queues: waiting, running, dead, succeeded, and jobs
  *	  succeeded in the last minute).
  *
@@ -41,6 +42,9 @@ cmd_enqueue(int argc, char **argv)
 		{"payload", required_argument, NULL, 'p'},
 		{"run-at", required_argument, NULL, 'r'},
 		{"priority", required_argument, NULL, 'P'},
+		{"max-attempts", required_argument, NULL, 'm'},
+		{"timeout", required_argument, NULL, 'T'},
+		{"idempotency-key", required_argument, NULL, 'k'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0}
 	};
@@ -50,7 +54,12 @@ cmd_enqueue(int argc, char **argv)
 	const char *payload = "{}";
 	const char *run_at = NULL;
 	const char *priority = "0";
-	const char *vals[5];
+	const char *max_attempts = NULL;
+	const char *key = NULL;
+	char		timeout[64];
+	bool		has_timeout = false;
+	bool		container;
+	const char *vals[8];
 	char		err[1024];
 	PGconn	   *conn;
 	PGresult   *r;
@@ -58,7 +67,7 @@ cmd_enqueue(int argc, char **argv)
 
 	opterr = 0;
 	optind = 1;
-	while ((c = getopt_long(argc, argv, "+:q:t:p:h", opts, NULL)) != -1)
+	while ((c = getopt_long(argc, argv, "+:q:t:p:k:h", opts, NULL)) != -1)
 	{
 		switch (c)
 		{
@@ -80,13 +89,30 @@ cmd_enqueue(int argc, char **argv)
 			case 'P':
 				{
 					char	   *end;
+					long		v;
 
 					errno = 0;
-					(void) strtol(optarg, &end, 10);
-					if (errno != 0 || end == optarg || *end != '\0')
-						usage_error("enqueue ", "invalid value \"%s\" for --priority", optarg);
+					v = strtol(optarg, &end, 10);
+					if (errno != 0 || end == optarg || *end != '\0' ||
+						v < -32768 || v > 32767)
+						usage_error("enqueue ", "invalid value \"%s\" for --priority (an integer from -32768 to 32767)",
+									optarg);
 					priority = optarg;
 				}
+				break;
+			case 'm':
+				(void) parse_positive("enqueue ", "--max-attempts", optarg, 1);
+				max_attempts = optarg;
+				break;
+			case 'T':
+				snprintf(timeout, sizeof(timeout), "%lld milliseconds",
+						 (long long) duration_opt("enqueue ", "--timeout", optarg, false));
+				has_timeout = true;
+				break;
+			case 'k':
+				if (optarg[0] == '\0')
+					usage_error("enqueue ", "--idempotency-key must not be empty");
+				key = optarg;
 				break;
 			case 'h':
 				return print_help("enqueue");
@@ -103,6 +129,10 @@ cmd_enqueue(int argc, char **argv)
 		task = queue;
 	if (strcmp(payload, "-") == 0)
 		payload = read_all_stdin();
+	if (!json_check(payload, &container, err, sizeof(err)))
+		usage_error("enqueue ", "the payload is not valid JSON: %s", err);
+	if (!container)
+		usage_error("enqueue ", "the payload must be a JSON object or array, such as {\"n\": 1}");
 
 	conn = connect_db(dsn, "atomizer enqueue", err, sizeof(err));
 	if (conn == NULL)
@@ -115,10 +145,15 @@ cmd_enqueue(int argc, char **argv)
 	vals[2] = queue;
 	vals[3] = run_at;
 	vals[4] = priority;
+	vals[5] = max_attempts;
+	vals[6] = has_timeout ? timeout : NULL;
+	vals[7] = key;
 	r = PQexecParams(conn,
 					 "SELECT atomizer.enqueue(handler => $1, payload => $2::jsonb, queue => $3,"
-					 " run_at => COALESCE($4::timestamptz, pg_catalog.now()), priority => $5::integer)",
-					 5, NULL, vals, NULL, NULL, 0);
+					 " run_at => COALESCE($4::timestamptz, pg_catalog.now()), priority => $5::integer,"
+					 " max_attempts => $6::integer, timeout => $7::interval,"
+					 " idempotency_key => $8)",
+					 8, NULL, vals, NULL, NULL, 0);
 	if (PQresultStatus(r) != PGRES_TUPLES_OK)
 	{
 		fprintf(stderr, "%s: %s\n", progname,

@@ -2,8 +2,9 @@
  *
  * cli.h
  *	  Declarations shared by the files of the atomizer command-line tool:
- *	  helpers (common.c), the worker's state (work.c, command.c), the
- *	  subcommands (work.c, admin.c) and the manual (atomizer.c).
+ *	  helpers (common.c), the JSON check (json.c), the worker's state
+ *	  (work.c, command.c), the subcommands (work.c, admin.c) and the
+ *	  manual (atomizer.c).
  *
  *	  src/cli/cli.h
  *
@@ -110,6 +111,7 @@ typedef struct Worker
 	int64_t		next_poll;
 	bool		stopping;
 	bool		failed;			/* a fatal error: exit 1 once stopped */
+	bool		cannot_start;	/* a command could not be started */
 	int64_t		grace_end;
 	int			busy;			/* slots not free */
 	Slot	   *slots;
@@ -139,9 +141,21 @@ extern const char *oneline(const char *msg, char *buf, size_t len);
 extern PGconn *connect_db(const char *dsn, const char *appname, char *err,
 						  size_t errlen);
 
+/* json.c */
+extern bool json_check(const char *text, bool *container, char *err,
+					   size_t errlen);
+
 /* command.c */
+typedef enum StartResult
+{
+	START_OK,
+	START_FAILED,				/* no pipe or no fork: errno says why */
+	START_EXEC_FAILED			/* the command could not be executed */
+} StartResult;
+
 extern void slot_reset(Slot *s);
-extern bool slot_start(Worker *w, Slot *s);
+extern StartResult slot_start(Worker *w, Slot *s, int *err);
+extern void check_command(const char *cmd);
 extern void reap_children(Worker *w);
 extern bool read_pipe(Slot *s, int *fd, bool is_out);
 extern void write_stdin(Slot *s);

@@ -3,7 +3,8 @@
  * command.c
  *	  Running one job's command for "atomizer work": fork and exec (no shell)
  *	  in its own process group with the job in its environment and the
- *	  payload on its stdin; collecting its stdout (the result) and the tail
+ *	  payload on its stdin (after checking at start that the command can be
+ *	  executed at all); collecting its stdout (the result) and the tail
  *	  of its stderr (the error) through non-blocking pipes; and, once it is
  *	  reaped, turning its exit status into the outcome to report.
  *
@@ -21,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #ifdef __linux__
 #include <sys/prctl.h>
@@ -297,15 +299,107 @@ reap_children(Worker *w)
 	}
 }
 
-/* Start the command for a claimed job in slot s. */
-bool
-slot_start(Worker *w, Slot *s)
+/*
+ * Is path a file this process may execute?  False with errno set (ENOENT,
+ * EACCES, EISDIR) when not.
+ */
+static bool
+executable_file(const char *path)
+{
+	struct stat st;
+
+	if (stat(path, &st) != 0)
+		return false;
+	if (S_ISDIR(st.st_mode))
+	{
+		errno = EISDIR;
+		return false;
+	}
+	return access(path, X_OK) == 0;
+}
+
+/*
+ * Check at start that the command can be executed, finding it as execvp
+ * will: a name with a slash as it is, any other in the directories of PATH
+ * (an empty entry is the current directory; without PATH, the system's
+ * default path).  A command that cannot be executed is a usage error: the
+ * worker exits 2 before it claims anything, instead of failing every job.
+ */
+void
+check_command(const char *cmd)
+{
+	const char *path;
+	const char *dir;
+	bool		denied = false;
+	char		defpath[1024];
+
+	if (cmd[0] == '\0')
+	{
+		fprintf(stderr, "%s: the command is an empty string\n", progname);
+		exit(EXIT_USAGE);
+	}
+	if (strchr(cmd, '/') != NULL)
+	{
+		if (executable_file(cmd))
+			return;
+		fprintf(stderr, "%s: cannot execute command \"%s\": %s\n", progname, cmd,
+				strerror(errno));
+		exit(EXIT_USAGE);
+	}
+	path = getenv("PATH");
+	if (path == NULL)
+	{
+		if (confstr(_CS_PATH, defpath, sizeof(defpath)) == 0)
+			strcpy(defpath, "/bin:/usr/bin");
+		path = defpath;
+	}
+	for (dir = path;; dir = strchr(dir, ':') + 1)
+	{
+		size_t		dlen = strcspn(dir, ":");
+		char	   *full = xmalloc(dlen + strlen(cmd) + 3);
+
+		if (dlen == 0)
+			sprintf(full, "./%s", cmd);
+		else
+			sprintf(full, "%.*s/%s", (int) dlen, dir, cmd);
+		if (executable_file(full))
+		{
+			free(full);
+			return;
+		}
+		if (errno == EACCES)
+			denied = true;
+		free(full);
+		if (dir[dlen] == '\0')
+			break;
+	}
+	if (denied)
+		fprintf(stderr, "%s: cannot execute command \"%s\": found in PATH, but not executable\n",
+				progname, cmd);
+	else
+		fprintf(stderr, "%s: command \"%s\" not found in PATH (%s)\n",
+				progname, cmd, path);
+	exit(EXIT_USAGE);
+}
+
+/*
+ * Start the command for a claimed job in slot s.  START_EXEC_FAILED when
+ * the command could not be executed (*err: the errno of execvp), which a
+ * status pipe tells: it is closed by a successful exec (O_CLOEXEC), or
+ * carries execvp's errno.  START_FAILED when no pipe or process could be
+ * made (*err: that errno).
+ */
+StartResult
+slot_start(Worker *w, Slot *s, int *err_out)
 {
 	int			in[2],
 				out[2],
-				err[2];
+				err[2],
+				st[2];
 	pid_t		pid;
 	pid_t		parent;
+	int			exec_errno = 0;
+	ssize_t		n;
 
 	if (pipe2(in, O_CLOEXEC) < 0)
 		goto fail;
@@ -323,6 +417,16 @@ slot_start(Worker *w, Slot *s)
 		close(out[1]);
 		goto fail;
 	}
+	if (pipe2(st, O_CLOEXEC) < 0)
+	{
+		close(in[0]);
+		close(in[1]);
+		close(out[0]);
+		close(out[1]);
+		close(err[0]);
+		close(err[1]);
+		goto fail;
+	}
 	fflush(stdout);
 	fflush(stderr);
 	parent = getpid();
@@ -335,11 +439,14 @@ slot_start(Worker *w, Slot *s)
 		close(out[1]);
 		close(err[0]);
 		close(err[1]);
+		close(st[0]);
+		close(st[1]);
 		goto fail;
 	}
 	if (pid == 0)
 	{
 		sigset_t	none;
+		int			e;
 
 		setpgid(0, 0);
 #ifdef __linux__
@@ -366,14 +473,33 @@ slot_start(Worker *w, Slot *s)
 		setenv("ATOMIZER_ATTEMPT", s->attempt, 1);
 		setenv("ATOMIZER_QUEUE", w->queue, 1);
 		execvp(w->command[0], w->command);
-		fprintf(stderr, "atomizer: could not execute \"%s\": %s\n",
-				w->command[0], strerror(errno));
+		e = errno;
+		if (write(st[1], &e, sizeof(e)) < 0)
+		{
+			/* the parent reads EOF and sees an exit status of 127 */
+		}
 		_exit(127);
 	}
 	setpgid(pid, pid);			/* also here: no race with kill(-pid) */
 	close(in[0]);
 	close(out[1]);
 	close(err[1]);
+	close(st[1]);
+	do
+		n = read(st[0], &exec_errno, sizeof(exec_errno));
+	while (n < 0 && errno == EINTR);
+	close(st[0]);
+	if (n == sizeof(exec_errno))
+	{
+		/* not started: reap it here, no outcome to collect */
+		close(in[1]);
+		close(out[0]);
+		close(err[0]);
+		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
+			;
+		*err_out = exec_errno;
+		return START_EXEC_FAILED;
+	}
 	s->in_fd = in[1];
 	s->out_fd = out[0];
 	s->err_fd = err[0];
@@ -389,9 +515,9 @@ slot_start(Worker *w, Slot *s)
 	if (w->verbose)
 		logmsg("job %s (task %s, attempt %s) started, pid %d", s->id, s->task,
 			   s->attempt, (int) pid);
-	return true;
+	return START_OK;
 
 fail:
-	logmsg("could not start command for job %s: %s", s->id, strerror(errno));
-	return false;
+	*err_out = errno;
+	return START_FAILED;
 }

@@ -5,9 +5,10 @@
  *	  signals, the libpq socket (LISTEN atomizer_<queue>), and the pipes of
  *	  the running commands; claims while slots are free and jobs may be due;
  *	  reports outcomes (successes batched into one statement), heartbeats,
- *	  timeouts; reconnects with exponential backoff and reports again what
- *	  it could not report; on SIGTERM stops claiming, waits up to the grace,
- *	  then stops the commands and releases their jobs.
+ *	  timeouts; gives a job back uncounted, and stops, when its command
+ *	  cannot be started; reconnects with exponential backoff and reports
+ *	  again what it could not report; on SIGTERM stops claiming, waits up to
+ *	  the grace, then stops the commands and releases their jobs.
  *
  *	  Every call about a claimed job passes the attempt claim returned: a
  *	  report about a job whose lease was lost is refused by the server
@@ -215,8 +216,10 @@ worker_connect(Worker *w)
 
 	if (w->ever_connected)
 		logmsg("reconnected");
-	else if (w->verbose)
-		logmsg("connected, listening on atomizer_%s", w->queue);
+	else
+		logmsg("working on queue \"%s\" with concurrency %d, connected to database \"%s\" as \"%s\" (%s:%s); command: %s",
+			   w->queue, w->concurrency, PQdb(w->conn), PQuser(w->conn),
+			   PQhost(w->conn), PQport(w->conn), w->command[0]);
 	w->ever_connected = true;
 	w->backoff_ms = RECONNECT_MIN_MS;
 	w->maybe_jobs = true;
@@ -291,6 +294,8 @@ do_claim(Worker *w)
 	{
 		Slot	   *s = NULL;
 		const char *payload;
+		StartResult started;
+		int			err = 0;
 
 		for (int i = 0; i < w->concurrency; i++)
 			if (w->slots[i].state == SLOT_FREE)
@@ -310,14 +315,36 @@ do_claim(Worker *w)
 		s->payload[s->payload_len - 1] = '\n';
 		s->payload[s->payload_len] = '\0';
 		snprintf(s->attempt, sizeof(s->attempt), "%s", PQgetvalue(r, row, 3));
-		if (!slot_start(w, s))
+		started = w->cannot_start ? START_FAILED : slot_start(w, s, &err);
+		if (started == START_OK)
+			continue;
+
+		/*
+		 * The command cannot be started (it was removed or made
+		 * non-executable since the check at start, or no process can be
+		 * made): that is not the job's fault.  Give it, and the rest of
+		 * this claim, back uncounted, and stop claiming: retrying would
+		 * only burn the jobs' attempts.
+		 */
+		if (!w->cannot_start)
 		{
-			/* fail the job rather than sit on it until the lease ends */
-			s->state = SLOT_REPORT;
-			s->report = REPORT_FAIL;
-			s->error = xstrdup("atomizer work could not start the command");
-			w->busy++;
+			if (started == START_EXEC_FAILED)
+				logmsg("could not execute \"%s\": %s; giving job %s back (attempt not counted) and stopping",
+					   w->command[0], strerror(err), s->id);
+			else
+				logmsg("could not start the command for job %s: %s; giving it back (attempt not counted) and stopping",
+					   s->id, strerror(err));
+			w->cannot_start = true;
+			w->failed = true;
+			if (!w->stopping)
+			{
+				w->stopping = true;
+				w->grace_end = now_ms() + w->grace_ms;
+			}
 		}
+		s->state = SLOT_REPORT;
+		s->report = REPORT_RELEASE;
+		w->busy++;
 	}
 	PQclear(r);
 }
@@ -862,6 +889,7 @@ cmd_work(int argc, char **argv)
 	if (optind >= argc)
 		usage_error("work ", "no command given (put it after \"--\")");
 	w.command = &argv[optind];
+	check_command(w.command[0]);
 	if (w.batch == 0 || w.batch > w.concurrency)
 		w.batch = w.concurrency;
 	if (!hb_set)

@@ -6,7 +6,10 @@
 # while the command hangs is retried by another claim and the late report
 # of the old holder is refused; SIGTERM lets a running command finish
 # within the grace, or stops it and releases its job (attempt not counted);
-# "atomizer enqueue" and "atomizer stats".
+# a mistyped command is refused at start (exit 2) and one that cannot be
+# executed later gives its job back uncounted and stops the worker; the
+# start line; "atomizer enqueue" with every option, and a payload that is
+# not JSON refused by the CLI itself; "atomizer stats".
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -167,10 +170,52 @@ my $dsn = $node->connstr('postgres');
 	is($node->safe_psql('postgres',
 			"SELECT queue, handler, payload, state FROM atomizer.jobs WHERE id = $out"),
 		'ext|echo|{"n": 1}|available', 'the job is in the queue as given');
-	($rc, undef, $err) = cli('enqueue', '--dsn', $dsn, '--queue', 'ext',
-		'--payload', '{not json');
-	is($rc, 1, 'enqueue with an invalid payload exits 1');
-	like($err, qr/invalid input syntax for type json/, 'and says why');
+	# a payload that is not JSON is refused by the CLI itself, before it
+	# connects: no SQL error text
+	my $jobs = $node->safe_psql('postgres', 'SELECT count(*) FROM atomizer.jobs');
+	for my $bad ('{not json', '{"a": 1,}', '[1, 2', '"a string"', '42')
+	{
+		($rc, undef, $err) = cli('enqueue', '--dsn', $dsn, '--queue', 'ext',
+			'--payload', $bad);
+		is($rc, 2, "enqueue with payload $bad exits 2");
+		like($err, qr/\Aatomizer: the payload (is not valid JSON: .* at (character \d+|the end)|must be a JSON object or array)[^\n]*\n\z/,
+			"and says what is wrong with $bad, on one line");
+		unlike($err, qr/ERROR|SQLSTATE|jsonb|invalid input syntax/,
+			'without SQL internals');
+	}
+	{
+		my ($out, $err2) = ('', '');
+		IPC::Run::run([ $cli, 'enqueue', '--dsn', $dsn, '-q', 'ext', '-p', '-' ],
+			'<', \'{"from": stdin', '>', \$out, '2>', \$err2);
+		is($? >> 8, 2, 'a payload read from stdin is checked too');
+	}
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM atomizer.jobs'), $jobs,
+		'no job was enqueued by the refused payloads');
+
+	# every option of atomizer.enqueue()
+	($rc, $out, $err) = cli('enqueue', '--dsn', $dsn, '-q', 'ext', '-t', 'opts',
+		'--payload', '{"a": [true, null, -1.5e3, "\u00e9"]}', '--max-attempts', '7',
+		'--timeout', '90s', '--idempotency-key', 'key-1', '--priority', '-3');
+	is($rc, 0, 'enqueue with --max-attempts, --timeout, --idempotency-key') or diag($err);
+	chomp $out;
+	is($node->safe_psql('postgres',
+			"SELECT max_attempts, timeout, idempotency_key, priority,
+				payload = '{\"a\": [true, null, -1500, \"\\u00e9\"]}'::jsonb
+			   FROM atomizer.jobs WHERE id = $out"),
+		"7|00:01:30|key-1|-3|t", 'they are passed on');
+	my ($rc2, $out2, $err2) = cli('enqueue', '--dsn', $dsn, '-q', 'ext', '-t', 'opts',
+		'--idempotency-key', 'key-1');
+	chomp $out2;
+	is($out2, $out, 'the same --idempotency-key again returns the first job\'s id');
+	is($node->safe_psql('postgres',
+			q{SELECT count(*) FROM atomizer.jobs WHERE idempotency_key = 'key-1'}),
+		'1', 'and enqueues nothing');
+	$node->safe_psql('postgres', "SELECT atomizer.cancel($out)");
+	for my $u ([ '--max-attempts', '0' ], [ '--timeout', 'soon' ], [ '--priority', '40000' ])
+	{
+		($rc, undef, $err) = cli('enqueue', '--dsn', $dsn, '-q', 'ext', @$u);
+		is($rc, 2, "enqueue @$u is a usage error");
+	}
 	($rc, $out) = cli('enqueue', '--dsn', $dsn, '-q', 'ext', '-t', 'later',
 		'--run-at', '2100-01-01 00:00+00', '--priority', '5');
 	chomp $out;
@@ -247,16 +292,57 @@ echo '{"fixed": true}'
 	$h->signal('TERM');
 	is(finish_worker($h), 0, 'the worker exits 0 on SIGTERM');
 
-	# a command that cannot be executed fails its job
+	# a mistyped command: refused at start (exit 2), no job touched
 	my $bad = $node->safe_psql('postgres',
 		q{SELECT atomizer.enqueue('x', '{}', queue => 'flaky', max_attempts => 1)});
-	my ($rc, $out, $err) = cli('work', '--dsn', $dsn, '-q', 'flaky', '--drain',
-		'--', "$tmp/no-such-command");
-	is($rc, 0, 'work with a missing command still exits 0 after draining');
-	like($node->safe_psql('postgres',
-			"SELECT state || ': ' || last_error FROM atomizer.jobs WHERE id = $bad"),
-		qr/^dead: atomizer: could not execute .*no-such-command/,
-		'a command that cannot be executed fails the job with the reason');
+	for my $cmd ("$tmp/no-such-command", 'no-such-command-in-path', $tmp)
+	{
+		my ($rc, $out, $err) = cli('work', '--dsn', $dsn, '-q', 'flaky', '--drain',
+			'--', $cmd);
+		is($rc, 2, "work with command $cmd exits 2");
+		like($err, qr/\Aatomizer: (cannot execute command|command) "\Q$cmd\E"[^\n]*\n\z/,
+			'with one line that names the command');
+	}
+	my (undef, undef, $err) = cli('work', '--dsn', $dsn, '-q', 'flaky', '--', 'no-such-command-in-path');
+	like($err, qr/not found in PATH/, 'a name without a slash is looked up in PATH');
+	is($node->safe_psql('postgres',
+			"SELECT state, attempt FROM atomizer.jobs WHERE id = $bad"),
+		'available|0', 'the job was not touched');
+	is($node->safe_psql('postgres',
+			"SELECT count(*) FROM atomizer.job_errors WHERE job_id = $bad"),
+		'0', 'and has no failed attempt');
+	my ($rc, $out);
+	($rc, $out, $err) = cli('work', '--dsn', $dsn, '-q', 'flaky', '--drain',
+		'--', 'sh', '-c', 'cat > /dev/null');
+	is($rc, 0, 'a command found in PATH (sh) runs') or diag($err);
+	is($node->safe_psql('postgres',
+			"SELECT state, attempt FROM atomizer.jobs WHERE id = $bad"),
+		'succeeded|1', 'and completes the job');
+
+	# a command that cannot be executed any more when a job comes: the job
+	# is given back uncounted and the worker stops (exit 1)
+	$node->safe_psql('postgres', q{SELECT atomizer.create_queue('gone', external => true)});
+	my $gone = write_script('gone.sh', "cat > /dev/null\n");
+	my ($hg, $log) = start_worker($dsn, '-q', 'gone', '-c', '2', '--poll', '1s', '--', $gone);
+	my $deadline = time + 30;
+	usleep(50_000) until slurp_file($log) =~ /working on queue/ || time > $deadline;
+	like(slurp_file($log),
+		qr/^\S+ \S+ atomizer: working on queue "gone" with concurrency 2, connected to database "postgres" as "[^"]+" \([^)]*\); command: \Q$gone\E$/m,
+		'work prints one line when it starts, without -v: queue, concurrency, database');
+	chmod 0644, $gone;
+	my $gid = $node->safe_psql('postgres',
+		q{SELECT atomizer.enqueue('gone', '{}', queue => 'gone', max_attempts => 1)});
+	is(finish_worker($hg, 30), 1, 'the worker stops with exit status 1');
+	is($node->safe_psql('postgres',
+			"SELECT state, attempt FROM atomizer.jobs WHERE id = $gid"),
+		'available|0', 'the job was given back, its attempt not counted');
+	is($node->safe_psql('postgres',
+			"SELECT count(*) FROM atomizer.job_errors WHERE job_id = $gid"),
+		'0', 'no failed attempt was recorded');
+	like(slurp_file($log),
+		qr/could not execute "\Q$gone\E": Permission denied; giving job $gid back \(attempt not counted\) and stopping/,
+		'the worker says why it stopped');
+	$node->safe_psql('postgres', "SELECT atomizer.cancel($gid)");
 	$node->safe_psql('postgres', "SELECT atomizer.cancel($nope)");
 }
 
