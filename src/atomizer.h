@@ -22,6 +22,7 @@
 #include "storage/lwlock.h"
 #include "storage/spin.h"
 #include "port/atomics.h"
+#include "utils/array.h"
 #include "utils/jsonb.h"
 
 #include "compat.h"
@@ -172,7 +173,6 @@ extern AtomizerStartResult atomizer_start_worker(Oid dboid, const char *queue,
 												 int concurrency, int *slotno,
 												 BackgroundWorkerHandle **handle);
 extern void atomizer_background_settings(void);
-extern bool atomizer_queue_due(const char *queue, TimestampTz *next);
 extern PGDLLEXPORT void atomizer_launcher_main(Datum arg);
 extern PGDLLEXPORT void atomizer_scheduler_main(Datum arg);
 extern PGDLLEXPORT void atomizer_worker_main(Datum arg);
@@ -241,6 +241,7 @@ typedef struct AtomizerJob
 	char	   *owner;
 	int			priority;
 	TimestampTz run_at;
+	TimestampTz lease_until;	/* external workers' claims; else 0 */
 } AtomizerJob;
 
 typedef struct AtomizerOutcome
@@ -257,22 +258,14 @@ typedef struct AtomizerOutcome
 	char	   *context;
 } AtomizerOutcome;
 
-extern int	atomizer_claim_jobs(const char *queue, int max_jobs,
-								const char *owner_filter, const char *worker,
-								const AtomizerClaimKey *floor,
-								AtomizerClaimKey *new_floor,
-								AtomizerJob **jobs);
 extern void atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome);
 extern void atomizer_record_outcome(AtomizerJob *job,
 									AtomizerOutcome *outcome,
 									const Interval *retry_in);
-extern void atomizer_release_job(int64 id, bool solo);
 extern bool atomizer_record_or_set_aside(AtomizerJob *job,
 										 AtomizerOutcome *outcome,
 										 bool release_solo,
 										 const char *duty);
-extern void atomizer_floor_check(const char *queue, const AtomizerClaimKey *floor,
-								 AtomizerClaimKey *new_floor);
 extern bool atomizer_in_worker;
 extern volatile sig_atomic_t atomizer_shutdown_pending;
 extern volatile TimestampTz atomizer_shutdown_deadline;
@@ -316,9 +309,61 @@ extern void atomizer_check_job_settings(FunctionCallInfo fcinfo, int priority_ar
 										int max_attempts_arg, int timeout_arg);
 extern char *atomizer_job_handler(const char *handler,
 								  const AtomizerQueue *queue, Oid roleid);
+
+/* jobstore.c: every statement on atomizer.job, job_history, job_error */
+#define ATOMIZER_WORKER_ID_PREFIX	"atomizer:"
+
+typedef struct AtomizerWorkerId
+{
+	int			pid;
+	pg_time_t	start_time;		/* the process's MyStartTime */
+	int			batch;			/* size of the batch the job was claimed in */
+} AtomizerWorkerId;
+
+extern char *atomizer_worker_id_format(const AtomizerWorkerId *id);
+extern bool atomizer_worker_id_parse(const char *text, AtomizerWorkerId *id);
+extern bool atomizer_worker_id_reserved(const char *text);
+
+/* What a claim takes: see atomizer_store_claim. */
+typedef struct AtomizerClaimSpec
+{
+	const char *queue;
+	int			max_jobs;
+	const char *owner_filter;	/* only this role's jobs, or NULL */
+	const AtomizerWorkerId *worker_id;	/* atomizer's worker, or NULL */
+	const char *worker_name;	/* else: an external worker's name */
+	int64		lease_ms;		/* > 0: an external worker's claim */
+	const AtomizerClaimKey *floor;	/* where to start, NULL: the front */
+	AtomizerClaimKey *new_floor;	/* out, if not NULL */
+} AtomizerClaimSpec;
+
+extern int64 atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
+								   const char *key);
+extern void atomizer_store_insert_many(const AtomizerNewJobs *args,
+									   ArrayType *payloads, int n, int64 *ids);
+extern int64 atomizer_store_insert_fire(int64 schedule_id, TimestampTz run_at);
+extern bool atomizer_store_schedule_busy(int64 schedule_id);
+extern int	atomizer_store_claim(const AtomizerClaimSpec *spec, AtomizerJob **jobs);
+extern bool atomizer_queue_due(const char *queue, TimestampTz *next);
 extern bool atomizer_finish_job(int64 id, const char *state, Datum result,
 								bool result_isnull, const char *error);
 extern void atomizer_finish_succeeded(int64 *ids, Datum *results,
 									  bool *result_nulls, int n);
+extern void atomizer_store_fail_attempt(const AtomizerJob *job,
+										const AtomizerOutcome *outcome,
+										const Interval *retry_in);
+extern void atomizer_release_job(int64 id, bool solo);
+extern bool atomizer_store_cancel(int64 job_id, const char *owner);
+extern bool atomizer_store_retry(int64 job_id, const char *owner);
+extern int64 atomizer_store_purge(const Interval *older_than, const char *queue,
+								  const char *owner);
+extern int64 atomizer_store_prune(int limit);
+extern void atomizer_store_lock_leased(int64 job_id, bool attempt_given,
+									   int attempt, AtomizerJob *job);
+extern TimestampTz atomizer_store_extend_lease(int64 job_id, const Interval *lease);
+extern int	atomizer_store_expired_leases(AtomizerJob **jobs, char ***reasons,
+										  TimestampTz *next_end);
+extern int	atomizer_store_running_internal(AtomizerJob **jobs, char ***workers);
+extern int64 atomizer_store_count_running(const char *worker);
 
 #endif							/* ATOMIZER_H */

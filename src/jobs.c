@@ -2,13 +2,12 @@
  *
  * jobs.c
  *	  The job-producing and job-steering half of the SQL API: enqueue,
- *	  enqueue_many, cancel, retry and purge, and the statement that moves a
- *	  job from the hot table atomizer.job to atomizer.job_history when it
- *	  finishes (shared with dispatch.c).
+ *	  enqueue_many, cancel, retry and purge; and the argument checks they
+ *	  share with schedule() and the external workers' functions.
  *
  *	  Each function validates its arguments and the caller's rights, then
- *	  reads and writes atomizer's tables as the extension owner (see
- *	  privilege.c).  A job's owner is always the calling role.
+ *	  has the job store (jobstore.c) write, as the extension owner.  A job's
+ *	  owner is always the calling role.
  *
  *-------------------------------------------------------------------------
  */
@@ -274,16 +273,10 @@ note_enqueued(const EnqueueArgs *args, int64 first_id)
 Datum
 atomizer_enqueue(PG_FUNCTION_ARGS)
 {
-	static SPIPlanPtr insert_plan = NULL;
-	static SPIPlanPtr existing_plan = NULL;
 	EnqueueArgs args;
 	Jsonb	   *payload;
 	char	   *key = NULL;
-	AtomizerPrivState priv;
-	Datum		values[9];
-	char		nulls[9];
 	int64		id = 0;
-	bool		done = false;
 
 	parse_enqueue_args(fcinfo, &args);
 	if (PG_ARGISNULL(1))
@@ -315,93 +308,10 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 		}
 	}
 
-	memset(nulls, ' ', sizeof(nulls));
-	values[0] = CStringGetTextDatum(args.queue);
-	values[1] = CStringGetTextDatum(args.handler);
-	values[2] = JsonbPGetDatum(payload);
-	values[3] = TimestampTzGetDatum(args.run_at);
-	values[4] = Int32GetDatum(args.priority);
-	values[5] = Int32GetDatum(args.max_attempts);
-	nulls[5] = args.max_attempts_null ? 'n' : ' ';
-	values[6] = args.timeout_null ? (Datum) 0 : IntervalPGetDatum(args.timeout);
-	nulls[6] = args.timeout_null ? 'n' : ' ';
-	values[7] = CStringGetTextDatum(args.owner);
-	values[8] = key ? CStringGetTextDatum(key) : (Datum) 0;
-	nulls[8] = key ? ' ' : 'n';
-
-	atomizer_become_owner(&priv);
-	SPI_connect();
-
-	{
-		Oid			types[9] = {TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
-		INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTOID};
-		Oid			lookup_types[3] = {TEXTOID, TEXTOID, TEXTOID};
-
-		atomizer_prepare(&insert_plan,
-					 "INSERT INTO atomizer.job "
-					 "(queue, handler, payload, run_at, priority, max_attempts,"
-					 " timeout, owner, idempotency_key) "
-					 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::name, $9) "
-					 "ON CONFLICT (queue, owner, idempotency_key) "
-					 "WHERE idempotency_key IS NOT NULL DO NOTHING "
-					 "RETURNING id", 9, types);
-		/* keys are the enqueuing role's own: another role's are not seen */
-		atomizer_prepare(&existing_plan,
-					 "SELECT id FROM atomizer.job "
-					 "WHERE queue = $1 AND idempotency_key = $2 "
-					 "AND owner = $3::name", 3, lookup_types);
-	}
-
-	/*
-	 * The conflicting job may finish (and leave the hot table) between our
-	 * insert and our look-up; then the key is free again and we retry.
-	 */
-	while (!done)
-	{
-		bool		isnull;
-
-		CHECK_FOR_INTERRUPTS();
-		if (SPI_execute_plan(insert_plan, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
-			elog(ERROR, "could not insert job");
-		if (SPI_processed == 1)
-		{
-			id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											 SPI_tuptable->tupdesc, 1, &isnull));
-			done = true;
-		}
-		else
-		{
-			Datum		lookup[3] = {values[0], values[8], values[7]};
-
-			if (SPI_execute_plan(existing_plan, lookup, NULL, false, 1) != SPI_OK_SELECT)
-				elog(ERROR, "could not look up job by idempotency key");
-			if (SPI_processed == 1)
-			{
-				id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-												 SPI_tuptable->tupdesc, 1, &isnull));
-				done = true;
-			}
-		}
-	}
-
-	SPI_finish();
-	atomizer_restore_caller(&priv);
+	id = atomizer_store_insert(&args, JsonbPGetDatum(payload), key);
 	note_enqueued(&args, id);
 
 	PG_RETURN_INT64(id);
-}
-
-/*
- * compare_int64
- *		qsort comparator for job ids.
- */
-static int
-compare_int64(const void *a, const void *b)
-{
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
-
-	return (x > y) - (x < y);
 }
 
 /*
@@ -449,7 +359,6 @@ materialize_ids(ReturnSetInfo *rsinfo, int64 *ids, uint64 nids)
 Datum
 atomizer_enqueue_many(PG_FUNCTION_ARGS)
 {
-	static SPIPlanPtr plan = NULL;
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	MemoryContext caller_cxt = CurrentMemoryContext;
 	EnqueueArgs args;
@@ -458,10 +367,6 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 	bool	   *elem_nulls;
 	int			nelems;
 	int64	   *ids;
-	uint64		nids;
-	AtomizerPrivState priv;
-	Datum		values[8];
-	char		nulls[8];
 
 	parse_enqueue_args(fcinfo, &args);
 	require_arg(fcinfo, 1, "payloads");
@@ -497,143 +402,11 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	}
 
-	memset(nulls, ' ', sizeof(nulls));
-	values[0] = CStringGetTextDatum(args.queue);
-	values[1] = CStringGetTextDatum(args.handler);
-	values[2] = PointerGetDatum(payloads);
-	values[3] = TimestampTzGetDatum(args.run_at);
-	values[4] = Int32GetDatum(args.priority);
-	values[5] = Int32GetDatum(args.max_attempts);
-	nulls[5] = args.max_attempts_null ? 'n' : ' ';
-	values[6] = args.timeout_null ? (Datum) 0 : IntervalPGetDatum(args.timeout);
-	nulls[6] = args.timeout_null ? 'n' : ' ';
-	values[7] = CStringGetTextDatum(args.owner);
-
-	atomizer_become_owner(&priv);
-	SPI_connect();
-	{
-		Oid			types[8] = {TEXTOID, TEXTOID, JSONBARRAYOID, TIMESTAMPTZOID,
-		INT4OID, INT4OID, INTERVALOID, TEXTOID};
-
-		atomizer_prepare(&plan,
-					 "INSERT INTO atomizer.job "
-					 "(id, queue, handler, payload, run_at, priority,"
-					 " max_attempts, timeout, owner) "
-					 "SELECT nextval('atomizer.job_id_seq'), $1, $2, p, $4, $5,"
-					 " $6, $7, $8::name FROM unnest($3) AS p "
-					 "RETURNING id", 8, types);
-	}
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not insert jobs");
-
-	nids = SPI_processed;
-	Assert(nids == nelems);
-	for (uint64 i = 0; i < nids; i++)
-	{
-		bool		isnull;
-
-		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
-											 SPI_tuptable->tupdesc, 1, &isnull));
-	}
-	SPI_finish();
-	atomizer_restore_caller(&priv);
-	qsort(ids, nids, sizeof(int64), compare_int64);
+	atomizer_store_insert_many(&args, payloads, nelems, ids);
 	note_enqueued(&args, ids[0]);
 
-	materialize_ids(rsinfo, ids, nids);
+	materialize_ids(rsinfo, ids, nelems);
 	return (Datum) 0;
-}
-
-/*
- * atomizer_finish_job
- *		Move job id from atomizer.job to atomizer.job_history in final state
- *		"state" ('succeeded', 'dead' or 'cancelled'), with its result and last
- *		error.  The caller is connected to SPI and runs as the owner.
- *		Returns false if the job was not in the hot table.
- */
-bool
-atomizer_finish_job(int64 id, const char *state, Datum result,
-					bool result_isnull, const char *error)
-{
-	static SPIPlanPtr plan = NULL;
-	Oid			types[4] = {INT8OID, TEXTOID, JSONBOID, TEXTOID};
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', ' '};
-
-	atomizer_prepare(&plan,
-				 "WITH d AS (DELETE FROM atomizer.job WHERE id = $1 RETURNING *) "
-				 "INSERT INTO atomizer.job_history "
-				 "(id, queue, handler, payload, state, priority, run_at, attempt,"
-				 " max_attempts, timeout, owner, idempotency_key, created_at,"
-				 " started_at, finished_at, result, last_error, schedule_id) "
-				 "SELECT id, queue, handler, payload, $2, priority, run_at, attempt,"
-				 " max_attempts, timeout, owner, idempotency_key, created_at,"
-				 " started_at, clock_timestamp(), $3, coalesce($4, last_error),"
-				 " schedule_id "
-				 "FROM d", 4, types);
-
-	values[0] = Int64GetDatum(id);
-	values[1] = CStringGetTextDatum(state);
-	values[2] = result;
-	nulls[2] = result_isnull ? 'n' : ' ';
-	values[3] = error ? CStringGetTextDatum(error) : (Datum) 0;
-	nulls[3] = error ? ' ' : 'n';
-
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not finish job " INT64_FORMAT, id);
-	return SPI_processed == 1;
-}
-
-/*
- * atomizer_finish_succeeded
- *		Move n succeeded jobs to the history at once, with their results
- *		(results[i] NULL for none).  One statement for a whole batch: the
- *		workers call it just before they commit the batch.
- */
-void
-atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
-{
-	static SPIPlanPtr plan = NULL;
-	AtomizerPrivState priv;
-	Datum	   *id_datums;
-	Datum		values[2];
-	int			dims[1];
-	int			lbs[1] = {1};
-
-	if (n == 0)
-		return;
-	id_datums = palloc(sizeof(Datum) * n);
-	for (int i = 0; i < n; i++)
-		id_datums[i] = Int64GetDatum(ids[i]);
-	dims[0] = n;
-	values[0] = PointerGetDatum(construct_array(id_datums, n, INT8OID, 8,
-												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	values[1] = PointerGetDatum(construct_md_array(results, result_nulls, 1, dims,
-												   lbs, JSONBOID, -1, false,
-												   TYPALIGN_INT));
-
-	atomizer_become_owner(&priv);
-	SPI_connect();
-	{
-		Oid			types[2] = {INT8ARRAYOID, JSONBARRAYOID};
-
-		atomizer_prepare(&plan,
-					 "WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)), "
-					 "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
-					 " RETURNING j.*, r.result AS new_result) "
-					 "INSERT INTO atomizer.job_history "
-					 "(id, queue, handler, payload, state, priority, run_at, attempt,"
-					 " max_attempts, timeout, owner, idempotency_key, created_at,"
-					 " started_at, finished_at, result, last_error, schedule_id) "
-					 "SELECT id, queue, handler, payload, 'succeeded', priority,"
-					 " run_at, attempt, max_attempts, timeout, owner,"
-					 " idempotency_key, created_at, started_at, clock_timestamp(),"
-					 " new_result, last_error, schedule_id FROM d", 2, types);
-	}
-	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not record %d succeeded jobs", n);
-	SPI_finish();
-	atomizer_restore_caller(&priv);
 }
 
 /*
@@ -658,41 +431,9 @@ caller_filter(void)
 Datum
 atomizer_cancel(PG_FUNCTION_ARGS)
 {
-	static SPIPlanPtr plan = NULL;
-	char	   *owner;
-	AtomizerPrivState priv;
-	Datum		values[2];
-	char		nulls[2] = {' ', ' '};
-	bool		cancelled = false;
-
 	if (PG_ARGISNULL(0))
 		PG_RETURN_BOOL(false);
-	owner = caller_filter();
-	values[0] = Int64GetDatum(PG_GETARG_INT64(0));
-	values[1] = owner ? CStringGetTextDatum(owner) : (Datum) 0;
-	nulls[1] = owner ? ' ' : 'n';
-
-	atomizer_become_owner(&priv);
-	SPI_connect();
-	{
-		Oid			types[2] = {INT8OID, TEXTOID};
-
-		atomizer_prepare(&plan,
-					 "SELECT 1 FROM atomizer.job WHERE id = $1 "
-					 "AND state = 'available' "
-					 "AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
-					 2, types);
-	}
-	atomizer_note_job_locks();
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not look up job");
-	if (SPI_processed == 1)
-		cancelled = atomizer_finish_job(PG_GETARG_INT64(0), "cancelled",
-										(Datum) 0, true, NULL);
-	SPI_finish();
-	atomizer_restore_caller(&priv);
-
-	PG_RETURN_BOOL(cancelled);
+	PG_RETURN_BOOL(atomizer_store_cancel(PG_GETARG_INT64(0), caller_filter()));
 }
 
 /*
@@ -704,106 +445,9 @@ atomizer_cancel(PG_FUNCTION_ARGS)
 Datum
 atomizer_retry(PG_FUNCTION_ARGS)
 {
-	static SPIPlanPtr find_plan = NULL;
-	static SPIPlanPtr dup_plan = NULL;
-	static SPIPlanPtr move_plan = NULL;
-	MemoryContext caller_cxt = CurrentMemoryContext;
-	char	   *owner;
-	AtomizerPrivState priv;
-	Datum		values[2];
-	char		nulls[2] = {' ', ' '};
-	char	   *queue = NULL;
-	bool		retried = false;
-	int64		job_id;
-
 	if (PG_ARGISNULL(0))
 		PG_RETURN_BOOL(false);
-	job_id = PG_GETARG_INT64(0);
-	owner = caller_filter();
-	values[0] = Int64GetDatum(job_id);
-	values[1] = owner ? CStringGetTextDatum(owner) : (Datum) 0;
-	nulls[1] = owner ? ' ' : 'n';
-
-	atomizer_become_owner(&priv);
-	SPI_connect();
-	{
-		Oid			types[2] = {INT8OID, TEXTOID};
-
-		atomizer_prepare(&find_plan,
-					 "SELECT queue, idempotency_key, owner::text FROM atomizer.job_history "
-					 "WHERE id = $1 AND state IN ('dead', 'cancelled') "
-					 "AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
-					 2, types);
-		{
-			Oid			dup_types[3] = {TEXTOID, TEXTOID, TEXTOID};
-
-			atomizer_prepare(&dup_plan,
-						 "SELECT id FROM atomizer.job "
-						 "WHERE queue = $1 AND idempotency_key = $2 "
-						 "AND owner = $3::name", 3, dup_types);
-		}
-		types[0] = INT8OID;
-		atomizer_prepare(&move_plan,
-					 "WITH d AS (DELETE FROM atomizer.job_history WHERE id = $1"
-					 " RETURNING *) "
-					 "INSERT INTO atomizer.job "
-					 "(id, queue, handler, payload, state, priority, run_at,"
-					 " attempt, max_attempts, timeout, owner, idempotency_key,"
-					 " created_at, last_error, schedule_id) "
-					 "SELECT id, queue, handler, payload, 'available', priority,"
-					 " now(), 0, max_attempts, timeout, owner, idempotency_key,"
-					 " created_at, last_error, schedule_id FROM d", 1, types);
-	}
-	if (SPI_execute_plan(find_plan, values, nulls, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not look up job");
-	if (SPI_processed == 1)
-	{
-		bool		key_isnull;
-		Datum		key;
-		AtomizerQueue q;
-
-		queue = MemoryContextStrdup(caller_cxt,
-									SPI_getvalue(SPI_tuptable->vals[0],
-												 SPI_tuptable->tupdesc, 1));
-		key = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
-							&key_isnull);
-
-		if (!atomizer_lookup_queue(queue, &q))
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("cannot retry job " INT64_FORMAT ": queue \"%s\" no longer exists",
-							job_id, queue),
-					 errhint("Create the queue again with atomizer.create_queue('%s').",
-							 queue)));
-		if (!key_isnull)
-		{
-			bool		owner_isnull;
-			Datum		dup[3] = {CStringGetTextDatum(queue), key,
-			SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3,
-						  &owner_isnull)};
-
-			if (SPI_execute_plan(dup_plan, dup, NULL, false, 1) != SPI_OK_SELECT)
-				elog(ERROR, "could not look up job by idempotency key");
-			if (SPI_processed == 1)
-				ereport(ERROR,
-						(errcode(ERRCODE_UNIQUE_VIOLATION),
-						 errmsg("cannot retry job " INT64_FORMAT ": another unfinished job of its owner in queue \"%s\" has the same idempotency key",
-								job_id, queue)));
-		}
-		if (SPI_execute_plan(move_plan, values, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not retry job " INT64_FORMAT, job_id);
-		retried = (SPI_processed == 1);
-		if (retried)
-			atomizer_note_waiting(queue, NULL);
-		if (retried && q.external)
-			atomizer_note_external(queue);
-		else if (retried)
-			atomizer_note_enqueue(queue);
-	}
-	SPI_finish();
-	atomizer_restore_caller(&priv);
-
-	PG_RETURN_BOOL(retried);
+	PG_RETURN_BOOL(atomizer_store_retry(PG_GETARG_INT64(0), caller_filter()));
 }
 
 /*
@@ -815,53 +459,19 @@ atomizer_retry(PG_FUNCTION_ARGS)
 Datum
 atomizer_purge(PG_FUNCTION_ARGS)
 {
-	static SPIPlanPtr plan = NULL;
-	char	   *owner;
-	AtomizerPrivState priv;
-	Datum		values[3];
-	char		nulls[3] = {' ', ' ', ' '};
-	int64		count;
-	bool		isnull;
+	Interval   *older_than = NULL;
+	char	   *queue = NULL;
 
 	if (!PG_ARGISNULL(0))
 	{
-		atomizer_check_interval(PG_GETARG_INTERVAL_P(0), "older_than", true,
+		older_than = PG_GETARG_INTERVAL_P(0);
+		atomizer_check_interval(older_than, "older_than", true,
 								ATOMIZER_MAX_DELAY_MS);
-		values[0] = PG_GETARG_DATUM(0);
 	}
-	else
-		nulls[0] = 'n';
 	if (!PG_ARGISNULL(1))
 	{
-		atomizer_check_queue_name(text_to_cstring(PG_GETARG_TEXT_PP(1)));
-		values[1] = PG_GETARG_DATUM(1);
+		queue = text_to_cstring(PG_GETARG_TEXT_PP(1));
+		atomizer_check_queue_name(queue);
 	}
-	else
-		nulls[1] = 'n';
-	owner = caller_filter();
-	values[2] = owner ? CStringGetTextDatum(owner) : (Datum) 0;
-	nulls[2] = owner ? ' ' : 'n';
-
-	atomizer_become_owner(&priv);
-	SPI_connect();
-	{
-		Oid			types[3] = {INTERVALOID, TEXTOID, TEXTOID};
-
-		atomizer_prepare(&plan,
-					 "WITH d AS (DELETE FROM atomizer.job_history"
-					 " WHERE finished_at <= now() - coalesce($1, interval '0')"
-					 " AND ($2::text IS NULL OR queue = $2)"
-					 " AND ($3::name IS NULL OR owner = $3::name) RETURNING id), "
-					 "e AS (DELETE FROM atomizer.job_error e USING d"
-					 " WHERE e.job_id = d.id) "
-					 "SELECT count(*) FROM d", 3, types);
-	}
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not purge jobs");
-	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
-	atomizer_restore_caller(&priv);
-
-	PG_RETURN_INT64(count);
+	PG_RETURN_INT64(atomizer_store_purge(older_than, queue, caller_filter()));
 }

@@ -431,42 +431,6 @@ atomizer_enable_schedule(PG_FUNCTION_ARGS)
 }
 
 /*
- * enqueue_fire
- *		Insert the job of one fire; the caller is connected to SPI as the
- *		owner.  Its run_at is the fire time (or the real time, when a test
- *		drives the clock into the future).  Returns the job id.
- */
-static int64
-enqueue_fire(int64 schedule_id, TimestampTz run_at)
-{
-	static SPIPlanPtr plan = NULL;
-	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
-	Datum		values[2];
-	bool		isnull;
-	HeapTuple	tup;
-	AtomizerClaimKey key;
-
-	atomizer_prepare(&plan,
-			"INSERT INTO atomizer.job (queue, handler, payload, run_at, priority,"
-			" max_attempts, timeout, owner, schedule_id) "
-			"SELECT queue, handler, payload, least($2, clock_timestamp()),"
-			" priority, max_attempts,"
-			" timeout, owner, id FROM atomizer.schedule WHERE id = $1 "
-			"RETURNING id, priority::int4, run_at, queue", 2, types);
-	values[0] = Int64GetDatum(schedule_id);
-	values[1] = TimestampTzGetDatum(run_at);
-	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
-		SPI_processed != 1)
-		elog(ERROR, "could not enqueue the job of schedule " INT64_FORMAT, schedule_id);
-	tup = SPI_tuptable->vals[0];
-	key.id = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
-	key.priority = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
-	key.run_at = DatumGetTimestampTz(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
-	atomizer_note_waiting(SPI_getvalue(tup, SPI_tuptable->tupdesc, 4), &key);
-	return key.id;
-}
-
-/*
  * atomizer.run_schedule(name text) RETURNS bigint
  *		Fire now, whatever the spec and the overlap policy say.
  */
@@ -511,7 +475,7 @@ atomizer_run_schedule(PG_FUNCTION_ARGS)
 	schedule_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 											  SPI_tuptable->tupdesc, 1, &isnull));
 	queue = pstrdup(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
-	job_id = enqueue_fire(schedule_id, GetCurrentTransactionStartTimestamp());
+	job_id = atomizer_store_insert_fire(schedule_id, GetCurrentTransactionStartTimestamp());
 	values[0] = Int64GetDatum(schedule_id);
 	values[1] = Int64GetDatum(job_id);
 	if (SPI_execute_plan(mark_plan, values, NULL, false, 0) != SPI_OK_UPDATE)
@@ -637,7 +601,6 @@ typedef struct FireArgs
 static void
 fire_one(void *arg)
 {
-	static SPIPlanPtr busy_plan = NULL;
 	static SPIPlanPtr update_plan = NULL;
 	static SPIPlanPtr disable_plan = NULL;
 	FireArgs   *a = (FireArgs *) arg;
@@ -669,9 +632,6 @@ fire_one(void *arg)
 		Oid			types[6] = {INT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID,
 		INT8OID, INT4OID, INT4OID};
 
-		atomizer_prepare(&busy_plan,
-				"SELECT EXISTS (SELECT 1 FROM atomizer.job WHERE schedule_id = $1)",
-				1, types);
 		atomizer_prepare(&update_plan,
 				"UPDATE atomizer.schedule SET next_run = $2,"
 				" last_run = coalesce($3, last_run),"
@@ -708,20 +668,14 @@ fire_one(void *arg)
 	following = atomizer_cron_next(&cron, fire_time, tz);
 	if (!TIMESTAMP_NOT_FINITE(following) && following <= a->now && skip_misfire)
 		fire = false;
-	if (fire && skip_overlap)
-	{
-		if (SPI_execute_plan(busy_plan, &id, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not check schedule \"%s\"", name);
-		if (DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-									   SPI_tuptable->tupdesc, 1, &isnull)))
-			fire = false;
-	}
+	if (fire && skip_overlap && atomizer_store_schedule_busy(DatumGetInt64(id)))
+		fire = false;
 
 	if (fire)
 	{
 		values[2] = TimestampTzGetDatum(fire_time);
 		nulls[2] = ' ';
-		values[3] = Int64GetDatum(enqueue_fire(DatumGetInt64(id), fire_time));
+		values[3] = Int64GetDatum(atomizer_store_insert_fire(DatumGetInt64(id), fire_time));
 		nulls[3] = ' ';
 		atomizer_note_enqueue(queue);
 		a->fired++;

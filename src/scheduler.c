@@ -241,7 +241,7 @@ request_slot(const char *queue, int alive)
 /*
  * note_full / forget_full
  *		Log once per episode that queue waits for a slot; the episode ends
- *		when the queue gets a worker or has no due job.
+ *		when the queue has no due job.
  */
 static void
 note_full(const char *queue)
@@ -321,25 +321,19 @@ reap_workers(void)
 
 /*
  * worker_alive
- *		Whether a worker identity "atomizer:<pid>:<start>" belongs to a live
- *		worker of this database.
+ *		Whether the worker of identity id is a live worker of this database.
  */
 static bool
-worker_alive(const char *worker)
+worker_alive(const AtomizerWorkerId *id)
 {
-	int			pid;
-	long		start;
 	bool		alive = false;
-
-	if (sscanf(worker, "atomizer:%d:%ld", &pid, &start) != 2)
-		return true;			/* not ours: leave it alone */
 
 	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
 	for (int i = 0; i < atomizer_shared->max_workers; i++)
 	{
 		AtomizerWorkerSlot *w = &atomizer_shared->workers[i];
 
-		if (w->in_use && w->pid == pid && (long) w->start_time == start &&
+		if (w->in_use && w->pid == id->pid && w->start_time == id->start_time &&
 			w->dboid == MyDatabaseId)
 		{
 			alive = true;
@@ -352,95 +346,40 @@ worker_alive(const char *worker)
 
 /*
  * recover_orphans
- *		Find running jobs of dead workers and release or fail them.  A job's
- *		worker identity is "atomizer:<pid>:<start time>:<batch size>": the
+ *		Find running jobs of dead workers and release or fail them.  The
  *		rows are locked first (SKIP LOCKED) and the worker slots read after,
  *		so a worker that claimed after our snapshot is seen alive.  A dying
  *		worker still holds locks on the jobs whose outcomes it recorded until
  *		its transaction has aborted; those are skipped now and recovered on
- *		the next pass, and the batch size in the identity keeps them from
- *		being taken for jobs that were alone.  Returns true if rows of a dead
- *		worker were still locked (look again soon).
+ *		the next pass, and the batch size in the worker identity keeps them
+ *		from being taken for jobs that were alone.  Returns true if rows of
+ *		a dead worker were still locked (look again soon).
  */
 static bool
 recover_orphans(void)
 {
-	static SPIPlanPtr plan = NULL;
-	static SPIPlanPtr count_plan = NULL;
-	AtomizerPrivState priv;
-	uint64		n;
 	AtomizerJob *jobs;
 	char	  **workers;
+	int			n = atomizer_store_running_internal(&jobs, &workers);
 	int			recovered = 0;
 	bool		locked_left = false;
 
-	atomizer_become_owner(&priv);
-	SPI_connect();
-	if (plan == NULL)
+	for (int i = 0; i < n; i++)
 	{
-		Oid			types[1] = {TEXTOID};
-
-		plan = SPI_prepare("SELECT j.id, j.worker, j.attempt,"
-						   " coalesce(j.max_attempts, q.max_attempts, 1), j.queue"
-						   " FROM atomizer.job j"
-						   " LEFT JOIN atomizer.queue q ON q.name = j.queue"
-						   " WHERE j.state = 'running' AND j.worker LIKE 'atomizer:%'"
-						   " FOR UPDATE OF j SKIP LOCKED", 0, NULL);
-		count_plan = SPI_prepare("SELECT count(*) FROM atomizer.job"
-								 " WHERE state = 'running' AND worker = $1",
-								 1, types);
-		if (plan == NULL || count_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		SPI_keepplan(count_plan);
-	}
-	if (SPI_execute_plan(plan, NULL, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not look for orphaned jobs");
-
-	n = SPI_processed;
-	jobs = palloc0(sizeof(AtomizerJob) * Max(n, 1));
-	workers = palloc0(sizeof(char *) * Max(n, 1));
-	for (uint64 i = 0; i < n; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-
-		jobs[i].id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		workers[i] = SPI_getvalue(tup, desc, 2);
-		jobs[i].attempt = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
-		jobs[i].max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
-		jobs[i].queue = SPI_getvalue(tup, desc, 5);
-	}
-
-	for (uint64 i = 0; i < n; i++)
-	{
-		int			pid;
-		long		start;
-		int			batch = 0;
+		AtomizerWorkerId id;
 		int			seen = 0;
+		int			batch;
 
-		if (workers[i] == NULL || worker_alive(workers[i]))
+		if (!atomizer_worker_id_parse(workers[i], &id) || worker_alive(&id))
 			continue;
-		if (sscanf(workers[i], "atomizer:%d:%ld:%d", &pid, &start, &batch) != 3)
-			batch = 0;
-		for (uint64 k = 0; k < n; k++)
+		for (int k = 0; k < n; k++)
 			if (workers[k] && strcmp(workers[k], workers[i]) == 0)
 				seen++;
-		if (batch <= 0)
-			batch = seen;
+		batch = id.batch > 0 ? id.batch : seen;
 
 		/* rows of this batch that someone (the dying worker) still locks */
-		{
-			Datum		arg = CStringGetTextDatum(workers[i]);
-			bool		isnull;
-
-			if (SPI_execute_plan(count_plan, &arg, NULL, true, 0) == SPI_OK_SELECT &&
-				DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											SPI_tuptable->tupdesc, 1, &isnull)) > seen)
-				locked_left = true;
-		}
+		if (atomizer_store_count_running(workers[i]) > seen)
+			locked_left = true;
 
 		{
 			AtomizerOutcome outcome;
@@ -455,8 +394,6 @@ recover_orphans(void)
 		}
 		recovered++;
 	}
-	SPI_finish();
-	atomizer_restore_caller(&priv);
 
 	if (recovered > 0)
 		ereport(LOG,
@@ -472,37 +409,7 @@ recover_orphans(void)
 static void
 prune(void)
 {
-	static SPIPlanPtr plan = NULL;
-	AtomizerPrivState priv;
-
-	atomizer_become_owner(&priv);
-	SPI_connect();
-	if (plan == NULL)
-	{
-		Oid			types[1] = {INT4OID};
-
-		plan = SPI_prepare("WITH d AS (DELETE FROM atomizer.job_history h"
-						   " WHERE h.id IN (SELECT h2.id FROM atomizer.job_history h2"
-						   "  JOIN atomizer.queue q ON q.name = h2.queue"
-						   "  WHERE h2.state <> 'dead'"
-						   "  AND h2.finished_at < now() - q.retention LIMIT $1)"
-						   " RETURNING h.id), "
-						   "e AS (DELETE FROM atomizer.job_error e USING d"
-						   " WHERE e.job_id = d.id) "
-						   "SELECT count(*) FROM d", 1, types);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-	}
-	{
-		Datum		limit = Int32GetDatum(PRUNE_BATCH);
-
-		if (SPI_execute_plan(plan, &limit, NULL, false, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not prune finished jobs");
-	}
-	SPI_finish();
-	atomizer_restore_caller(&priv);
+	(void) atomizer_store_prune(PRUNE_BATCH);
 }
 
 /*
@@ -527,93 +434,6 @@ queue_workers(const char *queue, int *alive, int *ready)
 			(*ready)++;
 	}
 	LWLockRelease(atomizer_shared->lock);
-}
-
-/*
- * queue_due_from
- *		atomizer_queue_due's two looks, from claim key floor on.
- */
-static bool
-queue_due_from(const char *queue, const AtomizerClaimKey *floor,
-			   TimestampTz *next)
-{
-	static SPIPlanPtr due_plan = NULL;
-	static SPIPlanPtr next_plan = NULL;
-	Oid			types[4] = {TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID};
-	Datum		args[4];
-	bool		isnull;
-
-	atomizer_prepare(&due_plan,
-					 "SELECT 1 FROM atomizer.job"
-					 " WHERE queue = $1 AND state = 'available'"
-					 " AND (priority, run_at, id) >= ($2, $3, $4)"
-					 " AND run_at <= now()"
-					 " ORDER BY priority, run_at, id LIMIT 1", 4, types);
-	/*
-	 * The earliest run_at is the least of each priority's first: one index
-	 * descent per priority that has waiting jobs (a loose index scan), not a
-	 * read of every delayed job.
-	 */
-	atomizer_prepare(&next_plan,
-					 "WITH RECURSIVE p(prio, run_at) AS ("
-					 " (SELECT j.priority, j.run_at FROM atomizer.job j"
-					 "  WHERE j.queue = $1 AND j.state = 'available'"
-					 "  AND (j.priority, j.run_at, j.id) >= ($2, $3, $4)"
-					 "  ORDER BY j.priority, j.run_at, j.id LIMIT 1)"
-					 " UNION ALL"
-					 " SELECT n.priority, n.run_at FROM p, LATERAL"
-					 " (SELECT j.priority, j.run_at FROM atomizer.job j"
-					 "  WHERE j.queue = $1 AND j.state = 'available'"
-					 "  AND j.priority > p.prio"
-					 "  ORDER BY j.priority, j.run_at, j.id LIMIT 1) n)"
-					 " SELECT min(run_at) FROM p", 4, types);
-	args[0] = CStringGetTextDatum(queue);
-	args[1] = Int32GetDatum(floor->priority);
-	args[2] = TimestampTzGetDatum(floor->run_at);
-	args[3] = Int64GetDatum(floor->id);
-	*next = DT_NOEND;
-	if (SPI_execute_plan(due_plan, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not look at queue \"%s\"", queue);
-	if (SPI_processed > 0)
-		return true;
-	if (SPI_execute_plan(next_plan, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not look at queue \"%s\"", queue);
-	if (SPI_processed == 1)
-	{
-		Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
-									  SPI_tuptable->tupdesc, 1, &isnull);
-
-		if (!isnull)
-			*next = DatumGetTimestampTz(d);
-	}
-	return false;
-}
-
-/*
- * atomizer_queue_due
- *		Whether queue has a due job, and if not, when its next delayed job
- *		is due (*next, DT_NOEND if none).  Two small queries per queue, both
- *		served by the claim index from the queue's claim floor (floor.c) on:
- *		a plan over all queues at once may turn the due test into a hashed
- *		subplan that reads every waiting job.  The caller is connected to
- *		SPI as the owner (schedulers and workers use it).
- */
-bool
-atomizer_queue_due(const char *queue, TimestampTz *next)
-{
-	AtomizerClaimKey floor;
-
-	(void) atomizer_floor_get(MyDatabaseId, queue, &floor);
-	if (queue_due_from(queue, &floor, next))
-		return true;
-	if (atomizer_floor_recheck(MyDatabaseId, queue) &&
-		queue_due_from(queue, &atomizer_key_min, next))
-	{
-		/* a job below the floor, written where no callback saw it */
-		atomizer_floor_lower(MyDatabaseId, queue, NULL);
-		return true;
-	}
-	return false;
 }
 
 /*
@@ -691,7 +511,6 @@ start_workers(void)
 						worker_handles[slotno].handle = handle;
 						worker_handles[slotno].generation =
 							atomizer_shared->workers[slotno].generation;
-						forget_full(queue);
 						break;
 					case ATOMIZER_NO_WORKER_SLOT:
 						if (!request_slot(queue, alive))

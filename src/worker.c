@@ -150,15 +150,9 @@ worker_detach(int code, Datum arg)
 static long
 next_due_ms(void)
 {
-	AtomizerPrivState priv;
 	TimestampTz next;
-	bool		due;
+	bool		due = atomizer_queue_due(my_queue, &next);
 
-	atomizer_become_owner(&priv);
-	SPI_connect();
-	due = atomizer_queue_due(my_queue, &next);
-	SPI_finish();
-	atomizer_restore_caller(&priv);
 	if (due)
 		return 0;
 	if (TIMESTAMP_NOT_FINITE(next))
@@ -189,6 +183,9 @@ typedef struct NextClaim
 	uint64		floor_gen;
 } NextClaim;
 
+/* This worker's identity, written into the jobs it claims (jobstore.c). */
+static AtomizerWorkerId my_id;
+
 /*
  * claim
  *		Claim up to want jobs of our queue from its claim floor (floor.c),
@@ -198,22 +195,26 @@ typedef struct NextClaim
  *		*new_floor and *gen to atomizer_floor_advance after the commit.
  */
 static int
-claim(int want, const char *worker_id, AtomizerJob **jobs,
-	  AtomizerClaimKey *new_floor, uint64 *gen)
+claim(int want, AtomizerJob **jobs, AtomizerClaimKey *new_floor, uint64 *gen)
 {
 	AtomizerClaimKey floor;
+	AtomizerClaimSpec spec = {0};
 	int			n;
 
 	*gen = atomizer_floor_get(MyDatabaseId, my_queue, &floor);
+	spec.queue = my_queue;
+	spec.max_jobs = want;
+	spec.worker_id = &my_id;
+	spec.floor = &floor;
+	spec.new_floor = new_floor;
 	PushActiveSnapshot(GetTransactionSnapshot());
-	n = atomizer_claim_jobs(my_queue, want, NULL, worker_id, &floor,
-							new_floor, jobs);
+	n = atomizer_store_claim(&spec, jobs);
 	PopActiveSnapshot();
 	if (n == 0 && atomizer_floor_recheck(MyDatabaseId, my_queue))
 	{
+		floor = atomizer_key_min;
 		PushActiveSnapshot(GetTransactionSnapshot());
-		n = atomizer_claim_jobs(my_queue, want, NULL, worker_id,
-								&atomizer_key_min, new_floor, jobs);
+		n = atomizer_store_claim(&spec, jobs);
 		PopActiveSnapshot();
 	}
 	return n;
@@ -227,7 +228,7 @@ claim(int want, const char *worker_id, AtomizerJob **jobs,
  */
 static int
 run_batch(AtomizerJob *jobs, int n, int64 *succeeded, int64 *failed,
-		  const char *worker_id, NextClaim *next)
+		  NextClaim *next)
 {
 	int			ran = 0;
 	int64	   *ok_ids = palloc(sizeof(int64) * n);
@@ -249,14 +250,8 @@ run_batch(AtomizerJob *jobs, int n, int64 *succeeded, int64 *failed,
 			GetCurrentTimestamp() >= atomizer_shutdown_deadline)
 		{
 			/* out of time: release what has not run, uncounted */
-			AtomizerPrivState priv;
-
-			atomizer_become_owner(&priv);
-			SPI_connect();
 			for (int k = i; k < n; k++)
 				atomizer_release_job(jobs[k].id, false);
-			SPI_finish();
-			atomizer_restore_caller(&priv);
 			break;
 		}
 
@@ -291,7 +286,7 @@ run_batch(AtomizerJob *jobs, int n, int64 *succeeded, int64 *failed,
 	{
 		MemoryContext old = MemoryContextSwitchTo(next->cxt);
 
-		next->n = claim(next->want, worker_id, &next->jobs, &next->new_floor,
+		next->n = claim(next->want, &next->jobs, &next->new_floor,
 						&next->floor_gen);
 		MemoryContextSwitchTo(old);
 	}
@@ -307,26 +302,30 @@ run_batch(AtomizerJob *jobs, int n, int64 *succeeded, int64 *failed,
 	return ran;
 }
 
+/* What the worker's loop carries from one pass to the next. */
+typedef struct WorkerLoop
+{
+	AtomizerWorkerSlot *slot;
+	MemoryContext batch_cxt;	/* the claimed batch's memory */
+	NextClaim	next;			/* a batch claimed with the last one */
+	int			batch;			/* the batch size to claim */
+	int			missed;			/* looks that found due jobs we could not claim */
+	TimestampTz idle_since;
+} WorkerLoop;
+
 /*
- * atomizer_worker_main
- *		Entry point of a worker; the argument is its slot number.
+ * worker_start
+ *		Signals, connection, slot, identity and memory of a new worker.
  */
-void
-atomizer_worker_main(Datum arg)
+static void
+worker_start(Datum arg, WorkerLoop *wl)
 {
 	struct sigaction act;
-	AtomizerWorkerSlot *slot;
 	Oid			dboid;
-	char		worker_id[64];
 	char		appname[NAMEDATALEN + 32];
-	MemoryContext batch_cxt;
-	TimestampTz idle_since;
-	int			batch = 1;
-	int			missed = 0;		/* looks that found due jobs we could not claim */
-	NextClaim	next;
 
 	my_slot = DatumGetInt32(arg);
-	slot = &atomizer_shared->workers[my_slot];
+	wl->slot = &atomizer_shared->workers[my_slot];
 
 	memset(&act, 0, sizeof(act));
 	act.sa_sigaction = worker_sigterm;
@@ -338,8 +337,8 @@ atomizer_worker_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 
 	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
-	dboid = slot->dboid;
-	strlcpy(my_queue, slot->queue, NAMEDATALEN);
+	dboid = wl->slot->dboid;
+	strlcpy(my_queue, wl->slot->queue, NAMEDATALEN);
 	LWLockRelease(atomizer_shared->lock);
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
@@ -351,212 +350,262 @@ atomizer_worker_main(Datum arg)
 	CommitTransactionCommand();
 
 	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
-	slot->pid = MyProcPid;
-	slot->start_time = MyStartTime;
-	slot->latch = MyLatch;
-	slot->state = ATOMIZER_WORKER_IDLE;
-	slot->started_at = GetCurrentTimestamp();
+	wl->slot->pid = MyProcPid;
+	wl->slot->start_time = MyStartTime;
+	wl->slot->latch = MyLatch;
+	wl->slot->state = ATOMIZER_WORKER_IDLE;
+	wl->slot->started_at = GetCurrentTimestamp();
 	LWLockRelease(atomizer_shared->lock);
 	before_shmem_exit(worker_detach, (Datum) 0);
 
-	snprintf(worker_id, sizeof(worker_id), "atomizer:%d:%ld",
-			 MyProcPid, (long) MyStartTime);
+	my_id.pid = MyProcPid;
+	my_id.start_time = MyStartTime;
+	my_id.batch = 0;
 	snprintf(appname, sizeof(appname), "atomizer worker %s", my_queue);
 	pgstat_report_appname(appname);
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "atomizer worker pass",
 									 ALLOCSET_SMALL_SIZES);
-	batch_cxt = AllocSetContextCreate(TopMemoryContext, "atomizer worker batch",
-									  ALLOCSET_DEFAULT_SIZES);
-	memset(&next, 0, sizeof(next));
-	next.cxt = AllocSetContextCreate(TopMemoryContext, "atomizer worker next batch",
-									 ALLOCSET_DEFAULT_SIZES);
-	idle_since = GetCurrentTimestamp();
+	wl->batch_cxt = AllocSetContextCreate(TopMemoryContext, "atomizer worker batch",
+										  ALLOCSET_DEFAULT_SIZES);
+	memset(&wl->next, 0, sizeof(wl->next));
+	wl->next.cxt = AllocSetContextCreate(TopMemoryContext, "atomizer worker next batch",
+										 ALLOCSET_DEFAULT_SIZES);
+	wl->batch = 1;
+	wl->missed = 0;
+	wl->idle_since = GetCurrentTimestamp();
+}
 
-	while (!atomizer_shutdown_pending)
+/*
+ * worker_should_stop
+ *		At the top of a pass: reset its memory, reload the configuration,
+ *		and say whether to stop (shutdown, atomizer turned off or the
+ *		database left out, a scheduler wants our slot).
+ */
+static bool
+worker_should_stop(WorkerLoop *wl)
+{
+	if (atomizer_shutdown_pending)
+		return true;
+	CHECK_FOR_INTERRUPTS();
+	/* whatever a pass allocates outside a transaction goes here */
+	MemoryContextSwitchTo(loop_cxt);
+	MemoryContextReset(loop_cxt);
+	if (ConfigReloadPending)
+	{
+		ConfigReloadPending = false;
+		ProcessConfigFile(PGC_SIGHUP);
+	}
+	if (!atomizer_enabled || !atomizer_database_listed(my_dbname))
+		return true;
+	/* a scheduler needs our slot for a queue with due jobs */
+	if (wl->slot->yield_requested)
+		return true;
+	wl->batch = Min(wl->batch, atomizer_batch_size);
+	return false;
+}
+
+/*
+ * take_batch
+ *		The next batch: the one claimed with the last batch's outcomes, or a
+ *		new claim, committed (the jobs are running, attempts counted).
+ */
+static int
+take_batch(WorkerLoop *wl, AtomizerJob **jobs)
+{
+	AtomizerClaimKey new_floor;
+	uint64		floor_gen;
+	int			n;
+
+	if (wl->next.n > 0)
+	{
+		MemoryContext t = wl->batch_cxt;
+
+		/* the claimed jobs live in next.cxt: swap the contexts */
+		wl->batch_cxt = wl->next.cxt;
+		wl->next.cxt = t;
+		*jobs = wl->next.jobs;
+		n = wl->next.n;
+		wl->next.n = 0;
+		return n;
+	}
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	MemoryContextSwitchTo(wl->batch_cxt);
+	n = claim(wl->batch, jobs, &new_floor, &floor_gen);
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(loop_cxt);
+	pgstat_report_stat(false);
+	if (n > 0)
+		atomizer_floor_advance(MyDatabaseId, my_queue, floor_gen, &new_floor);
+	return n;
+}
+
+/*
+ * run_claimed
+ *		Run a claimed batch, count its outcomes in our slot, and adapt the
+ *		batch size: it doubles while batches are full and quick, and halves
+ *		when one takes long.
+ */
+static void
+run_claimed(WorkerLoop *wl, AtomizerJob *jobs, int n)
+{
+	TimestampTz started = GetCurrentTimestamp();
+	int64		succeeded = 0;
+	int64		failed = 0;
+	long		elapsed;
+
+	wl->missed = 0;
+	jobs_in_flight = true;
+	set_slot(ATOMIZER_WORKER_RUNNING, 0);
+	if (n == wl->batch)
+		atomizer_wake_queue(MyDatabaseId, my_queue);	/* more to do */
+
+	MemoryContextSwitchTo(wl->batch_cxt);
+
+	/*
+	 * A full batch of more than one job: the queue is busy, and the next
+	 * batch is claimed as this one commits.  (Single jobs arriving one at a
+	 * time would only pay for a claim that finds nothing.)
+	 */
+	wl->next.want = (n == wl->batch && n > 1) ? wl->batch : 0;
+	(void) run_batch(jobs, n, &succeeded, &failed, &wl->next);
+	jobs_in_flight = (wl->next.n > 0);
+
+	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+	wl->slot->jobs_succeeded += succeeded;
+	wl->slot->jobs_failed += failed;
+	wl->slot->job_id = 0;
+	LWLockRelease(atomizer_shared->lock);
+
+	elapsed = TimestampDifferenceMilliseconds(started, GetCurrentTimestamp());
+	if (n == wl->batch && elapsed < FAST_BATCH_MS)
+		wl->batch = Min(wl->batch * 2, atomizer_batch_size);
+	else if (elapsed > SLOW_BATCH_MS)
+		wl->batch = Max(wl->batch / 2, 1);
+	MemoryContextReset(wl->batch_cxt);
+	wl->idle_since = GetCurrentTimestamp();
+}
+
+/*
+ * wait_for_work
+ *		Nothing was claimed: sleep until woken, the next delayed job is due,
+ *		or a poll.  Returns false when the worker should exit instead (idle
+ *		for atomizer.worker_idle_timeout, or its queue was dropped).
+ */
+static bool
+wait_for_work(WorkerLoop *wl)
+{
+	long		idle_ms;
+	long		sleep_ms = atomizer_poll_interval;
+	long		due_ms;
+	AtomizerQueue queue;
+	bool		exists;
+
+	MemoryContextReset(wl->batch_cxt);
+	idle_ms = TimestampDifferenceMilliseconds(wl->idle_since, GetCurrentTimestamp());
+	if (idle_ms >= atomizer_worker_idle_timeout)
+		return false;
+	sleep_ms = Min(sleep_ms, atomizer_worker_idle_timeout - idle_ms);
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	exists = atomizer_lookup_queue(my_queue, &queue);
+	if (exists && queue.paused)
+	{
+		/* commits do not wake a paused worker; resume_queue does */
+		set_slot(ATOMIZER_WORKER_PAUSED, 0);
+		due_ms = -1;
+	}
+	else
+	{
+		/*
+		 * Idle first, then look again: a commit after our claim either sees
+		 * us idle and sets our latch, or committed before this look and is
+		 * found by it.
+		 */
+		set_slot(ATOMIZER_WORKER_IDLE, 0);
+		due_ms = exists ? next_due_ms() : -1;
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(loop_cxt);
+	if (!exists)
+		return false;			/* the queue was dropped */
+	if (due_ms == 0 && wl->missed == 0)
+	{
+		wl->missed++;
+		return true;			/* claim again at once */
+	}
+	if (due_ms == 0)
+	{
+		/*
+		 * Due jobs we cannot claim: someone holds their rows (a run_pending()
+		 * or cancel() in a long transaction).  Back off.
+		 */
+		sleep_ms = Min(sleep_ms, 10L << Min(wl->missed, 7));
+		wl->missed++;
+	}
+	else
+		wl->missed = 0;
+	if (due_ms > 0)
+		sleep_ms = Min(sleep_ms, due_ms);
+
+	/* about to sleep: flush what the last batches did */
+	if (due_ms != 0)
+		pgstat_report_stat(true);
+	(void) WaitLatch(MyLatch,
+					 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 sleep_ms, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+	return true;
+}
+
+/*
+ * give_back_next
+ *		A batch claimed with the last one's outcomes, never started: give it
+ *		back, attempts not counted.
+ */
+static void
+give_back_next(WorkerLoop *wl)
+{
+	if (wl->next.n == 0)
+		return;
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	for (int k = 0; k < wl->next.n; k++)
+		atomizer_release_job(wl->next.jobs[k].id, false);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	wl->next.n = 0;
+	jobs_in_flight = false;
+}
+
+/*
+ * atomizer_worker_main
+ *		Entry point of a worker; the argument is its slot number.  src/
+ *		README.md draws the states it goes through.
+ */
+void
+atomizer_worker_main(Datum arg)
+{
+	WorkerLoop	wl;
+
+	worker_start(arg, &wl);
+	while (!worker_should_stop(&wl))
 	{
 		AtomizerJob *jobs;
-		int			n;
-		TimestampTz started;
-		int64		succeeded = 0;
-		int64		failed = 0;
-		AtomizerClaimKey new_floor;
-		uint64		floor_gen;
-
-		CHECK_FOR_INTERRUPTS();
-		/* whatever a pass allocates outside a transaction goes here */
-		MemoryContextSwitchTo(loop_cxt);
-		MemoryContextReset(loop_cxt);
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
-		if (!atomizer_enabled || !atomizer_database_listed(my_dbname))
-			break;
-		/* a scheduler needs our slot for a queue with due jobs */
-		if (slot->yield_requested)
-			break;
-		batch = Min(batch, atomizer_batch_size);
-
-		/*
-		 * claim: the batch is running, attempts counted, once this commits
-		 * (or it was claimed in the transaction that recorded the last
-		 * batch).
-		 */
-		started = GetCurrentTimestamp();
-		if (next.n > 0)
-		{
-			MemoryContext t = batch_cxt;
-
-			/* the claimed jobs live in next.cxt: swap the contexts */
-			batch_cxt = next.cxt;
-			next.cxt = t;
-			jobs = next.jobs;
-			n = next.n;
-			next.n = 0;
-		}
-		else
-		{
-			SetCurrentStatementStartTimestamp();
-			StartTransactionCommand();
-			MemoryContextSwitchTo(batch_cxt);
-			n = claim(batch, worker_id, &jobs, &new_floor, &floor_gen);
-			CommitTransactionCommand();
-			MemoryContextSwitchTo(loop_cxt);
-			pgstat_report_stat(false);
-			if (n > 0)
-				atomizer_floor_advance(MyDatabaseId, my_queue, floor_gen,
-									   &new_floor);
-		}
+		int			n = take_batch(&wl, &jobs);
 
 		if (n > 0)
-		{
-			long		elapsed;
-
-			missed = 0;
-			jobs_in_flight = true;
-			set_slot(ATOMIZER_WORKER_RUNNING, 0);
-			if (n == batch)
-				atomizer_wake_queue(MyDatabaseId, my_queue);	/* more to do */
-
-			MemoryContextSwitchTo(batch_cxt);
-			/*
-			 * A full batch of more than one job: the queue is busy, and the
-			 * next batch is claimed as this one commits.  (Single jobs
-			 * arriving one at a time would only pay for a claim that finds
-			 * nothing.)
-			 */
-			next.want = (n == batch && n > 1) ? batch : 0;
-			(void) run_batch(jobs, n, &succeeded, &failed, worker_id, &next);
-			jobs_in_flight = (next.n > 0);
-
-			LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
-			slot->jobs_succeeded += succeeded;
-			slot->jobs_failed += failed;
-			slot->job_id = 0;
-			LWLockRelease(atomizer_shared->lock);
-
-			elapsed = TimestampDifferenceMilliseconds(started, GetCurrentTimestamp());
-			if (n == batch && elapsed < FAST_BATCH_MS)
-				batch = Min(batch * 2, atomizer_batch_size);
-			else if (elapsed > SLOW_BATCH_MS)
-				batch = Max(batch / 2, 1);
-			MemoryContextReset(batch_cxt);
-			idle_since = GetCurrentTimestamp();
-			continue;
-		}
-		MemoryContextReset(batch_cxt);
-
-		/* nothing due: sleep until woken, the next delayed job, or a poll */
-		{
-			long		idle_ms;
-			long		sleep_ms = atomizer_poll_interval;
-			long		due_ms;
-			int			rc;
-
-			AtomizerQueue queue;
-			bool		exists;
-
-			idle_ms = TimestampDifferenceMilliseconds(idle_since, GetCurrentTimestamp());
-			if (idle_ms >= atomizer_worker_idle_timeout)
-				break;
-			sleep_ms = Min(sleep_ms, atomizer_worker_idle_timeout - idle_ms);
-
-			SetCurrentStatementStartTimestamp();
-			StartTransactionCommand();
-			PushActiveSnapshot(GetTransactionSnapshot());
-			exists = atomizer_lookup_queue(my_queue, &queue);
-			if (exists && queue.paused)
-			{
-				/* commits do not wake a paused worker; resume_queue does */
-				set_slot(ATOMIZER_WORKER_PAUSED, 0);
-				due_ms = -1;
-			}
-			else
-			{
-				/*
-				 * Idle first, then look again: a commit after our claim
-				 * either sees us idle and sets our latch, or committed
-				 * before this look and is found by it.
-				 */
-				set_slot(ATOMIZER_WORKER_IDLE, 0);
-				due_ms = exists ? next_due_ms() : -1;
-			}
-			PopActiveSnapshot();
-			CommitTransactionCommand();
-			MemoryContextSwitchTo(loop_cxt);
-			if (!exists)
-				break;			/* the queue was dropped */
-			if (due_ms == 0 && missed == 0)
-			{
-				missed++;
-				continue;		/* claim again at once */
-			}
-			if (due_ms == 0)
-			{
-				/*
-				 * Due jobs we cannot claim: someone holds their rows (a
-				 * run_pending() or cancel() in a long transaction).  Back off.
-				 */
-				sleep_ms = Min(sleep_ms, 10L << Min(missed, 7));
-				missed++;
-			}
-			else
-				missed = 0;
-			if (due_ms > 0)
-				sleep_ms = Min(sleep_ms, due_ms);
-
-			/* about to sleep: flush what the last batches did */
-			if (due_ms != 0)
-				pgstat_report_stat(true);
-			rc = WaitLatch(MyLatch,
-						   WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						   sleep_ms, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-			(void) rc;
-		}
+			run_claimed(&wl, jobs, n);
+		else if (!wait_for_work(&wl))
+			break;
 	}
-
-	/* a batch claimed with the last one's outcomes, never started: give it back */
-	if (next.n > 0)
-	{
-		AtomizerPrivState priv;
-
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		atomizer_become_owner(&priv);
-		SPI_connect();
-		for (int k = 0; k < next.n; k++)
-			atomizer_release_job(next.jobs[k].id, false);
-		SPI_finish();
-		atomizer_restore_caller(&priv);
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		jobs_in_flight = false;
-	}
-
+	give_back_next(&wl);
 	set_slot(ATOMIZER_WORKER_STOPPING, 0);
 	proc_exit(0);
 }

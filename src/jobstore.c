@@ -1,0 +1,1445 @@
+/*-------------------------------------------------------------------------
+ *
+ * jobstore.c
+ *	  The job store: the only code that reads or writes atomizer.job (the
+ *	  hot table of waiting and running jobs), atomizer.job_history (finished
+ *	  jobs) and atomizer.job_error (every failed attempt).  Every statement
+ *	  on those tables is in this file; the rest of atomizer calls the
+ *	  functions below.  (store.c is its fast path for plain inserts, which
+ *	  writes heap tuples without a statement.)
+ *
+ *	  What it owns:
+ *
+ *	  - the job states and their moves (src/README.md draws them):
+ *		insert (available, or scheduled by its run_at), claim (running,
+ *		attempt counted), finish (to the history: succeeded, dead,
+ *		cancelled), fail an attempt (error recorded; available again after
+ *		a backoff, or dead), release (available, attempt given back), retry
+ *		(a dead or cancelled job back to available), purge and prune;
+ *	  - the one claim path, for atomizer's workers, run_pending() and
+ *		external claim() alike (atomizer_store_claim);
+ *	  - the history's column list (HISTORY_COLUMNS);
+ *	  - the worker identity written into a running job (AtomizerWorkerId,
+ *		one format and one parse function);
+ *	  - the claim floor's notes: every move that makes a job wait again
+ *		tells wakeup.c its claim key, which lowers the floor at commit
+ *		(floor.c keeps the floors);
+ *	  - the owner/SPI sandwich: every function here may be called anywhere
+ *		in a transaction, by any role.  It switches to the extension owner
+ *		(privilege.c) and connects to SPI itself, and undoes both before it
+ *		returns (store_begin/store_end); an error undoes them by aborting.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/timestamp.h"
+
+#include "atomizer.h"
+
+/* The history's columns, in the order every move to the history writes. */
+#define HISTORY_COLUMNS \
+	"id, queue, handler, payload, state, priority, run_at, attempt," \
+	" max_attempts, timeout, owner, idempotency_key, created_at," \
+	" started_at, finished_at, result, last_error, schedule_id"
+
+/* What a claim returns, and how a claimed job is read back. */
+#define CLAIM_RETURNING \
+	"RETURNING j.id, j.handler, j.payload, j.attempt," \
+	" coalesce(j.max_attempts, q.max_attempts)," \
+	" coalesce(j.timeout, q.timeout), j.owner::text," \
+	" j.priority::int4, j.run_at, j.lease_until"
+
+typedef struct StoreCall
+{
+	AtomizerPrivState priv;
+} StoreCall;
+
+/*
+ * store_begin / store_end
+ *		The owner/SPI sandwich around every statement of this file.
+ */
+static void
+store_begin(StoreCall *call)
+{
+	atomizer_become_owner(&call->priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+}
+
+static void
+store_end(StoreCall *call)
+{
+	SPI_finish();
+	atomizer_restore_caller(&call->priv);
+}
+
+/* ------------------------------------------------------------------------
+ * The worker identity
+ * ------------------------------------------------------------------------ */
+
+/*
+ * atomizer_worker_id_format
+ *		"atomizer:<pid>:<start time>:<batch size>", palloc'd: a worker
+ *		process of this server (its pid and start time tell it from a later
+ *		process with the same pid) and the size of the batch the job was
+ *		claimed in (the scheduler charges a dead worker's job only if it was
+ *		alone).
+ */
+char *
+atomizer_worker_id_format(const AtomizerWorkerId *id)
+{
+	return psprintf(ATOMIZER_WORKER_ID_PREFIX "%d:%ld:%d",
+					id->pid, (long) id->start_time, id->batch);
+}
+
+/*
+ * atomizer_worker_id_parse
+ *		The reverse; false for an identity that is not one of our workers'
+ *		(an external worker's name).
+ */
+bool
+atomizer_worker_id_parse(const char *text, AtomizerWorkerId *id)
+{
+	int			pid;
+	long		start;
+	int			batch = 0;
+	int			len = 0;
+
+	if (text == NULL)
+		return false;
+	/* without the batch size (never written since 0.1.0): 0, unknown */
+	if (sscanf(text, ATOMIZER_WORKER_ID_PREFIX "%d:%ld%n", &pid, &start, &len) != 2)
+		return false;
+	if (text[len] == ':')
+	{
+		int			more = 0;
+
+		if (sscanf(text + len, ":%d%n", &batch, &more) != 1)
+			return false;
+		len += more;
+	}
+	if (text[len] != '\0')
+		return false;
+	id->pid = pid;
+	id->start_time = (pg_time_t) start;
+	id->batch = batch;
+	return true;
+}
+
+/*
+ * atomizer_worker_id_reserved
+ *		Whether a worker name is in our workers' namespace (external
+ *		workers may not use it).
+ */
+bool
+atomizer_worker_id_reserved(const char *text)
+{
+	return text != NULL &&
+		strncmp(text, ATOMIZER_WORKER_ID_PREFIX,
+				strlen(ATOMIZER_WORKER_ID_PREFIX)) == 0;
+}
+
+/* ------------------------------------------------------------------------
+ * Insert
+ * ------------------------------------------------------------------------ */
+
+/*
+ * note_waiting_rows
+ *		The rows SPI_tuptable holds, (queue, priority, run_at, id), are jobs
+ *		waiting again: lower their queue's claim floor at commit.
+ */
+static void
+note_waiting_rows(void)
+{
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		AtomizerClaimKey key;
+		bool		isnull;
+
+		key.priority = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		key.run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+		key.id = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+		atomizer_note_waiting(SPI_getvalue(tup, desc, 1), &key);
+	}
+}
+
+/*
+ * atomizer_store_insert
+ *		Insert one job with a statement (the fast path in store.c is for
+ *		jobs without a key).  With an idempotency key that an unfinished job
+ *		of the same owner and queue already has, return that job's id and
+ *		insert nothing; concurrent duplicates wait for each other on the
+ *		unique index, so exactly one job is created.  The caller notes the
+ *		new job for wake-up.
+ */
+int64
+atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
+					  const char *key)
+{
+	static SPIPlanPtr insert_plan = NULL;
+	static SPIPlanPtr existing_plan = NULL;
+	StoreCall	call;
+	Datum		values[9];
+	char		nulls[9];
+	int64		id = 0;
+	bool		done = false;
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = CStringGetTextDatum(args->queue);
+	values[1] = CStringGetTextDatum(args->handler);
+	values[2] = payload;
+	values[3] = TimestampTzGetDatum(args->run_at);
+	values[4] = Int32GetDatum(args->priority);
+	values[5] = Int32GetDatum(args->max_attempts);
+	nulls[5] = args->max_attempts_null ? 'n' : ' ';
+	values[6] = args->timeout_null ? (Datum) 0 : IntervalPGetDatum(args->timeout);
+	nulls[6] = args->timeout_null ? 'n' : ' ';
+	values[7] = CStringGetTextDatum(args->owner);
+	values[8] = key ? CStringGetTextDatum(key) : (Datum) 0;
+	nulls[8] = key ? ' ' : 'n';
+
+	store_begin(&call);
+	{
+		Oid			types[9] = {TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
+		INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTOID};
+		Oid			lookup_types[3] = {TEXTOID, TEXTOID, TEXTOID};
+
+		atomizer_prepare(&insert_plan,
+					 "INSERT INTO atomizer.job "
+					 "(queue, handler, payload, run_at, priority, max_attempts,"
+					 " timeout, owner, idempotency_key) "
+					 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::name, $9) "
+					 "ON CONFLICT (queue, owner, idempotency_key) "
+					 "WHERE idempotency_key IS NOT NULL DO NOTHING "
+					 "RETURNING id", 9, types);
+		/* keys are the enqueuing role's own: another role's are not seen */
+		atomizer_prepare(&existing_plan,
+					 "SELECT id FROM atomizer.job "
+					 "WHERE queue = $1 AND idempotency_key = $2 "
+					 "AND owner = $3::name", 3, lookup_types);
+	}
+
+	/*
+	 * The conflicting job may finish (and leave the hot table) between our
+	 * insert and our look-up; then the key is free again and we retry.
+	 */
+	while (!done)
+	{
+		bool		isnull;
+
+		CHECK_FOR_INTERRUPTS();
+		if (SPI_execute_plan(insert_plan, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not insert job");
+		if (SPI_processed == 1)
+		{
+			id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+			done = true;
+		}
+		else
+		{
+			Datum		lookup[3] = {values[0], values[8], values[7]};
+
+			if (SPI_execute_plan(existing_plan, lookup, NULL, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "could not look up job by idempotency key");
+			if (SPI_processed == 1)
+			{
+				id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+				done = true;
+			}
+		}
+	}
+	store_end(&call);
+	return id;
+}
+
+static int
+compare_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * atomizer_store_insert_many
+ *		Insert one job per element of payloads (a jsonb[] of n elements)
+ *		with one INSERT ... SELECT; ids[] gets their ids in payload order
+ *		(drawn from the sequence in that order, so ascending).
+ */
+void
+atomizer_store_insert_many(const AtomizerNewJobs *args, ArrayType *payloads,
+						   int n, int64 *ids)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Datum		values[8];
+	char		nulls[8];
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = CStringGetTextDatum(args->queue);
+	values[1] = CStringGetTextDatum(args->handler);
+	values[2] = PointerGetDatum(payloads);
+	values[3] = TimestampTzGetDatum(args->run_at);
+	values[4] = Int32GetDatum(args->priority);
+	values[5] = Int32GetDatum(args->max_attempts);
+	nulls[5] = args->max_attempts_null ? 'n' : ' ';
+	values[6] = args->timeout_null ? (Datum) 0 : IntervalPGetDatum(args->timeout);
+	nulls[6] = args->timeout_null ? 'n' : ' ';
+	values[7] = CStringGetTextDatum(args->owner);
+
+	store_begin(&call);
+	{
+		Oid			types[8] = {TEXTOID, TEXTOID, JSONBARRAYOID, TIMESTAMPTZOID,
+		INT4OID, INT4OID, INTERVALOID, TEXTOID};
+
+		atomizer_prepare(&plan,
+					 "INSERT INTO atomizer.job "
+					 "(id, queue, handler, payload, run_at, priority,"
+					 " max_attempts, timeout, owner) "
+					 "SELECT nextval('atomizer.job_id_seq'), $1, $2, p, $4, $5,"
+					 " $6, $7, $8::name FROM unnest($3) AS p "
+					 "RETURNING id", 8, types);
+	}
+	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != (uint64) n)
+		elog(ERROR, "could not insert jobs");
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		ids[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	store_end(&call);
+	qsort(ids, n, sizeof(int64), compare_int64);
+}
+
+/*
+ * atomizer_store_insert_fire
+ *		Insert the job of one fire of schedule_id, as its owner set it up.
+ *		Its run_at is the fire time (or the real time, when a test drives
+ *		the clock into the future).  Returns the job id; the new job lowers
+ *		its queue's floor at commit.
+ */
+int64
+atomizer_store_insert_fire(int64 schedule_id, TimestampTz run_at)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
+	Datum		values[2];
+	bool		isnull;
+	int64		id;
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+			"INSERT INTO atomizer.job (queue, handler, payload, run_at, priority,"
+			" max_attempts, timeout, owner, schedule_id) "
+			"SELECT queue, handler, payload, least($2, clock_timestamp()),"
+			" priority, max_attempts,"
+			" timeout, owner, id FROM atomizer.schedule WHERE id = $1 "
+			"RETURNING queue, priority::int4, run_at, id", 2, types);
+	values[0] = Int64GetDatum(schedule_id);
+	values[1] = TimestampTzGetDatum(run_at);
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed != 1)
+		elog(ERROR, "could not enqueue the job of schedule " INT64_FORMAT, schedule_id);
+	note_waiting_rows();
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									 SPI_tuptable->tupdesc, 4, &isnull));
+	store_end(&call);
+	return id;
+}
+
+/*
+ * atomizer_store_schedule_busy
+ *		Whether a job of schedule_id waits or runs (the overlap policy).
+ */
+bool
+atomizer_store_schedule_busy(int64 schedule_id)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[1] = {INT8OID};
+	Datum		arg = Int64GetDatum(schedule_id);
+	bool		isnull;
+	bool		busy;
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+			"SELECT EXISTS (SELECT 1 FROM atomizer.job WHERE schedule_id = $1)",
+			1, types);
+	if (SPI_execute_plan(plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look at the jobs of schedule " INT64_FORMAT, schedule_id);
+	busy = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull));
+	store_end(&call);
+	return busy;
+}
+
+/* ------------------------------------------------------------------------
+ * Claim
+ * ------------------------------------------------------------------------ */
+
+/*
+ * compare_jobs
+ *		Claim order: priority, run_at, id.
+ */
+static int
+compare_jobs(const void *a, const void *b)
+{
+	const AtomizerJob *x = (const AtomizerJob *) a;
+	const AtomizerJob *y = (const AtomizerJob *) b;
+
+	if (x->priority != y->priority)
+		return x->priority < y->priority ? -1 : 1;
+	if (x->run_at != y->run_at)
+		return x->run_at < y->run_at ? -1 : 1;
+	return (x->id > y->id) - (x->id < y->id);
+}
+
+/*
+ * floor_check
+ *		A claim that started at floor and ended in a higher priority than
+ *		floor's passed the lower priorities' delayed jobs (run_at in the
+ *		future) without claiming them: the new floor must stay at or below
+ *		the first of them.  The range read is the one the claim just read.
+ *		Connected to SPI.
+ */
+static void
+floor_check(const char *queue, const AtomizerClaimKey *floor,
+			AtomizerClaimKey *new_floor)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[5] = {TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, INT4OID};
+	Datum		values[5];
+	bool		isnull;
+
+	if (new_floor->priority <= floor->priority)
+		return;
+	atomizer_prepare(&plan,
+					 "SELECT priority::int4 AS prio, run_at, id FROM atomizer.job"
+					 " WHERE queue = $1 AND state = 'available'"
+					 " AND (priority, run_at, id) >= ($2, $3, $4)"
+					 " AND priority < $5 AND run_at > now()"
+					 " ORDER BY priority, run_at, id LIMIT 1", 5, types);
+	values[0] = CStringGetTextDatum(queue);
+	values[1] = Int32GetDatum(floor->priority);
+	values[2] = TimestampTzGetDatum(floor->run_at);
+	values[3] = Int64GetDatum(floor->id);
+	values[4] = Int32GetDatum(new_floor->priority);
+	if (SPI_execute_plan(plan, values, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look at queue \"%s\"", queue);
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		new_floor->priority = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		new_floor->run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+		new_floor->id = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
+	}
+}
+
+/*
+ * atomizer_store_claim
+ *		The claim: mark up to spec->max_jobs due, available jobs of
+ *		spec->queue running, attempt counted, in claim order from the claim
+ *		key spec->floor on (NULL: from the front of the queue), skipping
+ *		rows another session has locked and, with spec->owner_filter, other
+ *		roles' jobs.  For atomizer's workers (spec->worker_id set) the
+ *		queue must be internal and the job gets the worker's identity with
+ *		the batch size; for external workers (spec->lease_ms > 0) the queue
+ *		must be external and the job gets the worker's name and a lease.
+ *		Returns the number claimed and, in *jobs, a palloc'd array (in the
+ *		caller's memory context) in claim order.
+ *
+ *		If spec->new_floor is set, it gets the floor the queue may have once
+ *		this transaction commits (floor.c): the caller passes it to
+ *		atomizer_floor_advance after the commit, or to
+ *		atomizer_note_floor_advance before.
+ */
+int
+atomizer_store_claim(const AtomizerClaimSpec *spec, AtomizerJob **jobs)
+{
+	static SPIPlanPtr lock_plan = NULL;
+	static SPIPlanPtr mark_plan = NULL;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	const AtomizerClaimKey *floor = spec->floor ? spec->floor : &atomizer_key_min;
+	AtomizerClaimKey *new_floor = spec->new_floor;
+	bool		external = spec->lease_ms > 0;
+	StoreCall	call;
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	AtomizerJob *result;
+	Datum	   *ids;
+	int			nids = 0;
+	int			n;
+	AtomizerClaimKey first_left = {0};	/* first locked row not claimed */
+	bool		left = false;
+
+	values[0] = CStringGetTextDatum(spec->queue);
+	values[1] = Int32GetDatum(spec->max_jobs);
+	values[2] = spec->owner_filter ? CStringGetTextDatum(spec->owner_filter) : (Datum) 0;
+	nulls[2] = spec->owner_filter ? ' ' : 'n';
+	values[3] = Int32GetDatum(floor->priority);
+	values[4] = TimestampTzGetDatum(floor->run_at);
+	values[5] = Int64GetDatum(floor->id);
+	values[6] = BoolGetDatum(external);
+
+	store_begin(&call);
+	{
+		Oid			types[7] = {TEXTOID, INT4OID, TEXTOID, INT4OID,
+		TIMESTAMPTZOID, INT8OID, BOOLOID};
+
+		atomizer_prepare(&lock_plan,
+						 "SELECT id, solo, priority::int4 AS prio, run_at"
+						 " FROM atomizer.job"
+						 " WHERE queue = $1 AND state = 'available'"
+						 " AND (priority, run_at, id) >= ($4, $5, $6)"
+						 " AND run_at <= now()"
+						 " AND ($3::name IS NULL OR owner = $3::name)"
+						 " AND EXISTS (SELECT 1 FROM atomizer.queue q"
+						 "  WHERE q.name = $1 AND NOT q.paused"
+						 "  AND q.external = $7)"
+						 " ORDER BY priority, run_at, id LIMIT $2"
+						 " FOR UPDATE SKIP LOCKED", 7, types);
+	}
+	{
+		Oid			types[3] = {INT8ARRAYOID, TEXTOID, INTERVALOID};
+
+		atomizer_prepare(&mark_plan,
+						 "UPDATE atomizer.job j SET state = 'running',"
+						 " attempt = j.attempt + 1,"
+						 " started_at = clock_timestamp(), worker = $2,"
+						 " lease = $3, lease_until = clock_timestamp() + $3 "
+						 "FROM atomizer.queue q "
+						 "WHERE j.id = ANY($1) AND q.name = j.queue "
+						 CLAIM_RETURNING, 3, types);
+	}
+
+	/*
+	 * Lock the candidates.  A job released after its worker died in the
+	 * middle of a batch is "solo": it runs in a batch of its own, so that a
+	 * job that kills its worker is found out and charged alone.
+	 */
+	atomizer_note_job_locks();
+	if (SPI_execute_plan(lock_plan, values, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not claim jobs of queue \"%s\"", spec->queue);
+	ids = palloc(sizeof(Datum) * Max(SPI_processed, 1));
+	if (new_floor)
+		*new_floor = *floor;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum		id = SPI_getbinval(tup, desc, 1, &isnull);
+		bool		solo = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+		AtomizerClaimKey key;
+
+		key.priority = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		key.run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+		key.id = DatumGetInt64(id);
+		if (solo && !external)
+		{
+			/*
+			 * The other candidates, before it and after it, stay waiting:
+			 * they were locked, not claimed.
+			 */
+			if (SPI_processed > 1)
+			{
+				HeapTuple	first = SPI_tuptable->vals[i == 0 ? 1 : 0];
+
+				left = true;
+				first_left.priority = DatumGetInt32(SPI_getbinval(first, desc, 3, &isnull));
+				first_left.run_at = DatumGetTimestampTz(SPI_getbinval(first, desc, 4, &isnull));
+				first_left.id = DatumGetInt64(SPI_getbinval(first, desc, 1, &isnull));
+			}
+			ids[0] = id;
+			nids = 1;
+			if (new_floor)
+				*new_floor = left ? first_left : key;
+			break;
+		}
+		ids[nids++] = id;
+		if (new_floor)
+			*new_floor = key;
+	}
+	if (left)
+	{
+		/* at commit they wait again, below the floor a worker may have raised */
+		atomizer_note_waiting(spec->queue, &first_left);
+		atomizer_note_enqueue(spec->queue);
+	}
+	if (new_floor && nids > 0)
+		floor_check(spec->queue, floor, new_floor);
+
+	n = 0;
+	result = MemoryContextAllocZero(caller_cxt, sizeof(AtomizerJob) * Max(nids, 1));
+	if (nids > 0)
+	{
+		Datum		mvalues[3];
+		char		mnulls[3] = {' ', ' ', ' '};
+
+		mvalues[0] = PointerGetDatum(construct_array(ids, nids, INT8OID, 8,
+													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		if (spec->worker_id != NULL)
+		{
+			/* the batch size, for the scheduler if the worker dies */
+			AtomizerWorkerId wid = *spec->worker_id;
+
+			wid.batch = nids;
+			mvalues[1] = CStringGetTextDatum(atomizer_worker_id_format(&wid));
+		}
+		else if (spec->worker_name != NULL)
+			mvalues[1] = CStringGetTextDatum(spec->worker_name);
+		else
+			mnulls[1] = 'n';
+		if (external)
+		{
+			Interval   *lease = palloc0(sizeof(Interval));
+
+			lease->time = spec->lease_ms * 1000;
+			mvalues[2] = IntervalPGetDatum(lease);
+		}
+		else
+			mnulls[2] = 'n';
+		if (SPI_execute_plan(mark_plan, mvalues, mnulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not claim jobs of queue \"%s\"", spec->queue);
+		n = (int) SPI_processed;
+	}
+
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		AtomizerJob *job = &result[i];
+		MemoryContext old;
+		bool		isnull;
+		Datum		d;
+
+		old = MemoryContextSwitchTo(caller_cxt);
+		job->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		job->queue = pstrdup(spec->queue);
+		job->handler = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+		job->payload = datumCopy(SPI_getbinval(tup, desc, 3, &isnull), false, -1);
+		job->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+		d = SPI_getbinval(tup, desc, 6, &isnull);
+		job->timeout_ms = isnull ? 0 : atomizer_interval_ms(DatumGetIntervalP(d));
+		job->owner = TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull));
+		job->priority = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+		job->run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
+		d = SPI_getbinval(tup, desc, 10, &isnull);
+		job->lease_until = isnull ? 0 : DatumGetTimestampTz(d);
+		MemoryContextSwitchTo(old);
+	}
+	store_end(&call);
+
+	qsort(result, n, sizeof(AtomizerJob), compare_jobs);
+	*jobs = result;
+	return n;
+}
+
+/*
+ * queue_due_from
+ *		atomizer_queue_due's two looks, from claim key floor on.  Connected
+ *		to SPI.
+ */
+static bool
+queue_due_from(const char *queue, const AtomizerClaimKey *floor,
+			   TimestampTz *next)
+{
+	static SPIPlanPtr due_plan = NULL;
+	static SPIPlanPtr next_plan = NULL;
+	Oid			types[4] = {TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID};
+	Datum		args[4];
+	bool		isnull;
+
+	atomizer_prepare(&due_plan,
+					 "SELECT 1 FROM atomizer.job"
+					 " WHERE queue = $1 AND state = 'available'"
+					 " AND (priority, run_at, id) >= ($2, $3, $4)"
+					 " AND run_at <= now()"
+					 " ORDER BY priority, run_at, id LIMIT 1", 4, types);
+	/*
+	 * The earliest run_at is the least of each priority's first: one index
+	 * descent per priority that has waiting jobs (a loose index scan), not a
+	 * read of every delayed job.
+	 */
+	atomizer_prepare(&next_plan,
+					 "WITH RECURSIVE p(prio, run_at) AS ("
+					 " (SELECT j.priority, j.run_at FROM atomizer.job j"
+					 "  WHERE j.queue = $1 AND j.state = 'available'"
+					 "  AND (j.priority, j.run_at, j.id) >= ($2, $3, $4)"
+					 "  ORDER BY j.priority, j.run_at, j.id LIMIT 1)"
+					 " UNION ALL"
+					 " SELECT n.priority, n.run_at FROM p, LATERAL"
+					 " (SELECT j.priority, j.run_at FROM atomizer.job j"
+					 "  WHERE j.queue = $1 AND j.state = 'available'"
+					 "  AND j.priority > p.prio"
+					 "  ORDER BY j.priority, j.run_at, j.id LIMIT 1) n)"
+					 " SELECT min(run_at) FROM p", 4, types);
+	args[0] = CStringGetTextDatum(queue);
+	args[1] = Int32GetDatum(floor->priority);
+	args[2] = TimestampTzGetDatum(floor->run_at);
+	args[3] = Int64GetDatum(floor->id);
+	*next = DT_NOEND;
+	if (SPI_execute_plan(due_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look at queue \"%s\"", queue);
+	if (SPI_processed > 0)
+		return true;
+	if (SPI_execute_plan(next_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look at queue \"%s\"", queue);
+	if (SPI_processed == 1)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			*next = DatumGetTimestampTz(d);
+	}
+	return false;
+}
+
+/*
+ * atomizer_queue_due
+ *		Whether queue has a due job, and if not, when its next delayed job
+ *		is due (*next, DT_NOEND if none).  Two small queries per queue, both
+ *		served by the claim index from the queue's claim floor (floor.c) on:
+ *		a plan over all queues at once may turn the due test into a hashed
+ *		subplan that reads every waiting job.
+ */
+bool
+atomizer_queue_due(const char *queue, TimestampTz *next)
+{
+	AtomizerClaimKey floor;
+	StoreCall	call;
+	bool		due;
+
+	(void) atomizer_floor_get(MyDatabaseId, queue, &floor);
+	store_begin(&call);
+	due = queue_due_from(queue, &floor, next);
+	if (!due && atomizer_floor_recheck(MyDatabaseId, queue) &&
+		queue_due_from(queue, &atomizer_key_min, next))
+	{
+		/* a job below the floor, written where no callback saw it */
+		atomizer_floor_lower(MyDatabaseId, queue, NULL);
+		due = true;
+	}
+	store_end(&call);
+	return due;
+}
+
+/* ------------------------------------------------------------------------
+ * Finish, fail, release
+ * ------------------------------------------------------------------------ */
+
+/*
+ * finish_one
+ *		atomizer_finish_job's statement; connected to SPI.
+ */
+static bool
+finish_one(int64 id, const char *state, Datum result, bool result_isnull,
+		   const char *error)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[4] = {INT8OID, TEXTOID, JSONBOID, TEXTOID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+
+	atomizer_prepare(&plan,
+				 "WITH d AS (DELETE FROM atomizer.job WHERE id = $1 RETURNING *) "
+				 "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS ") "
+				 "SELECT id, queue, handler, payload, $2, priority, run_at, attempt,"
+				 " max_attempts, timeout, owner, idempotency_key, created_at,"
+				 " started_at, clock_timestamp(), $3, coalesce($4, last_error),"
+				 " schedule_id "
+				 "FROM d", 4, types);
+
+	values[0] = Int64GetDatum(id);
+	values[1] = CStringGetTextDatum(state);
+	values[2] = result;
+	nulls[2] = result_isnull ? 'n' : ' ';
+	values[3] = error ? CStringGetTextDatum(error) : (Datum) 0;
+	nulls[3] = error ? ' ' : 'n';
+
+	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not finish job " INT64_FORMAT, id);
+	return SPI_processed == 1;
+}
+
+/*
+ * atomizer_finish_job
+ *		Move job id from atomizer.job to atomizer.job_history in final state
+ *		"state" ('succeeded', 'dead' or 'cancelled'), with its result and
+ *		last error.  Returns false if the job was not in the hot table.
+ */
+bool
+atomizer_finish_job(int64 id, const char *state, Datum result,
+					bool result_isnull, const char *error)
+{
+	StoreCall	call;
+	bool		done;
+
+	store_begin(&call);
+	done = finish_one(id, state, result, result_isnull, error);
+	store_end(&call);
+	return done;
+}
+
+/*
+ * atomizer_finish_succeeded
+ *		Move n succeeded jobs to the history at once, with their results
+ *		(results[i] NULL for none).  One statement for a whole batch: the
+ *		workers call it just before they commit the batch.
+ */
+void
+atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Datum	   *id_datums;
+	Datum		values[2];
+	int			dims[1];
+	int			lbs[1] = {1};
+
+	if (n == 0)
+		return;
+	id_datums = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+		id_datums[i] = Int64GetDatum(ids[i]);
+	dims[0] = n;
+	values[0] = PointerGetDatum(construct_array(id_datums, n, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = PointerGetDatum(construct_md_array(results, result_nulls, 1, dims,
+												   lbs, JSONBOID, -1, false,
+												   TYPALIGN_INT));
+
+	store_begin(&call);
+	{
+		Oid			types[2] = {INT8ARRAYOID, JSONBARRAYOID};
+
+		atomizer_prepare(&plan,
+					 "WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)), "
+					 "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
+					 " RETURNING j.*, r.result AS new_result) "
+					 "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS ") "
+					 "SELECT id, queue, handler, payload, 'succeeded', priority,"
+					 " run_at, attempt, max_attempts, timeout, owner,"
+					 " idempotency_key, created_at, started_at, clock_timestamp(),"
+					 " new_result, last_error, schedule_id FROM d", 2, types);
+	}
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record %d succeeded jobs", n);
+	store_end(&call);
+}
+
+/*
+ * atomizer_store_fail_attempt
+ *		A failed attempt of a running job: the error goes to atomizer.
+ *		job_error, and the job is dead after max_attempts or waits for its
+ *		next attempt, after retry_in if not NULL, else after the queue's
+ *		backoff (exponential, with jitter, saturating at backoff_cap and at
+ *		1000 years for every attempt number).
+ */
+void
+atomizer_store_fail_attempt(const AtomizerJob *job, const AtomizerOutcome *outcome,
+							const Interval *retry_in)
+{
+	static SPIPlanPtr error_plan = NULL;
+	static SPIPlanPtr retry_plan = NULL;
+	StoreCall	call;
+	Datum		values[6];
+	char		nulls[6];
+
+	store_begin(&call);
+	{
+		Oid			types[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID,
+		TEXTOID, TEXTOID};
+
+		atomizer_prepare(&error_plan,
+						 "INSERT INTO atomizer.job_error "
+						 "(job_id, attempt, owner, queue, sqlstate,"
+						 " message, detail, hint, context) "
+						 "SELECT id, attempt, owner, queue, $2, $3,"
+						 " $4, $5, $6 FROM atomizer.job WHERE id = $1",
+						 6, types);
+	}
+	{
+		Oid			types[3] = {INT8OID, TEXTOID, INTERVALOID};
+
+		atomizer_prepare(&retry_plan,
+						 "UPDATE atomizer.job j SET"
+						 " state = 'available', worker = NULL,"
+						 " lease_until = NULL, last_error = $2,"
+						 " run_at = clock_timestamp() + make_interval(secs =>"
+						 "  least(coalesce(extract(epoch FROM $3)::float8,"
+						 "   least(extract(epoch FROM q.backoff_cap)::float8,"
+						 "    extract(epoch FROM q.backoff_base)::float8"
+						 "    * power(2::float8, least(j.attempt - 1, 60)))"
+						 "   * (1 - q.backoff_jitter * random())), "
+						 "extract(epoch FROM interval '" ATOMIZER_MAX_DELAY_TEXT "')::float8)) "
+						 "FROM atomizer.queue q "
+						 "WHERE j.id = $1 AND q.name = j.queue "
+						 "RETURNING j.queue, j.priority::int4, j.run_at, j.id",
+						 3, types);
+	}
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int64GetDatum(job->id);
+	values[1] = CStringGetTextDatum(outcome->sqlstate);
+	nulls[1] = outcome->sqlstate[0] ? ' ' : 'n';
+	values[2] = CStringGetTextDatum(outcome->message);
+	values[3] = outcome->detail ? CStringGetTextDatum(outcome->detail) : (Datum) 0;
+	nulls[3] = outcome->detail ? ' ' : 'n';
+	values[4] = outcome->hint ? CStringGetTextDatum(outcome->hint) : (Datum) 0;
+	nulls[4] = outcome->hint ? ' ' : 'n';
+	values[5] = outcome->context ? CStringGetTextDatum(outcome->context) : (Datum) 0;
+	nulls[5] = outcome->context ? ' ' : 'n';
+	if (SPI_execute_plan(error_plan, values, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record error of job " INT64_FORMAT, job->id);
+
+	if (job->attempt >= job->max_attempts)
+		(void) finish_one(job->id, "dead", (Datum) 0, true, outcome->message);
+	else
+	{
+		Datum		rvalues[3];
+		char		rnulls[3] = {' ', ' ', ' '};
+
+		rvalues[0] = Int64GetDatum(job->id);
+		rvalues[1] = CStringGetTextDatum(outcome->message);
+		rvalues[2] = retry_in ? IntervalPGetDatum(retry_in) : (Datum) 0;
+		rnulls[2] = retry_in ? ' ' : 'n';
+		if (SPI_execute_plan(retry_plan, rvalues, rnulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not schedule retry of job " INT64_FORMAT, job->id);
+		note_waiting_rows();
+	}
+	store_end(&call);
+}
+
+/*
+ * atomizer_release_job
+ *		Put a running job back, available now, its attempt not counted; solo
+ *		makes it run in a batch of its own next time.
+ */
+void
+atomizer_release_job(int64 id, bool solo)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[2] = {INT8OID, BOOLOID};
+	Datum		values[2];
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+					 "UPDATE atomizer.job SET state = 'available',"
+					 " attempt = greatest(attempt - 1, 0), worker = NULL,"
+					 " started_at = NULL, lease_until = NULL,"
+					 " solo = solo OR $2 "
+					 "WHERE id = $1 AND state = 'running' "
+					 "RETURNING queue, priority::int4, run_at, id", 2, types);
+	values[0] = Int64GetDatum(id);
+	values[1] = BoolGetDatum(solo);
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not release job " INT64_FORMAT, id);
+	note_waiting_rows();
+	store_end(&call);
+}
+
+/* ------------------------------------------------------------------------
+ * Steering: cancel, retry, purge, prune
+ * ------------------------------------------------------------------------ */
+
+/*
+ * atomizer_store_cancel
+ *		Cancel a waiting job (owner's, unless owner is NULL).  False if it is
+ *		running, finished, or not there.  A job being claimed right now is
+ *		waited for, then found running.
+ */
+bool
+atomizer_store_cancel(int64 job_id, const char *owner)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	bool		cancelled = false;
+
+	values[0] = Int64GetDatum(job_id);
+	values[1] = owner ? CStringGetTextDatum(owner) : (Datum) 0;
+	nulls[1] = owner ? ' ' : 'n';
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+					 "SELECT 1 FROM atomizer.job WHERE id = $1 "
+					 "AND state = 'available' "
+					 "AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
+					 2, types);
+	atomizer_note_job_locks();
+	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up job");
+	if (SPI_processed == 1)
+		cancelled = finish_one(job_id, "cancelled", (Datum) 0, true, NULL);
+	store_end(&call);
+	return cancelled;
+}
+
+/*
+ * atomizer_store_retry
+ *		Send a dead or cancelled job (owner's, unless owner is NULL) back to
+ *		its queue, available now, attempts counted from zero again.  False if
+ *		there is no such job; an ERROR if its queue is gone or another
+ *		unfinished job of its owner has its idempotency key.
+ */
+bool
+atomizer_store_retry(int64 job_id, const char *owner)
+{
+	static SPIPlanPtr find_plan = NULL;
+	static SPIPlanPtr dup_plan = NULL;
+	static SPIPlanPtr move_plan = NULL;
+	StoreCall	call;
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	bool		retried = false;
+
+	values[0] = Int64GetDatum(job_id);
+	values[1] = owner ? CStringGetTextDatum(owner) : (Datum) 0;
+	nulls[1] = owner ? ' ' : 'n';
+
+	store_begin(&call);
+	{
+		Oid			types[2] = {INT8OID, TEXTOID};
+		Oid			dup_types[3] = {TEXTOID, TEXTOID, TEXTOID};
+
+		atomizer_prepare(&find_plan,
+					 "SELECT queue, idempotency_key, owner::text FROM atomizer.job_history "
+					 "WHERE id = $1 AND state IN ('dead', 'cancelled') "
+					 "AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
+					 2, types);
+		atomizer_prepare(&dup_plan,
+					 "SELECT id FROM atomizer.job "
+					 "WHERE queue = $1 AND idempotency_key = $2 "
+					 "AND owner = $3::name", 3, dup_types);
+		atomizer_prepare(&move_plan,
+					 "WITH d AS (DELETE FROM atomizer.job_history WHERE id = $1"
+					 " RETURNING *) "
+					 "INSERT INTO atomizer.job "
+					 "(id, queue, handler, payload, state, priority, run_at,"
+					 " attempt, max_attempts, timeout, owner, idempotency_key,"
+					 " created_at, last_error, schedule_id) "
+					 "SELECT id, queue, handler, payload, 'available', priority,"
+					 " now(), 0, max_attempts, timeout, owner, idempotency_key,"
+					 " created_at, last_error, schedule_id FROM d"
+					 " RETURNING queue, priority::int4, run_at, id", 1, types);
+	}
+	if (SPI_execute_plan(find_plan, values, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up job");
+	if (SPI_processed == 1)
+	{
+		bool		key_isnull;
+		bool		owner_isnull;
+		Datum		key;
+		Datum		job_owner;
+		AtomizerQueue q;
+		char	   *queue;
+
+		queue = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+		key = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2,
+							&key_isnull);
+		job_owner = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3,
+								  &owner_isnull);
+
+		if (!atomizer_lookup_queue(queue, &q))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot retry job " INT64_FORMAT ": queue \"%s\" no longer exists",
+							job_id, queue),
+					 errhint("Create the queue again with atomizer.create_queue('%s').",
+							 queue)));
+		if (!key_isnull)
+		{
+			Datum		dup[3] = {CStringGetTextDatum(queue), key, job_owner};
+
+			if (SPI_execute_plan(dup_plan, dup, NULL, false, 1) != SPI_OK_SELECT)
+				elog(ERROR, "could not look up job by idempotency key");
+			if (SPI_processed == 1)
+				ereport(ERROR,
+						(errcode(ERRCODE_UNIQUE_VIOLATION),
+						 errmsg("cannot retry job " INT64_FORMAT ": another unfinished job of its owner in queue \"%s\" has the same idempotency key",
+								job_id, queue)));
+		}
+		if (SPI_execute_plan(move_plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not retry job " INT64_FORMAT, job_id);
+		retried = (SPI_processed == 1);
+		if (retried)
+		{
+			note_waiting_rows();
+			if (q.external)
+				atomizer_note_external(queue);
+			else
+				atomizer_note_enqueue(queue);
+		}
+	}
+	store_end(&call);
+	return retried;
+}
+
+/*
+ * atomizer_store_purge
+ *		Delete finished jobs (succeeded, dead, cancelled) that finished at
+ *		least older_than ago (NULL: any), of queue (NULL: all), of owner
+ *		(NULL: every role's), with their error history.  Returns how many.
+ */
+int64
+atomizer_store_purge(const Interval *older_than, const char *queue,
+					 const char *owner)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[3] = {INTERVALOID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
+	int64		count;
+	bool		isnull;
+
+	values[0] = older_than ? IntervalPGetDatum(older_than) : (Datum) 0;
+	nulls[0] = older_than ? ' ' : 'n';
+	values[1] = queue ? CStringGetTextDatum(queue) : (Datum) 0;
+	nulls[1] = queue ? ' ' : 'n';
+	values[2] = owner ? CStringGetTextDatum(owner) : (Datum) 0;
+	nulls[2] = owner ? ' ' : 'n';
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+				 "WITH d AS (DELETE FROM atomizer.job_history"
+				 " WHERE finished_at <= now() - coalesce($1, interval '0')"
+				 " AND ($2::text IS NULL OR queue = $2)"
+				 " AND ($3::name IS NULL OR owner = $3::name) RETURNING id), "
+				 "e AS (DELETE FROM atomizer.job_error e USING d"
+				 " WHERE e.job_id = d.id) "
+				 "SELECT count(*) FROM d", 3, types);
+	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not purge jobs");
+	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										SPI_tuptable->tupdesc, 1, &isnull));
+	store_end(&call);
+	return count;
+}
+
+/*
+ * atomizer_store_prune
+ *		The scheduler's pruning: delete up to limit finished jobs (not dead
+ *		ones) older than their queue's retention, with their errors.
+ */
+int64
+atomizer_store_prune(int limit)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[1] = {INT4OID};
+	Datum		arg = Int32GetDatum(limit);
+	bool		isnull;
+	int64		count;
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+					 "WITH d AS (DELETE FROM atomizer.job_history h"
+					 " WHERE h.id IN (SELECT h2.id FROM atomizer.job_history h2"
+					 "  JOIN atomizer.queue q ON q.name = h2.queue"
+					 "  WHERE h2.state <> 'dead'"
+					 "  AND h2.finished_at < now() - q.retention LIMIT $1)"
+					 " RETURNING h.id), "
+					 "e AS (DELETE FROM atomizer.job_error e USING d"
+					 " WHERE e.job_id = d.id) "
+					 "SELECT count(*) FROM d", 1, types);
+	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not prune finished jobs");
+	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										SPI_tuptable->tupdesc, 1, &isnull));
+	store_end(&call);
+	return count;
+}
+
+/* ------------------------------------------------------------------------
+ * Running jobs: leases of external workers, orphans of dead workers
+ * ------------------------------------------------------------------------ */
+
+/*
+ * atomizer_store_lock_leased
+ *		Lock job_id and check that it is running under a live lease of an
+ *		external worker (and of attempt, if given); *job gets its id,
+ *		attempt, max_attempts and queue.  Every way it is not is an ERROR
+ *		with SQLSTATE 55000 (or 42704: no such job).
+ */
+void
+atomizer_store_lock_leased(int64 job_id, bool attempt_given, int attempt,
+						   AtomizerJob *job)
+{
+	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr history_plan = NULL;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	StoreCall	call;
+	Oid			types[1] = {INT8OID};
+	Datum		arg = Int64GetDatum(job_id);
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	char	   *state;
+	char	   *worker;
+	bool		lease_null;
+	TimestampTz lease_until;
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+			"SELECT j.state, j.attempt, coalesce(j.max_attempts, q.max_attempts, 1),"
+			" j.lease_until, j.worker, j.queue"
+			" FROM atomizer.job j LEFT JOIN atomizer.queue q ON q.name = j.queue"
+			" WHERE j.id = $1 FOR UPDATE OF j", 1, types);
+	atomizer_prepare(&history_plan,
+			"SELECT state FROM atomizer.job_history WHERE id = $1", 1, types);
+
+	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up job " INT64_FORMAT, job_id);
+	if (SPI_processed == 0)
+	{
+		/* not read-only: a fresh snapshot sees a completion we waited for */
+		if (SPI_execute_plan(history_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not look up job " INT64_FORMAT, job_id);
+		if (SPI_processed == 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("job " INT64_FORMAT " is not running", job_id),
+					 errdetail("It has finished: %s.",
+							   SPI_getvalue(SPI_tuptable->vals[0],
+											SPI_tuptable->tupdesc, 1))));
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("job " INT64_FORMAT " does not exist", job_id)));
+	}
+
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	state = SPI_getvalue(tup, desc, 1);
+	memset(job, 0, sizeof(AtomizerJob));
+	job->id = job_id;
+	job->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+	job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+	lease_until = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &lease_null));
+	worker = SPI_getvalue(tup, desc, 5);
+	job->queue = MemoryContextStrdup(caller_cxt, SPI_getvalue(tup, desc, 6));
+
+	if (strcmp(state, "running") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("job " INT64_FORMAT " is not running", job_id),
+				 errdetail("It is waiting for attempt %d; a lease it had was lost.",
+						   job->attempt + 1)));
+	if (lease_null || atomizer_worker_id_reserved(worker))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("job " INT64_FORMAT " is not held by an external worker", job_id),
+				 errdetail("atomizer's own workers run it.")));
+	if (attempt_given && attempt != job->attempt)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("job " INT64_FORMAT " was claimed again", job_id),
+				 errdetail("The lease was for attempt %d; the job is on attempt %d now.",
+						   attempt, job->attempt)));
+	if (lease_until < GetCurrentTimestamp())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the lease of job " INT64_FORMAT " expired at %s",
+						job_id, timestamptz_to_str(lease_until)),
+				 errhint("Send atomizer.heartbeat() more often than the lease lasts, or claim with a longer lease.")));
+	store_end(&call);
+}
+
+/*
+ * atomizer_store_extend_lease
+ *		A heartbeat: the lease of a running job ends "lease" from now (NULL:
+ *		the claim's lease).  Returns the new end.
+ */
+TimestampTz
+atomizer_store_extend_lease(int64 job_id, const Interval *lease)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[2] = {INT8OID, INTERVALOID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	bool		isnull;
+	TimestampTz until;
+
+	values[0] = Int64GetDatum(job_id);
+	values[1] = lease ? IntervalPGetDatum(lease) : (Datum) 0;
+	nulls[1] = lease ? ' ' : 'n';
+	store_begin(&call);
+	atomizer_prepare(&plan,
+			"UPDATE atomizer.job SET lease = coalesce($2, lease),"
+			" lease_until = clock_timestamp() + coalesce($2, lease,"
+			"  interval '5 minutes') WHERE id = $1 RETURNING lease_until",
+			2, types);
+	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING ||
+		SPI_processed != 1)
+		elog(ERROR, "could not extend the lease of job " INT64_FORMAT, job_id);
+	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, 1, &isnull));
+	store_end(&call);
+	return until;
+}
+
+/*
+ * atomizer_store_expired_leases
+ *		Lock (SKIP LOCKED) the running jobs of external workers whose lease
+ *		has passed; *jobs gets them (id, attempt, max_attempts, queue), and
+ *		*reasons the failure message of each.  *next_end is the earliest
+ *		lease end of the others (DT_NOEND if none).
+ */
+int
+atomizer_store_expired_leases(AtomizerJob **jobs, char ***reasons,
+							  TimestampTz *next_end)
+{
+	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr next_plan = NULL;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	StoreCall	call;
+	uint64		n;
+	bool		isnull;
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+			"SELECT j.id, j.attempt, coalesce(j.max_attempts, q.max_attempts, 1),"
+			" j.queue, j.worker, j.lease_until"
+			" FROM atomizer.job j LEFT JOIN atomizer.queue q ON q.name = j.queue"
+			" WHERE j.state = 'running' AND j.lease_until < clock_timestamp()"
+			" FOR UPDATE OF j SKIP LOCKED", 0, NULL);
+	atomizer_prepare(&next_plan,
+			"SELECT min(lease_until) FROM atomizer.job"
+			" WHERE state = 'running' AND lease_until >= clock_timestamp()", 0, NULL);
+
+	if (SPI_execute_plan(plan, NULL, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for expired leases");
+	n = SPI_processed;
+	*jobs = MemoryContextAllocZero(caller_cxt, sizeof(AtomizerJob) * Max(n, 1));
+	*reasons = MemoryContextAllocZero(caller_cxt, sizeof(char *) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		AtomizerJob *job = &(*jobs)[i];
+		MemoryContext old = MemoryContextSwitchTo(caller_cxt);
+
+		job->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		job->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		job->queue = SPI_getvalue(tup, desc, 4);
+		(*reasons)[i] = psprintf("lease of worker \"%s\" expired at %s",
+								 SPI_getvalue(tup, desc, 5),
+								 SPI_getvalue(tup, desc, 6));
+		MemoryContextSwitchTo(old);
+	}
+
+	*next_end = DT_NOEND;
+	if (SPI_execute_plan(next_plan, NULL, NULL, true, 0) == SPI_OK_SELECT &&
+		SPI_processed == 1)
+	{
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
+									  SPI_tuptable->tupdesc, 1, &isnull);
+
+		if (!isnull)
+			*next_end = DatumGetTimestampTz(d);
+	}
+	store_end(&call);
+	return (int) n;
+}
+
+/*
+ * atomizer_store_running_internal
+ *		Lock (SKIP LOCKED) the running jobs of atomizer's own workers, for
+ *		orphan recovery: *jobs gets them (id, attempt, max_attempts, queue),
+ *		*workers their worker identities.  Rows locked first, worker slots
+ *		read after (by the caller): a worker that claimed after our
+ *		snapshot is then seen alive.
+ */
+int
+atomizer_store_running_internal(AtomizerJob **jobs, char ***workers)
+{
+	static SPIPlanPtr plan = NULL;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	StoreCall	call;
+	uint64		n;
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+					 "SELECT j.id, j.worker, j.attempt,"
+					 " coalesce(j.max_attempts, q.max_attempts, 1), j.queue"
+					 " FROM atomizer.job j"
+					 " LEFT JOIN atomizer.queue q ON q.name = j.queue"
+					 " WHERE j.state = 'running' AND j.worker LIKE '"
+					 ATOMIZER_WORKER_ID_PREFIX "%'"
+					 " FOR UPDATE OF j SKIP LOCKED", 0, NULL);
+	if (SPI_execute_plan(plan, NULL, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look for orphaned jobs");
+
+	n = SPI_processed;
+	*jobs = MemoryContextAllocZero(caller_cxt, sizeof(AtomizerJob) * Max(n, 1));
+	*workers = MemoryContextAllocZero(caller_cxt, sizeof(char *) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		AtomizerJob *job = &(*jobs)[i];
+		MemoryContext old = MemoryContextSwitchTo(caller_cxt);
+		bool		isnull;
+
+		job->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		(*workers)[i] = SPI_getvalue(tup, desc, 2);
+		job->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		job->queue = SPI_getvalue(tup, desc, 5);
+		MemoryContextSwitchTo(old);
+	}
+	store_end(&call);
+	return (int) n;
+}
+
+/*
+ * atomizer_store_count_running
+ *		How many jobs run under worker identity worker (locked or not).
+ */
+int64
+atomizer_store_count_running(const char *worker)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[1] = {TEXTOID};
+	Datum		arg = CStringGetTextDatum(worker);
+	bool		isnull;
+	int64		n = 0;
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+					 "SELECT count(*) FROM atomizer.job"
+					 " WHERE state = 'running' AND worker = $1", 1, types);
+	if (SPI_execute_plan(plan, &arg, NULL, true, 0) == SPI_OK_SELECT)
+		n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										SPI_tuptable->tupdesc, 1, &isnull));
+	store_end(&call);
+	return n;
+}
