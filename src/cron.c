@@ -469,10 +469,12 @@ parse_interval(const char *const *tokens, int ntokens, const char *spec,
 						tokens[i + 1], spec);
 		if (pg_mul_s64_overflow(negative ? -n : n, usecs, &part) ||
 			pg_add_s64_overflow(total, part, &total))
-			return fail(error, "interval \"%s\" is out of range", spec);
+			return fail(error, "interval \"%s\" is longer than 1000 years, the longest a schedule may have", spec);
 	}
 	if (total <= 0)
 		return fail(error, "interval \"%s\" is not positive", spec);
+	if (total > INTERVAL_SPEC_MAX_SECS * USECS_PER_SEC)
+		return fail(error, "interval \"%s\" is longer than 1000 years, the longest a schedule may have", spec);
 
 	out->is_interval = true;
 	out->interval = total;

@@ -56,4 +56,11 @@ extern void atomizer_cron_parse_or_error(const char *spec, AtomizerCron *out);
 extern TimestampTz atomizer_cron_next(const AtomizerCron *cron,
 									  TimestampTz after, pg_tz *tz);
 
+/*
+ * The longest interval a schedule may have: 1000 years (of 360 days, as
+ * interval arithmetic counts them), the longest delay atomizer schedules
+ * anywhere (ATOMIZER_MAX_DELAY_SECS; schedule.c checks they agree).
+ */
+#define INTERVAL_SPEC_MAX_SECS	INT64CONST(31104000000)
+
 #endif							/* ATOMIZER_CRON_H */

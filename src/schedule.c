@@ -53,6 +53,8 @@ PG_FUNCTION_INFO_V1(atomizer_run_schedule);
 PG_FUNCTION_INFO_V1(atomizer_tick);
 
 #define SCHEDULE_NAME_MAX	200
+StaticAssertDecl(INTERVAL_SPEC_MAX_SECS == ATOMIZER_MAX_DELAY_SECS,
+				 "a schedule's longest interval is atomizer's longest delay");
 /* first key of the advisory lock schedule() takes on (owner, name) */
 #define SCHEDULE_LOCK_CLASS	1635020653
 #define FIRE_BATCH			1000

@@ -110,3 +110,13 @@ SELECT atomizer.fail(:ext_job, 'later', retry_in => '1000 years');
 SELECT state, run_at > now() + interval '999 years' AS in_1000_years
   FROM atomizer.jobs WHERE id = :ext_job;
 
+
+-- schedule intervals: up to 1000 years, then an error that names the limit
+-- (0.1.0 accepted '300000 weeks' with next_run NULL: it never fired)
+SELECT atomizer.schedule('long', '51000 weeks', 'boom') IS NOT NULL AS about_1000_years;
+SELECT next_run > now() + interval '975 years' AS fires_in_977_years
+  FROM atomizer.schedules WHERE name = 'long';
+SELECT code, message FROM try($$SELECT atomizer.schedule('longer', '300000 weeks', 'boom')$$);
+SELECT code, message FROM try($$SELECT atomizer.schedule('longer', '2147483647 weeks', 'boom')$$);
+SELECT code, message FROM try($$SELECT atomizer.schedule('longer', '200000 weeks 200000 weeks', 'boom')$$);
+SELECT atomizer.unschedule('long');
