@@ -56,4 +56,12 @@ extern void atomizer_cron_parse_or_error(const char *spec, AtomizerCron *out);
 extern TimestampTz atomizer_cron_next(const AtomizerCron *cron,
 									  TimestampTz after, pg_tz *tz);
 
+/*
+ * ERROR (ERRCODE_INVALID_PARAMETER_VALUE), naming the reason, if cron never
+ * fires after "after" in tz; spec is its text, for the message.
+ */
+extern void atomizer_cron_check_fires(const char *spec,
+									  const AtomizerCron *cron,
+									  TimestampTz after, pg_tz *tz);
+
 #endif							/* ATOMIZER_CRON_H */

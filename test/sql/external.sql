@@ -29,6 +29,8 @@ SELECT atomizer.enqueue('later', '{}', queue => 'images',
 -- only members of atomizer_worker (or admins) act as external workers
 SET ROLE regress_stranger;
 SELECT * FROM try($$SELECT * FROM atomizer.claim('images')$$);
+-- saying which role to ask for
+SELECT * FROM atomizer.complete(1);
 RESET ROLE;
 SET ROLE regress_image_worker;
 SELECT count(*) AS sees_no_jobs FROM atomizer.jobs;
