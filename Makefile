@@ -24,7 +24,8 @@ OBJS = \
 	src/cron.o \
 	src/schedule.o \
 	src/external.o \
-	src/subxact.o
+	src/subxact.o \
+	src/visibility.o
 
 # The version this library's SQL objects are: the control file's default.
 # sql/atomizer--$(EXTVERSION).sql, the full install script, is made from the

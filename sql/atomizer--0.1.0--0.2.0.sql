@@ -481,6 +481,82 @@ GRANT EXECUTE ON FUNCTION atomizer.claim(text, integer, interval, text),
 	atomizer.heartbeat(bigint, interval, integer),
 	atomizer.release(bigint, integer) TO PUBLIC;
 
+/* ------------------------------------------------------------------------
+ * What workers and admins may see (issue 12)
+ *
+ * A member of atomizer_worker sees, in queue_stats, every role's counts
+ * for the external queues (the queues it may claim from), so that it can
+ * scale on queue depth; the other queues' counts, and all of jobs, stay its
+ * own.  Counts and times only: payloads, handlers, owners and ids stay
+ * behind row-level security.  Members of atomizer_admin see, in workers,
+ * what pg_stat_activity says about each worker (its details need
+ * pg_read_all_stats otherwise); other roles see NULL there.  Both come from
+ * C functions that check the caller themselves (src/visibility.c).
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION atomizer._worker_queue_counts(
+	OUT queue text, OUT scheduled bigint, OUT available bigint,
+	OUT running bigint, OUT retrying bigint, OUT succeeded bigint,
+	OUT cancelled bigint, OUT dead bigint, OUT oldest_available timestamptz)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'atomizer_worker_queue_counts';
+
+COMMENT ON FUNCTION atomizer._worker_queue_counts() IS
+	'For members of atomizer_worker: every role''s job counts per external queue (no rows for other roles).';
+
+CREATE OR REPLACE VIEW atomizer.queue_stats WITH (security_invoker = true) AS
+SELECT q.name AS queue,
+	   q.paused,
+	   q.external,
+	   q.concurrency,
+	   COALESCE(w.scheduled, pg_catalog.count(j.id) FILTER (WHERE j.state = 'scheduled')) AS scheduled,
+	   COALESCE(w.available, pg_catalog.count(j.id) FILTER (WHERE j.state = 'available')) AS available,
+	   COALESCE(w.running, pg_catalog.count(j.id) FILTER (WHERE j.state = 'running')) AS running,
+	   COALESCE(w.retrying, pg_catalog.count(j.id) FILTER (WHERE j.state = 'retrying')) AS retrying,
+	   COALESCE(w.succeeded, pg_catalog.count(j.id) FILTER (WHERE j.state = 'succeeded')) AS succeeded,
+	   COALESCE(w.cancelled, pg_catalog.count(j.id) FILTER (WHERE j.state = 'cancelled')) AS cancelled,
+	   COALESCE(w.dead, pg_catalog.count(j.id) FILTER (WHERE j.state = 'dead')) AS dead,
+	   CASE WHEN w.queue IS NOT NULL THEN w.oldest_available
+			ELSE pg_catalog.min(j.run_at) FILTER (WHERE j.state = 'available')
+	   END AS oldest_available
+  FROM atomizer.queue q
+  LEFT JOIN atomizer.jobs j ON j.queue = q.name
+  LEFT JOIN atomizer._worker_queue_counts() w ON w.queue = q.name
+ GROUP BY q.name, q.paused, q.external, q.concurrency, w.queue, w.scheduled,
+		  w.available, w.running, w.retrying, w.succeeded, w.cancelled,
+		  w.dead, w.oldest_available;
+
+COMMENT ON VIEW atomizer.queue_stats IS
+	'One row per queue with the number of your jobs in each state (for members of atomizer_worker, every role''s jobs in the external queues).';
+
+CREATE FUNCTION atomizer._worker_activity(
+	OUT pid integer, OUT xact_start timestamptz, OUT query_start timestamptz,
+	OUT activity_state text, OUT wait_event_type text, OUT wait_event text,
+	OUT activity text)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'atomizer_worker_activity';
+
+COMMENT ON FUNCTION atomizer._worker_activity() IS
+	'For members of atomizer_admin: pg_stat_activity''s row of each atomizer worker (no rows for other roles).';
+
+CREATE OR REPLACE VIEW atomizer.workers WITH (security_invoker = true) AS
+SELECT w.pid, d.datname AS database, w.queue, w.state,
+	   CASE WHEN (SELECT pg_catalog.pg_has_role('atomizer_admin', 'USAGE'))
+				 OR (d.datname = pg_catalog.current_database()
+					 AND EXISTS (SELECT FROM atomizer.job j WHERE j.id = w.job_id))
+			THEN w.job_id END AS job_id,
+	   w.jobs_succeeded, w.jobs_failed, w.started_at,
+	   a.xact_start, a.query_start, a.activity_state, a.wait_event_type,
+	   a.wait_event, a.activity
+  FROM atomizer._workers() w
+  LEFT JOIN pg_catalog.pg_database d ON d.oid = w.database
+  LEFT JOIN atomizer._worker_activity() a ON a.pid = w.pid;
+
+COMMENT ON VIEW atomizer.workers IS
+	'atomizer''s worker processes (all databases): queue, state, counters, the running job''s id if the job is yours; for members of atomizer_admin also pg_stat_activity''s transaction and statement start, wait event and activity.';
+
 /*
  * Last: the schedulers of a server running the 0.2.0 library leave a
  * database with the 0.1.0 objects alone; wake the launcher at commit so that
