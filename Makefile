@@ -94,7 +94,7 @@ test: deps
 	PG_CONFIG='$(PG_CONFIG)' bash test/run
 
 demo: deps
-	bash demo/demo.sh
+	PG_CONFIG='$(PG_CONFIG)' bash demo/demo.sh
 
 bench: deps
 	PG_CONFIG='$(PG_CONFIG)' bash bench/run
