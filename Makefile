@@ -25,7 +25,8 @@ OBJS = \
 	src/schedule.o \
 	src/external.o \
 	src/subxact.o \
-	src/jobstore.o
+	src/jobstore.o \
+	src/visibility.o
 
 # The version this library's SQL objects are: the control file's default.
 # sql/atomizer--$(EXTVERSION).sql, the full install script, is made from the
@@ -94,7 +95,7 @@ test: deps
 	PG_CONFIG='$(PG_CONFIG)' bash test/run
 
 demo: deps
-	bash demo/demo.sh
+	PG_CONFIG='$(PG_CONFIG)' bash demo/demo.sh
 
 bench: deps
 	PG_CONFIG='$(PG_CONFIG)' bash bench/run

@@ -166,6 +166,397 @@ ALTER VIEW atomizer.workers SET (security_invoker = true);
 COMMENT ON VIEW atomizer.workers IS
 	'atomizer''s worker processes (all databases): queue, state, counters, and the running job''s id if the job is yours.';
 
+/* ------------------------------------------------------------------------
+ * Permission errors that say which role to ask for (issue 12)
+ *
+ * PostgreSQL refuses EXECUTE before a function runs, with "permission
+ * denied for function create_queue" and no word on the role that would
+ * allow it.  The queue functions are now executable by every role and say,
+ * for a role that may not use them, which role to ask for; the work is done
+ * by atomizer._create_queue() and its siblings, which keep the privileges
+ * create_queue() and the others had (renamed, so any GRANT an
+ * administrator made on them still holds), and the wrapper checks exactly
+ * that privilege: has_function_privilege() on the function it calls.
+ * Wrappers run as the caller (not SECURITY DEFINER), so the check sees the
+ * caller's rights.
+ *
+ * The external workers' functions (claim, complete, ...) are C functions
+ * that check membership of atomizer_worker (or atomizer_admin) themselves,
+ * before reading any argument, and say which role to ask for; EXECUTE on
+ * them is granted to PUBLIC.
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION atomizer._require_admin(public_name text, fn text, what text)
+RETURNS void
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF NOT pg_catalog.has_function_privilege(fn, 'EXECUTE') THEN
+		RAISE EXCEPTION 'permission denied for function %', public_name
+			USING ERRCODE = 'insufficient_privilege',
+				  DETAIL = pg_catalog.format('Only members of atomizer_admin may %s, and role %s is not one.',
+								  what, pg_catalog.quote_ident(current_user::text)),
+				  HINT = pg_catalog.format('Ask for atomizer_admin: GRANT atomizer_admin TO %s;',
+								pg_catalog.quote_ident(current_user::text));
+	END IF;
+END
+$$;
+
+COMMENT ON FUNCTION atomizer._require_admin(text, text, text) IS
+	'ERROR, naming the role to ask for, unless the caller may execute fn.';
+
+ALTER FUNCTION atomizer.create_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval) RENAME TO _create_queue;
+ALTER FUNCTION atomizer.alter_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval) RENAME TO _alter_queue;
+ALTER FUNCTION atomizer.drop_queue(text, boolean) RENAME TO _drop_queue;
+ALTER FUNCTION atomizer.pause_queue(text) RENAME TO _pause_queue;
+ALTER FUNCTION atomizer.resume_queue(text) RENAME TO _resume_queue;
+
+CREATE OR REPLACE FUNCTION atomizer._create_queue(
+	name text,
+	concurrency integer DEFAULT 10,
+	external boolean DEFAULT false,
+	max_attempts integer DEFAULT 5,
+	backoff_base interval DEFAULT '1 second',
+	backoff_cap interval DEFAULT '1 hour',
+	backoff_jitter double precision DEFAULT 0.1,
+	timeout interval DEFAULT '0',
+	retention interval DEFAULT '1 day')
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM atomizer._check_queue_name(name);
+	IF concurrency IS NULL OR external IS NULL OR max_attempts IS NULL
+	   OR backoff_base IS NULL OR backoff_cap IS NULL
+	   OR backoff_jitter IS NULL OR timeout IS NULL OR retention IS NULL THEN
+		RAISE EXCEPTION 'queue settings must not be null'
+			USING ERRCODE = 'null_value_not_allowed',
+				  HINT = 'Leave a setting out to get its default.';
+	END IF;
+	PERFORM atomizer._check_queue_settings(concurrency, max_attempts,
+		backoff_base, backoff_cap, backoff_jitter, timeout, retention);
+	IF backoff_cap < backoff_base THEN
+		RAISE EXCEPTION 'backoff_cap must not be less than backoff_base'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	INSERT INTO atomizer.queue AS q (name, concurrency, external, max_attempts,
+		backoff_base, backoff_cap, backoff_jitter, timeout, retention)
+	VALUES (_create_queue.name, _create_queue.concurrency, _create_queue.external,
+		_create_queue.max_attempts, _create_queue.backoff_base,
+		_create_queue.backoff_cap, _create_queue.backoff_jitter,
+		_create_queue.timeout, _create_queue.retention);
+	PERFORM atomizer._queues_changed();
+EXCEPTION
+	WHEN unique_violation THEN
+		RAISE EXCEPTION 'queue "%" already exists', name
+			USING ERRCODE = 'duplicate_object',
+				  HINT = 'Change its settings with atomizer.alter_queue().';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION atomizer._alter_queue(
+	name text,
+	concurrency integer DEFAULT NULL,
+	external boolean DEFAULT NULL,
+	max_attempts integer DEFAULT NULL,
+	backoff_base interval DEFAULT NULL,
+	backoff_cap interval DEFAULT NULL,
+	backoff_jitter double precision DEFAULT NULL,
+	timeout interval DEFAULT NULL,
+	retention interval DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	q atomizer.queue;
+BEGIN
+	PERFORM atomizer._check_queue_name(name);
+	PERFORM atomizer._check_queue_settings(concurrency, max_attempts,
+		backoff_base, backoff_cap, backoff_jitter, timeout, retention);
+	SELECT * INTO q FROM atomizer.queue WHERE queue.name = _alter_queue.name
+		FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'queue "%" does not exist', name
+			USING ERRCODE = 'undefined_object',
+				  HINT = format('Create it with atomizer.create_queue(%L).', name);
+	END IF;
+	IF COALESCE(backoff_cap, q.backoff_cap) < COALESCE(backoff_base, q.backoff_base) THEN
+		RAISE EXCEPTION 'backoff_cap must not be less than backoff_base'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF external IS NOT NULL AND external <> q.external
+	   AND EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = q.name) THEN
+		RAISE EXCEPTION 'cannot change whether queue "%" is external while it has unfinished jobs', name
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = 'Let its jobs finish, or cancel them, first.';
+	END IF;
+	UPDATE atomizer.queue
+	   SET concurrency = COALESCE(_alter_queue.concurrency, q.concurrency),
+		   external = COALESCE(_alter_queue.external, q.external),
+		   max_attempts = COALESCE(_alter_queue.max_attempts, q.max_attempts),
+		   backoff_base = COALESCE(_alter_queue.backoff_base, q.backoff_base),
+		   backoff_cap = COALESCE(_alter_queue.backoff_cap, q.backoff_cap),
+		   backoff_jitter = COALESCE(_alter_queue.backoff_jitter, q.backoff_jitter),
+		   timeout = COALESCE(_alter_queue.timeout, q.timeout),
+		   retention = COALESCE(_alter_queue.retention, q.retention)
+	 WHERE queue.name = q.name;
+	PERFORM atomizer._queues_changed();
+	PERFORM atomizer._wake_at_commit(name);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION atomizer._drop_queue(name text, force boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	unfinished bigint;
+BEGIN
+	PERFORM atomizer._check_queue_name(name);
+	IF name = 'default' THEN
+		RAISE EXCEPTION 'cannot drop queue "default"'
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  DETAIL = 'Queue "default" always exists: enqueue() and schedule() put jobs there when they name no queue.',
+				  HINT = 'Pause it with atomizer.pause_queue(''default''), or change its settings with atomizer.alter_queue(''default'', ...).';
+	END IF;
+	PERFORM 1 FROM atomizer.queue WHERE queue.name = _drop_queue.name FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'queue "%" does not exist', name
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	SELECT count(*) INTO unfinished FROM atomizer.job j WHERE j.queue = _drop_queue.name;
+	IF unfinished > 0 AND NOT COALESCE(force, false) THEN
+		RAISE EXCEPTION 'queue "%" has % unfinished job(s)', name, unfinished
+			USING ERRCODE = 'dependent_objects_still_exist',
+				  HINT = 'Wait for them or cancel them, or drop the queue and its unfinished jobs with force => true.';
+	END IF;
+	DELETE FROM atomizer.job j WHERE j.queue = _drop_queue.name;
+	DELETE FROM atomizer.queue WHERE queue.name = _drop_queue.name;
+	PERFORM atomizer._queues_changed();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION atomizer._pause_queue(name text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM atomizer._check_queue_name(name);
+	UPDATE atomizer.queue SET paused = true WHERE queue.name = _pause_queue.name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'queue "%" does not exist', name
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM atomizer._queues_changed();
+END
+$$;
+
+CREATE OR REPLACE FUNCTION atomizer._resume_queue(name text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM atomizer._check_queue_name(name);
+	UPDATE atomizer.queue SET paused = false WHERE queue.name = _resume_queue.name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'queue "%" does not exist', name
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	PERFORM atomizer._queues_changed();
+	PERFORM atomizer._wake_at_commit(name);
+END
+$$;
+
+COMMENT ON FUNCTION atomizer._create_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval) IS
+	'The work of atomizer.create_queue(); EXECUTE on it is what create_queue() requires.';
+COMMENT ON FUNCTION atomizer._alter_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval) IS
+	'The work of atomizer.alter_queue(); EXECUTE on it is what alter_queue() requires.';
+COMMENT ON FUNCTION atomizer._drop_queue(text, boolean) IS
+	'The work of atomizer.drop_queue(); EXECUTE on it is what drop_queue() requires.';
+COMMENT ON FUNCTION atomizer._pause_queue(text) IS
+	'The work of atomizer.pause_queue(); EXECUTE on it is what pause_queue() requires.';
+COMMENT ON FUNCTION atomizer._resume_queue(text) IS
+	'The work of atomizer.resume_queue(); EXECUTE on it is what resume_queue() requires.';
+
+CREATE FUNCTION atomizer.create_queue(
+	name text,
+	concurrency integer DEFAULT 10,
+	external boolean DEFAULT false,
+	max_attempts integer DEFAULT 5,
+	backoff_base interval DEFAULT '1 second',
+	backoff_cap interval DEFAULT '1 hour',
+	backoff_jitter double precision DEFAULT 0.1,
+	timeout interval DEFAULT '0',
+	retention interval DEFAULT '1 day')
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM atomizer._require_admin('create_queue', 'atomizer._create_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval)', 'create queues');
+	PERFORM atomizer._create_queue(name, concurrency, external, max_attempts, backoff_base, backoff_cap,
+		backoff_jitter, timeout, retention);
+END
+$$;
+
+COMMENT ON FUNCTION atomizer.create_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval) IS
+	'Create a queue with its own concurrency, retry, backoff, timeout (0: none) and retention settings (members of atomizer_admin).';
+
+CREATE FUNCTION atomizer.alter_queue(
+	name text,
+	concurrency integer DEFAULT NULL,
+	external boolean DEFAULT NULL,
+	max_attempts integer DEFAULT NULL,
+	backoff_base interval DEFAULT NULL,
+	backoff_cap interval DEFAULT NULL,
+	backoff_jitter double precision DEFAULT NULL,
+	timeout interval DEFAULT NULL,
+	retention interval DEFAULT NULL)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM atomizer._require_admin('alter_queue', 'atomizer._alter_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval)', 'change queues');
+	PERFORM atomizer._alter_queue(name, concurrency, external, max_attempts, backoff_base, backoff_cap,
+		backoff_jitter, timeout, retention);
+END
+$$;
+
+COMMENT ON FUNCTION atomizer.alter_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval) IS
+	'Change a queue''s settings (members of atomizer_admin); a NULL setting is left as it is.  Waiting jobs that did not set their own max_attempts or timeout follow the queue''s.';
+
+CREATE FUNCTION atomizer.drop_queue(name text, force boolean DEFAULT false)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM atomizer._require_admin('drop_queue', 'atomizer._drop_queue(text, boolean)', 'drop queues');
+	PERFORM atomizer._drop_queue(name, force);
+END
+$$;
+
+COMMENT ON FUNCTION atomizer.drop_queue(text, boolean) IS
+	'Drop a queue (members of atomizer_admin); with force => true also its unfinished jobs.  Finished jobs stay in the history until purged.';
+
+CREATE FUNCTION atomizer.pause_queue(name text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM atomizer._require_admin('pause_queue', 'atomizer._pause_queue(text)', 'pause queues');
+	PERFORM atomizer._pause_queue(name);
+END
+$$;
+
+COMMENT ON FUNCTION atomizer.pause_queue(text) IS
+	'Stop claiming jobs of a queue (members of atomizer_admin); jobs can still be enqueued.';
+
+CREATE FUNCTION atomizer.resume_queue(name text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM atomizer._require_admin('resume_queue', 'atomizer._resume_queue(text)', 'resume queues');
+	PERFORM atomizer._resume_queue(name);
+END
+$$;
+
+COMMENT ON FUNCTION atomizer.resume_queue(text) IS
+	'Claim jobs of a paused queue again (members of atomizer_admin).';
+
+GRANT EXECUTE ON FUNCTION atomizer.claim(text, integer, interval, text),
+	atomizer.complete(bigint, jsonb, integer),
+	atomizer.complete_many(bigint[]),
+	atomizer.fail(bigint, text, interval, integer),
+	atomizer.heartbeat(bigint, interval, integer),
+	atomizer.release(bigint, integer) TO PUBLIC;
+
+/* ------------------------------------------------------------------------
+ * What workers and admins may see (issue 12)
+ *
+ * A member of atomizer_worker sees, in queue_stats, every role's counts
+ * for the external queues (the queues it may claim from), so that it can
+ * scale on queue depth; the other queues' counts, and all of jobs, stay its
+ * own.  Counts and times only: payloads, handlers, owners and ids stay
+ * behind row-level security.  Members of atomizer_admin see, in workers,
+ * what pg_stat_activity says about each worker (its details need
+ * pg_read_all_stats otherwise); other roles see NULL there.  Both come from
+ * C functions that check the caller themselves (src/visibility.c).
+ * ------------------------------------------------------------------------ */
+
+CREATE FUNCTION atomizer._worker_queue_counts(
+	OUT queue text, OUT scheduled bigint, OUT available bigint,
+	OUT running bigint, OUT retrying bigint, OUT succeeded bigint,
+	OUT cancelled bigint, OUT dead bigint, OUT oldest_available timestamptz)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'atomizer_worker_queue_counts';
+
+COMMENT ON FUNCTION atomizer._worker_queue_counts() IS
+	'For members of atomizer_worker: every role''s job counts per external queue (no rows for other roles).';
+
+CREATE OR REPLACE VIEW atomizer.queue_stats WITH (security_invoker = true) AS
+SELECT q.name AS queue,
+	   q.paused,
+	   q.external,
+	   q.concurrency,
+	   COALESCE(w.scheduled, pg_catalog.count(j.id) FILTER (WHERE j.state = 'scheduled')) AS scheduled,
+	   COALESCE(w.available, pg_catalog.count(j.id) FILTER (WHERE j.state = 'available')) AS available,
+	   COALESCE(w.running, pg_catalog.count(j.id) FILTER (WHERE j.state = 'running')) AS running,
+	   COALESCE(w.retrying, pg_catalog.count(j.id) FILTER (WHERE j.state = 'retrying')) AS retrying,
+	   COALESCE(w.succeeded, pg_catalog.count(j.id) FILTER (WHERE j.state = 'succeeded')) AS succeeded,
+	   COALESCE(w.cancelled, pg_catalog.count(j.id) FILTER (WHERE j.state = 'cancelled')) AS cancelled,
+	   COALESCE(w.dead, pg_catalog.count(j.id) FILTER (WHERE j.state = 'dead')) AS dead,
+	   CASE WHEN w.queue IS NOT NULL THEN w.oldest_available
+			ELSE pg_catalog.min(j.run_at) FILTER (WHERE j.state = 'available')
+	   END AS oldest_available
+  FROM atomizer.queue q
+  LEFT JOIN atomizer.jobs j ON j.queue = q.name
+  LEFT JOIN atomizer._worker_queue_counts() w ON w.queue = q.name
+ GROUP BY q.name, q.paused, q.external, q.concurrency, w.queue, w.scheduled,
+		  w.available, w.running, w.retrying, w.succeeded, w.cancelled,
+		  w.dead, w.oldest_available;
+
+COMMENT ON VIEW atomizer.queue_stats IS
+	'One row per queue with the number of your jobs in each state (for members of atomizer_worker, every role''s jobs in the external queues).';
+
+CREATE FUNCTION atomizer._worker_activity(
+	OUT pid integer, OUT xact_start timestamptz, OUT query_start timestamptz,
+	OUT activity_state text, OUT wait_event_type text, OUT wait_event text,
+	OUT activity text)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'atomizer_worker_activity';
+
+COMMENT ON FUNCTION atomizer._worker_activity() IS
+	'For members of atomizer_admin: pg_stat_activity''s row of each atomizer worker (no rows for other roles).';
+
+CREATE OR REPLACE VIEW atomizer.workers WITH (security_invoker = true) AS
+SELECT w.pid, d.datname AS database, w.queue, w.state,
+	   CASE WHEN (SELECT pg_catalog.pg_has_role('atomizer_admin', 'USAGE'))
+				 OR (d.datname = pg_catalog.current_database()
+					 AND EXISTS (SELECT FROM atomizer.job j WHERE j.id = w.job_id))
+			THEN w.job_id END AS job_id,
+	   w.jobs_succeeded, w.jobs_failed, w.started_at,
+	   a.xact_start, a.query_start, a.activity_state, a.wait_event_type,
+	   a.wait_event, a.activity
+  FROM atomizer._workers() w
+  LEFT JOIN pg_catalog.pg_database d ON d.oid = w.database
+  LEFT JOIN atomizer._worker_activity() a ON a.pid = w.pid;
+
+COMMENT ON VIEW atomizer.workers IS
+	'atomizer''s worker processes (all databases): queue, state, counters, the running job''s id if the job is yours; for members of atomizer_admin also pg_stat_activity''s transaction and statement start, wait event and activity.';
+
 /*
  * Last: the schedulers of a server running the 0.2.0 library leave a
  * database with the 0.1.0 objects alone; wake the launcher at commit so that

@@ -929,6 +929,32 @@ atomizer_cron_next(const AtomizerCron *cron, TimestampTz after, pg_tz *tz)
 }
 
 
+/*
+ * atomizer_cron_check_fires
+ *		ERROR unless spec (parsed into cron) fires at least once after
+ *		"after" in tz, naming why it never does: a date no month has (30
+ *		February), or a first fire time past the end of the timestamp range.
+ */
+void
+atomizer_cron_check_fires(const char *spec, const AtomizerCron *cron,
+						  TimestampTz after, pg_tz *tz)
+{
+	if (!TIMESTAMP_NOT_FINITE(atomizer_cron_next(cron, after, tz)))
+		return;
+
+	if (!cron->is_interval && !date_possible(cron))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("schedule \"%s\" never fires", spec),
+				 errdetail("None of the months in its month field has a day its day-of-month field names (as 30 February, or 31 April)."),
+				 errhint("Write L in the day-of-month field for the last day of every month.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("schedule \"%s\" never fires", spec),
+			 errdetail("Its first fire time would be past the end of the timestamp range.")));
+}
+
+
 /* ---------------------------------------------------------------- SQL */
 
 /*

@@ -63,4 +63,12 @@ extern TimestampTz atomizer_cron_next(const AtomizerCron *cron,
  */
 #define INTERVAL_SPEC_MAX_SECS	INT64CONST(31104000000)
 
+/*
+ * ERROR (ERRCODE_INVALID_PARAMETER_VALUE), naming the reason, if cron never
+ * fires after "after" in tz; spec is its text, for the message.
+ */
+extern void atomizer_cron_check_fires(const char *spec,
+									  const AtomizerCron *cron,
+									  TimestampTz after, pg_tz *tz);
+
 #endif							/* ATOMIZER_CRON_H */

@@ -65,7 +65,9 @@ check_worker_role(void)
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("permission denied to act as an external worker"),
-			 errhint("GRANT atomizer_worker TO %s;",
+			 errdetail("Only members of atomizer_worker (or atomizer_admin) may claim and finish jobs of external queues, and role %s is not one.",
+					   quote_identifier(atomizer_role_name(caller))),
+			 errhint("Ask for atomizer_worker: GRANT atomizer_worker TO %s;",
 					 quote_identifier(atomizer_role_name(caller)))));
 }
 

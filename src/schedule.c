@@ -145,6 +145,7 @@ atomizer_schedule(PG_FUNCTION_ARGS)
 				 errdetail("A schedule name has 1 to %d characters.", SCHEDULE_NAME_MAX)));
 	atomizer_cron_parse_or_error(spec, &cron);
 	tz = lookup_tz(tz_name);
+	atomizer_cron_check_fires(spec, &cron, GetCurrentTimestamp(), tz);
 	if (PG_ARGISNULL(3))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

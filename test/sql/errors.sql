@@ -11,6 +11,8 @@ CREATE FUNCTION text_arg(payload text) RETURNS void LANGUAGE sql AS $$ SELECT $$
 CREATE PROCEDURE a_procedure(payload jsonb) LANGUAGE sql AS $$ SELECT $$;
 CREATE FUNCTION a_set(payload jsonb) RETURNS SETOF int LANGUAGE sql AS $$ SELECT 1 $$;
 CREATE AGGREGATE an_aggregate(jsonb) (sfunc = jsonb_concat, stype = jsonb);
+CREATE FUNCTION no_args() RETURNS void LANGUAGE sql AS $$ SELECT $$;
+CREATE FUNCTION json_arg(payload json) RETURNS void LANGUAGE sql AS $$ SELECT $$;
 CREATE SCHEMA hidden;
 CREATE FUNCTION hidden.h(payload jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
 
@@ -38,6 +40,13 @@ SELECT * FROM try($$SELECT atomizer.enqueue('a_set')$$);
 SELECT * FROM try($$SELECT atomizer.enqueue('an_aggregate')$$);
 SELECT * FROM try($$SELECT atomizer.enqueue('h')$$);
 SELECT * FROM try($$SELECT atomizer.enqueue('"unterminated')$$);
+SELECT * FROM try($$SELECT atomizer.enqueue('no_args')$$);
+SELECT * FROM try($$SELECT atomizer.enqueue('json_arg')$$);
+SELECT * FROM try($$SELECT atomizer.enqueue('ok()')$$);
+SELECT * FROM try($$SELECT atomizer.enqueue('ok(jsonb)')$$);
+SELECT * FROM try($$SELECT atomizer.enqueue('public.ok(payload jsonb)')$$);
+SELECT * FROM try($$SELECT atomizer.enqueue('public.two_args')$$);
+SELECT * FROM try($$SELECT atomizer.enqueue('hidden.two_args')$$);
 SELECT atomizer.enqueue('hidden.h') > 0 AS qualified_name_works;
 
 -- queues
@@ -88,3 +97,13 @@ SELECT handler, payload FROM atomizer.jobs ORDER BY id;
 SELECT count(*) FROM atomizer.job_error;
 -- failed calls consumed no job ids
 SELECT last_value FROM atomizer.job_id_seq;
+
+-- a schedule that can never fire is refused, naming why
+SELECT * FROM try($$SELECT atomizer.schedule('never', '0 0 30 2 *', 'ok')$$);
+SELECT * FROM try($$SELECT atomizer.schedule('never', '0 12 31 4,6,9,11 *', 'ok')$$);
+SELECT count(*) AS none_saved FROM atomizer.schedules WHERE name = 'never';
+SELECT atomizer.schedule('leap_day', '0 0 29 2 *', 'ok') > 0 AS leap_day_works;
+SELECT atomizer.unschedule('leap_day');
+
+-- the default queue cannot be dropped, and says why
+SELECT * FROM try($$SELECT atomizer.drop_queue('default')$$);

@@ -29,9 +29,15 @@ SELECT atomizer.enqueue('later', '{}', queue => 'images',
 -- only members of atomizer_worker (or admins) act as external workers
 SET ROLE regress_stranger;
 SELECT * FROM try($$SELECT * FROM atomizer.claim('images')$$);
+-- saying which role to ask for
+SELECT * FROM atomizer.complete(1);
 RESET ROLE;
 SET ROLE regress_image_worker;
 SELECT count(*) AS sees_no_jobs FROM atomizer.jobs;
+-- but it sees every role's counts in the external queues, to scale on
+-- queue depth (the internal queue's counts stay its own: none)
+SELECT queue, scheduled, available, running, oldest_available IS NOT NULL AS has_oldest
+  FROM atomizer.queue_stats ORDER BY queue;
 
 -- claims come in priority order, attempt counted, leased; delayed jobs wait
 SELECT id, handler, payload, attempt, lease_until > now() AS leased
@@ -39,6 +45,14 @@ SELECT id, handler, payload, attempt, lease_until > now() AS leased
  ORDER BY id;
 SELECT id, attempt FROM atomizer.claim('images', 10, '1 minute', 'w2') ORDER BY id;
 SELECT count(*) AS nothing_left FROM atomizer.claim('images', 10);
+SELECT queue, scheduled, available, running FROM atomizer.queue_stats
+ WHERE queue = 'images';
+RESET ROLE;
+-- a role that is not a worker sees only its own jobs' counts
+SET ROLE regress_stranger;
+SELECT queue, scheduled, available, running FROM atomizer.queue_stats
+ WHERE queue = 'images';
+SELECT count(*) AS no_counts_for_strangers FROM atomizer._worker_queue_counts();
 RESET ROLE;
 SELECT id, state, attempt, worker FROM atomizer.jobs ORDER BY id;
 SET ROLE regress_image_worker;

@@ -52,6 +52,9 @@ SELECT nextval('atomizer.job_id_seq');
 -- nor manages queues without atomizer_admin
 SELECT atomizer.create_queue('mine');
 SELECT atomizer.pause_queue('default');
+-- (the functions doing the work are no way around it)
+SELECT atomizer._create_queue('mine');
+SELECT atomizer._pause_queue('default');
 RESET ROLE;
 
 SET ROLE regress_bob;

@@ -115,6 +115,30 @@ wait_until($node, 'app',
 	'1', 'atomizer.workers shows the running job');
 is($node->safe_psql('app', "SELECT state FROM atomizer.jobs WHERE id = $gate"),
 	'running', 'the job is running');
+
+# Members of atomizer_admin (without pg_read_all_stats) cannot read the
+# workers' rows of pg_stat_activity; atomizer.workers shows them what they
+# need: the activity, when it started, what it waits for.  Other roles see
+# none of it.
+$node->safe_psql('app', q{
+	CREATE ROLE regress_ops IN ROLE atomizer_admin;
+	CREATE ROLE regress_plain;
+});
+is($node->safe_psql('app', q{SET ROLE regress_ops;
+	SELECT count(*) FROM pg_stat_activity
+	 WHERE backend_type = 'atomizer worker' AND query LIKE 'atomizer job%'}),
+	'0', 'an admin cannot read the workers in pg_stat_activity');
+is($node->safe_psql('app', qq{SET ROLE regress_ops;
+	SELECT concat_ws(' ', activity_state, wait_event_type, wait_event,
+			activity LIKE 'atomizer job $gate: %gate%',
+			query_start >= started_at, xact_start IS NOT NULL)
+	  FROM atomizer.workers WHERE job_id = $gate}),
+	'active Lock advisory t t t',
+	'atomizer.workers shows an admin the running job\'s activity, start and wait event');
+is($node->safe_psql('app', q{SET ROLE regress_plain;
+	SELECT count(*) FROM atomizer.workers
+	 WHERE activity IS NOT NULL OR wait_event IS NOT NULL OR query_start IS NOT NULL}),
+	'0', 'other roles see no activity in atomizer.workers');
 $bg->query_safe('SELECT pg_advisory_unlock(4242)');
 $bg->quit;
 wait_until($node, 'app', "SELECT state FROM atomizer.jobs WHERE id = $gate",
