@@ -365,5 +365,7 @@ extern int	atomizer_store_expired_leases(AtomizerJob **jobs, char ***reasons,
 										  TimestampTz *next_end);
 extern int	atomizer_store_running_internal(AtomizerJob **jobs, char ***workers);
 extern int64 atomizer_store_count_running(const char *worker);
+struct ReturnSetInfo;
+extern void atomizer_store_external_queue_counts(struct ReturnSetInfo *rsinfo);
 
 #endif							/* ATOMIZER_H */

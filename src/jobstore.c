@@ -41,6 +41,7 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 
 #include "atomizer.h"
 
@@ -1442,4 +1443,50 @@ atomizer_store_count_running(const char *worker)
 										SPI_tuptable->tupdesc, 1, &isnull));
 	store_end(&call);
 	return n;
+}
+
+/*
+ * atomizer_store_external_queue_counts
+ *		Every role's jobs per state, and the oldest available one's run_at,
+ *		of each external queue, into rsinfo's tuplestore (columns: queue,
+ *		scheduled, available, running, retrying, succeeded, cancelled, dead,
+ *		oldest_available).  For visibility.c: counts and times only.
+ */
+void
+atomizer_store_external_queue_counts(ReturnSetInfo *rsinfo)
+{
+	StoreCall	call;
+	int			natts = rsinfo->setDesc->natts;
+	Datum	   *values = palloc(natts * sizeof(Datum));
+	bool	   *nulls = palloc(natts * sizeof(bool));
+	const char *query =
+		"SELECT q.name,"
+		" pg_catalog.count(j.id) FILTER (WHERE j.state = 'scheduled'),"
+		" pg_catalog.count(j.id) FILTER (WHERE j.state = 'available'),"
+		" pg_catalog.count(j.id) FILTER (WHERE j.state = 'running'),"
+		" pg_catalog.count(j.id) FILTER (WHERE j.state = 'retrying'),"
+		" pg_catalog.count(j.id) FILTER (WHERE j.state = 'succeeded'),"
+		" pg_catalog.count(j.id) FILTER (WHERE j.state = 'cancelled'),"
+		" pg_catalog.count(j.id) FILTER (WHERE j.state = 'dead'),"
+		" pg_catalog.min(j.run_at) FILTER (WHERE j.state = 'available')"
+		" FROM atomizer.queue q"
+		" LEFT JOIN atomizer.jobs j ON j.queue = q.name"
+		" WHERE q.external"
+		" GROUP BY q.name";
+
+	store_begin(&call);
+	if (SPI_execute(query, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not count the jobs of external queues");
+	if (SPI_tuptable->tupdesc->natts != natts)
+		elog(ERROR, "query returns %d columns, function %d",
+			 SPI_tuptable->tupdesc->natts, natts);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		for (int c = 0; c < natts; c++)
+			values[c] = SPI_getbinval(SPI_tuptable->vals[i],
+									  SPI_tuptable->tupdesc, c + 1, &nulls[c]);
+		/* copied into the tuplestore's own memory */
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	store_end(&call);
 }

@@ -17,7 +17,8 @@
  *
  *	  Both are plain functions, executable by every role, that check the
  *	  caller (GetUserId(): they are not SECURITY DEFINER) and return no rows
- *	  to any other role; then they read as the extension's owner.
+ *	  to any other role; then they read as the extension's owner (the
+ *	  counts through the job store, jobstore.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -41,7 +42,8 @@ PG_FUNCTION_INFO_V1(atomizer_worker_activity);
  * return_query_as_owner
  *		Run a read-only query as the extension's owner and return its rows
  *		as the function's result set; the query's columns are the
- *		function's OUT columns, in order and type.
+ *		function's OUT columns, in order and type.  (Not for the job
+ *		tables: jobstore.c has every statement on them.)
  */
 static void
 return_query_as_owner(FunctionCallInfo fcinfo, const char *query)
@@ -90,20 +92,7 @@ atomizer_worker_queue_counts(PG_FUNCTION_ARGS)
 		!has_privs_of_role(caller, worker_role))
 		return (Datum) 0;
 
-	return_query_as_owner(fcinfo,
-			"SELECT q.name,"
-			" pg_catalog.count(j.id) FILTER (WHERE j.state = 'scheduled'),"
-			" pg_catalog.count(j.id) FILTER (WHERE j.state = 'available'),"
-			" pg_catalog.count(j.id) FILTER (WHERE j.state = 'running'),"
-			" pg_catalog.count(j.id) FILTER (WHERE j.state = 'retrying'),"
-			" pg_catalog.count(j.id) FILTER (WHERE j.state = 'succeeded'),"
-			" pg_catalog.count(j.id) FILTER (WHERE j.state = 'cancelled'),"
-			" pg_catalog.count(j.id) FILTER (WHERE j.state = 'dead'),"
-			" pg_catalog.min(j.run_at) FILTER (WHERE j.state = 'available')"
-			" FROM atomizer.queue q"
-			" LEFT JOIN atomizer.jobs j ON j.queue = q.name"
-			" WHERE q.external"
-			" GROUP BY q.name");
+	atomizer_store_external_queue_counts((ReturnSetInfo *) fcinfo->resultinfo);
 	return (Datum) 0;
 }
 
