@@ -26,6 +26,7 @@ OBJS = \
 	src/external.o \
 	src/subxact.o \
 	src/jobstore.o \
+	src/stats.o \
 	src/visibility.o
 
 # The version this library's SQL objects are: the control file's default.

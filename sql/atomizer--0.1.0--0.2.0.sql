@@ -558,6 +558,48 @@ COMMENT ON VIEW atomizer.workers IS
 	'atomizer''s worker processes (all databases): queue, state, counters, the running job''s id if the job is yours; for members of atomizer_admin also pg_stat_activity''s transaction and statement start, wait event and activity.';
 
 /*
+ * Metrics: what finished, per queue, counted in shared memory at each commit
+ * (src/stats.c), so that reading them costs O(queues), never a count of the
+ * job tables; in Prometheus' names.  Every role's jobs are counted, so only
+ * atomizer_admin, atomizer_worker and pg_monitor may read them (the C
+ * function checks, with a hint).
+ */
+CREATE FUNCTION atomizer._metrics(
+	OUT metric text, OUT queue text, OUT outcome text, OUT le text,
+	OUT value double precision)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'atomizer_metrics';
+
+CREATE VIEW atomizer.metrics WITH (security_invoker = true) AS
+SELECT m.metric AS name,
+	   pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+		   'queue', m.queue, 'outcome', m.outcome, 'le', m.le)) AS labels,
+	   m.value
+  FROM atomizer._metrics() m
+UNION ALL
+SELECT 'atomizer_workers',
+	   pg_catalog.jsonb_build_object('queue', w.queue, 'state', w.state),
+	   pg_catalog.count(*)::double precision
+  FROM atomizer._workers() w
+  JOIN pg_catalog.pg_database d ON d.oid = w.database
+ WHERE d.datname = pg_catalog.current_database()
+ GROUP BY w.queue, w.state
+UNION ALL
+SELECT 'atomizer_cron_fires_total', pg_catalog.jsonb_build_object('queue', s.queue),
+	   pg_catalog.sum(s.fires)::double precision
+  FROM atomizer.schedule s GROUP BY s.queue
+UNION ALL
+SELECT 'atomizer_cron_skips_total', pg_catalog.jsonb_build_object('queue', s.queue),
+	   pg_catalog.sum(s.skipped)::double precision
+  FROM atomizer.schedule s GROUP BY s.queue;
+
+COMMENT ON VIEW atomizer.metrics IS
+	'Prometheus-style figures since the server started: finished jobs per queue and outcome, wait and run time histograms, workers, cron fires and skips (atomizer_admin, atomizer_worker, pg_monitor).';
+
+GRANT SELECT ON atomizer.metrics TO PUBLIC;
+
+/*
  * Last: the schedulers of a server running the 0.2.0 library leave a
  * database with the 0.1.0 objects alone; wake the launcher at commit so that
  * this database's scheduler starts at once.

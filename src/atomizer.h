@@ -310,6 +310,22 @@ extern void atomizer_check_job_settings(FunctionCallInfo fcinfo, int priority_ar
 extern char *atomizer_job_handler(const char *handler,
 								  const AtomizerQueue *queue, Oid roleid);
 
+/* stats.c: counters of finished work, per queue */
+typedef enum AtomizerOutcomeKind
+{
+	ATOMIZER_OUTCOME_SUCCEEDED,
+	ATOMIZER_OUTCOME_FAILED,	/* an attempt failed; the job will retry */
+	ATOMIZER_OUTCOME_DEAD,
+	ATOMIZER_OUTCOME_CANCELLED
+} AtomizerOutcomeKind;
+
+#define ATOMIZER_OUTCOMES	4
+
+extern Size atomizer_stats_shmem_size(void);
+extern void atomizer_stats_shmem_init(void);
+extern void atomizer_stats_note(const char *queue, AtomizerOutcomeKind kind,
+								int64 wait_us, int64 run_us);
+
 /* jobstore.c: every statement on atomizer.job, job_history, job_error */
 #define ATOMIZER_WORKER_ID_PREFIX	"atomizer:"
 

@@ -175,6 +175,36 @@ note_waiting_rows(void)
 }
 
 /*
+ * note_outcome
+ *		Count outcome kind of the job of SPI_tuptable's row i, whose columns
+ *		from first on are (queue, started_at, run_at, finished): stats.c
+ *		adds it up if this transaction commits.
+ */
+static void
+note_outcome(AtomizerOutcomeKind kind, uint64 i, int first)
+{
+	HeapTuple	tup = SPI_tuptable->vals[i];
+	TupleDesc	desc = SPI_tuptable->tupdesc;
+	bool		started_null;
+	bool		isnull;
+	TimestampTz started = DatumGetTimestampTz(SPI_getbinval(tup, desc, first + 1,
+															&started_null));
+	TimestampTz run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, first + 2,
+														   &isnull));
+	TimestampTz finished = DatumGetTimestampTz(SPI_getbinval(tup, desc, first + 3,
+															 &isnull));
+	int64		wait_us = -1;
+	int64		run_us = -1;
+
+	if (!started_null)
+	{
+		wait_us = Max(started - run_at, 0);
+		run_us = Max(finished - started, 0);
+	}
+	atomizer_stats_note(SPI_getvalue(tup, desc, first), kind, wait_us, run_us);
+}
+
+/*
  * atomizer_store_insert
  *		Insert one job with a statement (the fast path in store.c is for
  *		jobs without a key).  With an idempotency key that an unfinished job
@@ -770,7 +800,7 @@ finish_one(int64 id, const char *state, Datum result, bool result_isnull,
 				 " max_attempts, timeout, owner, idempotency_key, created_at,"
 				 " started_at, clock_timestamp(), $3, coalesce($4, last_error),"
 				 " schedule_id "
-				 "FROM d", 4, types);
+				 "FROM d RETURNING queue, started_at, run_at, finished_at", 4, types);
 
 	values[0] = Int64GetDatum(id);
 	values[1] = CStringGetTextDatum(state);
@@ -779,9 +809,14 @@ finish_one(int64 id, const char *state, Datum result, bool result_isnull,
 	values[3] = error ? CStringGetTextDatum(error) : (Datum) 0;
 	nulls[3] = error ? ' ' : 'n';
 
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not finish job " INT64_FORMAT, id);
-	return SPI_processed == 1;
+	if (SPI_processed != 1)
+		return false;
+	note_outcome(strcmp(state, "succeeded") == 0 ? ATOMIZER_OUTCOME_SUCCEEDED :
+				 strcmp(state, "dead") == 0 ? ATOMIZER_OUTCOME_DEAD :
+				 ATOMIZER_OUTCOME_CANCELLED, 0, 1);
+	return true;
 }
 
 /*
@@ -843,10 +878,13 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 					 "SELECT id, queue, handler, payload, 'succeeded', priority,"
 					 " run_at, attempt, max_attempts, timeout, owner,"
 					 " idempotency_key, created_at, started_at, clock_timestamp(),"
-					 " new_result, last_error, schedule_id FROM d", 2, types);
+					 " new_result, last_error, schedule_id FROM d"
+					 " RETURNING queue, started_at, run_at, finished_at", 2, types);
 	}
-	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not record %d succeeded jobs", n);
+	for (uint64 i = 0; i < SPI_processed; i++)
+		note_outcome(ATOMIZER_OUTCOME_SUCCEEDED, i, 1);
 	store_end(&call);
 }
 
@@ -874,11 +912,14 @@ atomizer_store_fail_attempt(const AtomizerJob *job, const AtomizerOutcome *outco
 		TEXTOID, TEXTOID};
 
 		atomizer_prepare(&error_plan,
-						 "INSERT INTO atomizer.job_error "
+						 "WITH j AS (SELECT id, attempt, owner, queue, started_at,"
+						 " run_at FROM atomizer.job WHERE id = $1), "
+						 "e AS (INSERT INTO atomizer.job_error "
 						 "(job_id, attempt, owner, queue, sqlstate,"
 						 " message, detail, hint, context) "
 						 "SELECT id, attempt, owner, queue, $2, $3,"
-						 " $4, $5, $6 FROM atomizer.job WHERE id = $1",
+						 " $4, $5, $6 FROM j) "
+						 "SELECT queue, started_at, run_at, clock_timestamp() FROM j",
 						 6, types);
 	}
 	{
@@ -912,8 +953,11 @@ atomizer_store_fail_attempt(const AtomizerJob *job, const AtomizerOutcome *outco
 	nulls[4] = outcome->hint ? ' ' : 'n';
 	values[5] = outcome->context ? CStringGetTextDatum(outcome->context) : (Datum) 0;
 	nulls[5] = outcome->context ? ' ' : 'n';
-	if (SPI_execute_plan(error_plan, values, nulls, false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_plan(error_plan, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not record error of job " INT64_FORMAT, job->id);
+	/* a dead job is counted as dead (by finish_one), not as a failed attempt */
+	if (SPI_processed == 1 && job->attempt < job->max_attempts)
+		note_outcome(ATOMIZER_OUTCOME_FAILED, 0, 1);
 
 	if (job->attempt >= job->max_attempts)
 		(void) finish_one(job->id, "dead", (Datum) 0, true, outcome->message);

@@ -66,6 +66,7 @@ shmem_request(void)
 	if (prev_shmem_request_hook)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(shared_size());
+	RequestAddinShmemSpace(atomizer_stats_shmem_size());
 	RequestNamedLWLockTranche("atomizer", 1);
 }
 
@@ -92,6 +93,7 @@ shmem_startup(void)
 		atomizer_shared->max_workers = atomizer_max_workers;
 		atomizer_floor_init();
 	}
+	atomizer_stats_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 
