@@ -600,6 +600,30 @@ COMMENT ON VIEW atomizer.metrics IS
 GRANT SELECT ON atomizer.metrics TO PUBLIC;
 
 /*
+ * enqueue_many takes idempotency keys, one per payload (NULL for none), as
+ * enqueue does: a key an unfinished job of the same role and queue already
+ * has makes no job, and that job's id is returned in its place (with a
+ * NOTICE saying how many were not enqueued).  A new parameter is a new
+ * signature: the function is made again.
+ */
+DROP FUNCTION atomizer.enqueue_many(text, jsonb[], text, timestamptz, integer, integer, interval);
+CREATE FUNCTION atomizer.enqueue_many(
+	handler text,
+	payloads jsonb[],
+	queue text DEFAULT 'default',
+	run_at timestamptz DEFAULT pg_catalog.now(),
+	priority integer DEFAULT 0,
+	max_attempts integer DEFAULT NULL,
+	timeout interval DEFAULT NULL,
+	idempotency_keys text[] DEFAULT NULL)
+RETURNS SETOF bigint
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_enqueue_many';
+
+COMMENT ON FUNCTION atomizer.enqueue_many(text, jsonb[], text, timestamptz, integer, integer, interval, text[]) IS
+	'Enqueue one job per payload with one statement; returns the ids in the order of payloads (for a payload whose idempotency key an unfinished job of yours in the queue has, that job''s id).';
+
+/*
  * Last: the schedulers of a server running the 0.2.0 library leave a
  * database with the 0.1.0 objects alone; wake the launcher at commit so that
  * this database's scheduler starts at once.

@@ -267,8 +267,9 @@ note_enqueued(const EnqueueArgs *args, int64 first_id)
  *					timeout, idempotency_key) RETURNS bigint
  *		Insert one job in the caller's transaction.  With an idempotency key
  *		that an unfinished job of the same queue already has, return that
- *		job's id and insert nothing; concurrent duplicates wait for each other
- *		on the unique index, so exactly one job is created.
+ *		job's id, insert nothing, and say so in a NOTICE (with whether the
+ *		payloads differ); concurrent duplicates wait for each other on the
+ *		unique index, so exactly one job is created.
  */
 Datum
 atomizer_enqueue(PG_FUNCTION_ARGS)
@@ -308,7 +309,20 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 		}
 	}
 
-	id = atomizer_store_insert(&args, JsonbPGetDatum(payload), key);
+	{
+		bool		created;
+		bool		same_payload;
+
+		id = atomizer_store_insert(&args, JsonbPGetDatum(payload), key,
+								   &created, &same_payload);
+		if (!created)
+			ereport(NOTICE,
+					(errmsg("no job was enqueued: job " INT64_FORMAT " of queue \"%s\" already has idempotency key \"%s\"",
+							id, args.queue, key),
+					 same_payload ? 0 :
+					 errdetail("That job's payload differs from the one given, which was dropped."),
+					 errhint("Its id is returned; the key is free again once that job has finished.")));
+	}
 	note_enqueued(&args, id);
 
 	PG_RETURN_INT64(id);
@@ -351,7 +365,8 @@ materialize_ids(ReturnSetInfo *rsinfo, int64 *ids, uint64 nids)
 
 /*
  * atomizer.enqueue_many(handler, payloads, queue, run_at, priority,
- *						 max_attempts, timeout) RETURNS SETOF bigint
+ *						 max_attempts, timeout, idempotency_keys)
+ *		RETURNS SETOF bigint
  *		Insert one job per payload with a single INSERT ... SELECT; the ids
  *		come back in the order of payloads (they are drawn from the sequence
  *		in that order, so ascending order is payload order).
@@ -367,6 +382,7 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 	bool	   *elem_nulls;
 	int			nelems;
 	int64	   *ids;
+	ArrayType  *keys = NULL;
 
 	parse_enqueue_args(fcinfo, &args);
 	require_arg(fcinfo, 1, "payloads");
@@ -387,6 +403,41 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 					 errhint("Pass '{}' for a job that needs no payload.")));
 		atomizer_check_payload(DatumGetJsonbP(elems[i]), i + 1);
 	}
+	/* idempotency_keys (0.2.0): one per payload, NULL for none */
+	if (PG_NARGS() > 7 && !PG_ARGISNULL(7))
+	{
+		Datum	   *kelems;
+		bool	   *knulls;
+		int			nkeys;
+		bool		any = false;
+
+		keys = PG_GETARG_ARRAYTYPE_P(7);
+		if (ARR_NDIM(keys) > 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("idempotency_keys must be a one-dimensional array")));
+		deconstruct_array(keys, TEXTOID, -1, false, TYPALIGN_INT,
+						  &kelems, &knulls, &nkeys);
+		if (nkeys != nelems)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("idempotency_keys must have one element per payload"),
+					 errdetail("There are %d payloads and %d keys.", nelems, nkeys),
+					 errhint("Use NULL for a payload without a key.")));
+		for (int i = 0; i < nkeys; i++)
+		{
+			if (knulls[i])
+				continue;
+			if (VARSIZE_ANY_EXHDR(DatumGetPointer(kelems[i])) == 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("idempotency key %d is empty", i + 1),
+						 errhint("Use NULL for a payload without a key.")));
+			any = true;
+		}
+		if (!any)
+			keys = NULL;
+	}
 	if (nelems == 0)
 	{
 		materialize_ids(rsinfo, NULL, 0);
@@ -394,6 +445,23 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 	}
 
 	ids = MemoryContextAlloc(caller_cxt, sizeof(int64) * nelems);
+	if (keys != NULL)
+	{
+		int			created;
+
+		/* ids in payload order, a key's existing job's id in its place */
+		created = atomizer_store_insert_many_keyed(&args, payloads, keys,
+												   nelems, ids);
+		if (created < nelems)
+			ereport(NOTICE,
+					(errmsg("%d of the %d jobs were not enqueued: jobs of queue \"%s\" already have their idempotency keys",
+							nelems - created, nelems, args.queue),
+					 errhint("Those jobs' ids are returned in their places.")));
+		if (created > 0)
+			note_enqueued(&args, ids[0]);
+		materialize_ids(rsinfo, ids, nelems);
+		return (Datum) 0;
+	}
 	if (atomizer_store_jobs(&args, elems, nelems, ids))
 	{
 		/* ids ascend: drawn in payload order */

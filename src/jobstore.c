@@ -210,12 +210,13 @@ note_outcome(AtomizerOutcomeKind kind, uint64 i, int first)
  *		jobs without a key).  With an idempotency key that an unfinished job
  *		of the same owner and queue already has, return that job's id and
  *		insert nothing; concurrent duplicates wait for each other on the
- *		unique index, so exactly one job is created.  The caller notes the
- *		new job for wake-up.
+ *		unique index, so exactly one job is created.  *created says which
+ *		happened, and *same_payload whether an existing job's payload is
+ *		the one given.  The caller notes the new job for wake-up.
  */
 int64
 atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
-					  const char *key)
+					  const char *key, bool *created, bool *same_payload)
 {
 	static SPIPlanPtr insert_plan = NULL;
 	static SPIPlanPtr existing_plan = NULL;
@@ -243,7 +244,7 @@ atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 	{
 		Oid			types[9] = {TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
 		INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTOID};
-		Oid			lookup_types[3] = {TEXTOID, TEXTOID, TEXTOID};
+		Oid			lookup_types[4] = {TEXTOID, TEXTOID, TEXTOID, JSONBOID};
 
 		atomizer_prepare(&insert_plan,
 					 "INSERT INTO atomizer.job "
@@ -255,9 +256,9 @@ atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 					 "RETURNING id", 9, types);
 		/* keys are the enqueuing role's own: another role's are not seen */
 		atomizer_prepare(&existing_plan,
-					 "SELECT id FROM atomizer.job "
+					 "SELECT id, payload = $4 FROM atomizer.job "
 					 "WHERE queue = $1 AND idempotency_key = $2 "
-					 "AND owner = $3::name", 3, lookup_types);
+					 "AND owner = $3::name", 4, lookup_types);
 	}
 
 	/*
@@ -275,11 +276,13 @@ atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 		{
 			id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 											 SPI_tuptable->tupdesc, 1, &isnull));
+			*created = true;
+			*same_payload = true;
 			done = true;
 		}
 		else
 		{
-			Datum		lookup[3] = {values[0], values[8], values[7]};
+			Datum		lookup[4] = {values[0], values[8], values[7], values[2]};
 
 			if (SPI_execute_plan(existing_plan, lookup, NULL, false, 1) != SPI_OK_SELECT)
 				elog(ERROR, "could not look up job by idempotency key");
@@ -287,6 +290,9 @@ atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 			{
 				id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 												 SPI_tuptable->tupdesc, 1, &isnull));
+				*created = false;
+				*same_payload = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+														   SPI_tuptable->tupdesc, 2, &isnull));
 				done = true;
 			}
 		}
@@ -356,6 +362,192 @@ atomizer_store_insert_many(const AtomizerNewJobs *args, ArrayType *payloads,
 	}
 	store_end(&call);
 	qsort(ids, n, sizeof(int64), compare_int64);
+}
+
+/*
+ * atomizer_store_insert_many_keyed
+ *		As atomizer_store_insert_many, with an idempotency key per payload
+ *		(keys: a text[] of n elements, NULL entries for none): a payload
+ *		whose key an unfinished job of the same owner and queue already has
+ *		(or an earlier payload of the same call) makes no job, and ids[] has
+ *		that job's id in its place.  Returns how many jobs were created.
+ */
+int
+atomizer_store_insert_many_keyed(const AtomizerNewJobs *args, ArrayType *payloads,
+								 ArrayType *keys, int n, int64 *ids)
+{
+	static SPIPlanPtr draw_plan = NULL;
+	static SPIPlanPtr insert_plan = NULL;
+	static SPIPlanPtr existing_plan = NULL;
+	StoreCall	call;
+	Datum	   *key_elems;
+	bool	   *key_nulls;
+	int			nkeys;
+	Datum	   *payload_elems;
+	bool	   *payload_nulls;
+	int			npayloads;
+	bool	   *resolved = palloc0(sizeof(bool) * n);
+	int64	   *drawn = palloc(sizeof(int64) * n);
+	int			created = 0;
+	int			left = n;
+
+	deconstruct_array(keys, TEXTOID, -1, false, TYPALIGN_INT,
+					  &key_elems, &key_nulls, &nkeys);
+	deconstruct_array(payloads, JSONBOID, -1, false, TYPALIGN_INT,
+					  &payload_elems, &payload_nulls, &npayloads);
+	Assert(nkeys == n && npayloads == n);
+
+	store_begin(&call);
+	{
+		Oid			draw_types[1] = {INT4OID};
+		Oid			types[10] = {TEXTOID, TEXTOID, JSONBARRAYOID, TIMESTAMPTZOID,
+			INT4OID, INT4OID, INTERVALOID, TEXTOID, INT8ARRAYOID,
+		TEXTARRAYOID};
+		Oid			lookup_types[3] = {TEXTOID, TEXTOID, TEXTARRAYOID};
+
+		atomizer_prepare(&draw_plan,
+					 "SELECT nextval('atomizer.job_id_seq')"
+					 " FROM generate_series(1, $1)", 1, draw_types);
+		atomizer_prepare(&insert_plan,
+					 "INSERT INTO atomizer.job "
+					 "(id, queue, handler, payload, run_at, priority,"
+					 " max_attempts, timeout, owner, idempotency_key) "
+					 "SELECT t.id, $1, $2, t.p, $4, $5, $6, $7, $8::name, t.k"
+					 " FROM unnest($9, $3, $10) AS t(id, p, k) ORDER BY t.id "
+					 "ON CONFLICT (queue, owner, idempotency_key) "
+					 "WHERE idempotency_key IS NOT NULL DO NOTHING "
+					 "RETURNING id", 10, types);
+		atomizer_prepare(&existing_plan,
+					 "SELECT idempotency_key, id FROM atomizer.job"
+					 " WHERE queue = $1 AND owner = $2::name"
+					 " AND idempotency_key = ANY ($3)", 3, lookup_types);
+	}
+
+	/* ids in payload order, drawn once: a retried row keeps its id */
+	{
+		Datum		arg = Int32GetDatum(n);
+		bool		isnull;
+
+		if (SPI_execute_plan(draw_plan, &arg, NULL, false, 0) != SPI_OK_SELECT ||
+			SPI_processed != (uint64) n)
+			elog(ERROR, "could not draw job ids");
+		for (int i = 0; i < n; i++)
+			drawn[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+												   SPI_tuptable->tupdesc, 1, &isnull));
+		qsort(drawn, n, sizeof(int64), compare_int64);
+	}
+
+	/*
+	 * Insert what is left; the rest is another job's, found by key.  A job
+	 * found that way may finish (and leave the hot table) before we look it
+	 * up: then its key is free again, and we insert once more.
+	 */
+	while (left > 0)
+	{
+		Datum	   *id_d = palloc(sizeof(Datum) * left);
+		Datum	   *p_d = palloc(sizeof(Datum) * left);
+		Datum	   *k_d = palloc(sizeof(Datum) * left);
+		bool	   *k_n = palloc(sizeof(bool) * left);
+		int			m = 0;
+		int			dims[1];
+		int			lbs[1] = {1};
+		Datum		values[10];
+		char		nulls[10];
+		uint64		inserted;
+
+		CHECK_FOR_INTERRUPTS();
+		for (int i = 0; i < n; i++)
+		{
+			if (resolved[i])
+				continue;
+			id_d[m] = Int64GetDatum(drawn[i]);
+			p_d[m] = payload_elems[i];
+			k_d[m] = key_elems[i];
+			k_n[m] = key_nulls[i];
+			m++;
+		}
+		dims[0] = m;
+		memset(nulls, ' ', sizeof(nulls));
+		values[0] = CStringGetTextDatum(args->queue);
+		values[1] = CStringGetTextDatum(args->handler);
+		values[2] = PointerGetDatum(construct_array(p_d, m, JSONBOID, -1, false,
+													TYPALIGN_INT));
+		values[3] = TimestampTzGetDatum(args->run_at);
+		values[4] = Int32GetDatum(args->priority);
+		values[5] = Int32GetDatum(args->max_attempts);
+		nulls[5] = args->max_attempts_null ? 'n' : ' ';
+		values[6] = args->timeout_null ? (Datum) 0 : IntervalPGetDatum(args->timeout);
+		nulls[6] = args->timeout_null ? 'n' : ' ';
+		values[7] = CStringGetTextDatum(args->owner);
+		values[8] = PointerGetDatum(construct_array(id_d, m, INT8OID, 8,
+													FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		values[9] = PointerGetDatum(construct_md_array(k_d, k_n, 1, dims, lbs,
+													   TEXTOID, -1, false,
+													   TYPALIGN_INT));
+		if (SPI_execute_plan(insert_plan, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not insert jobs");
+		inserted = SPI_processed;
+		for (uint64 r = 0; r < inserted; r++)
+		{
+			bool		isnull;
+			int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+														 SPI_tuptable->tupdesc, 1,
+														 &isnull));
+
+			for (int i = 0; i < n; i++)
+				if (!resolved[i] && drawn[i] == id)
+				{
+					ids[i] = id;
+					resolved[i] = true;
+					created++;
+					left--;
+					break;
+				}
+		}
+		if (left == 0)
+			break;
+
+		/* the others' keys belong to unfinished jobs: find them */
+		{
+			Datum		lvalues[3];
+			Datum	   *want = palloc(sizeof(Datum) * left);
+			int			nwant = 0;
+
+			for (int i = 0; i < n; i++)
+				if (!resolved[i])
+				{
+					if (key_nulls[i])
+						elog(ERROR, "a job without an idempotency key was not inserted");
+					want[nwant++] = key_elems[i];
+				}
+			lvalues[0] = values[0];
+			lvalues[1] = values[7];
+			lvalues[2] = PointerGetDatum(construct_array(want, nwant, TEXTOID, -1,
+														 false, TYPALIGN_INT));
+			if (SPI_execute_plan(existing_plan, lvalues, NULL, false, 0) != SPI_OK_SELECT)
+				elog(ERROR, "could not look up jobs by idempotency key");
+			for (uint64 r = 0; r < SPI_processed; r++)
+			{
+				char	   *key = SPI_getvalue(SPI_tuptable->vals[r],
+											   SPI_tuptable->tupdesc, 1);
+				bool		isnull;
+				int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+															 SPI_tuptable->tupdesc, 2,
+															 &isnull));
+
+				for (int i = 0; i < n; i++)
+					if (!resolved[i] && !key_nulls[i] &&
+						strcmp(TextDatumGetCString(key_elems[i]), key) == 0)
+					{
+						ids[i] = id;
+						resolved[i] = true;
+						left--;
+					}
+			}
+		}
+	}
+	store_end(&call);
+	return created;
 }
 
 /*

@@ -136,6 +136,26 @@ SELECT state FROM atomizer.jobs WHERE id = :later_id;
 SELECT atomizer.enqueue('greet', '{"name": "once"}', idempotency_key => 'order-42') AS k1 \gset
 SELECT atomizer.enqueue('greet', '{"name": "twice"}', idempotency_key => 'order-42') = :k1 AS same_job;
 SELECT count(*) FROM atomizer.jobs WHERE idempotency_key = 'order-42';
+-- the caller is told that no job was made, and whether the payloads differ
+SET client_min_messages = notice;
+SELECT atomizer.enqueue('greet', '{"name": "twice"}', idempotency_key => 'order-42') = :k1 AS same_job_told;
+SELECT atomizer.enqueue('greet', '{"name": "once"}', idempotency_key => 'order-42') = :k1 AS same_payload_same_job;
+-- enqueue_many takes keys too: one per payload, NULL for none; a repeated
+-- key (in the call, or of an unfinished job) gives that job's id
+SELECT array_agg(id ORDER BY ord) AS many_ids FROM atomizer.enqueue_many('greet',
+	ARRAY['{"many": 1}', '{"many": 2}', '{"many": 3}', '{"many": 4}']::jsonb[],
+	idempotency_keys => ARRAY['m-1', NULL, 'order-42', 'm-1']) WITH ORDINALITY AS t(id, ord) \gset
+SELECT :'many_ids'::bigint[] AS ids \gset
+SELECT (:'ids'::bigint[])[3] = :k1 AS third_is_the_existing_job,
+	   (:'ids'::bigint[])[4] = (:'ids'::bigint[])[1] AS fourth_repeats_the_first,
+	   (:'ids'::bigint[])[1] < (:'ids'::bigint[])[2] AS new_ids_ascend;
+SET client_min_messages = warning;
+SELECT count(*) AS new_jobs FROM atomizer.jobs WHERE payload ? 'many';
+SELECT idempotency_key, payload FROM atomizer.jobs WHERE payload ? 'many' ORDER BY id;
+SELECT * FROM atomizer.enqueue_many('greet', ARRAY['{}']::jsonb[], idempotency_keys => ARRAY['a', 'b']);
+SELECT * FROM atomizer.enqueue_many('greet', ARRAY['{}']::jsonb[], idempotency_keys => ARRAY['']);
+SELECT count(*) AS without_keys FROM atomizer.enqueue_many('greet', ARRAY['{"many": 0}', '{"many": 0}']::jsonb[], idempotency_keys => ARRAY[NULL, NULL]::text[]);
+SELECT atomizer.cancel(id) FROM atomizer.jobs WHERE payload ? 'many' AND state = 'available';
 SELECT atomizer.create_queue('other');
 SELECT atomizer.enqueue('greet', '{}', queue => 'other', idempotency_key => 'order-42') <> :k1 AS other_queue_other_job;
 SELECT atomizer.run_pending('default');

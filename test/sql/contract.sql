@@ -22,11 +22,11 @@ SELECT is(argnames('atomizer.enqueue(text,jsonb,text,timestamptz,int,int,interva
 SELECT function_returns('atomizer', 'enqueue',
 	ARRAY['text','jsonb','text','timestamp with time zone','integer','integer','interval','text'],
 	'bigint', 'enqueue returns bigint');
-SELECT is(argnames('atomizer.enqueue_many(text,jsonb[],text,timestamptz,int,int,interval)'),
-	ARRAY['handler','payloads','queue','run_at','priority','max_attempts','timeout'],
+SELECT is(argnames('atomizer.enqueue_many(text,jsonb[],text,timestamptz,int,int,interval,text[])'),
+	ARRAY['handler','payloads','queue','run_at','priority','max_attempts','timeout','idempotency_keys'],
 	'enqueue_many parameters');
 SELECT function_returns('atomizer', 'enqueue_many',
-	ARRAY['text','jsonb[]','text','timestamp with time zone','integer','integer','interval'],
+	ARRAY['text','jsonb[]','text','timestamp with time zone','integer','integer','interval','text[]'],
 	'setof bigint', 'enqueue_many returns setof bigint');
 SELECT is(argnames('atomizer.cancel(bigint)'), ARRAY['job_id'], 'cancel parameters');
 SELECT function_returns('atomizer', 'cancel', ARRAY['bigint'], 'boolean', 'cancel returns boolean');
