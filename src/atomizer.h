@@ -54,6 +54,11 @@ extern int	atomizer_max_workers;
 extern int	atomizer_shutdown_timeout;
 extern int	atomizer_poll_interval;
 extern int	atomizer_worker_idle_timeout;
+extern int	atomizer_log_failures;
+
+#define ATOMIZER_LOG_FAILURES_NONE	0
+#define ATOMIZER_LOG_FAILURES_DEAD	1
+#define ATOMIZER_LOG_FAILURES_ALL	2
 extern void atomizer_guc_init(void);
 
 /* shmem.c */

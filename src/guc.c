@@ -35,6 +35,16 @@ int			atomizer_poll_interval = 10000;
 /* Milliseconds an idle worker waits for work before it exits. */
 int			atomizer_worker_idle_timeout = 60000;
 
+/* atomizer.log_failures: which failures get a line in the server log */
+int			atomizer_log_failures = ATOMIZER_LOG_FAILURES_DEAD;
+
+static const struct config_enum_entry log_failures_options[] = {
+	{"none", ATOMIZER_LOG_FAILURES_NONE, false},
+	{"dead", ATOMIZER_LOG_FAILURES_DEAD, false},
+	{"all", ATOMIZER_LOG_FAILURES_ALL, false},
+	{NULL, 0, false}
+};
+
 /*
  * atomizer_guc_init
  *		Define the GUCs and reserve the "atomizer" prefix.
@@ -115,6 +125,16 @@ atomizer_guc_init(void)
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("atomizer.log_failures",
+							 "Which failed jobs get a line in the server log.",
+							 "dead: each job that ends dead; all: also each failed attempt that will be retried; none.",
+							 &atomizer_log_failures,
+							 ATOMIZER_LOG_FAILURES_DEAD,
+							 log_failures_options,
+							 PGC_SUSET,
+							 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("atomizer");
 }

@@ -1081,6 +1081,35 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 }
 
 /*
+ * log_failure
+ *		One server log line for a failed attempt, as atomizer.log_failures
+ *		says: queue, job id, handler, attempt, SQLSTATE and message.
+ */
+static void
+log_failure(const AtomizerJob *job, const AtomizerOutcome *outcome,
+			const char *queue, const char *handler)
+{
+	bool		dead = job->attempt >= job->max_attempts;
+	const char *sqlstate = outcome->sqlstate[0] ? outcome->sqlstate : "-";
+
+	if (atomizer_log_failures == ATOMIZER_LOG_FAILURES_NONE ||
+		(!dead && atomizer_log_failures != ATOMIZER_LOG_FAILURES_ALL))
+		return;
+	if (dead)
+		ereport(LOG,
+				(errmsg("atomizer: job " INT64_FORMAT " of queue \"%s\" (%s) is dead after %d attempt(s): SQLSTATE %s: %s",
+						job->id, queue, handler, job->attempt, sqlstate,
+						outcome->message),
+				 errhidestmt(true)));
+	else
+		ereport(LOG,
+				(errmsg("atomizer: job " INT64_FORMAT " of queue \"%s\" (%s) failed attempt %d of %d, to be retried: SQLSTATE %s: %s",
+						job->id, queue, handler, job->attempt, job->max_attempts,
+						sqlstate, outcome->message),
+				 errhidestmt(true)));
+}
+
+/*
  * atomizer_store_fail_attempt
  *		A failed attempt of a running job: the error goes to atomizer.
  *		job_error, and the job is dead after max_attempts or waits for its
@@ -1105,13 +1134,14 @@ atomizer_store_fail_attempt(const AtomizerJob *job, const AtomizerOutcome *outco
 
 		atomizer_prepare(&error_plan,
 						 "WITH j AS (SELECT id, attempt, owner, queue, started_at,"
-						 " run_at FROM atomizer.job WHERE id = $1), "
+						 " run_at, handler FROM atomizer.job WHERE id = $1), "
 						 "e AS (INSERT INTO atomizer.job_error "
 						 "(job_id, attempt, owner, queue, sqlstate,"
 						 " message, detail, hint, context) "
 						 "SELECT id, attempt, owner, queue, $2, $3,"
 						 " $4, $5, $6 FROM j) "
-						 "SELECT queue, started_at, run_at, clock_timestamp() FROM j",
+						 "SELECT queue, started_at, run_at, clock_timestamp(), handler"
+						 " FROM j",
 						 6, types);
 	}
 	{
@@ -1150,6 +1180,10 @@ atomizer_store_fail_attempt(const AtomizerJob *job, const AtomizerOutcome *outco
 	/* a dead job is counted as dead (by finish_one), not as a failed attempt */
 	if (SPI_processed == 1 && job->attempt < job->max_attempts)
 		note_outcome(ATOMIZER_OUTCOME_FAILED, 0, 1);
+	if (SPI_processed == 1)
+		log_failure(job, outcome,
+					SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
+					SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5));
 
 	if (job->attempt >= job->max_attempts)
 		(void) finish_one(job->id, "dead", (Datum) 0, true, outcome->message);
