@@ -9,7 +9,9 @@
  *	  If the transaction aborts, nothing happens.
  *
  *	  CREATE EXTENSION wakes the launcher the same way, so the new
- *	  database's scheduler starts right after the commit.
+ *	  database's scheduler starts right after the commit; on a server that
+ *	  did not preload atomizer, it says (once, as a WARNING) what to add to
+ *	  postgresql.conf for background workers.
  *
  *	  The same callbacks keep the claim floors (floor.c) honest: a commit
  *	  that made jobs wait lowers their queue's floor to their key, and an
@@ -338,6 +340,11 @@ atomizer_extension_created(PG_FUNCTION_ARGS)
 		register_callback();
 		pending_launcher = true;
 	}
+	else
+		ereport(WARNING,
+				(errmsg("atomizer is not in shared_preload_libraries: no background worker will run jobs"),
+				 errdetail("Jobs run only when a session calls atomizer.run_pending(); external workers can claim them as usual."),
+				 errhint("Add this line to postgresql.conf and restart the server: shared_preload_libraries = 'atomizer'   (keep any other libraries already listed there, comma-separated)")));
 	PG_RETURN_VOID();
 }
 

@@ -25,17 +25,20 @@ lc_messages = 'C'
 log_line_prefix = '%m [%p] %b %d: '
 };
 
-# A new node with atomizer preloaded and $args{conf} appended, started
-# unless start => 0.  Other arguments go to PostgreSQL::Test::Cluster->new
+# A new node with atomizer preloaded (unless preload => 0) and $args{conf}
+# appended, started unless start => 0.  Other arguments go to PostgreSQL::Test::Cluster->new
 # (install_path => ... for another release).
 sub node
 {
 	my ($name, %args) = @_;
 	my $conf = delete $args{conf} // '';
 	my $start = delete $args{start} // 1;
+	my $preload = delete $args{preload} // 1;
+	my $base = $BASE_CONF;
+	$base =~ s/^shared_preload_libraries = 'atomizer'\n//m unless $preload;
 	my $node = PostgreSQL::Test::Cluster->new($name, %args);
 	$node->init;
-	$node->append_conf('postgresql.conf', $BASE_CONF . $conf);
+	$node->append_conf('postgresql.conf', $base . $conf);
 	$node->start if $start;
 	return $node;
 }
