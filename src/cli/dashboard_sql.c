@@ -110,7 +110,8 @@ const char *const DASHBOARD_SQL_PURGE =
 
 /*
  * Dead letters grouped by queue, handler, and the SQLSTATE and message of
- * the last attempt.  (O(dead jobs): the dead set is kept until retried or
+ * the last failure (a job retried after it was dead has failures of earlier
+ * rounds with the same attempt numbers).  (O(dead jobs): the dead set is kept until retried or
  * purged, and job_history_dead_idx serves it.)
  */
 const char *const DASHBOARD_SQL_DEAD_GROUPS =
@@ -120,8 +121,9 @@ const char *const DASHBOARD_SQL_DEAD_GROUPS =
 "               count(*) AS count, max(d.finished_at) AS last_at,"
 "               max(d.id) AS last_id"
 "          FROM atomizer.dead_jobs d"
-"          LEFT JOIN atomizer.job_errors e"
-"            ON e.job_id = d.id AND e.attempt = d.attempt"
+"          LEFT JOIN LATERAL (SELECT e.sqlstate, e.message"
+"                               FROM atomizer.job_errors e WHERE e.job_id = d.id"
+"                              ORDER BY e.failed_at DESC LIMIT 1) e ON true"
 "         GROUP BY 1, 2, 3, 4) g";
 
 /*
@@ -134,7 +136,9 @@ const char *const DASHBOARD_SQL_DEAD_RETRY_BATCH =
 "WITH batch AS ("
 "  SELECT d.id"
 "    FROM atomizer.dead_jobs d"
-"    LEFT JOIN atomizer.job_errors e ON e.job_id = d.id AND e.attempt = d.attempt"
+"    LEFT JOIN LATERAL (SELECT e.sqlstate, e.message"
+"                         FROM atomizer.job_errors e WHERE e.job_id = d.id"
+"                        ORDER BY e.failed_at DESC LIMIT 1) e ON true"
 "   WHERE d.queue = $1::text AND d.handler = $2::text"
 "     AND e.sqlstate IS NOT DISTINCT FROM $3::text"
 "     AND coalesce(e.message, d.last_error) IS NOT DISTINCT FROM $4::text"

@@ -381,6 +381,11 @@ wait_until($node, 'postgres', "SELECT count(*) FROM atomizer.jobs WHERE queue = 
 	'0', 'the retried jobs ran');
 $node->safe_psql('postgres', "SELECT atomizer.pause_queue('held')");
 is($node->safe_psql('postgres', "SELECT state FROM atomizer.jobs WHERE id = $dead_id"), 'dead', 'the <script> job is dead again');
+($s, $b) = get($ops, '/api/dead');
+my $in_groups = 0;
+$in_groups += $_->{count} for @$b;
+is($in_groups, $node->safe_psql('postgres', "SELECT count(*) FROM atomizer.dead_jobs"),
+	'each dead job is in one group once (its last failure), also after a retry');
 # the page pauses queue mail and runs ops's schedule report
 $node->safe_psql('postgres', q{SELECT atomizer.create_queue('mail');
 	SET ROLE ops; SELECT atomizer.schedule('report', '*/5 * * * *', 'ok')});
