@@ -54,7 +54,7 @@ ISOLATION_OPTS = --inputdir=test --temp-instance=tmp_check_iso \
 	--temp-config=test/atomizer.conf
 
 # the atomizer command-line tool (built by the rules at the end)
-EXTRA_CLEAN = src/cli/atomizer $(BUILD_STAMP)
+EXTRA_CLEAN = src/cli/atomizer $(BUILD_STAMP) $(DASHBOARD_GEN)
 
 PG_CONFIG ?= $(firstword $(wildcard /usr/lib/postgresql/15/bin/pg_config) pg_config)
 PGXS := $(shell $(PG_CONFIG) --pgxs 2>/dev/null)
@@ -121,11 +121,22 @@ CLI_LIBDIR := $(shell $(PG_CONFIG) --libdir)
 all: src/cli/atomizer
 
 CLI_SRCS = $(sort $(wildcard src/cli/*.c))
+# "atomizer dashboard" serves HTTP with libmicrohttpd (libmicrohttpd-dev)
+MHD_CFLAGS := $(shell pkg-config --cflags libmicrohttpd 2>/dev/null)
+MHD_LIBS := $(shell pkg-config --libs libmicrohttpd 2>/dev/null || echo -lmicrohttpd)
 
-src/cli/atomizer: $(CLI_SRCS) src/cli/cli.h $(BUILD_STAMP) atomizer.control
-	$(CC) $(CFLAGS) -Wall -Werror -I$(CLI_INCLUDEDIR) \
-		-DATOMIZER_VERSION='"$(EXTVERSION)"' -o $@ $(CLI_SRCS) \
-		-L$(CLI_LIBDIR) -lpq
+# The dashboard's page (HTML, CSS, JavaScript in src/cli/dashboard/) is
+# built into the binary: a generated C file holds each file's bytes.
+DASHBOARD_ASSETS = $(sort $(wildcard src/cli/dashboard/*.html src/cli/dashboard/*.css src/cli/dashboard/*.js))
+DASHBOARD_GEN = src/cli/dashboard/assets.gen.c
+
+$(DASHBOARD_GEN): $(DASHBOARD_ASSETS) src/cli/dashboard/embed.sh
+	sh src/cli/dashboard/embed.sh $(DASHBOARD_ASSETS) > $@.tmp && mv $@.tmp $@
+
+src/cli/atomizer: $(CLI_SRCS) $(DASHBOARD_GEN) src/cli/cli.h src/cli/dashboard.h $(BUILD_STAMP) atomizer.control
+	$(CC) $(CFLAGS) -Wall -Werror -I$(CLI_INCLUDEDIR) -Isrc/cli $(MHD_CFLAGS) \
+		-DATOMIZER_VERSION='"$(EXTVERSION)"' -o $@ $(CLI_SRCS) $(DASHBOARD_GEN) \
+		-L$(CLI_LIBDIR) -lpq $(MHD_LIBS) -lpthread
 
 .PHONY: install-cli uninstall-cli
 install: install-cli

@@ -2,7 +2,9 @@
 # test/deps.sh: make sure everything needed to build and test atomizer is
 # installed (PostgreSQL 15 server and headers, pg_regress, pgTAP, the perl
 # TAP modules, psycopg2, make, gcc, and bison and flex for building other
-# PostgreSQL releases from source with test/build-pg.sh).
+# PostgreSQL releases from source with test/build-pg.sh; libmicrohttpd for
+# atomizer dashboard, and Chromium, node/npm and prometheus_client for its
+# test).
 #
 # With PG_CONFIG naming another server (e.g. PostgreSQL 18 built by
 # test/build-pg.sh), also check that it has what the suites need, and give it
@@ -17,7 +19,8 @@ set -euo pipefail
 PGBIN=/usr/lib/postgresql/15/bin
 PGXS_SRC=/usr/lib/postgresql/15/lib/pgxs/src
 PACKAGES="postgresql-15 postgresql-server-dev-15 postgresql-15-pgtap
-libipc-run-perl python3-psycopg2 make gcc bison flex"
+libipc-run-perl python3-psycopg2 make gcc bison flex
+libmicrohttpd-dev pkg-config chromium nodejs npm python3-prometheus-client"
 
 # Print one line per missing piece (nothing when all is present).
 missing() {
@@ -36,6 +39,16 @@ missing() {
 	command -v gcc >/dev/null 2>&1 || echo "command gcc"
 	command -v bison >/dev/null 2>&1 || echo "command bison"
 	command -v flex >/dev/null 2>&1 || echo "command flex"
+	# atomizer dashboard (libmicrohttpd) and its tests: the page in headless
+	# Chromium driven by puppeteer-core (npm ci in t/060_dashboard.pl),
+	# /metrics parsed by python3-prometheus-client
+	[ -e /usr/include/microhttpd.h ] || echo "file /usr/include/microhttpd.h"
+	command -v pkg-config >/dev/null 2>&1 || echo "command pkg-config"
+	[ -x /usr/bin/chromium ] || echo "command /usr/bin/chromium"
+	command -v node >/dev/null 2>&1 || echo "command node"
+	command -v npm >/dev/null 2>&1 || echo "command npm"
+	/usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 ||
+		echo "python module prometheus_client (for /usr/bin/python3)"
 	[ -x /usr/bin/prove ] || echo "command /usr/bin/prove"
 	# The system interpreters, not whatever pyenv/perlbrew puts first in PATH:
 	# the Debian packages install their modules for these.

@@ -48,6 +48,7 @@ static const char *help_main =
 "                     [--run-at TS] [--priority N] [--max-attempts N]\n"
 "                     [--timeout DUR] [--idempotency-key KEY]\n"
 "    atomizer stats   [--dsn DSN]\n"
+"    atomizer dashboard [--dsn DSN] [--listen HOST:PORT] [--read-only]\n"
 "    atomizer help [SUBCOMMAND]\n"
 "    atomizer --help | --version\n"
 "\n"
@@ -59,6 +60,7 @@ static const char *help_main =
 "    enqueue  enqueue one job and print its id\n"
 "    stats    print one line per queue: waiting, running, dead, succeeded\n"
 "             and throughput\n"
+"    dashboard  serve the web dashboard, its JSON API and /metrics\n"
 "    help     print the manual of a subcommand\n"
 "\n"
 "CONNECTING\n"
@@ -239,6 +241,40 @@ static const char *help_stats =
 "OPTIONS\n"
 "    --dsn DSN          connection string or URI (default: environment)\n";
 
+static const char *help_dashboard =
+"NAME\n"
+"    atomizer dashboard - web page, JSON API and Prometheus metrics\n"
+"\n"
+"SYNOPSIS\n"
+"    atomizer dashboard [--dsn DSN] [--listen HOST:PORT] [--read-only]\n"
+"\n"
+"DESCRIPTION\n"
+"    Serves a web page (overview, jobs, a job's attempts, dead letters,\n"
+"    queues, schedules, workers), the JSON API the page uses (/api/...),\n"
+"    and /metrics in the Prometheus text format.\n"
+"\n"
+"    Who acts: when the DSN names no user, every visitor logs in with\n"
+"    HTTP basic authentication as a PostgreSQL role (name and password\n"
+"    checked by PostgreSQL; row-level security decides what each one\n"
+"    sees).  When it names one (user=...), every visitor acts as that\n"
+"    role without a login: allowed on a loopback address only.\n"
+"\n"
+"    Actions (retry, cancel, purge, pause, run a schedule, ...) are POST\n"
+"    requests that call atomizer's SQL functions; each needs the\n"
+"    session's X-CSRF-Token (GET /api/session) and an Origin or Referer\n"
+"    of the dashboard's own address.\n"
+"\n"
+"OPTIONS\n"
+"    --dsn DSN          connection string or URI (default: environment)\n"
+"    --listen HOST:PORT numeric address (or localhost) and port\n"
+"                       (default 127.0.0.1:8080; port 0: any free port,\n"
+"                       printed at start)\n"
+"    --read-only        refuse every action (403)\n"
+"\n"
+"EXIT STATUS\n"
+"    0 after SIGTERM/SIGINT, 1 when it cannot listen, 2 usage error\n"
+"    (including user= in the DSN with a non-loopback address).\n";
+
 int
 print_help(const char *sub)
 {
@@ -250,6 +286,8 @@ print_help(const char *sub)
 		fputs(help_enqueue, stdout);
 	else if (strcmp(sub, "stats") == 0)
 		fputs(help_stats, stdout);
+	else if (strcmp(sub, "dashboard") == 0)
+		fputs(help_dashboard, stdout);
 	else if (strcmp(sub, "help") == 0)
 		fputs(help_main, stdout);
 	else
@@ -289,6 +327,8 @@ main(int argc, char **argv)
 		return cmd_enqueue(argc - 1, argv + 1);
 	if (strcmp(sub, "stats") == 0)
 		return cmd_stats(argc - 1, argv + 1);
+	if (strcmp(sub, "dashboard") == 0)
+		return cmd_dashboard(argc - 1, argv + 1);
 	if (sub[0] == '-')
 		usage_error(NULL, "unknown option \"%s\"", sub);
 	usage_error(NULL, "unknown subcommand \"%s\"", sub);

@@ -165,6 +165,7 @@ extern char *sanitize_utf8(const char *p, size_t n);
 extern int	cmd_work(int argc, char **argv);
 extern int	cmd_enqueue(int argc, char **argv);
 extern int	cmd_stats(int argc, char **argv);
+extern int	cmd_dashboard(int argc, char **argv);
 extern int	print_help(const char *sub);
 
 #endif							/* ATOMIZER_CLI_H */

@@ -1,0 +1,249 @@
+/*
+ * app.js: the atomizer dashboard's page.  One page, routed by the URL's
+ * hash (#/overview, #/jobs?..., #/job/ID, #/dead, #/queues, #/schedules,
+ * #/workers), drawn from the JSON API.
+ *
+ * Everything from the database is put in the page as text (textContent,
+ * never innerHTML): payloads and error messages may contain <script>.
+ * Actions are POSTs with the session's CSRF token (GET /api/session).
+ */
+'use strict';
+
+let session = null;
+
+/* el('td', {class: 'x'}, 'text', child...): an element; strings become text */
+function el(tag, attrs, ...children) {
+	const e = document.createElement(tag);
+	for (const [k, v] of Object.entries(attrs || {})) {
+		if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+		else if (v !== null && v !== undefined && v !== false) e.setAttribute(k, v);
+	}
+	for (const c of children) {
+		if (c === null || c === undefined) continue;
+		e.appendChild(typeof c === 'object' ? c : document.createTextNode(String(c)));
+	}
+	return e;
+}
+
+function text(v) {
+	if (v === null || v === undefined) return '';
+	if (typeof v === 'object') return JSON.stringify(v);
+	return String(v);
+}
+
+function when(ts) {
+	return ts ? new Date(ts).toLocaleString() : '';
+}
+
+async function api(path, params, post) {
+	const q = new URLSearchParams();
+	for (const [k, v] of Object.entries(params || {}))
+		if (v !== null && v !== undefined && v !== '') q.set(k, v);
+	const url = path + (q.toString() ? '?' + q : '');
+	const opts = post ? {method: 'POST', headers: {'X-CSRF-Token': session.csrf}} : {};
+	const r = await fetch(url, opts);
+	const body = await r.json();
+	if (!r.ok) throw new Error(body.error || ('HTTP ' + r.status));
+	return body;
+}
+
+function flash(msg, bad) {
+	const f = document.getElementById('flash');
+	f.textContent = msg;
+	f.className = bad ? 'bad' : 'good';
+	f.hidden = false;
+}
+
+/* an action button: POST, then redraw the page */
+function action(label, path, params, confirmText) {
+	return el('button', {
+		class: 'action', 'data-action': label,
+		disabled: session.read_only ? 'disabled' : null,
+		onclick: async () => {
+			if (confirmText && !window.confirm(confirmText)) return;
+			try {
+				const r = await api(path, params, true);
+				flash(label + ': ' + JSON.stringify(r), false);
+			} catch (e) {
+				flash(label + ': ' + e.message, true);
+			}
+			route();
+		}
+	}, label);
+}
+
+function table(columns, rows, cell) {
+	return el('table', {},
+		el('thead', {}, el('tr', {}, ...columns.map(c => el('th', {}, c)))),
+		el('tbody', {}, ...rows.map(r => el('tr', {},
+			...columns.map(c => el('td', {'data-col': c}, cell ? cell(r, c) : text(r[c])))))));
+}
+
+function jobLink(id) {
+	return el('a', {href: '#/job/' + id}, '#' + id);
+}
+
+const STATES = ['scheduled', 'available', 'running', 'retrying', 'succeeded', 'dead', 'cancelled'];
+
+async function pageOverview(main) {
+	const o = await api('/api/overview');
+	main.append(el('h2', {}, 'Queues'),
+		table(['queue', 'paused', ...STATES], o.queues, (r, c) => {
+			if (c === 'queue') return el('a', {href: '#/jobs?queue=' + encodeURIComponent(r.queue)}, r.queue);
+			if (STATES.includes(c) && r[c] > 0)
+				return el('a', {href: '#/jobs?queue=' + encodeURIComponent(r.queue) + '&state=' + c}, text(r[c]));
+			return text(r[c]);
+		}),
+		el('h2', {}, 'Workers'),
+		o.workers.length ? table(['queue', 'state', 'count'], o.workers) : el('p', {}, 'No worker process is running.'),
+		el('p', {class: 'muted'}, 'As of ' + when(o.now)));
+}
+
+async function pageJobs(main, params) {
+	const form = el('form', {id: 'filters'});
+	const fields = ['queue', 'state', 'handler', 'id', 'owner', 'error', 'payload', 'result'];
+	for (const f of fields) {
+		let input;
+		if (f === 'state') {
+			input = el('select', {name: f}, el('option', {value: ''}, 'any state'),
+				...STATES.map(s => el('option', {value: s, selected: params.get(f) === s ? 'selected' : null}, s)));
+		} else {
+			input = el('input', {name: f, placeholder: f === 'payload' || f === 'result' ? f + ' contains (JSON)' : f});
+			input.value = params.get(f) || '';
+		}
+		form.append(input);
+	}
+	form.append(el('button', {type: 'submit'}, 'Search'));
+	form.addEventListener('submit', ev => {
+		ev.preventDefault();
+		const q = new URLSearchParams();
+		for (const f of fields) if (form.elements[f].value) q.set(f, form.elements[f].value);
+		location.hash = '#/jobs?' + q;
+	});
+	main.append(el('h2', {}, 'Jobs'), form);
+	const q = {};
+	for (const f of fields.concat(['before'])) q[f] = params.get(f);
+	const r = await api('/api/jobs', q);
+	main.append(table(['id', 'queue', 'handler', 'state', 'attempt', 'run_at', 'owner', 'last_error'], r.jobs, (j, c) => {
+		if (c === 'id') return jobLink(j.id);
+		if (c === 'run_at') return when(j.run_at);
+		return text(j[c]);
+	}));
+	if (!r.jobs.length) main.append(el('p', {}, 'No job matches.'));
+	if (r.next) {
+		const n = new URLSearchParams(params);
+		n.set('before', r.next);
+		main.append(el('p', {}, el('a', {href: '#/jobs?' + n, id: 'next'}, 'Older jobs →')));
+	}
+}
+
+async function pageJob(main, id) {
+	const d = await api('/api/job', {id});
+	const j = d.job;
+	main.append(el('h2', {}, 'Job #' + j.id + ' ', el('span', {class: 'state state-' + j.state, id: 'job-state'}, j.state)));
+	const acts = el('p', {});
+	if (j.state === 'dead' || j.state === 'cancelled') acts.append(action('Retry', '/api/job/retry', {id: j.id}));
+	if (['scheduled', 'available', 'retrying', 'running'].includes(j.state)) acts.append(action('Cancel', '/api/job/cancel', {id: j.id}, 'Cancel job #' + j.id + '?'));
+	main.append(acts);
+	const fields = ['queue', 'handler', 'owner', 'priority', 'attempt', 'max_attempts', 'run_at', 'created_at', 'started_at', 'finished_at', 'worker', 'idempotency_key', 'last_error'];
+	main.append(el('dl', {}, ...fields.flatMap(f => [el('dt', {}, f), el('dd', {}, /_at$/.test(f) ? when(j[f]) : text(j[f]))])));
+	main.append(el('h3', {}, 'Payload'), el('pre', {id: 'payload'}, JSON.stringify(j.payload, null, 2)));
+	main.append(el('h3', {}, 'Result'), el('pre', {id: 'result'}, j.result === null ? '(none)' : JSON.stringify(j.result, null, 2)));
+	main.append(el('h3', {}, 'Attempts that failed'),
+		d.errors.length ? table(['attempt', 'failed_at', 'sqlstate', 'message', 'detail', 'hint', 'context'], d.errors,
+			(e, c) => c === 'failed_at' ? when(e[c]) : text(e[c])) : el('p', {}, 'None.'));
+	main.append(el('h3', {}, 'Timeline'), table(['at', 'event'], d.timeline || [], (t, c) => c === 'at' ? when(t.at) : text(t[c])));
+}
+
+async function pageDead(main) {
+	const groups = await api('/api/dead');
+	main.append(el('h2', {}, 'Dead letters'));
+	if (!groups.length) { main.append(el('p', {}, 'No dead job.')); return; }
+	main.append(table(['queue', 'handler', 'sqlstate', 'message', 'count', 'last_at', ''], groups, (g, c) => {
+		if (c === 'last_at') return when(g.last_at);
+		if (c === 'count') return el('a', {href: '#/jobs?state=dead&queue=' + encodeURIComponent(g.queue) + '&handler=' + encodeURIComponent(g.handler)}, text(g.count));
+		if (c === '') return action('Retry this group', '/api/dead/retry',
+			{queue: g.queue, handler: g.handler, sqlstate: g.sqlstate, message: g.message},
+			'Retry ' + g.count + ' dead job(s) of ' + g.handler + ' in queue ' + g.queue + '?');
+		return text(g[c]);
+	}));
+}
+
+async function pageQueues(main) {
+	const qs = await api('/api/queues');
+	main.append(el('h2', {}, 'Queues'));
+	main.append(table(['name', 'paused', 'external', 'concurrency', 'max_attempts', 'backoff_base', 'timeout', 'retention', ''], qs, (q, c) => {
+		if (c !== '') return text(q[c]);
+		const conc = el('input', {type: 'number', min: 0, value: q.concurrency, class: 'conc', 'aria-label': 'concurrency of ' + q.name});
+		return el('span', {},
+			q.paused ? action('Resume', '/api/queue/resume', {name: q.name}) : action('Pause', '/api/queue/pause', {name: q.name}),
+			conc,
+			el('button', {class: 'action', disabled: session.read_only ? 'disabled' : null, onclick: async () => {
+				try {
+					await api('/api/queue/concurrency', {name: q.name, concurrency: conc.value}, true);
+					flash('concurrency of ' + q.name + ' set to ' + conc.value, false);
+				} catch (e) { flash(e.message, true); }
+				route();
+			}}, 'Set concurrency'));
+	}));
+	if (!session.who.admin) main.append(el('p', {class: 'muted'}, 'Changing queues needs the atomizer_admin role.'));
+}
+
+async function pageSchedules(main) {
+	const ss = await api('/api/schedules');
+	main.append(el('h2', {}, 'Schedules'));
+	if (!ss.length) { main.append(el('p', {}, 'No schedule.')); return; }
+	main.append(table(['name', 'spec', 'tz', 'handler', 'queue', 'enabled', 'next five', 'last_run', 'last_outcome', 'fires', ''], ss, (s, c) => {
+		if (c === 'next five') return el('ul', {class: 'fires'}, ...(s.next_five || []).map(t => el('li', {}, when(t))));
+		if (c === 'last_run') return when(s.last_run);
+		if (c === 'last_outcome') return s.last_job_id ? el('span', {}, jobLink(s.last_job_id), ' ' + text(s.last_outcome)) : '';
+		if (c === '') return el('span', {},
+			action('Run now', '/api/schedule/run', {name: s.name}),
+			s.enabled ? action('Disable', '/api/schedule/disable', {name: s.name}) : action('Enable', '/api/schedule/enable', {name: s.name}));
+		return text(s[c]);
+	}));
+}
+
+async function pageWorkers(main) {
+	const w = await api('/api/workers');
+	main.append(el('h2', {}, 'Worker processes'),
+		w.processes.length ? table(['pid', 'database', 'queue', 'state', 'job_id', 'jobs_succeeded', 'jobs_failed', 'started_at'], w.processes,
+			(p, c) => c === 'started_at' ? when(p[c]) : text(p[c])) : el('p', {}, 'No worker process is running.'),
+		el('h2', {}, 'External workers (from their leases)'),
+		w.leases.length ? table(['worker', 'queue', 'jobs', 'lease_until'], w.leases, (p, c) => c === 'lease_until' ? when(p[c]) : text(p[c])) : el('p', {}, 'No job is leased.'));
+}
+
+async function route() {
+	const main = document.getElementById('main');
+	const hash = location.hash.replace(/^#\/?/, '') || 'overview';
+	const [path, query] = hash.split('?');
+	const parts = path.split('/');
+	const page = parts[0];
+	for (const a of document.querySelectorAll('#nav a'))
+		a.className = a.dataset.page === page ? 'current' : '';
+	const fresh = el('main', {id: 'main', 'data-page': page});
+	try {
+		if (page === 'overview') await pageOverview(fresh);
+		else if (page === 'jobs') await pageJobs(fresh, new URLSearchParams(query || ''));
+		else if (page === 'job') await pageJob(fresh, parts[1]);
+		else if (page === 'dead') await pageDead(fresh);
+		else if (page === 'queues') await pageQueues(fresh);
+		else if (page === 'schedules') await pageSchedules(fresh);
+		else if (page === 'workers') await pageWorkers(fresh);
+		else fresh.append(el('p', {}, 'No such page.'));
+	} catch (e) {
+		fresh.append(el('p', {class: 'bad', id: 'error'}, e.message));
+	}
+	fresh.setAttribute('data-ready', '1');
+	main.replaceWith(fresh);
+}
+
+async function start() {
+	session = await api('/api/session');
+	document.getElementById('who').textContent = session.who.role + '@' + session.who.database +
+		(session.who.admin ? ' (admin)' : '') + (session.read_only ? ' · read-only' : '');
+	window.addEventListener('hashchange', () => { document.getElementById('flash').hidden = true; route(); });
+	route();
+}
+
+start();

@@ -1,0 +1,228 @@
+/*-------------------------------------------------------------------------
+ *
+ * dashboard_sql.c
+ *	  Every statement "atomizer dashboard" sends, in one place, so that
+ *	  changing where a figure comes from is one edit here.
+ *
+ *	  Each read returns one row with one column: the JSON text the API
+ *	  answers with, made by PostgreSQL (json_agg, json_build_object), so
+ *	  that every string from the database is escaped by the server's own
+ *	  JSON output and the C code only passes it on.  Every value from a
+ *	  request is a parameter ($1, $2, ...) of PQexecParams; no SQL text is
+ *	  ever built from a request, and no identifier is interpolated.
+ *
+ *	  Cost: the overview and /metrics read atomizer.queue_stats, which
+ *	  counts the job tables (O(jobs)).  They should read running counters
+ *	  kept by the extension instead (see the README's Dashboard section,
+ *	  "what is left"): only DASHBOARD_SQL_OVERVIEW and DASHBOARD_SQL_METRICS
+ *	  change then.
+ *
+ *	  src/cli/dashboard_sql.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "dashboard.h"
+
+/* who the session is: role, and whether it is a member of atomizer_admin */
+const char *const DASHBOARD_SQL_WHOAMI =
+"SELECT json_build_object("
+"  'role', current_user,"
+"  'database', current_database(),"
+"  'admin', pg_has_role('atomizer_admin', 'USAGE'))";
+
+/* overview: per queue counts per state (today: counted, O(jobs)), workers */
+const char *const DASHBOARD_SQL_OVERVIEW =
+"SELECT json_build_object("
+"  'queues', (SELECT coalesce(json_agg(s ORDER BY s.queue), '[]')"
+"               FROM atomizer.queue_stats s),"
+"  'workers', (SELECT coalesce(json_agg(json_build_object("
+"                 'queue', w.queue, 'state', w.state, 'count', w.n)"
+"                 ORDER BY w.queue, w.state), '[]')"
+"                FROM (SELECT queue, state, count(*) AS n"
+"                        FROM atomizer.workers"
+"                       WHERE database = current_database()"
+"                       GROUP BY queue, state) w),"
+"  'now', now())";
+
+/*
+ * Jobs, filtered, newest first, keyset paging on id ($1: ids below it).
+ * Parameters: $1 before (bigint), $2 limit, $3 queue, $4 state,
+ * $5 handler, $6 id, $7 owner, $8 error text (substring, case-insensitive),
+ * $9 payload containment (jsonb @>), $10 result containment.
+ * A NULL parameter is no filter.  The row after the page tells whether
+ * there is a next page.
+ */
+const char *const DASHBOARD_SQL_JOBS =
+"WITH page AS ("
+"  SELECT j.id, j.queue, j.handler, j.state, j.priority, j.run_at,"
+"         j.attempt, j.max_attempts, j.owner, j.created_at, j.started_at,"
+"         j.finished_at, j.last_error, j.payload"
+"    FROM atomizer.jobs j"
+"   WHERE ($1::bigint IS NULL OR j.id < $1::bigint)"
+"     AND ($3::text IS NULL OR j.queue = $3::text)"
+"     AND ($4::text IS NULL OR j.state = $4::text)"
+"     AND ($5::text IS NULL OR j.handler = $5::text)"
+"     AND ($6::bigint IS NULL OR j.id = $6::bigint)"
+"     AND ($7::text IS NULL OR j.owner = $7::text::name)"
+"     AND ($8::text IS NULL OR strpos(lower(j.last_error), lower($8::text)) > 0"
+"          OR EXISTS (SELECT FROM atomizer.job_errors e WHERE e.job_id = j.id"
+"                      AND strpos(lower(e.message), lower($8::text)) > 0))"
+"     AND ($9::jsonb IS NULL OR j.payload @> $9::jsonb)"
+"     AND ($10::jsonb IS NULL OR j.result @> $10::jsonb)"
+"   ORDER BY j.id DESC"
+"   LIMIT $2::int + 1)"
+"SELECT json_build_object("
+"  'jobs', coalesce((SELECT json_agg(p ORDER BY p.id DESC)"
+"                      FROM (SELECT * FROM page ORDER BY id DESC LIMIT $2::int) p), '[]'),"
+"  'next', CASE WHEN (SELECT count(*) FROM page) > $2::int"
+"               THEN (SELECT min(id) FROM (SELECT id FROM page ORDER BY id DESC"
+"                                           LIMIT $2::int) l) END)";
+
+/* one job: the row, every failed attempt, and its timeline ($1: id) */
+const char *const DASHBOARD_SQL_JOB =
+"SELECT CASE WHEN j.id IS NULL THEN NULL ELSE json_build_object("
+"  'job', to_jsonb(j),"
+"  'errors', (SELECT coalesce(json_agg(e ORDER BY e.attempt, e.failed_at), '[]')"
+"               FROM atomizer.job_errors e WHERE e.job_id = j.id),"
+"  'timeline', (SELECT json_agg(t ORDER BY t.at NULLS LAST, t.ord)"
+"                 FROM (SELECT 1 AS ord, 'enqueued' AS event, j.created_at AS at, NULL::int AS attempt"
+"                       UNION ALL"
+"                       SELECT 2, 'attempt ' || e.attempt || ' failed', e.failed_at, e.attempt"
+"                         FROM atomizer.job_errors e WHERE e.job_id = j.id"
+"                       UNION ALL"
+"                       SELECT 3, 'started', j.started_at, j.attempt WHERE j.started_at IS NOT NULL"
+"                       UNION ALL"
+"                       SELECT 4, j.state, j.finished_at, j.attempt WHERE j.finished_at IS NOT NULL"
+"                       UNION ALL"
+"                       SELECT 5, 'next run', j.run_at, NULL"
+"                        WHERE j.state IN ('scheduled', 'available', 'retrying')) t))"
+"  END"
+"  FROM (SELECT 1) one LEFT JOIN atomizer.jobs j ON j.id = $1::bigint";
+
+const char *const DASHBOARD_SQL_RETRY =
+"SELECT json_build_object('ok', atomizer.retry(job_id => $1::bigint))";
+const char *const DASHBOARD_SQL_CANCEL =
+"SELECT json_build_object('ok', atomizer.cancel(job_id => $1::bigint))";
+/* $1 older_than (interval or NULL), $2 queue (or NULL) */
+const char *const DASHBOARD_SQL_PURGE =
+"SELECT json_build_object('purged', atomizer.purge(older_than => $1::interval,"
+"                                                  queue => $2::text))";
+
+/*
+ * Dead letters grouped by queue, handler, and the SQLSTATE and message of
+ * the last failure (a job retried after it was dead has failures of earlier
+ * rounds with the same attempt numbers).  (O(dead jobs): the dead set is kept until retried or
+ * purged, and job_history_dead_idx serves it.)
+ */
+const char *const DASHBOARD_SQL_DEAD_GROUPS =
+"SELECT coalesce(json_agg(g ORDER BY g.count DESC, g.queue, g.handler), '[]')"
+"  FROM (SELECT d.queue, d.handler, e.sqlstate,"
+"               coalesce(e.message, d.last_error) AS message,"
+"               count(*) AS count, max(d.finished_at) AS last_at,"
+"               max(d.id) AS last_id"
+"          FROM atomizer.dead_jobs d"
+"          LEFT JOIN LATERAL (SELECT e.sqlstate, e.message"
+"                               FROM atomizer.job_errors e WHERE e.job_id = d.id"
+"                              ORDER BY e.failed_at DESC LIMIT 1) e ON true"
+"         GROUP BY 1, 2, 3, 4) g";
+
+/*
+ * One batch of a dead-letter group: the next ids below $5 (keyset, so a
+ * job retry() refuses is not picked again), retried in this statement's
+ * own transaction.  $1 queue, $2 handler, $3 sqlstate, $4 message (NULL
+ * matches NULL), $5 before id, $6 batch size.
+ */
+const char *const DASHBOARD_SQL_DEAD_RETRY_BATCH =
+"WITH batch AS ("
+"  SELECT d.id"
+"    FROM atomizer.dead_jobs d"
+"    LEFT JOIN LATERAL (SELECT e.sqlstate, e.message"
+"                         FROM atomizer.job_errors e WHERE e.job_id = d.id"
+"                        ORDER BY e.failed_at DESC LIMIT 1) e ON true"
+"   WHERE d.queue = $1::text AND d.handler = $2::text"
+"     AND e.sqlstate IS NOT DISTINCT FROM $3::text"
+"     AND coalesce(e.message, d.last_error) IS NOT DISTINCT FROM $4::text"
+"     AND ($5::bigint IS NULL OR d.id < $5::bigint)"
+"   ORDER BY d.id DESC"
+"   LIMIT $6::int)"
+"SELECT json_build_object("
+"  'seen', (SELECT count(*) FROM batch),"
+"  'retried', (SELECT count(*) FILTER (WHERE atomizer.retry(job_id => b.id))"
+"                FROM batch b),"
+"  'last_id', (SELECT min(id) FROM batch))";
+
+/* queues and their settings */
+const char *const DASHBOARD_SQL_QUEUES =
+"SELECT coalesce(json_agg(json_build_object("
+"  'name', q.name, 'paused', q.paused, 'external', q.external,"
+"  'concurrency', q.concurrency, 'max_attempts', q.max_attempts,"
+"  'backoff_base', q.backoff_base, 'backoff_cap', q.backoff_cap,"
+"  'timeout', q.timeout, 'retention', q.retention) ORDER BY q.name), '[]')"
+"  FROM atomizer.queue q";
+const char *const DASHBOARD_SQL_PAUSE =
+"SELECT json_build_object('ok', true) FROM (SELECT atomizer.pause_queue(name => $1::text)) x";
+const char *const DASHBOARD_SQL_RESUME =
+"SELECT json_build_object('ok', true) FROM (SELECT atomizer.resume_queue(name => $1::text)) x";
+/* $1 queue, $2 concurrency */
+const char *const DASHBOARD_SQL_CONCURRENCY =
+"SELECT json_build_object('ok', true)"
+"  FROM (SELECT atomizer.alter_queue(name => $1::text, concurrency => $2::int)) x";
+
+/* schedules with their next five fire times (atomizer.cron_next, chained) */
+const char *const DASHBOARD_SQL_SCHEDULES =
+"SELECT coalesce(json_agg(json_build_object("
+"  'name', s.name, 'spec', s.spec, 'tz', s.tz, 'handler', s.handler,"
+"  'queue', s.queue, 'owner', s.owner, 'enabled', s.enabled,"
+"  'next_run', s.next_run, 'last_run', s.last_run,"
+"  'last_job_id', s.last_job_id, 'last_outcome', s.last_outcome,"
+"  'last_error', s.last_error, 'fires', s.fires, 'skipped', s.skipped,"
+"  'next_five', (WITH RECURSIVE f(n, at) AS ("
+"                  SELECT 1, atomizer.cron_next(s.spec, now(), s.tz)"
+"                  UNION ALL"
+"                  SELECT n + 1, atomizer.cron_next(s.spec, f.at, s.tz)"
+"                    FROM f WHERE n < 5 AND f.at IS NOT NULL)"
+"                SELECT json_agg(f.at ORDER BY f.n) FROM f)"
+"  ) ORDER BY s.name, s.owner), '[]')"
+"  FROM atomizer.schedules s";
+const char *const DASHBOARD_SQL_RUN_SCHEDULE =
+"SELECT json_build_object('job_id', atomizer.run_schedule(name => $1::text))";
+const char *const DASHBOARD_SQL_ENABLE_SCHEDULE =
+"SELECT json_build_object('ok', atomizer.enable_schedule(name => $1::text))";
+const char *const DASHBOARD_SQL_DISABLE_SCHEDULE =
+"SELECT json_build_object('ok', atomizer.disable_schedule(name => $1::text))";
+
+/* atomizer's processes, and external workers seen through their leases */
+const char *const DASHBOARD_SQL_WORKERS =
+"SELECT json_build_object("
+"  'processes', (SELECT coalesce(json_agg(w ORDER BY w.database, w.queue, w.pid), '[]')"
+"                  FROM atomizer.workers w),"
+"  'leases', (SELECT coalesce(json_agg(json_build_object("
+"                 'worker', j.worker, 'queue', j.queue, 'jobs', j.n,"
+"                 'lease_until', j.lease_until) ORDER BY j.worker), '[]')"
+"               FROM (SELECT worker, queue, count(*) AS n,"
+"                            max(lease_until) AS lease_until"
+"                       FROM atomizer.jobs"
+"                      WHERE state = 'running' AND lease_until IS NOT NULL"
+"                      GROUP BY worker, queue) j))";
+
+/*
+ * /metrics: rows (kind, queue, state, value) turned into the text format
+ * by dashboard_api.c.  Today from atomizer.queue_stats (O(jobs)) and
+ * atomizer.workers.
+ */
+const char *const DASHBOARD_SQL_METRICS =
+"SELECT 'jobs', s.queue, x.state, x.n::float8"
+"  FROM atomizer.queue_stats s"
+"  CROSS JOIN LATERAL (VALUES ('scheduled', s.scheduled), ('available', s.available),"
+"                             ('running', s.running), ('retrying', s.retrying),"
+"                             ('succeeded', s.succeeded), ('cancelled', s.cancelled),"
+"                             ('dead', s.dead)) x(state, n)"
+" UNION ALL "
+"SELECT 'oldest', s.queue, NULL,"
+"       coalesce(extract(epoch FROM now() - s.oldest_available), 0)::float8"
+"  FROM atomizer.queue_stats s"
+" UNION ALL "
+"SELECT 'workers', w.queue, w.state, count(*)::float8"
+"  FROM atomizer.workers w WHERE w.database = current_database()"
+" GROUP BY w.queue, w.state"
+" ORDER BY 1, 2, 3";

@@ -1,0 +1,439 @@
+# "atomizer dashboard" against a live server: where it may listen (user= in
+# the DSN only on loopback); HTTP basic authentication as two roles that see
+# different jobs (row-level security) and a wrong password refused; every
+# endpoint of the JSON API; keyset paging and the filters; a payload holding
+# <script> returned as JSON data; bad parameters answered 400 with a
+# sentence; the CSRF checks (no token, another session's token, another
+# origin, no origin: 403); --read-only (403); queue actions need
+# atomizer_admin; dead letters retried by group; /metrics parsed by
+# python3-prometheus-client and agreeing with atomizer.queue_stats; and the
+# page in headless Chromium (puppeteer-core from test/browser/, installed
+# here with npm ci: no registry, no test), screenshots in the test log
+# directory.
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use AtomizerTest;
+use IPC::Run;
+use HTTP::Tiny;
+use JSON::PP;
+use MIME::Base64;
+use File::Copy;
+use Time::HiRes qw(usleep time);
+
+my $pg_config = $ENV{PG_CONFIG} // '/usr/lib/postgresql/15/bin/pg_config';
+my $bindir = `$pg_config --bindir`;
+chomp $bindir;
+my $cli = "$bindir/atomizer";
+ok(-x $cli, "the CLI is installed at $cli") or BAIL_OUT("no $cli");
+my $tmp = PostgreSQL::Test::Utils::tempdir;
+my $json = JSON::PP->new->canonical;
+
+my $node = AtomizerTest::node('dash', conf => "password_encryption = 'scram-sha-256'\n");
+# logins are checked by PostgreSQL: passwords for everyone but the test's own user
+{
+	my $hba = $node->data_dir . '/pg_hba.conf';
+	open my $fh, '>', $hba or die;
+	my $me = getpwuid($<);
+	print $fh "local all $me trust\nlocal all all scram-sha-256\n";
+	close $fh;
+}
+$node->reload;
+my $host = $node->host;
+my $port = $node->port;
+my $base_dsn = "host=$host port=$port dbname=postgres";
+
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION atomizer;
+	CREATE ROLE alice LOGIN PASSWORD 'alice-pw';
+	CREATE ROLE bob LOGIN PASSWORD 'bob-pw';
+	CREATE ROLE ops LOGIN PASSWORD 'ops-pw' IN ROLE atomizer_admin;
+	CREATE FUNCTION ok(p jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+	CREATE FUNCTION boom(p jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN RAISE EXCEPTION 'boom <b>%</b>', p->>'n' USING ERRCODE = '22012', HINT = 'a hint'; END $$;
+	SELECT atomizer.create_queue('held');
+});
+$node->safe_psql('postgres', q{
+	SET ROLE alice;
+	SELECT atomizer.enqueue('ok', jsonb_build_object('who', 'alice', 'i', i)) FROM generate_series(1, 5) i;
+	SELECT atomizer.enqueue('boom', '{"who": "alice", "x": "<script>window.__xss = 1</script>"}', queue => 'held', max_attempts => 1);
+	SELECT atomizer.enqueue('boom', '{"who": "alice", "n": 2}', queue => 'held', max_attempts => 1);
+	SELECT atomizer.schedule('nightly', '0 3 * * *', 'ok', tz => 'Europe/Paris');
+	RESET ROLE;
+	SET ROLE bob;
+	SELECT atomizer.enqueue('ok', '{"who": "bob"}');
+});
+wait_until($node, 'postgres',
+	"SELECT count(*) FROM atomizer.jobs WHERE state = 'dead'", '2', 'the failing jobs are dead');
+wait_until($node, 'postgres',
+	"SELECT count(*) FROM atomizer.jobs WHERE state = 'succeeded'", '6', 'the others succeeded');
+$node->safe_psql('postgres', "SELECT atomizer.pause_queue('held')");
+my $dead_id = $node->safe_psql('postgres',
+	"SELECT id FROM atomizer.jobs WHERE payload ? 'x' AND state = 'dead'");
+
+# ------------------------------------------------------------ start-up rules
+sub cli
+{
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ $cli, @_ ], '<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(30));
+	return ($? >> 8, $out, $err);
+}
+my ($rc, $out, $err) = cli('dashboard', '--dsn', "$base_dsn user=alice", '--listen', '0.0.0.0:0');
+is($rc, 2, 'user= in the DSN on a non-loopback address: exit 2');
+like($err, qr/refusing to listen on 0\.0\.0\.0:0 without authentication/, '... with a clear message');
+($rc, $out, $err) = cli('dashboard', '--listen', 'nonsense');
+is($rc, 2, 'a --listen without a port: exit 2');
+like($err, qr/invalid --listen "nonsense"/, '... named');
+($rc, $out, $err) = cli('dashboard', '--listen', 'example.com:80');
+is($rc, 2, 'a host name other than localhost is refused');
+
+# Start a dashboard; returns (handle, base URL).
+my $ndash = 0;
+sub start_dashboard
+{
+	my @args = @_;
+	$ndash++;
+	my $log = "$tmp/dashboard$ndash.log";
+	my $h = IPC::Run::start([ $cli, 'dashboard', @args, '--listen', '127.0.0.1:0' ],
+		'<', \undef, '>', "$tmp/dashboard$ndash.out", '2>', $log);
+	my $deadline = time + 30;
+	while (time < $deadline)
+	{
+		my $l = -e $log ? slurp_file($log) : '';
+		return ($h, "http://$1") if $l =~ m{listening on http://(127\.0\.0\.1:\d+)/};
+		usleep(50_000);
+	}
+	die "dashboard did not start: " . slurp_file($log);
+}
+
+my ($dash, $url) = start_dashboard('--dsn', $base_dsn);
+my $http = HTTP::Tiny->new(timeout => 30, max_redirect => 0);
+
+# One visitor: a role's login and its session cookie.
+sub visitor
+{
+	my ($user, $pw) = @_;
+	return { auth => $user ? 'Basic ' . encode_base64("$user:$pw", '') : undef, cookie => undef, csrf => undef };
+}
+
+sub request
+{
+	my ($v, $method, $path, %h) = @_;
+	my %headers = %{ $h{headers} // {} };
+	$headers{Authorization} = $v->{auth} if $v && $v->{auth};
+	$headers{Cookie} = $v->{cookie} if $v && $v->{cookie} && !$h{no_cookie};
+	my $r = $http->request($method, "$url$path", { headers => \%headers });
+	if ($v && $r->{headers}{'set-cookie'})
+	{
+		my $c = $r->{headers}{'set-cookie'};
+		$c = $c->[0] if ref $c;
+		$v->{cookie} = $1 if $c =~ /^(atomizer_session=[0-9a-f]+)/;
+	}
+	my $body = eval { $json->decode($r->{content}) };
+	return ($r->{status}, $body, $r);
+}
+
+sub get { return request(shift, 'GET', @_); }
+
+sub login
+{
+	my $v = visitor(@_);
+	my ($s, $b) = get($v, '/api/session');
+	is($s, 200, "$_[0] logs in");
+	$v->{csrf} = $b->{csrf};
+	return ($v, $b);
+}
+
+# POST as the page does: token and same-origin Origin
+sub act
+{
+	my ($v, $path, %h) = @_;
+	return request($v, 'POST', $path,
+		headers => { 'X-CSRF-Token' => $v->{csrf}, Origin => $url, %{ $h{headers} // {} } }, %h);
+}
+
+# ------------------------------------------------------------ logins
+my ($s, $b, $r) = get(undef, '/api/session');
+is($s, 401, 'no login: 401');
+like($r->{headers}{'www-authenticate'} // '', qr/^Basic realm="atomizer"/, '... asking for basic authentication');
+($s, $b) = get(undef, '/');
+is($s, 401, 'the page itself needs a login too');
+($s, $b) = get(visitor('alice', 'wrong'), '/api/session');
+is($s, 401, 'a wrong password: 401');
+like($b->{error}, qr/login failed/, '... saying so');
+
+my ($alice, $sa) = login('alice', 'alice-pw');
+is($sa->{who}{role}, 'alice', 'the session is alice\'s role');
+ok(!$sa->{who}{admin}, '... not an admin');
+like($sa->{csrf}, qr/^[0-9a-f]{32}$/, '... with a CSRF token');
+my ($bob) = login('bob', 'bob-pw');
+my ($ops, $so) = login('ops', 'ops-pw');
+ok($so->{who}{admin}, 'ops is an admin');
+
+($s, $b, $r) = get($alice, '/');
+is($s, 200, 'the page');
+like($r->{content}, qr/<script src="\/app\.js"/, '... loads app.js');
+($s, $b, $r) = get($alice, '/app.js');
+is($s, 200, 'app.js');
+like($r->{headers}{'content-type'}, qr{^text/javascript}, '... as JavaScript');
+unlike($r->{content}, qr/\.(?:inner|outer)HTML\s*=|insertAdjacentHTML|document\.write/, 'the page never parses data as HTML');
+
+# ------------------------------------------------------------ jobs and RLS
+($s, $b) = get($alice, '/api/jobs?limit=100');
+is($s, 200, 'jobs');
+is(scalar @{ $b->{jobs} }, 7, 'alice sees her 7 jobs');
+ok(!(grep { $_->{owner} ne 'alice' } @{ $b->{jobs} }), '... and only hers');
+($s, $b) = get($bob, '/api/jobs');
+is_deeply([ map { $_->{owner} } @{ $b->{jobs} } ], ['bob'], 'bob sees only his one job');
+($s, $b) = get($ops, '/api/jobs?limit=100');
+is(scalar @{ $b->{jobs} }, 8, 'an admin sees all 8');
+
+# keyset paging: pages of 2, newest first, no job twice, the end says so
+my (@ids, $before);
+for my $i (1 .. 10)
+{
+	($s, $b) = get($alice, '/api/jobs?limit=2' . ($before ? "&before=$before" : ''));
+	push @ids, map { $_->{id} } @{ $b->{jobs} };
+	$before = $b->{next};
+	last unless defined $before;
+}
+is(scalar @ids, 7, 'paging by 2 walks all 7 jobs');
+ok(!(grep { $ids[$_] >= $ids[ $_ - 1 ] } 1 .. $#ids), '... newest first, each once');
+
+($s, $b) = get($alice, '/api/jobs?state=dead');
+is(scalar @{ $b->{jobs} }, 2, 'filter by state');
+($s, $b) = get($alice, '/api/jobs?queue=held&handler=public.boom');
+is(scalar @{ $b->{jobs} }, 2, 'filter by queue and handler');
+($s, $b) = get($alice, "/api/jobs?id=$dead_id");
+is($b->{jobs}[0]{id}, $dead_id, 'filter by id');
+($s, $b) = get($ops, '/api/jobs?owner=bob');
+is(scalar @{ $b->{jobs} }, 1, 'filter by owner');
+($s, $b) = get($alice, '/api/jobs?error=BOOM%20%3Cb%3E2');
+is(scalar @{ $b->{jobs} }, 1, 'filter by error text (case-insensitive)');
+($s, $b) = get($alice, '/api/jobs?payload=%7B%22i%22%3A3%7D');
+is(scalar @{ $b->{jobs} }, 1, 'filter by payload containment');
+
+($s, $b, $r) = get($alice, "/api/job?id=$dead_id");
+is($s, 200, 'a job');
+is($b->{job}{payload}{x}, '<script>window.__xss = 1</script>', 'the <script> payload comes back as JSON data');
+like($r->{headers}{'content-type'}, qr{^application/json}, '... as application/json');
+is($r->{headers}{'x-content-type-options'}, 'nosniff', '... never sniffed as HTML');
+is($b->{errors}[0]{sqlstate}, '22012', 'the attempt\'s SQLSTATE');
+is($b->{errors}[0]{hint}, 'a hint', '... hint');
+like($b->{errors}[0]{context}, qr/PL\/pgSQL function boom/, '... context');
+ok((grep { $_->{event} eq 'enqueued' } @{ $b->{timeline} }), 'the timeline starts with the enqueue');
+($s, $b) = get($bob, "/api/job?id=$dead_id");
+is($s, 404, 'bob cannot see alice\'s job');
+
+# ------------------------------------------------------------ bad parameters
+for my $bad ('/api/jobs?limit=0', '/api/jobs?limit=abc', '/api/jobs?id=-1',
+	'/api/jobs?state=bogus', '/api/jobs?payload=%7Bnot', '/api/jobs?before=1e9',
+	'/api/jobs?bogus=1', '/api/job', '/api/job?id=x')
+{
+	($s, $b) = get($alice, $bad);
+	is($s, 400, "400 for $bad");
+	ok(defined $b->{error} && length $b->{error} > 10, "... with a sentence: " . ($b->{error} // ''));
+}
+($s, $b) = act($alice, '/api/purge?older_than=soon');
+is($s, 400, 'an interval PostgreSQL rejects: 400');
+($s, $b) = get($alice, '/api/nope');
+is($s, 404, 'an unknown endpoint: 404');
+($s, $b) = get($alice, "/api/job/retry?id=$dead_id");
+is($s, 405, 'an action by GET: 405');
+
+# ------------------------------------------------------------ CSRF
+($s, $b) = request($alice, 'POST', "/api/job/retry?id=$dead_id", headers => { Origin => $url });
+is($s, 403, 'a POST without the token: 403');
+($s, $b) = request($alice, 'POST', "/api/job/retry?id=$dead_id",
+	headers => { Origin => $url, 'X-CSRF-Token' => $bob->{csrf} });
+is($s, 403, 'another session\'s token: 403');
+($s, $b) = act($alice, "/api/job/retry?id=$dead_id", headers => { Origin => 'http://evil.example' });
+is($s, 403, 'another origin: 403');
+like($b->{error}, qr/cross-origin/, '... named');
+($s, $b) = request($alice, 'POST', "/api/job/retry?id=$dead_id",
+	headers => { 'X-CSRF-Token' => $alice->{csrf} });
+is($s, 403, 'neither Origin nor Referer: 403');
+($s, $b) = request($alice, 'POST', "/api/job/retry?id=$dead_id",
+	headers => { 'X-CSRF-Token' => $alice->{csrf}, Referer => "$url/#/job/1" });
+is($s, 200, 'a same-origin Referer will do');
+($s, $b) = request({ %$bob, csrf => $alice->{csrf}, cookie => $alice->{cookie} }, 'POST',
+	"/api/job/cancel?id=1", headers => { 'X-CSRF-Token' => $alice->{csrf}, Origin => $url });
+is($s, 403, 'alice\'s session and token with bob\'s login: 403');
+is($node->safe_psql('postgres', "SELECT state FROM atomizer.jobs WHERE id = $dead_id"),
+	'available', 'the one accepted retry made the job available (its queue is paused)');
+
+# ------------------------------------------------------------ actions
+my $waiting = $node->safe_psql('postgres', q{
+	SET ROLE alice; SELECT atomizer.enqueue('ok', '{}', queue => 'held')});
+($s, $b) = act($bob, "/api/job/cancel?id=$waiting");
+is($s, 200, 'bob cancelling alice\'s job is answered');
+ok(!$b->{ok}, '... with ok false (not his)');
+($s, $b) = act($alice, "/api/job/cancel?id=$waiting");
+ok($b->{ok}, 'alice cancels her waiting job');
+($s, $b) = act($alice, "/api/job/retry?id=$waiting");
+ok($b->{ok}, '... and retries it');
+
+($s, $b) = get($alice, '/api/dead');
+is($s, 200, 'dead letter groups');
+is(scalar @$b, 1, 'one group left');
+is($b->[0]{count}, 1, '... of one job');
+is($b->[0]{sqlstate}, '22012', '... by SQLSTATE');
+my $g = $b->[0];
+my $q = join '&', map { "$_=" . uri($g->{$_}) } qw(queue handler sqlstate message);
+($s, $b) = act($alice, "/api/dead/retry?$q");
+is($s, 200, 'retry a group');
+is($b->{retried}, 1, '... retried 1');
+is($node->safe_psql('postgres', "SELECT count(*) FROM atomizer.dead_jobs"), '0', 'no dead job left');
+
+sub uri
+{
+	my $v = shift;
+	$v =~ s/([^A-Za-z0-9_.~-])/sprintf('%%%02X', ord $1)/ge;
+	return $v;
+}
+
+($s, $b) = get($alice, '/api/queues');
+is($s, 200, 'queues');
+ok((grep { $_->{name} eq 'held' && $_->{paused} } @$b), '... held is paused');
+($s, $b) = act($alice, '/api/queue/resume?name=held');
+is($s, 403, 'alice (not an admin) cannot resume a queue: 403 from PostgreSQL\'s check');
+($s, $b) = act($ops, '/api/queue/concurrency?name=held&concurrency=3');
+is($s, 200, 'an admin sets the concurrency');
+is($node->safe_psql('postgres', "SELECT concurrency FROM atomizer.queue WHERE name = 'held'"), '3', '... to 3');
+($s, $b) = act($ops, '/api/queue/concurrency?name=held&concurrency=many');
+is($s, 400, 'a concurrency that is not a number: 400');
+($s, $b) = act($ops, '/api/queue/pause?name=nosuch');
+is($s, 404, 'pausing a queue that does not exist: 404');
+
+($s, $b) = get($alice, '/api/schedules');
+is($s, 200, 'schedules');
+is($b->[0]{name}, 'nightly', '... alice\'s');
+is(scalar @{ $b->[0]{next_five} }, 5, '... with the next five fire times');
+is($b->[0]{tz}, 'Europe/Paris', '... and the time zone');
+($s, $b) = get($bob, '/api/schedules');
+is_deeply($b, [], 'bob sees no schedule');
+($s, $b) = act($alice, '/api/schedule/disable?name=nightly');
+ok($b->{ok}, 'disable a schedule');
+is($node->safe_psql('postgres', "SELECT enabled FROM atomizer.schedule"), 'f', '... disabled');
+($s, $b) = act($alice, '/api/schedule/enable?name=nightly');
+ok($b->{ok}, 'enable it');
+($s, $b) = act($alice, '/api/schedule/run?name=nightly');
+like($b->{job_id}, qr/^\d+$/, 'run it now: a job id');
+
+($s, $b) = get($alice, '/api/overview');
+is($s, 200, 'overview');
+ok((grep { $_->{queue} eq 'held' } @{ $b->{queues} }), '... per queue');
+($s, $b) = get($alice, '/api/workers');
+is($s, 200, 'workers');
+is(ref $b->{processes}, 'ARRAY', '... processes');
+is(ref $b->{leases}, 'ARRAY', '... and external workers\' leases');
+($s, $b) = act($ops, '/api/purge?older_than=1000%20years');
+is($s, 200, 'purge');
+is($b->{purged}, 0, '... nothing that old');
+
+# ------------------------------------------------------------ /metrics
+($s, $b, $r) = get($ops, '/metrics');
+is($s, 200, '/metrics');
+like($r->{headers}{'content-type'}, qr{^text/plain; version=0\.0\.4}, '... in the text format');
+my $metrics = $r->{content};
+my ($pout, $perr) = ('', '');
+IPC::Run::run([ '/usr/bin/python3', '-c', q{
+import sys
+from prometheus_client.parser import text_string_to_metric_families
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        print(fam.type, s.name, s.labels.get('queue', ''), s.labels.get('state', ''), int(s.value))
+} ], '<', \$metrics, '>', \$pout, '2>', \$perr);
+is($?, 0, 'python3-prometheus-client parses /metrics') or diag($perr);
+my %m;
+for (split /\n/, $pout)
+{
+	my ($type, $name, $queue, $state, $v) = split / /;
+	$m{"$name/$queue/$state"} = $v;
+	is($type, 'gauge', "$name is a gauge") if $name eq 'atomizer_jobs' && $queue eq 'default' && $state eq 'succeeded';
+}
+my $sql = $node->safe_psql('postgres', q{
+	SELECT string_agg(queue || '/' || s || '=' || n, ' ' ORDER BY queue, s)
+	  FROM atomizer.queue_stats,
+	       LATERAL (VALUES ('available', available), ('succeeded', succeeded), ('dead', dead), ('scheduled', scheduled)) v(s, n)});
+my $got = join ' ', map { my ($q2, $st) = split m{/}; "$q2/$st=" . ($m{"atomizer_jobs/$q2/$st"} // 'missing') }
+	map { (split /=/)[0] } split / /, $sql;
+is($got, $sql, 'atomizer_jobs agrees with atomizer.queue_stats');
+ok(exists $m{'atomizer_oldest_available_seconds/held/'}, 'atomizer_oldest_available_seconds per queue');
+
+# ------------------------------------------------------------ the browser
+my $shots = "$PostgreSQL::Test::Utils::log_path/dashboard";
+mkdir $shots;
+my $bdir = "$tmp/browser";
+mkdir $bdir;
+copy("browser/$_", "$bdir/$_") or die "$_: $!" for qw(package.json package-lock.json dashboard.js);
+my ($nout, $nerr) = ('', '');
+IPC::Run::run([ 'npm', 'ci', '--no-audit', '--no-fund', '--prefix', $bdir ], '<', \undef,
+	'>', \$nout, '2>', \$nerr, IPC::Run::timeout(300));
+is($?, 0, 'npm ci installs the pinned puppeteer-core (needs the npm registry)')
+  or BAIL_OUT("npm ci failed: $nerr");
+# the jobs retried above run and die again: dead jobs for the page to
+# retry, in queue held, paused again so that a retried job stays available
+$node->safe_psql('postgres', "SELECT atomizer.resume_queue('held')");
+wait_until($node, 'postgres', "SELECT count(*) FROM atomizer.jobs WHERE queue = 'held' AND state NOT IN ('dead', 'succeeded', 'cancelled')",
+	'0', 'the retried jobs ran');
+$node->safe_psql('postgres', "SELECT atomizer.pause_queue('held')");
+is($node->safe_psql('postgres', "SELECT state FROM atomizer.jobs WHERE id = $dead_id"), 'dead', 'the <script> job is dead again');
+($s, $b) = get($ops, '/api/dead');
+my $in_groups = 0;
+$in_groups += $_->{count} for @$b;
+is($in_groups, $node->safe_psql('postgres', "SELECT count(*) FROM atomizer.dead_jobs"),
+	'each dead job is in one group once (its last failure), also after a retry');
+# the page pauses queue mail and runs ops's schedule report
+$node->safe_psql('postgres', q{SELECT atomizer.create_queue('mail');
+	SET ROLE ops; SELECT atomizer.schedule('report', '*/5 * * * *', 'ok')});
+my $fires = $node->safe_psql('postgres', "SELECT count(*) FROM atomizer.jobs WHERE owner = 'ops'");
+my ($bout, $berr) = ('', '');
+IPC::Run::run([ 'node', "$bdir/dashboard.js", $url, 'ops', 'ops-pw', $shots, $dead_id, 'mail', 'report' ],
+	'<', \undef, '>', \$bout, '2>', \$berr, IPC::Run::timeout(180));
+my $brc = $? >> 8;
+for (split /\n/, $bout)
+{
+	ok(1, "browser: $1") if /^ok (.*)/;
+	ok(0, "browser: $1") if /^not ok (.*)/;
+}
+is($brc, 0, 'the browser run passed') or diag($berr);
+is($node->safe_psql('postgres', "SELECT state FROM atomizer.jobs WHERE id = $dead_id"),
+	'available', 'the job retried from the page is available');
+is($node->safe_psql('postgres', "SELECT paused FROM atomizer.queue WHERE name = 'mail'"),
+	't', 'the queue paused from the page is paused');
+cmp_ok($node->safe_psql('postgres', "SELECT count(*) FROM atomizer.jobs WHERE owner = 'ops'"),
+	'>', $fires, 'the schedule run from the page enqueued a job');
+ok(-s "$shots/$_.png", "screenshot $_.png") for qw(overview jobs job dead queues schedules workers);
+
+# ------------------------------------------------------------ --read-only, no login
+$dash->signal('TERM');
+$dash->finish;
+is($dash->result(0), 0, 'SIGTERM: exit 0');
+
+($dash, $url) = start_dashboard('--dsn', $base_dsn, '--read-only');
+my ($ro) = login('alice', 'alice-pw');
+($s, $b) = get($ro, '/api/jobs');
+is($s, 200, '--read-only: reading works');
+($s, $b) = act($ro, "/api/job/cancel?id=$dead_id");
+is($s, 403, '--read-only: an action is 403');
+like($b->{error}, qr/read-only/, '... saying why');
+$dash->signal('TERM');
+$dash->finish;
+
+my $me = getpwuid($<);
+($dash, $url) = start_dashboard('--dsn', "$base_dsn user=$me");
+my $anon = visitor();
+($s, $b) = get($anon, '/api/session');
+is($s, 200, 'user= in the DSN on loopback: no login');
+is($b->{who}{role}, $me, '... every visitor is that role');
+$anon->{csrf} = $b->{csrf};
+($s, $b) = act($anon, '/api/queue/resume?name=mail');
+is($s, 200, '... and acts with the session\'s token');
+$dash->signal('TERM');
+$dash->finish;
+
+$node->stop;
+done_testing();
