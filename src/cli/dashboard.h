@@ -65,6 +65,7 @@ extern void dashboard_error(DashRequest *r, int status, const char *fmt,...)
 /* dashboard_sql.c */
 extern const char *const DASHBOARD_SQL_WHOAMI;
 extern const char *const DASHBOARD_SQL_OVERVIEW;
+extern const char *const DASHBOARD_SQL_COUNTERS;
 extern const char *const DASHBOARD_SQL_JOBS;
 extern const char *const DASHBOARD_SQL_JOB;
 extern const char *const DASHBOARD_SQL_RETRY;

@@ -470,6 +470,77 @@ label_value(Buf *b, const char *s)
 	}
 }
 
+/*
+ * metrics_counters
+ *		/metrics' counters and histograms, from atomizer.metrics; a role that
+ *		may not read it gets a comment saying so instead.
+ */
+static void
+metrics_counters(DashRequest *r)
+{
+	static const struct
+	{
+		const char *family;
+		const char *type;
+		const char *help;
+	}			helps[] = {
+		{"atomizer_jobs_finished_total", "counter", "Jobs that succeeded, attempts that failed (to be retried), jobs that ended dead or cancelled, since the server started."},
+		{"atomizer_job_wait_seconds", "histogram", "Wait of each job that ran, from run_at to its claim."},
+		{"atomizer_job_run_seconds", "histogram", "Run of each job, from its claim to its outcome."},
+		{"atomizer_cron_fires_total", "counter", "Fires of the schedules the role sees, per queue."},
+		{"atomizer_cron_skips_total", "counter", "Skipped fires (overlap or misfire policy) of the schedules the role sees, per queue."},
+	};
+	PGresult   *res = PQexecParams(r->db, DASHBOARD_SQL_COUNTERS, 0, NULL, NULL,
+								   NULL, NULL, 0);
+	const char *family = "";
+
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+	{
+		const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
+		buf_appendf(&r->body, "# atomizer.metrics not shown: %s\n",
+					msg ? msg : "error");
+		PQclear(res);
+		return;
+	}
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		const char *fam = PQgetvalue(res, i, 0);
+
+		if (strcmp(fam, family) != 0)
+		{
+			const char *type = "untyped";
+			const char *help = "";
+
+			for (int h = 0; h < (int) (sizeof(helps) / sizeof(helps[0])); h++)
+				if (strcmp(helps[h].family, fam) == 0)
+				{
+					type = helps[h].type;
+					help = helps[h].help;
+				}
+			buf_appendf(&r->body, "# HELP %s %s\n# TYPE %s %s\n", fam, help, fam, type);
+			family = fam;
+		}
+		buf_appendf(&r->body, "%s{queue=\"", PQgetvalue(res, i, 1));
+		label_value(&r->body, PQgetvalue(res, i, 2));
+		buf_appendf(&r->body, "\"");
+		if (!PQgetisnull(res, i, 3))
+		{
+			buf_appendf(&r->body, ",outcome=\"");
+			label_value(&r->body, PQgetvalue(res, i, 3));
+			buf_appendf(&r->body, "\"");
+		}
+		if (!PQgetisnull(res, i, 4))
+		{
+			buf_appendf(&r->body, ",le=\"");
+			label_value(&r->body, PQgetvalue(res, i, 4));
+			buf_appendf(&r->body, "\"");
+		}
+		buf_appendf(&r->body, "} %s\n", PQgetvalue(res, i, 5));
+	}
+	PQclear(res);
+}
+
 /* GET /metrics: the Prometheus text format (version 0.0.4) */
 static void
 api_metrics(DashRequest *r)
@@ -512,6 +583,7 @@ api_metrics(DashRequest *r)
 		}
 	}
 	PQclear(res);
+	metrics_counters(r);
 }
 
 static const Route routes[] = {

@@ -226,3 +226,20 @@ const char *const DASHBOARD_SQL_METRICS =
 "  FROM atomizer.workers w WHERE w.database = current_database()"
 " GROUP BY w.queue, w.state"
 " ORDER BY 1, 2, 3";
+
+/*
+ * /metrics: the counters and histograms of atomizer.metrics (shared-memory
+ * counters, O(queues)), one row per sample, in the order the text format
+ * wants: family, queue, then a histogram's buckets (by le), _sum, _count.
+ * Only roles that may read atomizer.metrics get them.
+ */
+const char *const DASHBOARD_SQL_COUNTERS =
+"SELECT regexp_replace(name, '_(bucket|sum|count)$', '') AS family, name,"
+"       labels->>'queue' AS queue, labels->>'outcome' AS outcome,"
+"       labels->>'le' AS le, value"
+"  FROM atomizer.metrics"
+" WHERE name <> 'atomizer_workers'"
+" ORDER BY 1, 3,"
+"       CASE WHEN name LIKE '%\\_sum' THEN 1 WHEN name LIKE '%\\_count' THEN 2 ELSE 0 END,"
+"       4, CASE WHEN labels->>'le' = '+Inf' THEN 'infinity'::float8"
+"               ELSE (labels->>'le')::float8 END";

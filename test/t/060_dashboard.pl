@@ -344,16 +344,38 @@ import sys
 from prometheus_client.parser import text_string_to_metric_families
 for fam in text_string_to_metric_families(sys.stdin.read()):
     for s in fam.samples:
-        print(fam.type, s.name, s.labels.get('queue', ''), s.labels.get('state', ''), int(s.value))
+        print(fam.type, s.name, s.labels.get('queue', ''),
+              s.labels.get('state', s.labels.get('outcome', s.labels.get('le', ''))),
+              int(s.value) if s.value == int(s.value) else s.value)
 } ], '<', \$metrics, '>', \$pout, '2>', \$perr);
 is($?, 0, 'python3-prometheus-client parses /metrics') or diag($perr);
 my %m;
+my %type;
 for (split /\n/, $pout)
 {
 	my ($type, $name, $queue, $state, $v) = split / /;
 	$m{"$name/$queue/$state"} = $v;
+	$type{$name} = $type;
 	is($type, 'gauge', "$name is a gauge") if $name eq 'atomizer_jobs' && $queue eq 'default' && $state eq 'succeeded';
 }
+# the counters and histograms of atomizer.metrics (shared memory, O(queues))
+is($type{atomizer_jobs_finished_total}, 'counter', 'atomizer_jobs_finished_total is a counter');
+is($type{atomizer_job_run_seconds_bucket}, 'histogram', 'atomizer_job_run_seconds is a histogram');
+my $finished = $node->safe_psql('postgres', q{
+	SELECT string_agg(labels->>'queue' || '/' || (labels->>'outcome') || '=' || value, ' '
+					  ORDER BY labels->>'queue', labels->>'outcome')
+	  FROM atomizer.metrics WHERE name = 'atomizer_jobs_finished_total'});
+my $got_finished = join ' ', map {
+	my ($k) = split /=/;
+	my $v = $m{"atomizer_jobs_finished_total/$k"};
+	"$k=" . (defined $v ? $v + 0 : 'missing')
+} split / /, $finished;
+is($got_finished, $finished, 'atomizer_jobs_finished_total agrees with atomizer.metrics');
+is($m{'atomizer_job_run_seconds_count/default/'}, $m{'atomizer_job_run_seconds_bucket/default/+Inf'},
+	'a histogram\'s _count is its +Inf bucket');
+($s, $b, $r) = get($alice, '/metrics');
+like($r->{content}, qr/^# atomizer.metrics not shown: permission denied to read atomizer's metrics$/m,
+	'a role that may not read atomizer.metrics gets the gauges and a comment, not an error');
 my $sql = $node->safe_psql('postgres', q{
 	SELECT string_agg(queue || '/' || s || '=' || n, ' ' ORDER BY queue, s)
 	  FROM atomizer.queue_stats,
