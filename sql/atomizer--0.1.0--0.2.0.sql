@@ -624,6 +624,65 @@ COMMENT ON FUNCTION atomizer.enqueue_many(text, jsonb[], text, timestamptz, inte
 	'Enqueue one job per payload with one statement; returns the ids in the order of payloads (for a payload whose idempotency key an unfinished job of yours in the queue has, that job''s id).';
 
 /*
+ * Control over a job from its handler: current_job() is the running job;
+ * snooze(delay) ends the attempt without counting it and runs the job again
+ * after delay; discard(reason) ends it dead now.  For external workers:
+ * snooze(job_id, delay, attempt), and fail(..., retry => false) for a
+ * failure that is final.  (fail gets a new parameter: a new signature, so
+ * it is made again, with the grant it had.)
+ */
+CREATE FUNCTION atomizer.current_job(
+	OUT id bigint, OUT queue text, OUT handler text, OUT attempt integer,
+	OUT max_attempts integer, OUT owner text, OUT created_at timestamptz,
+	OUT run_at timestamptz, OUT schedule text)
+RETURNS record
+LANGUAGE C STABLE PARALLEL RESTRICTED
+AS 'MODULE_PATHNAME', 'atomizer_current_job';
+
+COMMENT ON FUNCTION atomizer.current_job() IS
+	'In a handler: the job it runs (id, queue, handler, attempt, max_attempts, owner, created_at, run_at, schedule).';
+
+CREATE FUNCTION atomizer.snooze(delay interval)
+RETURNS void
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_snooze';
+
+COMMENT ON FUNCTION atomizer.snooze(interval) IS
+	'In a handler: end this attempt without counting it; the job runs again after delay (the handler''s writes are rolled back).';
+
+CREATE FUNCTION atomizer.discard(reason text)
+RETURNS void
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_discard';
+
+COMMENT ON FUNCTION atomizer.discard(text) IS
+	'In a handler: the job is dead now, without retries; its last error is "discarded: <reason>" (SQLSTATE AZ002).';
+
+CREATE FUNCTION atomizer.snooze(job_id bigint, delay interval,
+								attempt integer DEFAULT NULL)
+RETURNS timestamptz
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_snooze_job';
+
+COMMENT ON FUNCTION atomizer.snooze(bigint, interval, integer) IS
+	'External workers: give a leased job back, to run again after delay, this attempt not counted; returns when it is due.';
+
+DROP FUNCTION atomizer.fail(bigint, text, interval, integer);
+CREATE FUNCTION atomizer.fail(job_id bigint, error text,
+							  retry_in interval DEFAULT NULL,
+							  attempt integer DEFAULT NULL,
+							  retry boolean DEFAULT true)
+RETURNS void
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_fail';
+
+COMMENT ON FUNCTION atomizer.fail(bigint, text, interval, integer, boolean) IS
+	'External workers: a leased job failed; retried with backoff (or after retry_in) until max_attempts, or dead now with retry => false; ERROR if the lease (of that attempt) was lost.';
+
+GRANT EXECUTE ON FUNCTION atomizer.fail(bigint, text, interval, integer, boolean),
+	atomizer.snooze(bigint, interval, integer) TO PUBLIC;
+
+/*
  * Last: the schedulers of a server running the 0.2.0 library leave a
  * database with the 0.1.0 objects alone; wake the launcher at commit so that
  * this database's scheduler starts at once.

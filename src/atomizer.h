@@ -256,6 +256,9 @@ typedef struct AtomizerOutcome
 	Datum		result;			/* jsonb, when has_result */
 	bool		timed_out;
 	bool		released;		/* not the job's fault: put back uncounted */
+	bool		snoozed;		/* snooze(): again after snooze_ms, uncounted */
+	int64		snooze_ms;
+	bool		discarded;		/* discard(): dead now, no more attempts */
 	char		sqlstate[6];
 	char	   *message;
 	char	   *detail;
@@ -378,6 +381,9 @@ extern void atomizer_store_fail_attempt(const AtomizerJob *job,
 										const AtomizerOutcome *outcome,
 										const Interval *retry_in);
 extern void atomizer_release_job(int64 id, bool solo);
+extern TimestampTz atomizer_store_snooze(int64 id, int64 delay_ms);
+extern void atomizer_store_job_origin(int64 id, TimestampTz *created_at,
+									  char **schedule);
 extern bool atomizer_store_cancel(int64 job_id, const char *owner);
 extern bool atomizer_store_retry(int64 job_id, const char *owner);
 extern int64 atomizer_store_purge(const Interval *older_than, const char *queue,

@@ -26,10 +26,12 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
 #include "storage/latch.h"
@@ -50,6 +52,9 @@
 #include "atomizer.h"
 
 PG_FUNCTION_INFO_V1(atomizer_run_pending);
+PG_FUNCTION_INFO_V1(atomizer_current_job);
+PG_FUNCTION_INFO_V1(atomizer_snooze);
+PG_FUNCTION_INFO_V1(atomizer_discard);
 
 /* Timeout of the job running now, registered once per backend. */
 static TimeoutId job_timeout_id = MAX_TIMEOUTS;
@@ -57,6 +62,20 @@ static volatile sig_atomic_t job_timed_out = false;
 
 /* Guards against run_pending() being called from a handler. */
 static bool running_jobs = false;
+
+/*
+ * The job whose handler runs now, for current_job(), snooze() and
+ * discard(), and what the handler asked for.
+ */
+static AtomizerJob *running_job = NULL;
+static bool snooze_requested = false;
+static int64 snooze_ms = 0;
+static bool discard_requested = false;
+static char discard_reason[1024];
+
+/* SQLSTATEs with which snooze() and discard() end a handler */
+#define ERRCODE_ATOMIZER_SNOOZE		MAKE_SQLSTATE('A','Z','0','0','1')
+#define ERRCODE_ATOMIZER_DISCARD	MAKE_SQLSTATE('A','Z','0','0','2')
 
 /*
  * Shutdown of a worker (worker.c sets these): a handler still running at
@@ -159,6 +178,32 @@ release_session_state(void)
 }
 
 /*
+ * handler_requests
+ *		What the handler asked for by snooze() or discard() decides its
+ *		outcome, whether it then ended with their error or caught it.
+ */
+static void
+handler_requests(AtomizerOutcome *outcome)
+{
+	if (snooze_requested)
+	{
+		memset(outcome, 0, sizeof(AtomizerOutcome));
+		outcome->snoozed = true;
+		outcome->snooze_ms = snooze_ms;
+	}
+	else if (discard_requested)
+	{
+		memset(outcome, 0, sizeof(AtomizerOutcome));
+		outcome->discarded = true;
+		strlcpy(outcome->sqlstate, unpack_sql_state(ERRCODE_ATOMIZER_DISCARD),
+				sizeof(outcome->sqlstate));
+		outcome->message = psprintf("discarded: %s", discard_reason);
+	}
+	snooze_requested = false;
+	discard_requested = false;
+}
+
+/*
  * atomizer_run_job
  *		Run one claimed job's handler and fill *outcome.  Never throws for an
  *		error of the handler; the current transaction stays usable.
@@ -179,6 +224,8 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 		shutdown_poll_id = RegisterTimeout(USER_TIMEOUT, shutdown_poll_handler);
 	job_timed_out = false;
 	shutdown_cancelled = false;
+	snooze_requested = false;
+	discard_requested = false;
 
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	BeginInternalSubTransaction(NULL);
@@ -209,7 +256,9 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 								 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 100),
 								 100);
 
+		running_job = job;
 		call_handler(job, roleid, outcome);
+		running_job = NULL;
 
 		if (job->timeout_ms > 0)
 			disable_timeout(job_timeout_id, false);
@@ -237,6 +286,7 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 	{
 		ErrorData  *edata;
 
+		running_job = NULL;
 		if (job->timeout_ms > 0)
 			disable_timeout(job_timeout_id, false);
 		if (atomizer_in_worker)
@@ -280,6 +330,7 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 		shutdown_cancelled = false;
 	}
 	PG_END_TRY();
+	handler_requests(outcome);
 }
 
 /*
@@ -291,7 +342,16 @@ void
 atomizer_record_outcome(AtomizerJob *job, AtomizerOutcome *outcome,
 						const Interval *retry_in)
 {
-	if (outcome->ok)
+	if (outcome->snoozed)
+		(void) atomizer_store_snooze(job->id, outcome->snooze_ms);
+	else if (outcome->discarded)
+	{
+		AtomizerJob last = *job;
+
+		last.max_attempts = last.attempt;	/* no attempt after this one */
+		atomizer_store_fail_attempt(&last, outcome, NULL);
+	}
+	else if (outcome->ok)
 		(void) atomizer_finish_job(job->id, "succeeded", outcome->result,
 								   !outcome->has_result, NULL);
 	else if (outcome->released)
@@ -392,6 +452,7 @@ run_queue(const char *queue, int max_jobs, const char *owner_filter)
 		AtomizerJob *jobs;
 		int			want = atomizer_batch_size;
 		int			n;
+		bool		snoozed = false;
 
 		if (max_jobs >= 0)
 			want = Min(want, max_jobs - total);
@@ -416,11 +477,13 @@ run_queue(const char *queue, int max_jobs, const char *owner_filter)
 			pgstat_report_activity(STATE_RUNNING, psprintf("atomizer job " INT64_FORMAT ": %s", jobs[i].id, jobs[i].handler));
 			atomizer_run_job(&jobs[i], &outcome);
 			atomizer_record_outcome(&jobs[i], &outcome, NULL);
+			snoozed |= outcome.snoozed;
 		}
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(batch_cxt);
 		total += n;
-		if (n < want)
+		/* a job snoozed for no time would be claimed again by this call */
+		if (n < want || snoozed)
 			break;
 	}
 	MemoryContextDelete(batch_cxt);
@@ -505,4 +568,102 @@ atomizer_run_pending(PG_FUNCTION_ARGS)
 		pgstat_report_activity(STATE_RUNNING, save_activity);
 
 	PG_RETURN_INT32(total);
+}
+
+/*
+ * running_job_or_error
+ *		The job whose handler calls fname, or an ERROR.
+ */
+static AtomizerJob *
+running_job_or_error(const char *fname)
+{
+	if (running_job == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s can only be called from a job's handler", fname),
+				 errhint("External workers name the job: atomizer.snooze(job_id, delay, attempt), atomizer.fail(job_id, error, retry => false).")));
+	return running_job;
+}
+
+/*
+ * atomizer.current_job() RETURNS TABLE (id, queue, handler, attempt,
+ *		max_attempts, owner, created_at, run_at, schedule)
+ *		The job whose handler is running.
+ */
+Datum
+atomizer_current_job(PG_FUNCTION_ARGS)
+{
+	AtomizerJob *job = running_job_or_error("atomizer.current_job()");
+	TupleDesc	desc;
+	Datum		values[9];
+	bool		nulls[9] = {false};
+	TimestampTz created_at;
+	char	   *schedule;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	desc = BlessTupleDesc(desc);
+	atomizer_store_job_origin(job->id, &created_at, &schedule);
+	values[0] = Int64GetDatum(job->id);
+	values[1] = CStringGetTextDatum(job->queue);
+	values[2] = CStringGetTextDatum(job->handler);
+	values[3] = Int32GetDatum(job->attempt);
+	values[4] = Int32GetDatum(job->max_attempts);
+	values[5] = CStringGetTextDatum(job->owner);
+	values[6] = TimestampTzGetDatum(created_at);
+	nulls[6] = (created_at == 0);
+	values[7] = TimestampTzGetDatum(job->run_at);
+	values[8] = schedule ? CStringGetTextDatum(schedule) : (Datum) 0;
+	nulls[8] = (schedule == NULL);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
+
+/*
+ * atomizer.snooze(delay interval) RETURNS void
+ *		From a handler: end this attempt without counting it, and run the
+ *		job again after delay.  Ends the handler with an error (SQLSTATE
+ *		AZ001), so its writes are rolled back; a handler that catches it is
+ *		snoozed all the same.
+ */
+Datum
+atomizer_snooze(PG_FUNCTION_ARGS)
+{
+	AtomizerJob *job = running_job_or_error("atomizer.snooze()");
+	Interval   *delay;
+
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("delay must not be null"),
+				 errhint("Use interval '0' to run the job again as soon as possible.")));
+	delay = PG_GETARG_INTERVAL_P(0);
+	atomizer_check_interval(delay, "delay", true, ATOMIZER_MAX_DELAY_MS);
+	snooze_ms = atomizer_interval_ms(delay);
+	snooze_requested = true;
+	ereport(ERROR,
+			(errcode(ERRCODE_ATOMIZER_SNOOZE),
+			 errmsg("job " INT64_FORMAT " snoozed", job->id),
+			 errdetail("atomizer.snooze() ends the handler; the job runs again later, this attempt not counted.")));
+	PG_RETURN_VOID();
+}
+
+/*
+ * atomizer.discard(reason text) RETURNS void
+ *		From a handler: the job is dead now, whatever attempts are left; its
+ *		last error is "discarded: <reason>" (SQLSTATE AZ002).  Ends the
+ *		handler with that error.
+ */
+Datum
+atomizer_discard(PG_FUNCTION_ARGS)
+{
+	AtomizerJob *job = running_job_or_error("atomizer.discard()");
+	char	   *reason = PG_ARGISNULL(0) ? "no reason given" :
+		text_to_cstring(PG_GETARG_TEXT_PP(0));
+
+	strlcpy(discard_reason, reason, sizeof(discard_reason));
+	discard_requested = true;
+	ereport(ERROR,
+			(errcode(ERRCODE_ATOMIZER_DISCARD),
+			 errmsg("job " INT64_FORMAT " discarded: %s", job->id, reason)));
+	PG_RETURN_VOID();
 }

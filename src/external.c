@@ -43,6 +43,7 @@ PG_FUNCTION_INFO_V1(atomizer_complete_many);
 PG_FUNCTION_INFO_V1(atomizer_fail);
 PG_FUNCTION_INFO_V1(atomizer_heartbeat);
 PG_FUNCTION_INFO_V1(atomizer_release);
+PG_FUNCTION_INFO_V1(atomizer_snooze_job);
 
 #define ATOMIZER_WORKER_ROLE	"atomizer_worker"
 #define CLAIM_MAX				1000
@@ -269,6 +270,9 @@ atomizer_fail(PG_FUNCTION_ARGS)
 
 	atomizer_store_lock_leased(PG_GETARG_INT64(0), !PG_ARGISNULL(3),
 							   PG_ARGISNULL(3) ? 0 : PG_GETARG_INT32(3), &job);
+	/* retry => false (0.2.0): this failure is final */
+	if (PG_NARGS() > 4 && !PG_ARGISNULL(4) && !PG_GETARG_BOOL(4))
+		job.max_attempts = job.attempt;
 	atomizer_record_outcome(&job, &outcome, retry_in);
 	atomizer_note_external(job.queue);
 	PG_RETURN_VOID();
@@ -323,6 +327,38 @@ atomizer_release(PG_FUNCTION_ARGS)
 	atomizer_release_job(job.id, false);
 	atomizer_note_external(job.queue);
 	PG_RETURN_VOID();
+}
+
+/*
+ * atomizer.snooze(job_id bigint, delay interval, attempt int) RETURNS
+ *		timestamptz
+ *		An external worker puts a leased job off: available again after
+ *		delay, this attempt not counted.  Returns when it is due.
+ */
+Datum
+atomizer_snooze_job(PG_FUNCTION_ARGS)
+{
+	AtomizerJob job;
+	Interval   *delay;
+	TimestampTz when;
+
+	check_worker_role();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("job_id must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("delay must not be null"),
+				 errhint("Use interval '0' to make the job available again at once.")));
+	delay = PG_GETARG_INTERVAL_P(1);
+	atomizer_check_interval(delay, "delay", true, ATOMIZER_MAX_DELAY_MS);
+	atomizer_store_lock_leased(PG_GETARG_INT64(0), !PG_ARGISNULL(2),
+							   PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2), &job);
+	when = atomizer_store_snooze(job.id, atomizer_interval_ms(delay));
+	atomizer_note_external(job.queue);
+	PG_RETURN_TIMESTAMPTZ(when);
 }
 
 /*

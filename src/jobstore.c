@@ -1232,6 +1232,81 @@ atomizer_release_job(int64 id, bool solo)
 	store_end(&call);
 }
 
+/*
+ * atomizer_store_snooze
+ *		Put a running job back, its attempt not counted, to run again
+ *		delay_ms from now (snooze()).  Returns when.
+ */
+TimestampTz
+atomizer_store_snooze(int64 id, int64 delay_ms)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[2] = {INT8OID, FLOAT8OID};
+	Datum		values[2];
+	bool		isnull;
+	TimestampTz when;
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+					 "UPDATE atomizer.job SET state = 'available',"
+					 " attempt = greatest(attempt - 1, 0), worker = NULL,"
+					 " started_at = NULL, lease_until = NULL,"
+					 " run_at = clock_timestamp() + make_interval(secs => $2) "
+					 "WHERE id = $1 AND state = 'running' "
+					 "RETURNING queue, priority::int4, run_at, id", 2, types);
+	values[0] = Int64GetDatum(id);
+	values[1] = Float8GetDatum((double) delay_ms / 1000.0);
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING ||
+		SPI_processed != 1)
+		elog(ERROR, "could not snooze job " INT64_FORMAT, id);
+	note_waiting_rows();
+	when = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 3, &isnull));
+	store_end(&call);
+	/* whoever sleeps until the next due job must wake by then */
+	atomizer_note_deadline(when);
+	return when;
+}
+
+/*
+ * atomizer_store_job_origin
+ *		When job id was enqueued, and the name of the schedule that fired it
+ *		(NULL if none), for current_job().
+ */
+void
+atomizer_store_job_origin(int64 id, TimestampTz *created_at, char **schedule)
+{
+	static SPIPlanPtr plan = NULL;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	StoreCall	call;
+	Oid			types[1] = {INT8OID};
+	Datum		arg = Int64GetDatum(id);
+	bool		isnull;
+
+	*created_at = 0;
+	*schedule = NULL;
+	store_begin(&call);
+	atomizer_prepare(&plan,
+					 "SELECT j.created_at, s.name FROM atomizer.job j"
+					 " LEFT JOIN atomizer.schedule s ON s.id = j.schedule_id"
+					 " WHERE j.id = $1", 1, types);
+	if (SPI_execute_plan(plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up job " INT64_FORMAT, id);
+	if (SPI_processed == 1)
+	{
+		*created_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+														SPI_tuptable->tupdesc, 1,
+														&isnull));
+		(void) SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+		if (!isnull)
+			*schedule = MemoryContextStrdup(caller_cxt,
+											SPI_getvalue(SPI_tuptable->vals[0],
+														 SPI_tuptable->tupdesc, 2));
+	}
+	store_end(&call);
+}
+
 /* ------------------------------------------------------------------------
  * Steering: cancel, retry, purge, prune
  * ------------------------------------------------------------------------ */

@@ -273,7 +273,7 @@ run_batch(AtomizerJob *jobs, int n, int64 *succeeded, int64 *failed,
 		else
 		{
 			atomizer_record_outcome(&jobs[i], &outcome, NULL);
-			if (!outcome.released)
+			if (!outcome.released && !outcome.snoozed)
 				(*failed)++;
 		}
 		ran++;

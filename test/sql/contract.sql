@@ -102,7 +102,7 @@ SELECT is(argnames('atomizer.claim(text,int,interval,text)'),
 	'claim parameters and columns');
 SELECT is((argnames('atomizer.complete(bigint,jsonb,int)'))[1:2], ARRAY['job_id','result'], 'complete parameters');
 SELECT is(argnames('atomizer.complete_many(bigint[])'), ARRAY['job_ids'], 'complete_many parameters');
-SELECT is((argnames('atomizer.fail(bigint,text,interval,int)'))[1:3], ARRAY['job_id','error','retry_in'], 'fail parameters');
+SELECT is((argnames('atomizer.fail(bigint,text,interval,int,boolean)'))[1:3], ARRAY['job_id','error','retry_in'], 'fail parameters');
 SELECT is((argnames('atomizer.heartbeat(bigint,interval,int)'))[1:2], ARRAY['job_id','lease'], 'heartbeat parameters');
 SELECT has_role('atomizer_worker', 'role atomizer_worker exists');
 -- (every role may call claim(); it refuses, with SQLSTATE 42501 and a hint

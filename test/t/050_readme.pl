@@ -114,9 +114,14 @@ note("$ran README blocks run, $skipped marked not run");
 cmp_ok($ran, '>', $skipped, 'most of the README\'s examples run');
 
 # What the examples promised happened (they leave these behind).
+# (a job an example discards on purpose ends dead with "discarded: ...")
 is($node->safe_psql('app', q{SELECT count(*) FROM atomizer.jobs
-	WHERE state IN ('retrying', 'dead')}), '0',
+	WHERE state IN ('retrying', 'dead') AND last_error NOT LIKE 'discarded: %'}), '0',
 	'no example left a job failing or dead');
+is($node->safe_psql('app', q{SELECT string_agg(payload::text || ' ' || state, ', ' ORDER BY id)
+	FROM atomizer.jobs WHERE handler = 'public.charge'}),
+	'{"account": "closed"} dead, {"bank": "busy"} scheduled, {"account": "open"} succeeded',
+	'the handler-control example: discarded, snoozed, succeeded');
 
 $node->stop;
 done_testing();
