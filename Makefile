@@ -27,6 +27,7 @@ OBJS = \
 	src/subxact.o \
 	src/jobstore.o \
 	src/stats.o \
+	src/wait.o \
 	src/visibility.o
 
 # The version this library's SQL objects are: the control file's default.

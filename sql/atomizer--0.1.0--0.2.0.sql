@@ -683,6 +683,29 @@ GRANT EXECUTE ON FUNCTION atomizer.fail(bigint, text, interval, integer, boolean
 	atomizer.snooze(bigint, interval, integer) TO PUBLIC;
 
 /*
+ * Waiting for results: wait() returns a job's outcome as soon as the commit
+ * that finished it happens (a condition variable, no polling), or its state
+ * when the timeout passes; wait_all() the same for many.  Outside
+ * transaction blocks only, never in a handler.
+ */
+CREATE FUNCTION atomizer.wait(job_id bigint, timeout interval DEFAULT '30 seconds',
+							  OUT state text, OUT result jsonb, OUT last_error text)
+RETURNS record
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_wait';
+
+COMMENT ON FUNCTION atomizer.wait(bigint, interval) IS
+	'Wait until one of your jobs has finished (or timeout passed); its state, result and last error.';
+
+CREATE FUNCTION atomizer.wait_all(job_ids bigint[], timeout interval DEFAULT '30 seconds')
+RETURNS TABLE (job_id bigint, state text, result jsonb, last_error text)
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_wait_all';
+
+COMMENT ON FUNCTION atomizer.wait_all(bigint[], interval) IS
+	'Wait until all of these jobs of yours have finished (or timeout passed); one row per job.';
+
+/*
  * Last: the schedulers of a server running the 0.2.0 library leave a
  * database with the 0.1.0 objects alone; wake the launcher at commit so that
  * this database's scheduler starts at once.

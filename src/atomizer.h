@@ -275,6 +275,7 @@ extern bool atomizer_record_or_set_aside(AtomizerJob *job,
 										 bool release_solo,
 										 const char *duty);
 extern bool atomizer_in_worker;
+extern bool atomizer_in_handler(void);
 extern volatile sig_atomic_t atomizer_shutdown_pending;
 extern volatile TimestampTz atomizer_shutdown_deadline;
 
@@ -334,6 +335,11 @@ extern void atomizer_stats_shmem_init(void);
 extern void atomizer_stats_note(const char *queue, AtomizerOutcomeKind kind,
 								int64 wait_us, int64 run_us);
 
+/* wait.c */
+extern Size atomizer_wait_shmem_size(void);
+extern void atomizer_wait_shmem_init(void);
+extern void atomizer_wake_waiters(void);
+
 /* jobstore.c: every statement on atomizer.job, job_history, job_error */
 #define ATOMIZER_WORKER_ID_PREFIX	"atomizer:"
 
@@ -384,6 +390,19 @@ extern void atomizer_release_job(int64 id, bool solo);
 extern TimestampTz atomizer_store_snooze(int64 id, int64 delay_ms);
 extern void atomizer_store_job_origin(int64 id, TimestampTz *created_at,
 									  char **schedule);
+
+/* A job's outcome as atomizer.wait() reports it. */
+typedef struct AtomizerJobOutcome
+{
+	char		state[16];		/* as atomizer.jobs names it */
+	bool		finished;
+	Datum		result;			/* jsonb */
+	bool		result_null;
+	char	   *last_error;
+} AtomizerJobOutcome;
+
+extern bool atomizer_store_job_outcome(int64 id, const char *owner,
+									   AtomizerJobOutcome *out);
 extern bool atomizer_store_cancel(int64 job_id, const char *owner);
 extern bool atomizer_store_retry(int64 job_id, const char *owner);
 extern int64 atomizer_store_purge(const Interval *older_than, const char *queue,

@@ -571,6 +571,17 @@ atomizer_run_pending(PG_FUNCTION_ARGS)
 }
 
 /*
+ * atomizer_in_handler
+ *		Whether a job's handler (or run_pending()) is running in this
+ *		backend.
+ */
+bool
+atomizer_in_handler(void)
+{
+	return running_jobs || running_job != NULL;
+}
+
+/*
  * running_job_or_error
  *		The job whose handler calls fname, or an ERROR.
  */

@@ -1307,6 +1307,55 @@ atomizer_store_job_origin(int64 id, TimestampTz *created_at, char **schedule)
 	store_end(&call);
 }
 
+/*
+ * atomizer_store_job_outcome
+ *		A job's state as atomizer.jobs shows it, with its result and last
+ *		error (owner's, unless owner is NULL), read with a fresh snapshot;
+ *		false if there is no such job.  For atomizer.wait().
+ */
+bool
+atomizer_store_job_outcome(int64 id, const char *owner, AtomizerJobOutcome *out)
+{
+	static SPIPlanPtr plan = NULL;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	StoreCall	call;
+	Oid			types[2] = {INT8OID, TEXTOID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	bool		found = false;
+
+	values[0] = Int64GetDatum(id);
+	values[1] = owner ? CStringGetTextDatum(owner) : (Datum) 0;
+	nulls[1] = owner ? ' ' : 'n';
+	store_begin(&call);
+	atomizer_prepare(&plan,
+					 "SELECT state, result, last_error, finished_at IS NOT NULL"
+					 " FROM atomizer.jobs WHERE id = $1"
+					 " AND ($2::name IS NULL OR owner = $2::name)", 2, types);
+	/* not read-only: each look takes a new snapshot */
+	if (SPI_execute_plan(plan, values, nulls, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up job " INT64_FORMAT, id);
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Datum		d;
+		MemoryContext old = MemoryContextSwitchTo(caller_cxt);
+
+		found = true;
+		strlcpy(out->state, SPI_getvalue(tup, desc, 1), sizeof(out->state));
+		d = SPI_getbinval(tup, desc, 2, &out->result_null);
+		out->result = out->result_null ? (Datum) 0 : datumCopy(d, false, -1);
+		(void) SPI_getbinval(tup, desc, 3, &isnull);
+		out->last_error = isnull ? NULL : SPI_getvalue(tup, desc, 3);
+		out->finished = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
+		MemoryContextSwitchTo(old);
+	}
+	store_end(&call);
+	return found;
+}
+
 /* ------------------------------------------------------------------------
  * Steering: cancel, retry, purge, prune
  * ------------------------------------------------------------------------ */

@@ -67,6 +67,7 @@ shmem_request(void)
 		prev_shmem_request_hook();
 	RequestAddinShmemSpace(shared_size());
 	RequestAddinShmemSpace(atomizer_stats_shmem_size());
+	RequestAddinShmemSpace(atomizer_wait_shmem_size());
 	RequestNamedLWLockTranche("atomizer", 1);
 }
 
@@ -94,6 +95,7 @@ shmem_startup(void)
 		atomizer_floor_init();
 	}
 	atomizer_stats_shmem_init();
+	atomizer_wait_shmem_init();
 	LWLockRelease(AddinShmemInitLock);
 }
 

@@ -202,6 +202,9 @@ stats_xact_callback(XactEvent event, void *arg)
 				add_counts(&slot->counts, &notes[i].counts);
 				SpinLockRelease(&slot->mutex);
 			}
+			/* jobs finished: sessions in atomizer.wait() look again */
+			if (nnotes > 0)
+				atomizer_wake_waiters();
 			nnotes = 0;
 			break;
 		case XACT_EVENT_ABORT:
