@@ -85,6 +85,7 @@ typedef struct AtomizerWorkerSlot
 	int64		jobs_succeeded;
 	int64		jobs_failed;
 	TimestampTz started_at;
+	int64		cancel_job_id;	/* cancel() asked: stop this job's handler */
 	bool		yield_requested;	/* give the slot up after this batch */
 	Oid			yield_to_db;	/* and wake this database's scheduler */
 	char		yield_to_queue[NAMEDATALEN];	/* which wants it for this queue */
@@ -188,6 +189,7 @@ extern void atomizer_dropdb_init(void);
 /* wakeup.c */
 extern void atomizer_note_enqueue(const char *queue);
 extern void atomizer_note_schedule_change(void);
+extern void atomizer_note_cancel_running(int64 job_id, int pid, pg_time_t start_time);
 extern void atomizer_note_external(const char *queue);
 extern void atomizer_note_deadline(TimestampTz when);
 extern void atomizer_note_resume(const char *queue);
@@ -259,6 +261,7 @@ typedef struct AtomizerOutcome
 	bool		snoozed;		/* snooze(): again after snooze_ms, uncounted */
 	int64		snooze_ms;
 	bool		discarded;		/* discard(): dead now, no more attempts */
+	bool		cancelled;		/* cancel() while it ran: cancelled */
 	char		sqlstate[6];
 	char	   *message;
 	char	   *detail;
@@ -275,6 +278,7 @@ extern bool atomizer_record_or_set_aside(AtomizerJob *job,
 										 bool release_solo,
 										 const char *duty);
 extern bool atomizer_in_worker;
+extern int	atomizer_worker_slot;
 extern bool atomizer_in_handler(void);
 extern volatile sig_atomic_t atomizer_shutdown_pending;
 extern volatile TimestampTz atomizer_shutdown_deadline;
@@ -342,6 +346,9 @@ extern void atomizer_wake_waiters(void);
 
 /* jobstore.c: every statement on atomizer.job, job_history, job_error */
 #define ATOMIZER_WORKER_ID_PREFIX	"atomizer:"
+
+/* SQLSTATE of an external worker's call on a job that was cancelled */
+#define ERRCODE_ATOMIZER_CANCELLED	MAKE_SQLSTATE('A','Z','0','0','3')
 
 typedef struct AtomizerWorkerId
 {

@@ -87,10 +87,15 @@ volatile TimestampTz atomizer_shutdown_deadline = 0;
 static TimeoutId shutdown_poll_id = MAX_TIMEOUTS;
 static volatile sig_atomic_t shutdown_cancelled = false;
 
+/* This worker's slot (worker.c sets it), and a cancel() of the running job. */
+int			atomizer_worker_slot = -1;
+static volatile sig_atomic_t job_cancel_requested = false;
+
 /*
  * shutdown_poll_handler
  *		SIGALRM-time, every 100 ms while a worker runs a handler: past the
- *		shutdown deadline, cancel the handler.
+ *		shutdown deadline, or when cancel() asked for the running job, cancel
+ *		the handler.
  */
 static void
 shutdown_poll_handler(void)
@@ -99,6 +104,15 @@ shutdown_poll_handler(void)
 		GetCurrentTimestamp() >= atomizer_shutdown_deadline)
 	{
 		shutdown_cancelled = true;
+		QueryCancelPending = true;
+		InterruptPending = true;
+		SetLatch(MyLatch);
+	}
+	/* cancel() of the running job (wakeup.c sets the slot at its commit) */
+	if (atomizer_worker_slot >= 0 && running_job != NULL &&
+		atomizer_shared->workers[atomizer_worker_slot].cancel_job_id == running_job->id)
+	{
+		job_cancel_requested = true;
 		QueryCancelPending = true;
 		InterruptPending = true;
 		SetLatch(MyLatch);
@@ -224,6 +238,7 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 		shutdown_poll_id = RegisterTimeout(USER_TIMEOUT, shutdown_poll_handler);
 	job_timed_out = false;
 	shutdown_cancelled = false;
+	job_cancel_requested = false;
 	snooze_requested = false;
 	discard_requested = false;
 
@@ -265,11 +280,12 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 		if (atomizer_in_worker)
 			disable_timeout(shutdown_poll_id, false);
 		/* The handler finished first: a cancel we raised is not pending. */
-		if (job_timed_out || shutdown_cancelled)
+		if (job_timed_out || shutdown_cancelled || job_cancel_requested)
 		{
 			QueryCancelPending = false;
 			job_timed_out = false;
 			shutdown_cancelled = false;
+			job_cancel_requested = false;
 		}
 
 		/* Discard every setting the handler changed, SET or SET LOCAL. */
@@ -310,6 +326,12 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 			outcome->released = true;
 			outcome->message = pstrdup("worker was stopped while running the job");
 		}
+		else if (job_cancel_requested && edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+		{
+			/* atomizer.cancel() while it ran: it ends cancelled */
+			outcome->cancelled = true;
+			outcome->message = pstrdup("cancelled while running");
+		}
 		else if (job_timed_out && edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
 		{
 			outcome->timed_out = true;
@@ -328,6 +350,7 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 		outcome->context = edata->context;
 		job_timed_out = false;
 		shutdown_cancelled = false;
+		job_cancel_requested = false;
 	}
 	PG_END_TRY();
 	handler_requests(outcome);
@@ -342,7 +365,10 @@ void
 atomizer_record_outcome(AtomizerJob *job, AtomizerOutcome *outcome,
 						const Interval *retry_in)
 {
-	if (outcome->snoozed)
+	if (outcome->cancelled)
+		(void) atomizer_finish_job(job->id, "cancelled", (Datum) 0, true,
+								   outcome->message);
+	else if (outcome->snoozed)
 		(void) atomizer_store_snooze(job->id, outcome->snooze_ms);
 	else if (outcome->discarded)
 	{

@@ -1362,9 +1362,10 @@ atomizer_store_job_outcome(int64 id, const char *owner, AtomizerJobOutcome *out)
 
 /*
  * atomizer_store_cancel
- *		Cancel a waiting job (owner's, unless owner is NULL).  False if it is
- *		running, finished, or not there.  A job being claimed right now is
- *		waited for, then found running.
+ *		Cancel a job (owner's, unless owner is NULL): a waiting one is
+ *		cancelled now; an external worker's running one too (its worker
+ *		learns it from its next call); one that atomizer's worker runs is
+ *		asked, at commit, to stop.  False if it is finished or not there.
  */
 bool
 atomizer_store_cancel(int64 job_id, const char *owner)
@@ -1382,15 +1383,45 @@ atomizer_store_cancel(int64 job_id, const char *owner)
 
 	store_begin(&call);
 	atomizer_prepare(&plan,
-					 "SELECT 1 FROM atomizer.job WHERE id = $1 "
-					 "AND state = 'available' "
-					 "AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
+					 "SELECT state, worker, lease_until IS NOT NULL FROM atomizer.job"
+					 " WHERE id = $1 AND state IN ('available', 'running')"
+					 " AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
 					 2, types);
 	atomizer_note_job_locks();
 	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up job");
 	if (SPI_processed == 1)
-		cancelled = finish_one(job_id, "cancelled", (Datum) 0, true, NULL);
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *state = SPI_getvalue(tup, desc, 1);
+		char	   *worker = SPI_getvalue(tup, desc, 2);
+		bool		isnull;
+		bool		leased = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
+		AtomizerWorkerId wid;
+
+		if (strcmp(state, "available") == 0)
+			cancelled = finish_one(job_id, "cancelled", (Datum) 0, true, NULL);
+		else if (leased)
+		{
+			/*
+			 * An external worker's: it ends now, and the worker's next
+			 * heartbeat, complete or fail says so (SQLSTATE AZ003).
+			 */
+			cancelled = finish_one(job_id, "cancelled", (Datum) 0, true,
+								   "cancelled while running");
+		}
+		else if (atomizer_worker_id_parse(worker, &wid))
+		{
+			/*
+			 * One of our workers runs it: at commit the worker is asked to
+			 * stop its handler (its batch-mates go on), and records the job
+			 * cancelled, or succeeded if the handler finished first.
+			 */
+			atomizer_note_cancel_running(job_id, wid.pid, wid.start_time);
+			cancelled = true;
+		}
+	}
 	store_end(&call);
 	return cancelled;
 }
@@ -1616,6 +1647,14 @@ atomizer_store_lock_leased(int64 job_id, bool attempt_given, int attempt,
 		/* not read-only: a fresh snapshot sees a completion we waited for */
 		if (SPI_execute_plan(history_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not look up job " INT64_FORMAT, job_id);
+		if (SPI_processed == 1 &&
+			strcmp(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1),
+				   "cancelled") == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_ATOMIZER_CANCELLED),
+					 errmsg("job " INT64_FORMAT " was cancelled", job_id),
+					 errdetail("atomizer.cancel() ended it; nothing its worker reports about it is recorded."),
+					 errhint("Stop working on the job.")));
 		if (SPI_processed == 1)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

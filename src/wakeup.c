@@ -57,8 +57,46 @@ static char advance_queue[NAMEDATALEN];
 static uint64 advance_gen;
 static AtomizerClaimKey advance_key;
 
+/* Running jobs of atomizer's workers that cancel() asked to stop. */
+#define MAX_PENDING_CANCELS 64
+typedef struct PendingCancel
+{
+	int64		job_id;
+	int			pid;
+	pg_time_t	start_time;
+} PendingCancel;
+static int	ncancels = 0;
+static PendingCancel cancels[MAX_PENDING_CANCELS];
+
 /* Deepest (sub)transaction level that locked waiting jobs; 0: none. */
 static int	locked_level = 0;
+
+/*
+ * cancel_running
+ *		At commit: tell the worker that runs the job to stop its handler.
+ */
+static void
+cancel_running(const PendingCancel *c)
+{
+	Latch	   *latch = NULL;
+
+	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < atomizer_shared->max_workers; i++)
+	{
+		AtomizerWorkerSlot *w = &atomizer_shared->workers[i];
+
+		if (w->in_use && w->pid == c->pid && w->start_time == c->start_time &&
+			w->dboid == MyDatabaseId)
+		{
+			w->cancel_job_id = c->job_id;
+			latch = w->latch;
+			break;
+		}
+	}
+	LWLockRelease(atomizer_shared->lock);
+	if (latch != NULL)
+		SetLatch(latch);
+}
 
 /*
  * xact_callback
@@ -95,6 +133,8 @@ xact_callback(XactEvent event, void *arg)
 				atomizer_wake_scheduler_by(MyDatabaseId, pending_deadline);
 			for (int i = 0; i < nresumed; i++)
 				atomizer_wake_queue_all(MyDatabaseId, resumed[i]);
+			for (int i = 0; i < ncancels; i++)
+				cancel_running(&cancels[i]);
 			/* after the lowerings: one of ours makes the advance stand down */
 			if (advance_pending)
 				atomizer_floor_advance(MyDatabaseId, advance_queue,
@@ -123,6 +163,7 @@ xact_callback(XactEvent event, void *arg)
 			nexternal = 0;
 			pending_deadline = 0;
 			nresumed = 0;
+			ncancels = 0;
 			break;
 		default:
 			break;
@@ -236,6 +277,31 @@ atomizer_note_job_locks(void)
 		return;
 	register_callback();
 	locked_level = Max(locked_level, GetCurrentTransactionNestLevel());
+}
+
+/*
+ * atomizer_note_cancel_running
+ *		This transaction cancelled job_id, which the worker (pid, start_time)
+ *		runs: at commit, ask that worker to stop the job's handler.
+ */
+void
+atomizer_note_cancel_running(int64 job_id, int pid, pg_time_t start_time)
+{
+	if (atomizer_shared == NULL)
+		return;
+	register_callback();
+	if (ncancels < MAX_PENDING_CANCELS)
+	{
+		cancels[ncancels].job_id = job_id;
+		cancels[ncancels].pid = pid;
+		cancels[ncancels].start_time = start_time;
+		ncancels++;
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("cannot cancel more than %d running jobs in one transaction",
+						MAX_PENDING_CANCELS)));
 }
 
 /*

@@ -260,7 +260,15 @@ run_batch(AtomizerJob *jobs, int n, int64 *succeeded, int64 *failed,
 				 jobs[i].id, jobs[i].handler);
 		pgstat_report_activity(STATE_RUNNING, activity);
 
-		atomizer_run_job(&jobs[i], &outcome);
+		if (atomizer_shared->workers[my_slot].cancel_job_id == jobs[i].id)
+		{
+			/* cancelled before its turn in the batch: it does not run */
+			memset(&outcome, 0, sizeof(outcome));
+			outcome.cancelled = true;
+			outcome.message = "cancelled before it ran";
+		}
+		else
+			atomizer_run_job(&jobs[i], &outcome);
 		if (outcome.ok)
 		{
 			/* recorded together with the batch's other successes below */
@@ -273,7 +281,7 @@ run_batch(AtomizerJob *jobs, int n, int64 *succeeded, int64 *failed,
 		else
 		{
 			atomizer_record_outcome(&jobs[i], &outcome, NULL);
-			if (!outcome.released && !outcome.snoozed)
+			if (!outcome.released && !outcome.snoozed && !outcome.cancelled)
 				(*failed)++;
 		}
 		ran++;
@@ -325,6 +333,7 @@ worker_start(Datum arg, WorkerLoop *wl)
 	char		appname[NAMEDATALEN + 32];
 
 	my_slot = DatumGetInt32(arg);
+	atomizer_worker_slot = my_slot;
 	wl->slot = &atomizer_shared->workers[my_slot];
 
 	memset(&act, 0, sizeof(act));

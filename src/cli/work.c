@@ -551,10 +551,11 @@ do_heartbeats(Worker *w, int64_t now)
 		s->next_hb = now + w->hb_ms;
 		if (rc == SQL_ERROR)
 		{
-			if (strcmp(state, "55000") == 0)
+			if (strcmp(state, "55000") == 0 || strcmp(state, "AZ003") == 0)
 			{
-				logmsg("job %s (attempt %s): lease lost (%s); stopping its command",
-					   s->id, s->attempt, msg);
+				logmsg("job %s (attempt %s): %s (%s); stopping its command",
+					   s->id, s->attempt,
+					   strcmp(state, "AZ003") == 0 ? "cancelled" : "lease lost", msg);
 				s->lease_lost = true;
 				kill(-s->pid, SIGTERM);
 				s->kill_at = now + KILL_DELAY_MS;
