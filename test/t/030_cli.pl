@@ -484,6 +484,32 @@ echo "{\"by\": \"$1\"}"
 	$node->safe_psql('postgres', "SELECT atomizer.cancel($id)");
 }
 
+# The job cancelled while its command runs: the next heartbeat is refused
+# with SQLSTATE AZ003, the worker stops the command and reports nothing.
+{
+	my $id = $node->safe_psql('postgres',
+		q{SELECT atomizer.enqueue('doomed', '{}', queue => 'lease')});
+	my $pidfile = "$tmp/doomed.pid";
+	my ($h, $log) = start_worker($dsn, '-q', 'lease', '--lease', '10s', '--heartbeat', '200ms',
+		'--grace', '0', '--', 'sh', '-c', "echo \$\$ > $pidfile; exec sleep 60");
+	wait_until($node, 'postgres', "SELECT state FROM atomizer.jobs WHERE id = $id",
+		'running', 'a job is running under atomizer work');
+	is($node->safe_psql('postgres', "SELECT atomizer.cancel($id)"), 't', 'it is cancelled');
+	my $deadline = time + 20;
+	usleep(100_000) until slurp_file($log) =~ /job $id .*cancelled/ || time > $deadline;
+	like(slurp_file($log), qr/job $id \(attempt 1\): cancelled .*stopping its command/,
+		'the next heartbeat says so, and the worker stops the command');
+	my $cpid = slurp_file($pidfile);
+	chomp $cpid;
+	$deadline = time + 10;
+	usleep(100_000) while kill(0, $cpid) && time < $deadline;
+	ok(!kill(0, $cpid), "the cancelled job's command was killed");
+	$h->signal('TERM');
+	is(finish_worker($h), 0, 'the worker exits 0 on SIGTERM');
+	is($node->safe_psql('postgres', "SELECT state FROM atomizer.jobs WHERE id = $id"), 'cancelled',
+		'the job stays cancelled');
+}
+
 # The worker killed with SIGKILL: its command goes too (PR_SET_PDEATHSIG),
 # rather than run on while its job is retried elsewhere.
 {
