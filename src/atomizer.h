@@ -215,6 +215,8 @@ typedef struct AtomizerPrivState
 
 extern void atomizer_become_owner(AtomizerPrivState *state);
 extern void atomizer_restore_caller(AtomizerPrivState *state);
+struct ReturnSetInfo;
+extern void atomizer_query_as_owner(struct ReturnSetInfo *rsinfo, const char *query);
 extern bool atomizer_is_admin(Oid roleid);
 extern char *atomizer_role_name(Oid roleid);
 

@@ -1888,38 +1888,18 @@ atomizer_store_count_running(const char *worker)
 void
 atomizer_store_external_queue_counts(ReturnSetInfo *rsinfo)
 {
-	StoreCall	call;
-	int			natts = rsinfo->setDesc->natts;
-	Datum	   *values = palloc(natts * sizeof(Datum));
-	bool	   *nulls = palloc(natts * sizeof(bool));
-	const char *query =
-		"SELECT q.name,"
-		" pg_catalog.count(j.id) FILTER (WHERE j.state = 'scheduled'),"
-		" pg_catalog.count(j.id) FILTER (WHERE j.state = 'available'),"
-		" pg_catalog.count(j.id) FILTER (WHERE j.state = 'running'),"
-		" pg_catalog.count(j.id) FILTER (WHERE j.state = 'retrying'),"
-		" pg_catalog.count(j.id) FILTER (WHERE j.state = 'succeeded'),"
-		" pg_catalog.count(j.id) FILTER (WHERE j.state = 'cancelled'),"
-		" pg_catalog.count(j.id) FILTER (WHERE j.state = 'dead'),"
-		" pg_catalog.min(j.run_at) FILTER (WHERE j.state = 'available')"
-		" FROM atomizer.queue q"
-		" LEFT JOIN atomizer.jobs j ON j.queue = q.name"
-		" WHERE q.external"
-		" GROUP BY q.name";
-
-	store_begin(&call);
-	if (SPI_execute(query, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not count the jobs of external queues");
-	if (SPI_tuptable->tupdesc->natts != natts)
-		elog(ERROR, "query returns %d columns, function %d",
-			 SPI_tuptable->tupdesc->natts, natts);
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		for (int c = 0; c < natts; c++)
-			values[c] = SPI_getbinval(SPI_tuptable->vals[i],
-									  SPI_tuptable->tupdesc, c + 1, &nulls[c]);
-		/* copied into the tuplestore's own memory */
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	store_end(&call);
+	atomizer_query_as_owner(rsinfo,
+							"SELECT q.name,"
+							" pg_catalog.count(j.id) FILTER (WHERE j.state = 'scheduled'),"
+							" pg_catalog.count(j.id) FILTER (WHERE j.state = 'available'),"
+							" pg_catalog.count(j.id) FILTER (WHERE j.state = 'running'),"
+							" pg_catalog.count(j.id) FILTER (WHERE j.state = 'retrying'),"
+							" pg_catalog.count(j.id) FILTER (WHERE j.state = 'succeeded'),"
+							" pg_catalog.count(j.id) FILTER (WHERE j.state = 'cancelled'),"
+							" pg_catalog.count(j.id) FILTER (WHERE j.state = 'dead'),"
+							" pg_catalog.min(j.run_at) FILTER (WHERE j.state = 'available')"
+							" FROM atomizer.queue q"
+							" LEFT JOIN atomizer.jobs j ON j.queue = q.name"
+							" WHERE q.external"
+							" GROUP BY q.name");
 }

@@ -17,11 +17,14 @@
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "executor/spi.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
 #include "utils/syscache.h"
+#include "utils/tuplestore.h"
 
 #include "atomizer.h"
 
@@ -125,4 +128,38 @@ char *
 atomizer_role_name(Oid roleid)
 {
 	return GetUserNameFromId(roleid, false);
+}
+
+/*
+ * atomizer_query_as_owner
+ *		Run a read-only query as the extension's owner and put its rows into
+ *		rsinfo's tuplestore (InitMaterializedSRF has made it); the query's
+ *		columns are the function's OUT columns, in order and type.
+ */
+void
+atomizer_query_as_owner(ReturnSetInfo *rsinfo, const char *query)
+{
+	int			natts = rsinfo->setDesc->natts;
+	Datum	   *values = palloc(natts * sizeof(Datum));
+	bool	   *nulls = palloc(natts * sizeof(bool));
+	AtomizerPrivState priv;
+
+	atomizer_become_owner(&priv);
+	if (SPI_connect() != SPI_OK_CONNECT)
+		elog(ERROR, "SPI_connect failed");
+	if (SPI_execute(query, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not run query: %s", query);
+	if (SPI_tuptable->tupdesc->natts != natts)
+		elog(ERROR, "query returns %d columns, function %d",
+			 SPI_tuptable->tupdesc->natts, natts);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		for (int c = 0; c < natts; c++)
+			values[c] = SPI_getbinval(SPI_tuptable->vals[i],
+									  SPI_tuptable->tupdesc, c + 1, &nulls[c]);
+		/* copied into the tuplestore's own memory */
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	SPI_finish();
+	atomizer_restore_caller(&priv);
 }

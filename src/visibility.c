@@ -39,41 +39,6 @@ PG_FUNCTION_INFO_V1(atomizer_worker_activity);
 #define ATOMIZER_WORKER_ROLE_NAME	"atomizer_worker"
 
 /*
- * return_query_as_owner
- *		Run a read-only query as the extension's owner and return its rows
- *		as the function's result set; the query's columns are the
- *		function's OUT columns, in order and type.  (Not for the job
- *		tables: jobstore.c has every statement on them.)
- */
-static void
-return_query_as_owner(FunctionCallInfo fcinfo, const char *query)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int			natts = rsinfo->setDesc->natts;
-	Datum	   *values = palloc(natts * sizeof(Datum));
-	bool	   *nulls = palloc(natts * sizeof(bool));
-	AtomizerPrivState priv;
-
-	atomizer_become_owner(&priv);
-	SPI_connect();
-	if (SPI_execute(query, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not run query: %s", query);
-	if (SPI_tuptable->tupdesc->natts != natts)
-		elog(ERROR, "query returns %d columns, function %d",
-			 SPI_tuptable->tupdesc->natts, natts);
-	for (uint64 i = 0; i < SPI_processed; i++)
-	{
-		for (int c = 0; c < natts; c++)
-			values[c] = SPI_getbinval(SPI_tuptable->vals[i],
-									  SPI_tuptable->tupdesc, c + 1, &nulls[c]);
-		/* copied into the tuplestore's own memory */
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	SPI_finish();
-	atomizer_restore_caller(&priv);
-}
-
-/*
  * atomizer._worker_queue_counts() RETURNS TABLE (queue, scheduled,
  *		available, running, retrying, succeeded, cancelled, dead,
  *		oldest_available)
@@ -110,7 +75,7 @@ atomizer_worker_activity(PG_FUNCTION_ARGS)
 	if (!atomizer_is_admin(GetUserId()))
 		return (Datum) 0;
 
-	return_query_as_owner(fcinfo,
+	atomizer_query_as_owner((ReturnSetInfo *) fcinfo->resultinfo,
 			"SELECT a.pid, a.xact_start, a.query_start, a.state,"
 			" a.wait_event_type, a.wait_event, a.query"
 			" FROM pg_catalog.pg_stat_activity a"
