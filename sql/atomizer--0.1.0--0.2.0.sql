@@ -706,6 +706,56 @@ COMMENT ON FUNCTION atomizer.wait_all(bigint[], interval) IS
 	'Wait until all of these jobs of yours have finished (or timeout passed); one row per job.';
 
 /*
+ * Uniqueness windows: enqueue(…, idempotency_key, unique_for) makes at most
+ * one job with that key (same role and queue) per unique_for, counted from
+ * the enqueue that made it, finished or not.  Each key's window is a row
+ * here (the job store takes it with INSERT … ON CONFLICT, and the scheduler
+ * prunes passed ones).  Rows are read like the jobs: each role its own,
+ * atomizer_admin and the database owner all.
+ */
+CREATE TABLE atomizer.job_unique (
+	queue		text NOT NULL,
+	owner		name NOT NULL,
+	key			text NOT NULL,
+	job_id		bigint,
+	until		timestamptz NOT NULL,
+	PRIMARY KEY (queue, owner, key)
+);
+
+COMMENT ON TABLE atomizer.job_unique IS
+	'The unique_for windows of idempotency keys; written by enqueue(), pruned by the scheduler.';
+
+REVOKE ALL ON atomizer.job_unique FROM PUBLIC;
+GRANT SELECT ON atomizer.job_unique TO PUBLIC;
+ALTER TABLE atomizer.job_unique ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_keys ON atomizer.job_unique FOR SELECT
+	USING (owner = CURRENT_USER
+		   OR (SELECT pg_catalog.pg_has_role('atomizer_admin', 'USAGE')));
+CREATE POLICY database_owner_reads ON atomizer.job_unique FOR SELECT
+	USING ((SELECT pg_catalog.pg_has_role(d.datdba, 'USAGE')
+			  FROM pg_catalog.pg_database d
+			 WHERE d.datname = pg_catalog.current_database()));
+SELECT pg_catalog.pg_extension_config_dump('atomizer.job_unique', '');
+
+DROP FUNCTION atomizer.enqueue(text, jsonb, text, timestamptz, integer, integer, interval, text);
+CREATE FUNCTION atomizer.enqueue(
+	handler text,
+	payload jsonb DEFAULT '{}',
+	queue text DEFAULT 'default',
+	run_at timestamptz DEFAULT pg_catalog.now(),
+	priority integer DEFAULT 0,
+	max_attempts integer DEFAULT NULL,
+	timeout interval DEFAULT NULL,
+	idempotency_key text DEFAULT NULL,
+	unique_for interval DEFAULT NULL)
+RETURNS bigint
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_enqueue';
+
+COMMENT ON FUNCTION atomizer.enqueue(text, jsonb, text, timestamptz, integer, integer, interval, text, interval) IS
+	'Enqueue one job in the current transaction; returns its id (or, for an idempotency_key the same role repeats in the same queue, the id of its unfinished job that has it; with unique_for, of the job it made within that window, finished or not).';
+
+/*
  * Last: the schedulers of a server running the 0.2.0 library leave a
  * database with the 0.1.0 objects alone; wake the launcher at commit so that
  * this database's scheduler starts at once.

@@ -382,6 +382,11 @@ extern int64 atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 extern int	atomizer_store_insert_many_keyed(const AtomizerNewJobs *args,
 											 ArrayType *payloads, ArrayType *keys,
 											 int n, int64 *ids);
+extern int64 atomizer_store_insert_unique(const AtomizerNewJobs *args,
+										  Datum payload, const char *key,
+										  const Interval *unique_for,
+										  bool *created, bool *same_payload,
+										  TimestampTz *until);
 extern void atomizer_store_insert_many(const AtomizerNewJobs *args,
 									   ArrayType *payloads, int n, int64 *ids);
 extern int64 atomizer_store_insert_fire(int64 schedule_id, TimestampTz run_at);

@@ -297,6 +297,36 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 					 errhint("Pass NULL for a job without an idempotency key.")));
 	}
 
+	/* unique_for (0.2.0): the key makes one job per window */
+	if (PG_NARGS() > 8 && !PG_ARGISNULL(8))
+	{
+		Interval   *unique_for = PG_GETARG_INTERVAL_P(8);
+		bool		created;
+		bool		same_payload;
+		TimestampTz until;
+
+		atomizer_check_interval(unique_for, "unique_for", false,
+								ATOMIZER_MAX_DELAY_MS);
+		if (key == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("unique_for needs an idempotency_key"),
+					 errhint("The key names what must not be enqueued twice within unique_for, e.g. idempotency_key => 'report:' || customer_id.")));
+		id = atomizer_store_insert_unique(&args, JsonbPGetDatum(payload), key,
+										  unique_for, &created, &same_payload,
+										  &until);
+		if (!created)
+			ereport(NOTICE,
+					(errmsg("no job was enqueued: job " INT64_FORMAT " of queue \"%s\" has idempotency key \"%s\" within its unique_for window",
+							id, args.queue, key),
+					 same_payload ? 0 :
+					 errdetail("That job's payload differs from the one given, which was dropped."),
+					 errhint("Its id is returned; the key makes a new job after %s.",
+							 timestamptz_to_str(until))));
+		note_enqueued(&args, id);
+		PG_RETURN_INT64(id);
+	}
+
 	/* Without a key there is no conflict to handle: write the row directly. */
 	if (key == NULL)
 	{

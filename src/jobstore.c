@@ -34,12 +34,14 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
@@ -298,6 +300,95 @@ atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 		}
 	}
 	store_end(&call);
+	return id;
+}
+
+/*
+ * atomizer_store_insert_unique
+ *		enqueue(…, idempotency_key, unique_for): a job with that key (same
+ *		owner and queue) is made at most once per unique_for, counted from
+ *		the enqueue that made it, whether it has finished or not.  The key's
+ *		window is a row of atomizer.job_unique, taken (or renewed once it has
+ *		passed) by INSERT … ON CONFLICT, so concurrent enqueues wait for each
+ *		other and one job is made.  *until gets the window's end.
+ */
+int64
+atomizer_store_insert_unique(const AtomizerNewJobs *args, Datum payload,
+							 const char *key, const Interval *unique_for,
+							 bool *created, bool *same_payload,
+							 TimestampTz *until)
+{
+	static SPIPlanPtr take_plan = NULL;
+	static SPIPlanPtr set_plan = NULL;
+	static SPIPlanPtr existing_plan = NULL;
+	StoreCall	call;
+	Datum		values[4];
+	bool		isnull;
+	bool		taken;
+	int64		id = 0;
+
+	values[0] = CStringGetTextDatum(args->queue);
+	values[1] = CStringGetTextDatum(args->owner);
+	values[2] = CStringGetTextDatum(key);
+	values[3] = IntervalPGetDatum(unique_for);
+
+	store_begin(&call);
+	{
+		Oid			types[4] = {TEXTOID, TEXTOID, TEXTOID, INTERVALOID};
+		Oid			set_types[4] = {TEXTOID, TEXTOID, TEXTOID, INT8OID};
+		Oid			ex_types[4] = {TEXTOID, TEXTOID, TEXTOID, JSONBOID};
+
+		atomizer_prepare(&take_plan,
+						 "INSERT INTO atomizer.job_unique AS u (queue, owner, key, until)"
+						 " VALUES ($1, $2::name, $3, clock_timestamp() + $4)"
+						 " ON CONFLICT (queue, owner, key) DO UPDATE"
+						 " SET until = EXCLUDED.until, job_id = NULL"
+						 " WHERE u.until <= clock_timestamp()"
+						 " RETURNING u.until", 4, types);
+		atomizer_prepare(&set_plan,
+						 "UPDATE atomizer.job_unique SET job_id = $4"
+						 " WHERE queue = $1 AND owner = $2::name AND key = $3",
+						 4, set_types);
+		atomizer_prepare(&existing_plan,
+						 "SELECT u.job_id, u.until, coalesce(j.payload = $4, true)"
+						 " FROM atomizer.job_unique u"
+						 " LEFT JOIN atomizer.jobs j ON j.id = u.job_id"
+						 " WHERE u.queue = $1 AND u.owner = $2::name AND u.key = $3",
+						 4, ex_types);
+	}
+	if (SPI_execute_plan(take_plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "could not take the unique_for window of key \"%s\"", key);
+	taken = (SPI_processed == 1);
+	if (taken)
+		*until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+												   SPI_tuptable->tupdesc, 1, &isnull));
+	store_end(&call);
+
+	if (taken)
+	{
+		/* the window is ours: make the job (or find an unfinished one) */
+		id = atomizer_store_insert(args, payload, key, created, same_payload);
+		values[3] = Int64GetDatum(id);
+		store_begin(&call);
+		if (SPI_execute_plan(set_plan, values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not note the job of key \"%s\"", key);
+		store_end(&call);
+		return id;
+	}
+
+	values[3] = payload;
+	store_begin(&call);
+	if (SPI_execute_plan(existing_plan, values, NULL, false, 0) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "could not look up the job of key \"%s\"", key);
+	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+									 &isnull));
+	*until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 2, &isnull));
+	*same_payload = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+											   SPI_tuptable->tupdesc, 3, &isnull));
+	store_end(&call);
+	*created = false;
 	return id;
 }
 
@@ -1598,6 +1689,19 @@ atomizer_store_prune(int limit)
 		elog(ERROR, "could not prune finished jobs");
 	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 										SPI_tuptable->tupdesc, 1, &isnull));
+
+	/* unique_for windows that have passed (0.2.0's objects only) */
+	if (OidIsValid(get_relname_relid("job_unique", get_namespace_oid("atomizer", false))))
+	{
+		static SPIPlanPtr windows_plan = NULL;
+
+		atomizer_prepare(&windows_plan,
+						 "DELETE FROM atomizer.job_unique WHERE ctid = ANY (ARRAY("
+						 "SELECT ctid FROM atomizer.job_unique"
+						 " WHERE until < clock_timestamp() LIMIT $1))", 1, types);
+		if (SPI_execute_plan(windows_plan, &arg, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not prune passed unique_for windows");
+	}
 	store_end(&call);
 	return count;
 }

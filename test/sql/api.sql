@@ -163,6 +163,29 @@ SELECT atomizer.run_pending('default');
 SELECT atomizer.enqueue('greet', '{"name": "later"}', idempotency_key => 'order-42') <> :k1 AS new_job;
 SELECT count(*) FILTER (WHERE finished_at IS NULL) AS unfinished, count(*) AS all_jobs
   FROM atomizer.jobs WHERE idempotency_key = 'order-42' AND queue = 'default';
+-- unique_for: one job per key per window, finished or not
+SELECT atomizer.create_queue('uniq');
+SELECT atomizer.enqueue('greet', '{"name": "daily"}', idempotency_key => 'daily',
+						queue => 'uniq', unique_for => '1 hour') AS u1 \gset
+SELECT atomizer.run_pending('uniq') > 0 AS ran;
+SELECT state FROM atomizer.jobs WHERE id = :u1;
+SELECT atomizer.enqueue('greet', '{"name": "daily"}', idempotency_key => 'daily',
+						queue => 'uniq', unique_for => '1 hour') = :u1 AS same_window_same_job;
+SELECT count(*) AS daily_jobs FROM atomizer.jobs WHERE idempotency_key = 'daily';
+-- a window that has passed makes a new job
+SELECT atomizer.enqueue('greet', '{}', idempotency_key => 'brief', queue => 'uniq', unique_for => '200 milliseconds') AS b1 \gset
+SELECT atomizer.run_pending('uniq') > 0 AS ran_brief;
+SELECT pg_sleep(0.3);
+SELECT atomizer.enqueue('greet', '{}', idempotency_key => 'brief', queue => 'uniq', unique_for => '200 milliseconds') <> :b1 AS new_window_new_job;
+-- a rolled-back enqueue takes no window
+BEGIN;
+SELECT atomizer.enqueue('greet', '{}', idempotency_key => 'undone', unique_for => '1 hour') IS NOT NULL;
+ROLLBACK;
+SELECT count(*) AS windows FROM atomizer.job_unique WHERE key = 'undone';
+SELECT atomizer.enqueue('greet', unique_for => '1 hour');
+SELECT atomizer.enqueue('greet', idempotency_key => 'x', unique_for => '0');
+SELECT atomizer.enqueue('greet', idempotency_key => 'x', unique_for => '2000 years');
+SELECT atomizer.cancel(id) FROM atomizer.jobs WHERE idempotency_key = 'brief' AND state = 'available';
 
 -- per-job timeout, and the queue's
 CREATE FUNCTION sleepy(payload jsonb) RETURNS void LANGUAGE sql AS $$

@@ -16,11 +16,11 @@ $$;
 
 SELECT plan(54);
 
-SELECT is(argnames('atomizer.enqueue(text,jsonb,text,timestamptz,int,int,interval,text)'),
-	ARRAY['handler','payload','queue','run_at','priority','max_attempts','timeout','idempotency_key'],
+SELECT is(argnames('atomizer.enqueue(text,jsonb,text,timestamptz,int,int,interval,text,interval)'),
+	ARRAY['handler','payload','queue','run_at','priority','max_attempts','timeout','idempotency_key','unique_for'],
 	'enqueue parameters');
 SELECT function_returns('atomizer', 'enqueue',
-	ARRAY['text','jsonb','text','timestamp with time zone','integer','integer','interval','text'],
+	ARRAY['text','jsonb','text','timestamp with time zone','integer','integer','interval','text','interval'],
 	'bigint', 'enqueue returns bigint');
 SELECT is(argnames('atomizer.enqueue_many(text,jsonb[],text,timestamptz,int,int,interval,text[])'),
 	ARRAY['handler','payloads','queue','run_at','priority','max_attempts','timeout','idempotency_keys'],
@@ -80,7 +80,7 @@ SELECT has_role('atomizer_admin', 'role atomizer_admin exists');
 SELECT ok(NOT (SELECT rolcanlogin FROM pg_roles WHERE rolname = 'atomizer_admin'), 'atomizer_admin cannot log in');
 SELECT is((SELECT array_agg(c.relname::text ORDER BY c.relname) FROM pg_extension e,
 		unnest(e.extconfig) cfg JOIN pg_class c ON c.oid = cfg WHERE e.extname = 'atomizer'),
-	ARRAY['job','job_error','job_history','job_id_seq','queue','schedule','schedule_id_seq'],
+	ARRAY['job','job_error','job_history','job_id_seq','job_unique','queue','schedule','schedule_id_seq'],
 	'pg_dump keeps the job store and the schedules');
 
 -- cron
