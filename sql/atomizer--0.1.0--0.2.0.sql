@@ -615,13 +615,14 @@ CREATE FUNCTION atomizer.enqueue_many(
 	priority integer DEFAULT 0,
 	max_attempts integer DEFAULT NULL,
 	timeout interval DEFAULT NULL,
-	idempotency_keys text[] DEFAULT NULL)
+	idempotency_keys text[] DEFAULT NULL,
+	tags text[] DEFAULT NULL)
 RETURNS SETOF bigint
 LANGUAGE C VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'atomizer_enqueue_many';
 
-COMMENT ON FUNCTION atomizer.enqueue_many(text, jsonb[], text, timestamptz, integer, integer, interval, text[]) IS
-	'Enqueue one job per payload with one statement; returns the ids in the order of payloads (for a payload whose idempotency key an unfinished job of yours in the queue has, that job''s id).';
+COMMENT ON FUNCTION atomizer.enqueue_many(text, jsonb[], text, timestamptz, integer, integer, interval, text[], text[]) IS
+	'Enqueue one job per payload with one statement, all with the given tags; returns the ids in the order of payloads (for a payload whose idempotency key an unfinished job of yours in the queue has, that job''s id).';
 
 /*
  * Control over a job from its handler: current_job() is the running job;
@@ -634,13 +635,13 @@ COMMENT ON FUNCTION atomizer.enqueue_many(text, jsonb[], text, timestamptz, inte
 CREATE FUNCTION atomizer.current_job(
 	OUT id bigint, OUT queue text, OUT handler text, OUT attempt integer,
 	OUT max_attempts integer, OUT owner text, OUT created_at timestamptz,
-	OUT run_at timestamptz, OUT schedule text)
+	OUT run_at timestamptz, OUT schedule text, OUT tags text[])
 RETURNS record
 LANGUAGE C STABLE PARALLEL RESTRICTED
 AS 'MODULE_PATHNAME', 'atomizer_current_job';
 
 COMMENT ON FUNCTION atomizer.current_job() IS
-	'In a handler: the job it runs (id, queue, handler, attempt, max_attempts, owner, created_at, run_at, schedule).';
+	'In a handler: the job it runs (id, queue, handler, attempt, max_attempts, owner, created_at, run_at, schedule, tags).';
 
 CREATE FUNCTION atomizer.snooze(delay interval)
 RETURNS void
@@ -747,13 +748,56 @@ CREATE FUNCTION atomizer.enqueue(
 	max_attempts integer DEFAULT NULL,
 	timeout interval DEFAULT NULL,
 	idempotency_key text DEFAULT NULL,
-	unique_for interval DEFAULT NULL)
+	unique_for interval DEFAULT NULL,
+	tags text[] DEFAULT NULL)
 RETURNS bigint
 LANGUAGE C VOLATILE PARALLEL UNSAFE
 AS 'MODULE_PATHNAME', 'atomizer_enqueue';
 
-COMMENT ON FUNCTION atomizer.enqueue(text, jsonb, text, timestamptz, integer, integer, interval, text, interval) IS
+COMMENT ON FUNCTION atomizer.enqueue(text, jsonb, text, timestamptz, integer, integer, interval, text, interval, text[]) IS
 	'Enqueue one job in the current transaction; returns its id (or, for an idempotency_key the same role repeats in the same queue, the id of its unfinished job that has it; with unique_for, of the job it made within that window, finished or not).';
+
+/*
+ * Tags: enqueue(…, tags) and enqueue_many(…, tags) label jobs; the views show
+ * them and filters use them (tags @> ARRAY['x'], served by partial GIN
+ * indexes that untagged jobs cost nothing in).
+ */
+ALTER TABLE atomizer.job ADD COLUMN tags text[];
+ALTER TABLE atomizer.job_history ADD COLUMN tags text[];
+CREATE INDEX job_tags_idx ON atomizer.job USING gin (tags) WHERE tags IS NOT NULL;
+CREATE INDEX job_history_tags_idx ON atomizer.job_history USING gin (tags)
+	WHERE tags IS NOT NULL;
+
+CREATE OR REPLACE VIEW atomizer.jobs WITH (security_invoker = true) AS
+SELECT j.id, j.queue, j.handler, j.payload,
+	   CASE WHEN j.state = 'running' THEN 'running'
+			WHEN j.run_at > pg_catalog.now() AND j.attempt > 0 THEN 'retrying'
+			WHEN j.run_at > pg_catalog.now() THEN 'scheduled'
+			ELSE 'available' END AS state,
+	   j.priority::integer AS priority, j.run_at, j.attempt,
+	   COALESCE(j.max_attempts, q.max_attempts) AS max_attempts,
+	   COALESCE(j.timeout, NULLIF(q.timeout, interval '0')) AS timeout,
+	   j.owner, j.idempotency_key, j.created_at, j.started_at,
+	   NULL::timestamptz AS finished_at, NULL::jsonb AS result, j.last_error,
+	   j.worker, j.lease_until, j.tags
+  FROM atomizer.job j
+  LEFT JOIN atomizer.queue q ON q.name = j.queue
+UNION ALL
+SELECT h.id, h.queue, h.handler, h.payload, h.state,
+	   h.priority::integer, h.run_at, h.attempt,
+	   COALESCE(h.max_attempts, q.max_attempts),
+	   COALESCE(h.timeout, NULLIF(q.timeout, interval '0')),
+	   h.owner, h.idempotency_key, h.created_at, h.started_at,
+	   h.finished_at, h.result, h.last_error, NULL::text, NULL::timestamptz,
+	   h.tags
+  FROM atomizer.job_history h
+  LEFT JOIN atomizer.queue q ON q.name = h.queue;
+
+CREATE OR REPLACE VIEW atomizer.dead_jobs WITH (security_invoker = true) AS
+SELECT h.id, h.queue, h.handler, h.payload, h.priority::integer AS priority,
+	   h.attempt, h.owner, h.created_at, h.finished_at, h.last_error, h.tags
+  FROM atomizer.job_history h
+ WHERE h.state = 'dead';
 
 /*
  * Last: the schedulers of a server running the 0.2.0 library leave a

@@ -306,6 +306,8 @@ typedef struct AtomizerNewJobs
 	char	   *owner;
 	bool		external;
 	bool		paused;			/* nobody to wake until resume_queue() */
+	Datum		tags;			/* text[] (0.2.0), if not tags_null */
+	bool		tags_null;
 } AtomizerNewJobs;
 
 extern bool atomizer_store_jobs(const AtomizerNewJobs *jobs, Datum *payloads,
@@ -403,7 +405,8 @@ extern void atomizer_store_fail_attempt(const AtomizerJob *job,
 extern void atomizer_release_job(int64 id, bool solo);
 extern TimestampTz atomizer_store_snooze(int64 id, int64 delay_ms);
 extern void atomizer_store_job_origin(int64 id, TimestampTz *created_at,
-									  char **schedule);
+									  char **schedule, Datum *tags,
+									  bool *tags_null);
 
 /* A job's outcome as atomizer.wait() reports it. */
 typedef struct AtomizerJobOutcome

@@ -624,7 +624,7 @@ running_job_or_error(const char *fname)
 
 /*
  * atomizer.current_job() RETURNS TABLE (id, queue, handler, attempt,
- *		max_attempts, owner, created_at, run_at, schedule)
+ *		max_attempts, owner, created_at, run_at, schedule, tags)
  *		The job whose handler is running.
  */
 Datum
@@ -632,15 +632,17 @@ atomizer_current_job(PG_FUNCTION_ARGS)
 {
 	AtomizerJob *job = running_job_or_error("atomizer.current_job()");
 	TupleDesc	desc;
-	Datum		values[9];
-	bool		nulls[9] = {false};
+	Datum		values[10];
+	bool		nulls[10] = {false};
 	TimestampTz created_at;
 	char	   *schedule;
+	Datum		tags;
+	bool		tags_null;
 
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 	desc = BlessTupleDesc(desc);
-	atomizer_store_job_origin(job->id, &created_at, &schedule);
+	atomizer_store_job_origin(job->id, &created_at, &schedule, &tags, &tags_null);
 	values[0] = Int64GetDatum(job->id);
 	values[1] = CStringGetTextDatum(job->queue);
 	values[2] = CStringGetTextDatum(job->handler);
@@ -652,6 +654,8 @@ atomizer_current_job(PG_FUNCTION_ARGS)
 	values[7] = TimestampTzGetDatum(job->run_at);
 	values[8] = schedule ? CStringGetTextDatum(schedule) : (Datum) 0;
 	nulls[8] = (schedule == NULL);
+	values[9] = tags;
+	nulls[9] = tags_null;
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 

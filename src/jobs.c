@@ -236,6 +236,46 @@ parse_enqueue_args(FunctionCallInfo fcinfo, EnqueueArgs *args)
 										 &queue, caller);
 
 	args->owner = atomizer_role_name(caller);
+	args->tags = (Datum) 0;
+	args->tags_null = true;
+}
+
+/*
+ * parse_tags
+ *		The tags argument (0.2.0's enqueue and enqueue_many): a
+ *		one-dimensional text[] of non-empty tags, or NULL for none.
+ */
+static void
+parse_tags(FunctionCallInfo fcinfo, int argno, EnqueueArgs *args)
+{
+	ArrayType  *tags;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	if (PG_NARGS() <= argno || PG_ARGISNULL(argno))
+		return;
+	tags = PG_GETARG_ARRAYTYPE_P(argno);
+	if (ARR_NDIM(tags) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("tags must be a one-dimensional array")));
+	deconstruct_array(tags, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	if (n > 100)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("a job has at most 100 tags"),
+				 errdetail("%d were given.", n)));
+	for (int i = 0; i < n; i++)
+		if (nulls[i] || VARSIZE_ANY_EXHDR(DatumGetPointer(elems[i])) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("tag %d is %s", i + 1, nulls[i] ? "null" : "empty"),
+					 errhint("Leave it out, or pass NULL for no tags.")));
+	if (n == 0)
+		return;
+	args->tags = PointerGetDatum(tags);
+	args->tags_null = false;
 }
 
 /*
@@ -287,6 +327,7 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 				 errhint("Pass '{}' when the job needs no payload.")));
 	payload = PG_GETARG_JSONB_P(1);
 	atomizer_check_payload(payload, 0);
+	parse_tags(fcinfo, 9, &args);
 	if (!PG_ARGISNULL(7))
 	{
 		key = text_to_cstring(PG_GETARG_TEXT_PP(7));
@@ -327,8 +368,8 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 		PG_RETURN_INT64(id);
 	}
 
-	/* Without a key there is no conflict to handle: write the row directly. */
-	if (key == NULL)
+	/* Without a key (or tags) there is no conflict to handle: write directly. */
+	if (key == NULL && args.tags_null)
 	{
 		Datum		payload_datum = JsonbPGetDatum(payload);
 
@@ -416,6 +457,7 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 
 	parse_enqueue_args(fcinfo, &args);
 	require_arg(fcinfo, 1, "payloads");
+	parse_tags(fcinfo, 8, &args);
 
 	payloads = PG_GETARG_ARRAYTYPE_P(1);
 	if (ARR_NDIM(payloads) > 1)
@@ -492,7 +534,7 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 		materialize_ids(rsinfo, ids, nelems);
 		return (Datum) 0;
 	}
-	if (atomizer_store_jobs(&args, elems, nelems, ids))
+	if (args.tags_null && atomizer_store_jobs(&args, elems, nelems, ids))
 	{
 		/* ids ascend: drawn in payload order */
 		note_enqueued(&args, ids[0]);

@@ -47,11 +47,32 @@
 
 #include "atomizer.h"
 
-/* The history's columns, in the order every move to the history writes. */
+/*
+ * The history's columns, in the order every move to the history writes;
+ * 0.2.0's objects add tags (TAGS: the column list's end, per generation).
+ */
 #define HISTORY_COLUMNS \
 	"id, queue, handler, payload, state, priority, run_at, attempt," \
 	" max_attempts, timeout, owner, idempotency_key, created_at," \
 	" started_at, finished_at, result, last_error, schedule_id"
+
+/*
+ * schema_gen
+ *		1 when this database has 0.2.0's job tables (with tags), 0 while it
+ *		still has 0.1.0's (the library of 0.2.0 serves it until ALTER
+ *		EXTENSION atomizer UPDATE): statements that move whole rows come in
+ *		both forms.  Three syscache lookups.
+ */
+static int
+schema_gen(void)
+{
+	Oid			ns = get_namespace_oid("atomizer", true);
+	Oid			rel = OidIsValid(ns) ? get_relname_relid("job_history", ns) : InvalidOid;
+
+	return OidIsValid(rel) && get_attnum(rel, "tags") != InvalidAttrNumber ? 1 : 0;
+}
+
+static const char *const TAGS[2] = {"", ", tags"};
 
 /* What a claim returns, and how a claimed job is read back. */
 #define CLAIM_RETURNING \
@@ -220,11 +241,13 @@ int64
 atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 					  const char *key, bool *created, bool *same_payload)
 {
-	static SPIPlanPtr insert_plan = NULL;
+	static SPIPlanPtr insert_plans[2] = {NULL, NULL};
 	static SPIPlanPtr existing_plan = NULL;
+	int			tagged = args->tags_null ? 0 : 1;
+	SPIPlanPtr	insert_plan;
 	StoreCall	call;
-	Datum		values[9];
-	char		nulls[9];
+	Datum		values[10];
+	char		nulls[10];
 	int64		id = 0;
 	bool		done = false;
 
@@ -241,21 +264,27 @@ atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 	values[7] = CStringGetTextDatum(args->owner);
 	values[8] = key ? CStringGetTextDatum(key) : (Datum) 0;
 	nulls[8] = key ? ' ' : 'n';
+	values[9] = args->tags;
+	nulls[9] = args->tags_null ? 'n' : ' ';
 
 	store_begin(&call);
 	{
-		Oid			types[9] = {TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
-		INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTOID};
+		Oid			types[10] = {TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
+		INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTOID, TEXTARRAYOID};
 		Oid			lookup_types[4] = {TEXTOID, TEXTOID, TEXTOID, JSONBOID};
 
-		atomizer_prepare(&insert_plan,
-					 "INSERT INTO atomizer.job "
-					 "(queue, handler, payload, run_at, priority, max_attempts,"
-					 " timeout, owner, idempotency_key) "
-					 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::name, $9) "
-					 "ON CONFLICT (queue, owner, idempotency_key) "
-					 "WHERE idempotency_key IS NOT NULL DO NOTHING "
-					 "RETURNING id", 9, types);
+		/* tags: only 0.2.0's objects have the column, and only they pass any */
+		if (insert_plans[tagged] == NULL)
+			atomizer_prepare(&insert_plans[tagged],
+					 psprintf("INSERT INTO atomizer.job "
+							  "(queue, handler, payload, run_at, priority, max_attempts,"
+							  " timeout, owner, idempotency_key%s) "
+							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::name, $9%s) "
+							  "ON CONFLICT (queue, owner, idempotency_key) "
+							  "WHERE idempotency_key IS NOT NULL DO NOTHING "
+							  "RETURNING id", TAGS[tagged], tagged ? ", $10" : ""),
+					 tagged ? 10 : 9, types);
+		insert_plan = insert_plans[tagged];
 		/* keys are the enqueuing role's own: another role's are not seen */
 		atomizer_prepare(&existing_plan,
 					 "SELECT id, payload = $4 FROM atomizer.job "
@@ -411,10 +440,11 @@ void
 atomizer_store_insert_many(const AtomizerNewJobs *args, ArrayType *payloads,
 						   int n, int64 *ids)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+	int			tagged = args->tags_null ? 0 : 1;
 	StoreCall	call;
-	Datum		values[8];
-	char		nulls[8];
+	Datum		values[9];
+	char		nulls[9];
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(args->queue);
@@ -427,21 +457,25 @@ atomizer_store_insert_many(const AtomizerNewJobs *args, ArrayType *payloads,
 	values[6] = args->timeout_null ? (Datum) 0 : IntervalPGetDatum(args->timeout);
 	nulls[6] = args->timeout_null ? 'n' : ' ';
 	values[7] = CStringGetTextDatum(args->owner);
+	values[8] = args->tags;
+	nulls[8] = args->tags_null ? 'n' : ' ';
 
 	store_begin(&call);
 	{
-		Oid			types[8] = {TEXTOID, TEXTOID, JSONBARRAYOID, TIMESTAMPTZOID,
-		INT4OID, INT4OID, INTERVALOID, TEXTOID};
+		Oid			types[9] = {TEXTOID, TEXTOID, JSONBARRAYOID, TIMESTAMPTZOID,
+		INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTARRAYOID};
 
-		atomizer_prepare(&plan,
-					 "INSERT INTO atomizer.job "
-					 "(id, queue, handler, payload, run_at, priority,"
-					 " max_attempts, timeout, owner) "
-					 "SELECT nextval('atomizer.job_id_seq'), $1, $2, p, $4, $5,"
-					 " $6, $7, $8::name FROM unnest($3) AS p "
-					 "RETURNING id", 8, types);
+		if (plans[tagged] == NULL)
+			atomizer_prepare(&plans[tagged],
+					 psprintf("INSERT INTO atomizer.job "
+							  "(id, queue, handler, payload, run_at, priority,"
+							  " max_attempts, timeout, owner%s) "
+							  "SELECT nextval('atomizer.job_id_seq'), $1, $2, p, $4, $5,"
+							  " $6, $7, $8::name%s FROM unnest($3) AS p "
+							  "RETURNING id", TAGS[tagged], tagged ? ", $9" : ""),
+					 tagged ? 9 : 8, types);
 	}
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
+	if (SPI_execute_plan(plans[tagged], values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != (uint64) n)
 		elog(ERROR, "could not insert jobs");
 	for (int i = 0; i < n; i++)
@@ -491,9 +525,9 @@ atomizer_store_insert_many_keyed(const AtomizerNewJobs *args, ArrayType *payload
 	store_begin(&call);
 	{
 		Oid			draw_types[1] = {INT4OID};
-		Oid			types[10] = {TEXTOID, TEXTOID, JSONBARRAYOID, TIMESTAMPTZOID,
+		Oid			types[11] = {TEXTOID, TEXTOID, JSONBARRAYOID, TIMESTAMPTZOID,
 			INT4OID, INT4OID, INTERVALOID, TEXTOID, INT8ARRAYOID,
-		TEXTARRAYOID};
+		TEXTARRAYOID, TEXTARRAYOID};
 		Oid			lookup_types[3] = {TEXTOID, TEXTOID, TEXTARRAYOID};
 
 		atomizer_prepare(&draw_plan,
@@ -502,12 +536,12 @@ atomizer_store_insert_many_keyed(const AtomizerNewJobs *args, ArrayType *payload
 		atomizer_prepare(&insert_plan,
 					 "INSERT INTO atomizer.job "
 					 "(id, queue, handler, payload, run_at, priority,"
-					 " max_attempts, timeout, owner, idempotency_key) "
-					 "SELECT t.id, $1, $2, t.p, $4, $5, $6, $7, $8::name, t.k"
+					 " max_attempts, timeout, owner, idempotency_key, tags) "
+					 "SELECT t.id, $1, $2, t.p, $4, $5, $6, $7, $8::name, t.k, $11"
 					 " FROM unnest($9, $3, $10) AS t(id, p, k) ORDER BY t.id "
 					 "ON CONFLICT (queue, owner, idempotency_key) "
 					 "WHERE idempotency_key IS NOT NULL DO NOTHING "
-					 "RETURNING id", 10, types);
+					 "RETURNING id", 11, types);
 		atomizer_prepare(&existing_plan,
 					 "SELECT idempotency_key, id FROM atomizer.job"
 					 " WHERE queue = $1 AND owner = $2::name"
@@ -542,8 +576,8 @@ atomizer_store_insert_many_keyed(const AtomizerNewJobs *args, ArrayType *payload
 		int			m = 0;
 		int			dims[1];
 		int			lbs[1] = {1};
-		Datum		values[10];
-		char		nulls[10];
+		Datum		values[11];
+		char		nulls[11];
 		uint64		inserted;
 
 		CHECK_FOR_INTERRUPTS();
@@ -575,6 +609,8 @@ atomizer_store_insert_many_keyed(const AtomizerNewJobs *args, ArrayType *payload
 		values[9] = PointerGetDatum(construct_md_array(k_d, k_n, 1, dims, lbs,
 													   TEXTOID, -1, false,
 													   TYPALIGN_INT));
+		values[10] = args->tags;
+		nulls[10] = args->tags_null ? 'n' : ' ';
 		if (SPI_execute_plan(insert_plan, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
 			elog(ERROR, "could not insert jobs");
 		inserted = SPI_processed;
@@ -1071,19 +1107,24 @@ static bool
 finish_one(int64 id, const char *state, Datum result, bool result_isnull,
 		   const char *error)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+	int			gen = schema_gen();
 	Oid			types[4] = {INT8OID, TEXTOID, JSONBOID, TEXTOID};
 	Datum		values[4];
 	char		nulls[4] = {' ', ' ', ' ', ' '};
+	SPIPlanPtr	plan;
 
-	atomizer_prepare(&plan,
-				 "WITH d AS (DELETE FROM atomizer.job WHERE id = $1 RETURNING *) "
-				 "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS ") "
-				 "SELECT id, queue, handler, payload, $2, priority, run_at, attempt,"
-				 " max_attempts, timeout, owner, idempotency_key, created_at,"
-				 " started_at, clock_timestamp(), $3, coalesce($4, last_error),"
-				 " schedule_id "
-				 "FROM d RETURNING queue, started_at, run_at, finished_at", 4, types);
+	if (plans[gen] == NULL)
+		atomizer_prepare(&plans[gen],
+				 psprintf("WITH d AS (DELETE FROM atomizer.job WHERE id = $1 RETURNING *) "
+						  "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "
+						  "SELECT id, queue, handler, payload, $2, priority, run_at, attempt,"
+						  " max_attempts, timeout, owner, idempotency_key, created_at,"
+						  " started_at, clock_timestamp(), $3, coalesce($4, last_error),"
+						  " schedule_id%s "
+						  "FROM d RETURNING queue, started_at, run_at, finished_at",
+						  TAGS[gen], TAGS[gen]), 4, types);
+	plan = plans[gen];
 
 	values[0] = Int64GetDatum(id);
 	values[1] = CStringGetTextDatum(state);
@@ -1130,7 +1171,9 @@ atomizer_finish_job(int64 id, const char *state, Datum result,
 void
 atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+	int			gen = schema_gen();
+	SPIPlanPtr	plan;
 	StoreCall	call;
 	Datum	   *id_datums;
 	Datum		values[2];
@@ -1153,16 +1196,19 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 	{
 		Oid			types[2] = {INT8ARRAYOID, JSONBARRAYOID};
 
-		atomizer_prepare(&plan,
-					 "WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)), "
-					 "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
-					 " RETURNING j.*, r.result AS new_result) "
-					 "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS ") "
-					 "SELECT id, queue, handler, payload, 'succeeded', priority,"
-					 " run_at, attempt, max_attempts, timeout, owner,"
-					 " idempotency_key, created_at, started_at, clock_timestamp(),"
-					 " new_result, last_error, schedule_id FROM d"
-					 " RETURNING queue, started_at, run_at, finished_at", 2, types);
+		if (plans[gen] == NULL)
+			atomizer_prepare(&plans[gen],
+					 psprintf("WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)), "
+							  "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
+							  " RETURNING j.*, r.result AS new_result) "
+							  "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "
+							  "SELECT id, queue, handler, payload, 'succeeded', priority,"
+							  " run_at, attempt, max_attempts, timeout, owner,"
+							  " idempotency_key, created_at, started_at, clock_timestamp(),"
+							  " new_result, last_error, schedule_id%s FROM d"
+							  " RETURNING queue, started_at, run_at, finished_at",
+							  TAGS[gen], TAGS[gen]), 2, types);
+		plan = plans[gen];
 	}
 	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not record %d succeeded jobs", n);
@@ -1366,7 +1412,8 @@ atomizer_store_snooze(int64 id, int64 delay_ms)
  *		(NULL if none), for current_job().
  */
 void
-atomizer_store_job_origin(int64 id, TimestampTz *created_at, char **schedule)
+atomizer_store_job_origin(int64 id, TimestampTz *created_at, char **schedule,
+						  Datum *tags, bool *tags_null)
 {
 	static SPIPlanPtr plan = NULL;
 	MemoryContext caller_cxt = CurrentMemoryContext;
@@ -1377,9 +1424,10 @@ atomizer_store_job_origin(int64 id, TimestampTz *created_at, char **schedule)
 
 	*created_at = 0;
 	*schedule = NULL;
+	*tags_null = true;
 	store_begin(&call);
 	atomizer_prepare(&plan,
-					 "SELECT j.created_at, s.name FROM atomizer.job j"
+					 "SELECT j.created_at, s.name, j.tags FROM atomizer.job j"
 					 " LEFT JOIN atomizer.schedule s ON s.id = j.schedule_id"
 					 " WHERE j.id = $1", 1, types);
 	if (SPI_execute_plan(plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
@@ -1394,6 +1442,14 @@ atomizer_store_job_origin(int64 id, TimestampTz *created_at, char **schedule)
 			*schedule = MemoryContextStrdup(caller_cxt,
 											SPI_getvalue(SPI_tuptable->vals[0],
 														 SPI_tuptable->tupdesc, 2));
+		{
+			Datum		d = SPI_getbinval(SPI_tuptable->vals[0],
+										  SPI_tuptable->tupdesc, 3, tags_null);
+			MemoryContext old = MemoryContextSwitchTo(caller_cxt);
+
+			*tags = *tags_null ? (Datum) 0 : datumCopy(d, false, -1);
+			MemoryContextSwitchTo(old);
+		}
 	}
 	store_end(&call);
 }
@@ -1529,7 +1585,9 @@ atomizer_store_retry(int64 job_id, const char *owner)
 {
 	static SPIPlanPtr find_plan = NULL;
 	static SPIPlanPtr dup_plan = NULL;
-	static SPIPlanPtr move_plan = NULL;
+	static SPIPlanPtr move_plans[2] = {NULL, NULL};
+	int			gen = schema_gen();
+	SPIPlanPtr	move_plan;
 	StoreCall	call;
 	Datum		values[2];
 	char		nulls[2] = {' ', ' '};
@@ -1553,17 +1611,20 @@ atomizer_store_retry(int64 job_id, const char *owner)
 					 "SELECT id FROM atomizer.job "
 					 "WHERE queue = $1 AND idempotency_key = $2 "
 					 "AND owner = $3::name", 3, dup_types);
-		atomizer_prepare(&move_plan,
-					 "WITH d AS (DELETE FROM atomizer.job_history WHERE id = $1"
-					 " RETURNING *) "
-					 "INSERT INTO atomizer.job "
-					 "(id, queue, handler, payload, state, priority, run_at,"
-					 " attempt, max_attempts, timeout, owner, idempotency_key,"
-					 " created_at, last_error, schedule_id) "
-					 "SELECT id, queue, handler, payload, 'available', priority,"
-					 " now(), 0, max_attempts, timeout, owner, idempotency_key,"
-					 " created_at, last_error, schedule_id FROM d"
-					 " RETURNING queue, priority::int4, run_at, id", 1, types);
+		if (move_plans[gen] == NULL)
+			atomizer_prepare(&move_plans[gen],
+					 psprintf("WITH d AS (DELETE FROM atomizer.job_history WHERE id = $1"
+							  " RETURNING *) "
+							  "INSERT INTO atomizer.job "
+							  "(id, queue, handler, payload, state, priority, run_at,"
+							  " attempt, max_attempts, timeout, owner, idempotency_key,"
+							  " created_at, last_error, schedule_id%s) "
+							  "SELECT id, queue, handler, payload, 'available', priority,"
+							  " now(), 0, max_attempts, timeout, owner, idempotency_key,"
+							  " created_at, last_error, schedule_id%s FROM d"
+							  " RETURNING queue, priority::int4, run_at, id",
+							  TAGS[gen], TAGS[gen]), 1, types);
+		move_plan = move_plans[gen];
 	}
 	if (SPI_execute_plan(find_plan, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up job");

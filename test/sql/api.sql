@@ -156,6 +156,20 @@ SELECT * FROM atomizer.enqueue_many('greet', ARRAY['{}']::jsonb[], idempotency_k
 SELECT * FROM atomizer.enqueue_many('greet', ARRAY['{}']::jsonb[], idempotency_keys => ARRAY['']);
 SELECT count(*) AS without_keys FROM atomizer.enqueue_many('greet', ARRAY['{"many": 0}', '{"many": 0}']::jsonb[], idempotency_keys => ARRAY[NULL, NULL]::text[]);
 SELECT atomizer.cancel(id) FROM atomizer.jobs WHERE payload ? 'many' AND state = 'available';
+-- tags: shown in the views, usable in filters
+SELECT atomizer.create_queue('tagged');
+SELECT atomizer.enqueue('greet', '{"name": "tagged"}', queue => 'tagged',
+						tags => ARRAY['billing', 'eu']) AS t1 \gset
+SELECT count(*) AS tagged_many FROM atomizer.enqueue_many('greet',
+	ARRAY['{"name": "t2"}', '{"name": "t3"}']::jsonb[], queue => 'tagged', tags => ARRAY['billing']);
+SELECT payload->>'name' AS name, tags FROM atomizer.jobs WHERE tags @> ARRAY['billing'] ORDER BY id;
+SELECT atomizer.run_pending('tagged');
+SELECT payload->>'name' AS name, state, tags FROM atomizer.jobs WHERE tags && ARRAY['eu'];
+SELECT atomizer.enqueue('greet', queue => 'tagged', tags => ARRAY['ok', NULL]);
+SELECT atomizer.enqueue('greet', queue => 'tagged', tags => ARRAY['']);
+SELECT atomizer.enqueue('greet', queue => 'tagged', tags => ARRAY[]::text[]) IS NOT NULL AS no_tags_is_fine;
+SELECT atomizer.run_pending('tagged') AS ran_untagged;
+SELECT atomizer.purge(queue => 'tagged') AS purged;
 SELECT atomizer.create_queue('other');
 SELECT atomizer.enqueue('greet', '{}', queue => 'other', idempotency_key => 'order-42') <> :k1 AS other_queue_other_job;
 SELECT atomizer.run_pending('default');

@@ -16,17 +16,17 @@ $$;
 
 SELECT plan(54);
 
-SELECT is(argnames('atomizer.enqueue(text,jsonb,text,timestamptz,int,int,interval,text,interval)'),
-	ARRAY['handler','payload','queue','run_at','priority','max_attempts','timeout','idempotency_key','unique_for'],
+SELECT is(argnames('atomizer.enqueue(text,jsonb,text,timestamptz,int,int,interval,text,interval,text[])'),
+	ARRAY['handler','payload','queue','run_at','priority','max_attempts','timeout','idempotency_key','unique_for','tags'],
 	'enqueue parameters');
 SELECT function_returns('atomizer', 'enqueue',
-	ARRAY['text','jsonb','text','timestamp with time zone','integer','integer','interval','text','interval'],
+	ARRAY['text','jsonb','text','timestamp with time zone','integer','integer','interval','text','interval','text[]'],
 	'bigint', 'enqueue returns bigint');
-SELECT is(argnames('atomizer.enqueue_many(text,jsonb[],text,timestamptz,int,int,interval,text[])'),
-	ARRAY['handler','payloads','queue','run_at','priority','max_attempts','timeout','idempotency_keys'],
+SELECT is(argnames('atomizer.enqueue_many(text,jsonb[],text,timestamptz,int,int,interval,text[],text[])'),
+	ARRAY['handler','payloads','queue','run_at','priority','max_attempts','timeout','idempotency_keys','tags'],
 	'enqueue_many parameters');
 SELECT function_returns('atomizer', 'enqueue_many',
-	ARRAY['text','jsonb[]','text','timestamp with time zone','integer','integer','interval','text[]'],
+	ARRAY['text','jsonb[]','text','timestamp with time zone','integer','integer','interval','text[]','text[]'],
 	'setof bigint', 'enqueue_many returns setof bigint');
 SELECT is(argnames('atomizer.cancel(bigint)'), ARRAY['job_id'], 'cancel parameters');
 SELECT function_returns('atomizer', 'cancel', ARRAY['bigint'], 'boolean', 'cancel returns boolean');
@@ -63,7 +63,7 @@ SELECT is(atomizer.retry(job_id => 2), true, 'retry named');
 SELECT has_view('atomizer', 'jobs', 'view jobs');
 SELECT columns_are('atomizer', 'jobs', ARRAY['id','queue','handler','payload','state','priority',
 	'run_at','attempt','max_attempts','timeout','owner','idempotency_key','created_at',
-	'started_at','finished_at','result','last_error','worker','lease_until'], 'jobs columns');
+	'started_at','finished_at','result','last_error','worker','lease_until','tags'], 'jobs columns');
 SELECT has_view('atomizer', 'dead_jobs', 'view dead_jobs');
 SELECT has_view('atomizer', 'queue_stats', 'view queue_stats');
 SELECT columns_are('atomizer', 'queue_stats', ARRAY['queue','paused','external','concurrency',
