@@ -220,6 +220,7 @@ cmd_dashboard(int argc, char **argv)
 
 	sigwait(&sigs, &sig);
 	logmsg("dashboard stopping (%s)", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+	dashboard_events_stop();	/* open streams end, their threads return */
 	MHD_stop_daemon(d);
 	return 0;
 }

@@ -4,6 +4,7 @@
  *	  Declarations shared by the files of "atomizer dashboard": the command
  *	  and its listen policy (dashboard.c), HTTP, logins, sessions and CSRF
  *	  (dashboard_http.c), the JSON API and /metrics (dashboard_api.c),
+ *	  live updates by Server-Sent Events (dashboard_events.c),
  *	  every SQL statement (dashboard_sql.c), and the page's files built
  *	  into the binary (dashboard/, assets.gen.c made by dashboard/embed.sh).
  *
@@ -56,6 +57,14 @@ extern struct MHD_Daemon *dashboard_http_start(const struct sockaddr *addr,
 											   bool ipv6);
 extern void json_escape(Buf *b, const char *s);
 
+/* dashboard_events.c */
+extern void dashboard_events_start(void);
+extern void dashboard_events_stop(void);
+extern void dashboard_events_publish(const char *queue);
+extern void dashboard_events_offer(const char *user, const char *password);
+extern struct MHD_Response *dashboard_events_response(const char *user,
+													  const char *password);
+
 /* dashboard_api.c */
 extern bool dashboard_api_route(DashRequest *r, bool *writes);
 extern void dashboard_api_answer(DashRequest *r);
@@ -67,6 +76,9 @@ extern const char *const DASHBOARD_SQL_WHOAMI;
 extern const char *const DASHBOARD_SQL_OVERVIEW;
 extern const char *const DASHBOARD_SQL_COUNTERS;
 extern const char *const DASHBOARD_SQL_JOBS;
+extern const char *const DASHBOARD_SQL_JOBS_COUNT;
+extern const char *const DASHBOARD_SQL_JOBS_RETRY_BATCH;
+extern const char *const DASHBOARD_SQL_JOBS_CANCEL_BATCH;
 extern const char *const DASHBOARD_SQL_JOB;
 extern const char *const DASHBOARD_SQL_RETRY;
 extern const char *const DASHBOARD_SQL_CANCEL;
@@ -83,5 +95,7 @@ extern const char *const DASHBOARD_SQL_ENABLE_SCHEDULE;
 extern const char *const DASHBOARD_SQL_DISABLE_SCHEDULE;
 extern const char *const DASHBOARD_SQL_WORKERS;
 extern const char *const DASHBOARD_SQL_METRICS;
+extern const char *const DASHBOARD_SQL_FEED_QUEUES;
+extern const char *const DASHBOARD_SQL_FEED_COUNTERS;
 
 #endif							/* ATOMIZER_DASHBOARD_H */

@@ -24,7 +24,8 @@
 #include <string.h>
 
 #define DEAD_RETRY_BATCH 1000
-#define MAX_PARAMS 10
+#define MAX_PARAMS 15
+#define BULK_BATCH 1000
 
 typedef void (*ApiFunc) (DashRequest *r);
 
@@ -261,6 +262,28 @@ api_overview(DashRequest *r)
 	answer_json(r, DASHBOARD_SQL_OVERVIEW, 0, NULL);
 }
 
+/* The filters' parameters ($3 to $15 of JOBS_FILTER); false after a 400. */
+static bool
+job_filters(DashRequest *r, const char **v)
+{
+	if (!enum_param(r, "state", job_states, &v[3]) ||
+		!int_param(r, "id", 1, INT64_MAX, &v[5]) ||
+		!json_param(r, "payload", &v[8]) ||
+		!json_param(r, "result", &v[9]))
+		return false;
+	v[2] = param(r, "queue");
+	v[4] = param(r, "handler");
+	v[6] = param(r, "owner");
+	v[7] = param(r, "error");
+	/* timestamps and the jsonpath: PostgreSQL parses them (bad: a 400) */
+	v[10] = param(r, "created_after");
+	v[11] = param(r, "created_before");
+	v[12] = param(r, "finished_after");
+	v[13] = param(r, "finished_before");
+	v[14] = param(r, "path");
+	return true;
+}
+
 static void
 api_jobs(DashRequest *r)
 {
@@ -268,18 +291,121 @@ api_jobs(DashRequest *r)
 
 	if (!int_param(r, "before", 1, INT64_MAX, &v[0]) ||
 		!int_param(r, "limit", 1, 500, &v[1]) ||
-		!enum_param(r, "state", job_states, &v[3]) ||
-		!int_param(r, "id", 1, INT64_MAX, &v[5]) ||
-		!json_param(r, "payload", &v[8]) ||
-		!json_param(r, "result", &v[9]))
+		!job_filters(r, v))
 		return;
 	if (v[1] == NULL)
 		v[1] = "50";
-	v[2] = param(r, "queue");
-	v[4] = param(r, "handler");
-	v[6] = param(r, "owner");
-	v[7] = param(r, "error");
-	answer_json(r, DASHBOARD_SQL_JOBS, 10, v);
+	answer_json(r, DASHBOARD_SQL_JOBS, MAX_PARAMS, v);
+}
+
+/* GET /api/jobs/count: how many jobs the filters match */
+static void
+api_jobs_count(DashRequest *r)
+{
+	const char *v[MAX_PARAMS];
+	char		batch[16];
+
+	if (!job_filters(r, v))
+		return;
+	snprintf(batch, sizeof(batch), "%d", BULK_BATCH);
+	v[0] = NULL;
+	v[1] = batch;
+	answer_json(r, DASHBOARD_SQL_JOBS_COUNT, MAX_PARAMS, v);
+}
+
+/*
+ * POST /api/jobs/bulk: retry or cancel every job the filters match, in
+ * batches of BULK_BATCH ids, each batch its own transaction (keyset over
+ * id, newest first), through atomizer.retry() and atomizer.cancel().
+ * "expected" is the count the person confirmed: more than a batch away
+ * from the count now, the matches changed under them and nothing is done
+ * (409).  "delete" is refused: atomizer has no per-job delete (purge()
+ * deletes a queue's finished jobs by age, POST /api/purge).
+ */
+static void
+api_jobs_bulk(DashRequest *r)
+{
+	static const char *const actions[] = {"retry", "cancel", "delete", NULL};
+	const char *v[MAX_PARAMS];
+	const char *action;
+	const char *expected;
+	const char *sql;
+	char		batch[16];
+	char		last[32] = "";
+	long long	count,
+				seen = 0,
+				done = 0;
+	int			batches = 0;
+	PGresult   *res;
+
+	if (required(r, "action") == NULL || !enum_param(r, "action", actions, &action) ||
+		required(r, "expected") == NULL ||
+		!int_param(r, "expected", 0, INT64_MAX, &expected) ||
+		!job_filters(r, v))
+		return;
+	if (strcmp(action, "delete") == 0)
+	{
+		dashboard_error(r, 400, "action \"delete\" is not offered: atomizer has no per-job delete; "
+						"finished jobs are deleted by age and queue with POST /api/purge (atomizer.purge)");
+		return;
+	}
+	sql = strcmp(action, "retry") == 0 ?
+		DASHBOARD_SQL_JOBS_RETRY_BATCH : DASHBOARD_SQL_JOBS_CANCEL_BATCH;
+	snprintf(batch, sizeof(batch), "%d", BULK_BATCH);
+	v[0] = NULL;
+	v[1] = batch;
+
+	res = run(r, DASHBOARD_SQL_JOBS_COUNT, MAX_PARAMS, v);
+	if (res == NULL)
+		return;
+	if (sscanf(PQgetvalue(res, 0, 0), "{\"count\" : %lld", &count) != 1)
+	{
+		PQclear(res);
+		dashboard_error(r, 500, "unexpected answer from the count");
+		return;
+	}
+	PQclear(res);
+	if (llabs(count - atoll(expected)) > BULK_BATCH)
+	{
+		r->status = 409;
+		buf_appendf(&r->body, "{\"error\": \"the filter matches %lld jobs now, not the %s confirmed: count again (GET /api/jobs/count) and confirm that\", \"count\": %lld}\n",
+					count, expected, count);
+		return;
+	}
+
+	for (;;)
+	{
+		long long	s,
+					d;
+		char		lastv[32];
+
+		v[0] = last[0] ? last : NULL;
+		res = run(r, sql, MAX_PARAMS, v);
+		if (res == NULL)
+			return;				/* batches before this one are done */
+		/* {"seen" : N, "done" : M, "last_id" : L} */
+		lastv[0] = '\0';
+		if (sscanf(PQgetvalue(res, 0, 0),
+				   "{\"seen\" : %lld, \"done\" : %lld, \"last_id\" : %31[0-9]",
+				   &s, &d, lastv) < 2)
+		{
+			PQclear(res);
+			dashboard_error(r, 500, "unexpected answer from the bulk batch");
+			return;
+		}
+		PQclear(res);
+		if (s == 0)
+			break;
+		batches++;
+		seen += s;
+		done += d;
+		snprintf(last, sizeof(last), "%s", lastv);
+		if (s < BULK_BATCH || last[0] == '\0')
+			break;
+	}
+	r->status = 200;
+	buf_appendf(&r->body, "{\"action\": \"%s\", \"matched\": %lld, \"done\": %lld, \"batches\": %d, \"batch_size\": %d}\n",
+				action, seen, done, batches, BULK_BATCH);
 }
 
 static void
@@ -586,9 +712,15 @@ api_metrics(DashRequest *r)
 	metrics_counters(r);
 }
 
+/* the filters of /api/jobs, its count and its bulk actions */
+#define JOB_FILTERS "queue state handler id owner error payload result " \
+	"created_after created_before finished_after finished_before path"
+
 static const Route routes[] = {
 	{"/api/overview", false, "", api_overview},
-	{"/api/jobs", false, "before limit queue state handler id owner error payload result", api_jobs},
+	{"/api/jobs", false, "before limit " JOB_FILTERS, api_jobs},
+	{"/api/jobs/count", false, JOB_FILTERS, api_jobs_count},
+	{"/api/jobs/bulk", true, "action expected " JOB_FILTERS, api_jobs_bulk},
 	{"/api/job", false, "id", api_job},
 	{"/api/job/retry", true, "id", api_job_retry},
 	{"/api/job/cancel", true, "id", api_job_cancel},

@@ -7,9 +7,13 @@
  *	  every state-changing request passes, the page's static files, and
  *	  the headers of every answer.
  *
- *	  Every request is answered by libmicrohttpd's one internal thread, so
- *	  the connection pool and the session table need no lock; a query
- *	  holds up the others for its duration (they are short and bounded).
+ *	  libmicrohttpd gives each HTTP connection its own thread, so that the
+ *	  live-update streams (GET /api/events, dashboard_events.c), which stay
+ *	  open, never hold up other requests.  Every other request is answered
+ *	  under one mutex (request_lock): the connection pool and the session
+ *	  table are used by one request at a time, and a query holds up the
+ *	  others for its duration (they are short and bounded).  A stream holds
+ *	  the mutex only while it checks the login, not while it streams.
  *
  *	  A state-changing request (POST) passes, in this order: the dashboard
  *	  is not --read-only (else 403); its Origin, or failing that its
@@ -26,6 +30,7 @@
 #include "dashboard.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +62,7 @@ typedef struct Session
 
 static RoleConn roles[MAX_ROLES];
 static Session sessions[MAX_SESSIONS];
+static pthread_mutex_t request_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* Fill buf with TOKEN_LEN random hex characters and a NUL. */
 static void
@@ -285,6 +291,9 @@ same_origin(struct MHD_Connection *conn)
 	return rest[hl] == '\0' || (origin == NULL && rest[hl] == '/');
 }
 
+static void add_headers(struct MHD_Response *resp, const char *type,
+						Session *set_cookie);
+
 /* Queue an answer with the headers every answer has. */
 static enum MHD_Result
 send_answer(struct MHD_Connection *conn, int status, const char *type,
@@ -296,6 +305,19 @@ send_answer(struct MHD_Connection *conn, int status, const char *type,
 
 	resp = MHD_create_response_from_buffer(len, (void *) data,
 										   copy ? MHD_RESPMEM_MUST_COPY : MHD_RESPMEM_PERSISTENT);
+	add_headers(resp, type, set_cookie);
+	if (ask_login)
+		MHD_add_response_header(resp, "WWW-Authenticate",
+								"Basic realm=\"atomizer\", charset=\"UTF-8\"");
+	ret = MHD_queue_response(conn, status, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+/* The headers every answer has (and the session's cookie, if new). */
+static void
+add_headers(struct MHD_Response *resp, const char *type, Session *set_cookie)
+{
 	MHD_add_response_header(resp, "Content-Type", type);
 	MHD_add_response_header(resp, "X-Content-Type-Options", "nosniff");
 	MHD_add_response_header(resp, "X-Frame-Options", "DENY");
@@ -312,12 +334,6 @@ send_answer(struct MHD_Connection *conn, int status, const char *type,
 				 set_cookie->id);
 		MHD_add_response_header(resp, "Set-Cookie", cookie);
 	}
-	if (ask_login)
-		MHD_add_response_header(resp, "WWW-Authenticate",
-								"Basic realm=\"atomizer\", charset=\"UTF-8\"");
-	ret = MHD_queue_response(conn, status, resp);
-	MHD_destroy_response(resp);
-	return ret;
 }
 
 static enum MHD_Result
@@ -372,23 +388,37 @@ answer_session(DashRequest *r, Session *s)
 	PQclear(res);
 }
 
-/* libmicrohttpd's handler of every request */
+/* GET /api/events: the visitor's live-update stream */
+static enum MHD_Result
+send_events(struct MHD_Connection *conn, const char *user,
+			const char *password, Session *set_cookie)
+{
+	struct MHD_Response *resp = dashboard_events_response(user, password);
+	enum MHD_Result ret;
+
+	if (resp == NULL)
+		return send_error(conn, 503, "could not open the event stream", false);
+	add_headers(resp, "text/event-stream; charset=utf-8", set_cookie);
+	/* a reverse proxy (nginx) must pass each event on at once */
+	MHD_add_response_header(resp, "X-Accel-Buffering", "no");
+	ret = MHD_queue_response(conn, 200, resp);
+	MHD_destroy_response(resp);
+	return ret;
+}
+
+static enum MHD_Result handle_locked(struct MHD_Connection *conn,
+									 const char *url, const char *method);
+
+/*
+ * libmicrohttpd's handler of every request, in the connection's thread:
+ * skip the body, then answer under request_lock.
+ */
 static enum MHD_Result
 handle(void *cls, struct MHD_Connection *conn, const char *url,
 	   const char *method, const char *version, const char *upload_data,
 	   size_t *upload_data_size, void **con_cls)
 {
 	static int	first_call;
-	const DashboardAsset *asset;
-	char	   *user = NULL;
-	char	   *password = NULL;
-	const char *role;
-	char		err[1024];
-	Session    *session;
-	bool		fresh = false;
-	bool		post;
-	bool		writes = false;
-	DashRequest r;
 	enum MHD_Result ret;
 
 	/* the first call has only the headers; a body is read and ignored */
@@ -402,6 +432,30 @@ handle(void *cls, struct MHD_Connection *conn, const char *url,
 		*upload_data_size = 0;
 		return MHD_YES;
 	}
+	pthread_mutex_lock(&request_lock);
+	ret = handle_locked(conn, url, method);
+	pthread_mutex_unlock(&request_lock);
+	(void) cls;
+	(void) version;
+	(void) upload_data;
+	return ret;
+}
+
+/* Answer one request (request_lock held). */
+static enum MHD_Result
+handle_locked(struct MHD_Connection *conn, const char *url, const char *method)
+{
+	const DashboardAsset *asset;
+	char	   *user = NULL;
+	char	   *password = NULL;
+	const char *role;
+	char		err[1024];
+	Session    *session;
+	bool		fresh = false;
+	bool		post;
+	bool		writes = false;
+	DashRequest r;
+	enum MHD_Result ret;
 
 	post = strcmp(method, "POST") == 0;
 	if (!post && strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0)
@@ -474,6 +528,11 @@ handle(void *cls, struct MHD_Connection *conn, const char *url,
 		}
 	}
 
+	if (strcmp(url, "/api/events") == 0 && !post)
+	{
+		ret = send_events(conn, user, password, fresh ? session : NULL);
+		goto done;
+	}
 	if (strcmp(url, "/api/session") == 0 && !post)
 		answer_session(&r, session);
 	else if (!dashboard_api_route(&r, &writes))
@@ -481,7 +540,12 @@ handle(void *cls, struct MHD_Connection *conn, const char *url,
 	else if (writes != post)
 		dashboard_error(&r, 405, "%s needs %s", url, writes ? "POST" : "GET");
 	else
+	{
 		dashboard_api_answer(&r);
+		/* an action that succeeded: every stream's page reads again */
+		if (post && r.status < 300)
+			dashboard_events_publish(NULL);
+	}
 
 	ret = send_answer(conn, r.status, r.content_type, r.body.data ? r.body.data : "",
 					  r.body.len, true, fresh ? session : NULL, false);
@@ -489,17 +553,19 @@ handle(void *cls, struct MHD_Connection *conn, const char *url,
 done:
 	MHD_free(user);
 	MHD_free(password);
-	(void) cls;
-	(void) version;
-	(void) upload_data;
 	return ret;
 }
 
-/* Start the daemon on addr: one internal thread answers every request. */
+/*
+ * Start the daemon on addr: a thread per connection (an open event stream
+ * waits in its own), and the live-update feed.
+ */
 struct MHD_Daemon *
 dashboard_http_start(const struct sockaddr *addr, bool ipv6)
 {
-	return MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG |
+	dashboard_events_start();
+	return MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD |
+							MHD_USE_THREAD_PER_CONNECTION | MHD_USE_ERROR_LOG |
 							(ipv6 ? MHD_USE_IPv6 : 0),
 							0, NULL, NULL, handle, NULL,
 							MHD_OPTION_SOCK_ADDR, addr,

@@ -45,12 +45,39 @@ const char *const DASHBOARD_SQL_OVERVIEW =
 "  'now', now())";
 
 /*
- * Jobs, filtered, newest first, keyset paging on id ($1: ids below it).
- * Parameters: $1 before (bigint), $2 limit, $3 queue, $4 state,
- * $5 handler, $6 id, $7 owner, $8 error text (substring, case-insensitive),
- * $9 payload containment (jsonb @>), $10 result containment.
- * A NULL parameter is no filter.  The row after the page tells whether
- * there is a next page.
+ * The filters of GET /api/jobs, shared by the jobs list, its count and the
+ * bulk actions, so that a bulk action acts on exactly what the list shows.
+ * Parameters: $3 queue, $4 state, $5 handler, $6 id, $7 owner, $8 error
+ * text (substring of any attempt's message, case-insensitive), $9 payload
+ * containment (jsonb @>), $10 result containment, $11 created_after,
+ * $12 created_before, $13 finished_after, $14 finished_before
+ * (timestamptz, parsed by PostgreSQL: a bad one is a 22xxx error), $15 a
+ * jsonpath that the payload must match (jsonb_path_exists; a bad path is
+ * a syntax error at planning).  $1: only ids below it (keyset).
+ * A NULL parameter is no filter.
+ */
+#define JOBS_FILTER \
+"   WHERE ($1::bigint IS NULL OR j.id < $1::bigint)" \
+"     AND ($3::text IS NULL OR j.queue = $3::text)" \
+"     AND ($4::text IS NULL OR j.state = $4::text)" \
+"     AND ($5::text IS NULL OR j.handler = $5::text)" \
+"     AND ($6::bigint IS NULL OR j.id = $6::bigint)" \
+"     AND ($7::text IS NULL OR j.owner = $7::text::name)" \
+"     AND ($8::text IS NULL OR strpos(lower(j.last_error), lower($8::text)) > 0" \
+"          OR EXISTS (SELECT FROM atomizer.job_errors e WHERE e.job_id = j.id" \
+"                      AND strpos(lower(e.message), lower($8::text)) > 0))" \
+"     AND ($9::jsonb IS NULL OR j.payload @> $9::jsonb)" \
+"     AND ($10::jsonb IS NULL OR j.result @> $10::jsonb)" \
+"     AND ($11::timestamptz IS NULL OR j.created_at >= $11::timestamptz)" \
+"     AND ($12::timestamptz IS NULL OR j.created_at < $12::timestamptz)" \
+"     AND ($13::timestamptz IS NULL OR j.finished_at >= $13::timestamptz)" \
+"     AND ($14::timestamptz IS NULL OR j.finished_at < $14::timestamptz)" \
+"     AND ($15::jsonpath IS NULL OR jsonb_path_exists(j.payload, $15::jsonpath))"
+
+/*
+ * Jobs, filtered (JOBS_FILTER), newest first, keyset paging on id ($1:
+ * ids below it), $2 rows.  The row after the page tells whether there is
+ * a next page.
  */
 const char *const DASHBOARD_SQL_JOBS =
 "WITH page AS ("
@@ -58,17 +85,7 @@ const char *const DASHBOARD_SQL_JOBS =
 "         j.attempt, j.max_attempts, j.owner, j.created_at, j.started_at,"
 "         j.finished_at, j.last_error, j.payload"
 "    FROM atomizer.jobs j"
-"   WHERE ($1::bigint IS NULL OR j.id < $1::bigint)"
-"     AND ($3::text IS NULL OR j.queue = $3::text)"
-"     AND ($4::text IS NULL OR j.state = $4::text)"
-"     AND ($5::text IS NULL OR j.handler = $5::text)"
-"     AND ($6::bigint IS NULL OR j.id = $6::bigint)"
-"     AND ($7::text IS NULL OR j.owner = $7::text::name)"
-"     AND ($8::text IS NULL OR strpos(lower(j.last_error), lower($8::text)) > 0"
-"          OR EXISTS (SELECT FROM atomizer.job_errors e WHERE e.job_id = j.id"
-"                      AND strpos(lower(e.message), lower($8::text)) > 0))"
-"     AND ($9::jsonb IS NULL OR j.payload @> $9::jsonb)"
-"     AND ($10::jsonb IS NULL OR j.result @> $10::jsonb)"
+JOBS_FILTER
 "   ORDER BY j.id DESC"
 "   LIMIT $2::int + 1)"
 "SELECT json_build_object("
@@ -77,6 +94,38 @@ const char *const DASHBOARD_SQL_JOBS =
 "  'next', CASE WHEN (SELECT count(*) FROM page) > $2::int"
 "               THEN (SELECT min(id) FROM (SELECT id FROM page ORDER BY id DESC"
 "                                           LIMIT $2::int) l) END)";
+
+/*
+ * How many jobs the filters match ($1 NULL), and the bulk actions' batch
+ * size ($2), which is also how far the count confirmed by a person may be
+ * from the count when the action starts.  O(matches): only on request,
+ * never on a refresh.
+ */
+const char *const DASHBOARD_SQL_JOBS_COUNT =
+"SELECT json_build_object('count', count(*), 'batch', $2::int)"
+"  FROM atomizer.jobs j"
+JOBS_FILTER;
+
+/*
+ * One batch of a bulk action: the next $2 matching ids below $1 (keyset,
+ * newest first, so a job the function refuses is not picked again), each
+ * passed to atomizer's function in this statement's own transaction.
+ */
+#define JOBS_BULK_BATCH(call) \
+"WITH batch AS (" \
+"  SELECT j.id FROM atomizer.jobs j" \
+JOBS_FILTER \
+"   ORDER BY j.id DESC" \
+"   LIMIT $2::int)" \
+"SELECT json_build_object(" \
+"  'seen', (SELECT count(*) FROM batch)," \
+"  'done', (SELECT count(*) FILTER (WHERE " call ") FROM batch b)," \
+"  'last_id', (SELECT min(id) FROM batch))"
+
+const char *const DASHBOARD_SQL_JOBS_RETRY_BATCH =
+JOBS_BULK_BATCH("atomizer.retry(job_id => b.id)");
+const char *const DASHBOARD_SQL_JOBS_CANCEL_BATCH =
+JOBS_BULK_BATCH("atomizer.cancel(job_id => b.id)");
 
 /* one job: the row, every failed attempt, and its timeline ($1: id) */
 const char *const DASHBOARD_SQL_JOB =
@@ -243,3 +292,18 @@ const char *const DASHBOARD_SQL_COUNTERS =
 "       CASE WHEN name LIKE '%\\_sum' THEN 1 WHEN name LIKE '%\\_count' THEN 2 ELSE 0 END,"
 "       4, CASE WHEN labels->>'le' = '+Inf' THEN 'infinity'::float8"
 "               ELSE (labels->>'le')::float8 END";
+
+/*
+ * The live-update feed (dashboard_events.c), once a second while a stream
+ * is open: the queues (whose channels atomizer_<queue> it listens to), and
+ * per queue a figure that changes whenever a job of it is claimed or
+ * finishes: the sum of atomizer_jobs_finished_total and of
+ * atomizer_job_wait_seconds_count (shared-memory counters, O(queues)).
+ */
+const char *const DASHBOARD_SQL_FEED_QUEUES =
+"SELECT name FROM atomizer.queue ORDER BY name";
+const char *const DASHBOARD_SQL_FEED_COUNTERS =
+"SELECT labels->>'queue', sum(value)::text"
+"  FROM atomizer.metrics"
+" WHERE name IN ('atomizer_jobs_finished_total', 'atomizer_job_wait_seconds_count')"
+" GROUP BY 1";

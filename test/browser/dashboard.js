@@ -1,16 +1,19 @@
-// dashboard.js BASE_URL USER PASSWORD OUT_DIR DEAD_JOB_ID QUEUE SCHEDULE
+// dashboard.js BASE_URL USER PASSWORD OUT_DIR DEAD_JOB_ID QUEUE SCHEDULE BULK_QUEUE
 //
 // Drives Debian's headless Chromium through the atomizer dashboard (for
 // test/t/060_dashboard.pl): loads every page and takes a screenshot of
 // each into OUT_DIR, checks that a payload holding <script> is shown as
 // text and never run, retries dead job DEAD_JOB_ID from its page and sees
 // it become available, pauses QUEUE from the queues page, and runs
-// SCHEDULE now from the schedules page.  Prints one line per check,
+// SCHEDULE now from the schedules page, while a second tab on the
+// overview, subscribed to /api/events, draws QUEUE paused without a reload
+// (live updates), and retries every dead job of BULK_QUEUE with the jobs
+// page's bulk bar ("Select all matching", confirmed).  Prints one line per check,
 // "ok ..." or "not ok ...", and exits non-zero when one failed.
 'use strict';
 const puppeteer = require('puppeteer-core');
 
-const [base, user, password, out, deadId, queue, schedule] = process.argv.slice(2);
+const [base, user, password, out, deadId, queue, schedule, bulkQueue] = process.argv.slice(2);
 let failed = 0;
 
 function check(cond, what) {
@@ -29,12 +32,28 @@ async function show(page, hash, shot) {
 	return page.$eval('main', m => m.textContent);
 }
 
-async function clickAndRedraw(page, selector) {
-	// an action redraws main: wait for the old one to go
-	const old = await page.$('main[data-ready]');
-	await page.click(selector);
-	await page.waitForFunction(o => !document.body.contains(o), {timeout: 15000}, old);
-	await page.waitForSelector('main[data-ready]', {timeout: 15000});
+// Wait until the element's text satisfies ok (looked up afresh each time); the text.
+async function waitText(page, selector, ok) {
+	const deadline = Date.now() + 15000;
+	let t = null;
+	while (Date.now() < deadline) {
+		t = await page.evaluate(sel => { const e = document.querySelector(sel); return e ? e.textContent : null; }, selector);
+		if (t !== null && ok(t)) return t;
+		await new Promise(r => setTimeout(r, 100));
+	}
+	return t;
+}
+
+// Click the button labelled action in the row whose column col is name, in one step.
+async function clickInRow(page, col, name, action) {
+	return page.evaluate((c, n, a) => {
+		for (const tr of document.querySelectorAll('main[data-ready] tbody tr')) {
+			const td = tr.querySelector('td[data-col="' + c + '"]');
+			const b = tr.querySelector('button[data-action="' + a + '"]');
+			if (td && td.textContent === n && b) { b.click(); return true; }
+		}
+		return false;
+	}, col, name, action);
 }
 
 (async () => {
@@ -76,47 +95,60 @@ async function clickAndRedraw(page, selector) {
 		check(t.includes('22012'), 'the attempts show the SQLSTATE');
 
 		// retry the dead job from its page
-		await clickAndRedraw(page, 'button[data-action="Retry"]');
-		const state = await page.$eval('#job-state', e => e.textContent);
+		// (live redraws may replace any element at any time: every check
+		// below looks elements up afresh, in the page)
+		await page.click('button[data-action="Retry"]');
+		const state = await waitText(page, '#job-state', s => s === 'available');
 		check(state === 'available', 'after Retry the job is available (it is ' + state + ')');
 		await page.screenshot({path: out + '/job-retried.png'});
 
+		// a second tab watches the overview live
+		const watcher = await browser.newPage();
+		await watcher.setViewport({width: 1200, height: 700});
+		await watcher.authenticate({username: user, password: password});
+		watcher.on('pageerror', e => check(false, 'no script error in the watching tab: ' + e.message));
+		await show(watcher, '#/overview', null);
+		await watcher.waitForSelector('body[data-live="on"]', {timeout: 15000});
+		check(true, 'the overview subscribed to /api/events');
+		// back to the first tab (a hidden tab runs no animation frames,
+		// so the watcher is checked by interval polling below)
+		await page.bringToFront();
+
 		// pause the queue
 		await show(page, '#/queues', null);
-		const rows = await page.$$('tbody tr');
-		let clicked = false;
-		for (const row of rows) {
-			const name = await row.$eval('td[data-col="name"]', e => e.textContent);
-			if (name === queue) {
-				const old = await page.$('main[data-ready]');
-				const b = await row.$('button[data-action="Pause"]');
-				if (b) {
-					await b.click();
-					await page.waitForFunction(o => !document.body.contains(o), {timeout: 15000}, old);
-					await page.waitForSelector('main[data-ready]');
-					clicked = true;
-				}
-				break;
-			}
-		}
+		const clicked = await clickInRow(page, 'name', queue, 'Pause');
 		check(clicked, 'a Pause button for ' + queue);
-		const paused = await page.$$eval('tbody tr', (trs, q) => trs.some(tr =>
+		const paused = await page.waitForFunction(q => [...document.querySelectorAll('main[data-ready] tbody tr')].some(tr =>
 			tr.querySelector('td[data-col="name"]').textContent === q &&
-			tr.querySelector('td[data-col="paused"]').textContent === 'true'), queue);
+			tr.querySelector('td[data-col="paused"]').textContent === 'true'), {timeout: 15000}, queue).then(() => true, () => false);
 		check(paused, 'the queues page shows ' + queue + ' paused');
+		try {
+			await watcher.waitForFunction(q => [...document.querySelectorAll('main[data-ready] tbody tr')].some(tr =>
+				tr.querySelector('td[data-col="queue"]').textContent === q &&
+				tr.querySelector('td[data-col="paused"]').textContent === 'true'), {timeout: 15000, polling: 200}, queue);
+			check(true, 'the watching tab\'s overview shows ' + queue + ' paused, without a reload');
+		} catch (e) {
+			check(false, 'the watching tab\'s overview shows ' + queue + ' paused, without a reload: ' + e.message);
+		}
+		await watcher.screenshot({path: out + '/overview-live.png'});
+		await watcher.close();
+
+		// the bulk bar: count what the filter matches, retry them all
+		await show(page, '#/jobs?queue=' + bulkQueue + '&state=dead', null);
+		await page.click('#bulk-count');
+		await page.waitForSelector('#bulk-matching', {timeout: 15000});
+		const matching = await page.$eval('#bulk-matching', e => e.textContent);
+		check(/All 3 matching/.test(matching), 'the bulk bar counts the 3 matching jobs: ' + matching);
+		await page.screenshot({path: out + '/bulk.png'});
+		await page.click('button[data-action="Retry all"]');
+		const bulkFlash = await waitText(page, '#flash', t => /Retry all/.test(t));
+		check(/3 of 3 job\(s\), in 1 batch/.test(bulkFlash), 'Retry all, confirmed: ' + bulkFlash);
 
 		// run the schedule now
 		await show(page, '#/schedules', null);
-		const runs = await page.$$('tbody tr');
-		let row = null;
-		for (const tr of runs)
-			if (await tr.$eval('td[data-col="name"]', e => e.textContent) === schedule) row = tr;
-		check(row !== null, 'a row for schedule ' + schedule);
-		const old = await page.$('main[data-ready]');
-		await (await row.$('button[data-action="Run now"]')).click();
-		await page.waitForFunction(o => !document.body.contains(o), {timeout: 15000}, old);
-		await page.waitForSelector('main[data-ready]');
-		const flash = await page.$eval('#flash', e => e.textContent);
+		const ran = await clickInRow(page, 'name', schedule, 'Run now');
+		check(ran, 'a row for schedule ' + schedule);
+		const flash = await waitText(page, '#flash', t => /Run now/.test(t));
 		check(/job_id/.test(flash), 'Run now answered with a job id: ' + flash);
 	} catch (e) {
 		check(false, 'browser run: ' + e.stack);

@@ -22,6 +22,8 @@ use JSON::PP;
 use MIME::Base64;
 use File::Copy;
 use Time::HiRes qw(usleep time);
+use IO::Socket::INET;
+use IO::Select;
 
 my $pg_config = $ENV{PG_CONFIG} // '/usr/lib/postgresql/15/bin/pg_config';
 my $bindir = `$pg_config --bindir`;
@@ -214,6 +216,25 @@ is(scalar @{ $b->{jobs} }, 1, 'filter by owner');
 is(scalar @{ $b->{jobs} }, 1, 'filter by error text (case-insensitive)');
 ($s, $b) = get($alice, '/api/jobs?payload=%7B%22i%22%3A3%7D');
 is(scalar @{ $b->{jobs} }, 1, 'filter by payload containment');
+# time ranges, parsed by PostgreSQL; a JSON path over the payload
+my %alice_sql = map { $_ => $node->safe_psql('postgres', "SET ROLE alice; SELECT count(*) FROM atomizer.jobs WHERE $_") }
+	"created_at >= '2000-01-01'", "finished_at >= '2000-01-01'", "created_at < now() - interval '1 day'";
+($s, $b) = get($alice, '/api/jobs?limit=100&created_after=2000-01-01');
+is(scalar @{ $b->{jobs} }, $alice_sql{"created_at >= '2000-01-01'"}, 'filter by created_after');
+($s, $b) = get($alice, '/api/jobs?limit=100&created_before=' . uri('2000-01-01T00:00:00+00:00'));
+is(scalar @{ $b->{jobs} }, 0, 'filter by created_before (an ISO timestamp with its offset)');
+($s, $b) = get($alice, '/api/jobs?limit=100&finished_after=2000-01-01&finished_before=' . uri('2999-01-01 00:00'));
+is(scalar @{ $b->{jobs} }, $alice_sql{"finished_at >= '2000-01-01'"}, 'filter by finished_after and finished_before');
+($s, $b) = get($alice, '/api/jobs?limit=100&path=' . uri('$.i ? (@ > 3)'));
+is_deeply([ sort map { $_->{payload}{i} } @{ $b->{jobs} } ], [ 4, 5 ], 'filter by a JSON path over the payload');
+($s, $b) = get($alice, '/api/jobs?limit=100&path=' . uri('$.who ? (@ == "alice")') . '&queue=held');
+is(scalar @{ $b->{jobs} }, 2, '... with the other filters');
+for my $bad ('created_after=yesterday-ish', 'finished_before=2026-13-45', 'path=' . uri('$.a[') , 'path=' . uri('strict $.nokey'))
+{
+	($s, $b) = get($alice, "/api/jobs?$bad");
+	is($s, 400, "400 for $bad (never a 500)");
+	ok(defined $b->{error} && length $b->{error} > 10, "... with a sentence: " . ($b->{error} // ''));
+}
 
 ($s, $b, $r) = get($alice, "/api/job?id=$dead_id");
 is($s, 200, 'a job');
@@ -333,6 +354,87 @@ is(ref $b->{leases}, 'ARRAY', '... and external workers\' leases');
 is($s, 200, 'purge');
 is($b->{purged}, 0, '... nothing that old');
 
+# ------------------------------------------------------------ bulk actions
+# three dead jobs for the page's bulk bar
+$node->safe_psql('postgres', q{
+	SELECT atomizer.create_queue('bulkpage', external => true);
+	SELECT atomizer.enqueue_many('task', array['{}', '{}', '{}']::jsonb[], queue => 'bulkpage');
+	SELECT atomizer.fail(c.id, 'gave up', retry => false) FROM atomizer.claim('bulkpage', 3) c;
+});
+
+# ------------------------------------------------------------ live updates
+# GET /api/events as a browser's EventSource does: a raw socket, since the
+# answer never ends.  Returns the socket and what came so far.
+sub sse_open
+{
+	my ($v) = @_;
+	my ($hp) = $url =~ m{^http://(.*)$};
+	my $sock = IO::Socket::INET->new(PeerAddr => $hp, Timeout => 10) or die "connect $hp: $!";
+	print $sock "GET /api/events HTTP/1.1\r\nHost: $hp\r\nAccept: text/event-stream\r\n"
+	  . ($v->{auth} ? "Authorization: $v->{auth}\r\n" : '') . "\r\n";
+	my $st = { sock => $sock, buf => '' };
+	sse_until($st, qr/\r\n\r\n/, 10);
+	return $st;
+}
+
+# Read the stream until its text (from the start) matches re; true if it did.
+sub sse_until
+{
+	my ($st, $re, $timeout) = @_;
+	my $sel = IO::Select->new($st->{sock});
+	my $deadline = time + $timeout;
+	while ($st->{buf} !~ $re)
+	{
+		my $left = $deadline - time;
+		return 0 if $left <= 0;
+		next unless $sel->can_read($left);
+		my $n = sysread($st->{sock}, my $chunk, 65536);
+		return 0 unless $n;
+		$st->{buf} .= $chunk;
+	}
+	return 1;
+}
+
+my $anon_stream = sse_open(visitor());
+like($anon_stream->{buf}, qr{^HTTP/1\.1 401}, 'GET /api/events without a login: 401');
+close $anon_stream->{sock};
+my $ops_stream = sse_open($ops);
+like($ops_stream->{buf}, qr{^HTTP/1\.1 200}, 'an event stream for ops');
+like($ops_stream->{buf}, qr{content-type: text/event-stream}i, '... text/event-stream');
+my $alice_stream = sse_open($alice);
+ok(sse_until($alice_stream, qr/event: hello/, 10), 'a second stream, for alice, says hello');
+{
+	my $t0 = time;
+	($s, $b) = get($alice, '/api/overview');
+	is($s, 200, 'an API request answers while two event streams are open');
+	cmp_ok(time - $t0, '<', 5, '... at once');
+}
+# an internal queue is never notified: the feed sees its counters move
+# (once it has read them a first time: that is what they are compared with)
+wait_until($node, 'postgres', q{SELECT count(*) FROM pg_stat_activity
+	WHERE application_name = 'atomizer dashboard feed' AND query LIKE '%atomizer.metrics%'},
+	'1', 'one feed connection for both streams, reading the counters');
+$ops_stream->{buf} = $alice_stream->{buf} = '';
+$node->safe_psql('postgres', "SET ROLE alice; SELECT atomizer.enqueue('ok', '{\"live\": 1}')");
+ok(sse_until($ops_stream, qr/event: change\ndata: \{"queues": \[[^\]]*"default"/, 15),
+	'a job that ran in internal queue default: an event naming default (the counters moved)');
+ok(sse_until($alice_stream, qr/event: change\ndata: \{"queues": \[[^\]]*"default"/, 15),
+	'... on every open stream');
+unlike($ops_stream->{buf} . $alice_stream->{buf}, qr/"live"|payload|"id"/, '... and never job data');
+# an external queue: its NOTIFY, once the feed listens on the new queue
+$node->safe_psql('postgres', "SELECT atomizer.create_queue('live_ext', external => true)");
+ok(sse_until($ops_stream, qr/"live_ext"/, 15), 'a new queue is an event (the feed now listens on atomizer_live_ext)');
+$ops_stream->{buf} = '';
+$node->safe_psql('postgres', "SELECT atomizer.enqueue('task', '{}', queue => 'live_ext')");
+ok(sse_until($ops_stream, qr/event: change\ndata: \{"queues": \[[^\]]*"live_ext"/, 15),
+	'a job enqueued in an external queue: an event from its NOTIFY');
+# an action through the dashboard is an event for every stream
+$alice_stream->{buf} = '';
+($s, $b) = act($ops, '/api/queue/pause?name=live_ext');
+is($s, 200, 'ops pauses live_ext');
+ok(sse_until($alice_stream, qr/data: \{"queues": null\}/, 10), '... an event ("every queue") on alice\'s stream');
+close $_->{sock} for $ops_stream, $alice_stream;
+
 # ------------------------------------------------------------ /metrics
 ($s, $b, $r) = get($ops, '/metrics');
 is($s, 200, '/metrics');
@@ -413,7 +515,7 @@ $node->safe_psql('postgres', q{SELECT atomizer.create_queue('mail');
 	SET ROLE ops; SELECT atomizer.schedule('report', '*/5 * * * *', 'ok')});
 my $fires = $node->safe_psql('postgres', "SELECT count(*) FROM atomizer.jobs WHERE owner = 'ops'");
 my ($bout, $berr) = ('', '');
-IPC::Run::run([ 'node', "$bdir/dashboard.js", $url, 'ops', 'ops-pw', $shots, $dead_id, 'mail', 'report' ],
+IPC::Run::run([ 'node', "$bdir/dashboard.js", $url, 'ops', 'ops-pw', $shots, $dead_id, 'mail', 'report', 'bulkpage' ],
 	'<', \undef, '>', \$bout, '2>', \$berr, IPC::Run::timeout(180));
 my $brc = $? >> 8;
 for (split /\n/, $bout)
@@ -428,8 +530,56 @@ is($node->safe_psql('postgres', "SELECT paused FROM atomizer.queue WHERE name = 
 	't', 'the queue paused from the page is paused');
 cmp_ok($node->safe_psql('postgres', "SELECT count(*) FROM atomizer.jobs WHERE owner = 'ops'"),
 	'>', $fires, 'the schedule run from the page enqueued a job');
-ok(-s "$shots/$_.png", "screenshot $_.png") for qw(overview jobs job dead queues schedules workers);
+is($node->safe_psql('postgres', "SELECT string_agg(state, ' ') FROM atomizer.jobs WHERE queue = 'bulkpage'"),
+	'available available available', 'the jobs retried by the page\'s bulk bar are available');
+ok(-s "$shots/$_.png", "screenshot $_.png") for qw(overview jobs job dead queues schedules workers bulk overview-live);
 
+# ------------------------------------------------------------ bulk actions, 2,500 jobs
+# 2,500 dead jobs in an external queue (claimed, failed for good)
+$node->safe_psql('postgres', q{
+	SELECT atomizer.create_queue('bulk', external => true);
+	SELECT count(*) FROM atomizer.enqueue_many('task',
+		array(SELECT jsonb_build_object('n', i) FROM generate_series(1, 2500) i), queue => 'bulk');
+	SELECT atomizer.fail(c.id, 'gave up', retry => false) FROM atomizer.claim('bulk', 1000) c;
+	SELECT atomizer.fail(c.id, 'gave up', retry => false) FROM atomizer.claim('bulk', 1000) c;
+	SELECT atomizer.fail(c.id, 'gave up', retry => false) FROM atomizer.claim('bulk', 1000) c;
+});
+is($node->safe_psql('postgres', "SELECT count(*) FROM atomizer.jobs WHERE queue = 'bulk' AND state = 'dead'"),
+	'2500', '2,500 dead jobs in queue bulk');
+($s, $b) = get($ops, '/api/jobs/count?queue=bulk&state=dead');
+is($s, 200, 'count what a filter matches');
+is($b->{count}, 2500, '... 2,500');
+is($b->{batch}, 1000, '... and the batch size');
+($s, $b) = get($alice, '/api/jobs/count?queue=bulk&state=dead');
+is($b->{count}, 0, 'alice counts none of them (row-level security)');
+($s, $b) = get($ops, '/api/jobs/count?created_after=never');
+is($s, 400, 'a bad filter of the count: 400');
+($s, $b) = act($ops, '/api/jobs/bulk?action=retry&queue=bulk&state=dead&expected=10');
+is($s, 409, 'a bulk retry confirmed for 10 jobs when 2,500 match: 409');
+is($b->{count}, 2500, '... saying how many match now');
+($s, $b) = request($ops, 'POST', '/api/jobs/bulk?action=retry&queue=bulk&state=dead&expected=2500',
+	headers => { Origin => $url });
+is($s, 403, 'a bulk action without the CSRF token: 403');
+($s, $b) = act($ops, '/api/jobs/bulk?action=delete&queue=bulk&state=dead&expected=2500');
+is($s, 400, 'bulk delete is not offered (atomizer has no per-job delete): 400');
+like($b->{error}, qr/purge/, '... pointing at purge');
+($s, $b) = act($ops, '/api/jobs/bulk?action=explode&queue=bulk&expected=1');
+is($s, 400, 'an unknown bulk action: 400');
+($s, $b) = act($ops, '/api/jobs/bulk?action=retry&queue=bulk&state=dead');
+is($s, 400, 'a bulk action without expected: 400');
+is($node->safe_psql('postgres', "SELECT count(*) FROM atomizer.jobs WHERE queue = 'bulk' AND state = 'dead'"),
+	'2500', 'none of the refused requests retried anything');
+($s, $b) = act($ops, '/api/jobs/bulk?action=retry&queue=bulk&state=dead&expected=2499');
+is($s, 200, 'a bulk retry of everything the filter matches (confirmed count within a batch)');
+is($b->{matched}, 2500, '... matched 2,500');
+is($b->{done}, 2500, '... retried 2,500');
+is($b->{batches}, 3, '... in 3 batches of at most 1,000');
+is($node->safe_psql('postgres', "SELECT count(*) FROM atomizer.jobs WHERE queue = 'bulk' AND state = 'available'"),
+	'2500', 'all 2,500 are available again');
+($s, $b) = act($ops, '/api/jobs/bulk?action=cancel&queue=bulk&path=' . uri('$.n ? (@ <= 10)') . '&expected=10');
+is($b->{done}, 10, 'a bulk cancel of the ten the JSON path matches');
+is($node->safe_psql('postgres', "SELECT count(*) FROM atomizer.jobs WHERE queue = 'bulk' AND state = 'cancelled'"),
+	'10', '... cancelled');
 # ------------------------------------------------------------ --read-only, no login
 $dash->signal('TERM');
 $dash->finish;
@@ -442,6 +592,10 @@ is($s, 200, '--read-only: reading works');
 ($s, $b) = act($ro, "/api/job/cancel?id=$dead_id");
 is($s, 403, '--read-only: an action is 403');
 like($b->{error}, qr/read-only/, '... saying why');
+($s, $b) = act($ro, '/api/jobs/bulk?action=retry&queue=bulk&expected=0');
+is($s, 403, '--read-only: a bulk action is 403');
+($s, $b) = get($ro, '/api/jobs/count?queue=bulk');
+is($s, 200, '--read-only: counting works');
 $dash->signal('TERM');
 $dash->finish;
 

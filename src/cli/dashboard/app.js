@@ -6,6 +6,11 @@
  * Everything from the database is put in the page as text (textContent,
  * never innerHTML): payloads and error messages may contain <script>.
  * Actions are POSTs with the session's CSRF token (GET /api/session).
+ *
+ * Live: the page subscribes to GET /api/events (Server-Sent Events) and
+ * draws the visible page again when an event says something changed, at
+ * most every 500 ms, and not while the visitor is typing in it.  It never
+ * polls.
  */
 'use strict';
 
@@ -101,14 +106,19 @@ async function pageOverview(main) {
 
 async function pageJobs(main, params) {
 	const form = el('form', {id: 'filters'});
-	const fields = ['queue', 'state', 'handler', 'id', 'owner', 'error', 'payload', 'result'];
+	const fields = ['queue', 'state', 'handler', 'id', 'owner', 'error', 'payload', 'result',
+		'created_after', 'created_before', 'finished_after', 'finished_before', 'path'];
+	const hints = {payload: 'payload contains (JSON)', result: 'result contains (JSON)',
+		path: 'payload matches (JSON path, e.g. $.n ? (@ > 2))',
+		created_after: 'created after (e.g. 2026-11-22 07:00+00)', created_before: 'created before',
+		finished_after: 'finished after', finished_before: 'finished before'};
 	for (const f of fields) {
 		let input;
 		if (f === 'state') {
 			input = el('select', {name: f}, el('option', {value: ''}, 'any state'),
 				...STATES.map(s => el('option', {value: s, selected: params.get(f) === s ? 'selected' : null}, s)));
 		} else {
-			input = el('input', {name: f, placeholder: f === 'payload' || f === 'result' ? f + ' contains (JSON)' : f});
+			input = el('input', {name: f, placeholder: hints[f] || f, title: hints[f] || f});
 			input.value = params.get(f) || '';
 		}
 		form.append(input);
@@ -124,6 +134,7 @@ async function pageJobs(main, params) {
 	const q = {};
 	for (const f of fields.concat(['before'])) q[f] = params.get(f);
 	const r = await api('/api/jobs', q);
+	if (r.jobs.length) main.append(bulkBar(fields, params));
 	main.append(table(['id', 'queue', 'handler', 'state', 'attempt', 'run_at', 'owner', 'last_error'], r.jobs, (j, c) => {
 		if (c === 'id') return jobLink(j.id);
 		if (c === 'run_at') return when(j.run_at);
@@ -135,6 +146,55 @@ async function pageJobs(main, params) {
 		n.set('before', r.next);
 		main.append(el('p', {}, el('a', {href: '#/jobs?' + n, id: 'next'}, 'Older jobs →')));
 	}
+}
+
+/*
+ * The bulk bar of the jobs page: "Select all matching" counts what the
+ * filters match (GET /api/jobs/count, only on request: a count costs what
+ * it counts), then retry or cancel them all, confirmed with that count;
+ * the server does it in batches and refuses if the count moved meanwhile.
+ */
+let bulkCounted = null;	/* {hash, count, batch}: the bar stays open over live redraws */
+
+function bulkBar(fields, params) {
+	const filters = {};
+	for (const f of fields) if (params.get(f)) filters[f] = params.get(f);
+	const bar = el('div', {id: 'bulk', class: 'bulk'});
+	const open = c => bar.replaceChildren(el('span', {id: 'bulk-matching'}, 'All ' + c.count + ' matching job(s): '),
+		bulkAction('Retry all', 'retry', c.count, filters),
+		bulkAction('Cancel all', 'cancel', c.count, filters),
+		el('span', {class: 'muted'}, ' in batches of ' + c.batch));
+	if (bulkCounted && bulkCounted.hash === location.hash) {
+		open(bulkCounted);
+		return bar;
+	}
+	bar.append(el('button', {type: 'button', id: 'bulk-count', onclick: async () => {
+		try {
+			const c = await api('/api/jobs/count', filters);
+			bulkCounted = {hash: location.hash, count: c.count, batch: c.batch};
+			open(bulkCounted);
+		} catch (e) {
+			flash(e.message, true);
+		}
+	}}, 'Select all matching…'));
+	return bar;
+}
+
+function bulkAction(label, act, n, filters) {
+	return el('button', {
+		class: 'action', 'data-action': label, disabled: session.read_only || !n ? 'disabled' : null,
+		onclick: async () => {
+			if (!window.confirm(label.replace(' all', '') + ' all ' + n + ' matching job(s)?')) return;
+			bulkCounted = null;
+			try {
+				const r = await api('/api/jobs/bulk', Object.assign({action: act, expected: n}, filters), true);
+				flash(label + ': ' + r.done + ' of ' + r.matched + ' job(s), in ' + r.batches + ' batch(es)', false);
+			} catch (e) {
+				flash(label + ': ' + e.message, true);
+			}
+			route();
+		}
+	}, label + ' (' + n + ')');
 }
 
 async function pageJob(main, id) {
@@ -213,8 +273,11 @@ async function pageWorkers(main) {
 		w.leases.length ? table(['worker', 'queue', 'jobs', 'lease_until'], w.leases, (p, c) => c === 'lease_until' ? when(p[c]) : text(p[c])) : el('p', {}, 'No job is leased.'));
 }
 
+let routeGen = 0;
+
+/* draw the page the hash names; the latest call wins */
 async function route() {
-	const main = document.getElementById('main');
+	const gen = ++routeGen;
 	const hash = location.hash.replace(/^#\/?/, '') || 'overview';
 	const [path, query] = hash.split('?');
 	const parts = path.split('/');
@@ -234,8 +297,41 @@ async function route() {
 	} catch (e) {
 		fresh.append(el('p', {class: 'bad', id: 'error'}, e.message));
 	}
+	if (gen !== routeGen) return;	/* a later draw started meanwhile */
 	fresh.setAttribute('data-ready', '1');
-	main.replaceWith(fresh);
+	document.getElementById('main').replaceWith(fresh);
+}
+
+/* live updates: redraw when the feed says something changed (debounced) */
+const LIVE_MS = 500;
+let liveTimer = null;
+let liveLast = 0;
+let livePending = false;
+
+function liveRedraw() {
+	liveTimer = null;
+	const a = document.activeElement;
+	if (a && a.closest && a.closest('main') && /^(INPUT|SELECT|TEXTAREA)$/.test(a.tagName)) {
+		livePending = true;		/* the visitor is typing: after they leave */
+		return;
+	}
+	livePending = false;
+	liveLast = Date.now();
+	document.body.setAttribute('data-live-redraws', String(Number(document.body.getAttribute('data-live-redraws') || 0) + 1));
+	route();
+}
+
+function liveEvent() {
+	if (liveTimer !== null) return;
+	liveTimer = setTimeout(liveRedraw, Math.max(0, liveLast + LIVE_MS - Date.now()));
+}
+
+function subscribe() {
+	const es = new EventSource('/api/events');
+	es.addEventListener('hello', () => document.body.setAttribute('data-live', 'on'));
+	es.addEventListener('change', liveEvent);
+	es.onerror = () => document.body.setAttribute('data-live', 'off');	/* EventSource reconnects */
+	document.addEventListener('focusout', () => { if (livePending) liveEvent(); });
 }
 
 async function start() {
@@ -244,6 +340,7 @@ async function start() {
 		(session.who.admin ? ' (admin)' : '') + (session.read_only ? ' · read-only' : '');
 	window.addEventListener('hashchange', () => { document.getElementById('flash').hidden = true; route(); });
 	route();
+	subscribe();
 }
 
 start();
