@@ -314,6 +314,55 @@ api_jobs_count(DashRequest *r)
 }
 
 /*
+ * run_batches
+ *		Run a batch statement until a batch sees fewer than batch rows, each
+ *		batch its own transaction, walking down the ids: parameter v[last]
+ *		is the last id of the batch before (NULL at first).  The statement
+ *		answers {"seen" : N, "<done_key>" : M, "last_id" : L}; *seen, *done
+ *		and *batches add them up.  False when a batch failed: the answer
+ *		says why, and the batches before it are done.
+ */
+static bool
+run_batches(DashRequest *r, const char *sql, int nparams, const char **v,
+			int last, int batch, const char *done_key,
+			long long *seen, long long *done, int *batches)
+{
+	char		fmt[96];
+	char		last_id[32] = "";
+
+	snprintf(fmt, sizeof(fmt),
+			 "{\"seen\" : %%lld, \"%s\" : %%lld, \"last_id\" : %%31[0-9]", done_key);
+	for (;;)
+	{
+		PGresult   *res;
+		long long	s,
+					d;
+		char		lastv[32] = "";
+
+		v[last] = last_id[0] ? last_id : NULL;
+		res = run(r, sql, nparams, v);
+		if (res == NULL)
+			return false;
+		if (sscanf(PQgetvalue(res, 0, 0), fmt, &s, &d, lastv) < 2)
+		{
+			PQclear(res);
+			dashboard_error(r, 500, "unexpected answer from a batch");
+			return false;
+		}
+		PQclear(res);
+		if (s == 0)
+			break;
+		(*batches)++;
+		*seen += s;
+		*done += d;
+		snprintf(last_id, sizeof(last_id), "%s", lastv);
+		if (s < batch || last_id[0] == '\0')
+			break;
+	}
+	return true;
+}
+
+/*
  * POST /api/jobs/bulk: retry or cancel every job the filters match, in
  * batches of BULK_BATCH ids, each batch its own transaction (keyset over
  * id, newest first), through atomizer.retry() and atomizer.cancel().
@@ -331,7 +380,6 @@ api_jobs_bulk(DashRequest *r)
 	const char *expected;
 	const char *sql;
 	char		batch[16];
-	char		last[32] = "";
 	long long	count,
 				seen = 0,
 				done = 0;
@@ -373,36 +421,9 @@ api_jobs_bulk(DashRequest *r)
 		return;
 	}
 
-	for (;;)
-	{
-		long long	s,
-					d;
-		char		lastv[32];
-
-		v[0] = last[0] ? last : NULL;
-		res = run(r, sql, MAX_PARAMS, v);
-		if (res == NULL)
-			return;				/* batches before this one are done */
-		/* {"seen" : N, "done" : M, "last_id" : L} */
-		lastv[0] = '\0';
-		if (sscanf(PQgetvalue(res, 0, 0),
-				   "{\"seen\" : %lld, \"done\" : %lld, \"last_id\" : %31[0-9]",
-				   &s, &d, lastv) < 2)
-		{
-			PQclear(res);
-			dashboard_error(r, 500, "unexpected answer from the bulk batch");
-			return;
-		}
-		PQclear(res);
-		if (s == 0)
-			break;
-		batches++;
-		seen += s;
-		done += d;
-		snprintf(last, sizeof(last), "%s", lastv);
-		if (s < BULK_BATCH || last[0] == '\0')
-			break;
-	}
+	if (!run_batches(r, sql, MAX_PARAMS, v, 0, BULK_BATCH, "done",
+					 &seen, &done, &batches))
+		return;
 	r->status = 200;
 	buf_appendf(&r->body, "{\"action\": \"%s\", \"matched\": %lld, \"done\": %lld, \"batches\": %d, \"batch_size\": %d}\n",
 				action, seen, done, batches, BULK_BATCH);
@@ -463,7 +484,6 @@ static void
 api_dead_retry(DashRequest *r)
 {
 	const char *v[6];
-	char		last[32] = "";
 	char		batch[16];
 	long long	seen = 0,
 				retried = 0;
@@ -476,37 +496,9 @@ api_dead_retry(DashRequest *r)
 	v[3] = param(r, "message");
 	snprintf(batch, sizeof(batch), "%d", DEAD_RETRY_BATCH);
 	v[5] = batch;
-	for (;;)
-	{
-		PGresult   *res;
-		long long	s,
-					t;
-		char		lastv[32];
-
-		v[4] = last[0] ? last : NULL;
-		res = run(r, DASHBOARD_SQL_DEAD_RETRY_BATCH, 6, v);
-		if (res == NULL)
-			return;
-		/* {"seen" : N, "retried" : M, "last_id" : L} */
-		lastv[0] = '\0';
-		if (sscanf(PQgetvalue(res, 0, 0),
-				   "{\"seen\" : %lld, \"retried\" : %lld, \"last_id\" : %31[0-9]",
-				   &s, &t, lastv) < 2)
-		{
-			PQclear(res);
-			dashboard_error(r, 500, "unexpected answer from the retry batch");
-			return;
-		}
-		PQclear(res);
-		if (s == 0)
-			break;
-		batches++;
-		seen += s;
-		retried += t;
-		snprintf(last, sizeof(last), "%s", lastv);
-		if (s < DEAD_RETRY_BATCH || last[0] == '\0')
-			break;
-	}
+	if (!run_batches(r, DASHBOARD_SQL_DEAD_RETRY_BATCH, 6, v, 4, DEAD_RETRY_BATCH,
+					 "retried", &seen, &retried, &batches))
+		return;
 	r->status = 200;
 	buf_appendf(&r->body, "{\"matched\": %lld, \"retried\": %lld, \"batches\": %d, \"batch_size\": %d}\n",
 				seen, retried, batches, DEAD_RETRY_BATCH);
