@@ -105,6 +105,21 @@ store_end(StoreCall *call)
 	atomizer_restore_caller(&call->priv);
 }
 
+/*
+ * run_one
+ *		Execute plan, which must return exactly one row (SPI result code
+ *		rc), or ERROR "could not <what>"; the row's column col, after.
+ */
+static Datum
+run_one(SPIPlanPtr plan, Datum *values, const char *nulls, bool read_only,
+		int rc, const char *what, int col, bool *isnull)
+{
+	if (SPI_execute_plan(plan, values, nulls, read_only, 0) != rc ||
+		SPI_processed != 1)
+		elog(ERROR, "could not %s", what);
+	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, col, isnull);
+}
+
 /* ------------------------------------------------------------------------
  * The worker identity
  * ------------------------------------------------------------------------ */
@@ -704,12 +719,9 @@ atomizer_store_insert_fire(int64 schedule_id, TimestampTz run_at)
 			"RETURNING queue, priority::int4, run_at, id", 2, types);
 	values[0] = Int64GetDatum(schedule_id);
 	values[1] = TimestampTzGetDatum(run_at);
-	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
-		SPI_processed != 1)
-		elog(ERROR, "could not enqueue the job of schedule " INT64_FORMAT, schedule_id);
+	id = DatumGetInt64(run_one(plan, values, NULL, false, SPI_OK_INSERT_RETURNING,
+							   "enqueue the job of a schedule", 4, &isnull));
 	note_waiting_rows();
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-									 SPI_tuptable->tupdesc, 4, &isnull));
 	store_end(&call);
 	return id;
 }
@@ -732,10 +744,8 @@ atomizer_store_schedule_busy(int64 schedule_id)
 	atomizer_prepare(&plan,
 			"SELECT EXISTS (SELECT 1 FROM atomizer.job WHERE schedule_id = $1)",
 			1, types);
-	if (SPI_execute_plan(plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not look at the jobs of schedule " INT64_FORMAT, schedule_id);
-	busy = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-									  SPI_tuptable->tupdesc, 1, &isnull));
+	busy = DatumGetBool(run_one(plan, &arg, NULL, true, SPI_OK_SELECT,
+								"look at the jobs of a schedule", 1, &isnull));
 	store_end(&call);
 	return busy;
 }
@@ -1394,12 +1404,10 @@ atomizer_store_snooze(int64 id, int64 delay_ms)
 					 "RETURNING queue, priority::int4, run_at, id", 2, types);
 	values[0] = Int64GetDatum(id);
 	values[1] = Float8GetDatum((double) delay_ms / 1000.0);
-	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING ||
-		SPI_processed != 1)
-		elog(ERROR, "could not snooze job " INT64_FORMAT, id);
+	when = DatumGetTimestampTz(run_one(plan, values, NULL, false,
+									   SPI_OK_UPDATE_RETURNING, "snooze a job",
+									   3, &isnull));
 	note_waiting_rows();
-	when = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
-											 SPI_tuptable->tupdesc, 3, &isnull));
 	store_end(&call);
 	/* whoever sleeps until the next due job must wake by then */
 	atomizer_note_deadline(when);
@@ -1712,10 +1720,8 @@ atomizer_store_purge(const Interval *older_than, const char *queue,
 				 "e AS (DELETE FROM atomizer.job_error e USING d"
 				 " WHERE e.job_id = d.id) "
 				 "SELECT count(*) FROM d", 3, types);
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not purge jobs");
-	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										SPI_tuptable->tupdesc, 1, &isnull));
+	count = DatumGetInt64(run_one(plan, values, nulls, false, SPI_OK_SELECT,
+								  "purge jobs", 1, &isnull));
 	store_end(&call);
 	return count;
 }
@@ -1746,10 +1752,8 @@ atomizer_store_prune(int limit)
 					 "e AS (DELETE FROM atomizer.job_error e USING d"
 					 " WHERE e.job_id = d.id) "
 					 "SELECT count(*) FROM d", 1, types);
-	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not prune finished jobs");
-	count = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										SPI_tuptable->tupdesc, 1, &isnull));
+	count = DatumGetInt64(run_one(plan, &arg, NULL, false, SPI_OK_SELECT,
+								  "prune finished jobs", 1, &isnull));
 
 	/* unique_for windows that have passed (0.2.0's objects only) */
 	if (OidIsValid(get_relname_relid("job_unique", get_namespace_oid("atomizer", false))))
@@ -1894,11 +1898,9 @@ atomizer_store_extend_lease(int64 job_id, const Interval *lease)
 			" lease_until = clock_timestamp() + coalesce($2, lease,"
 			"  interval '5 minutes') WHERE id = $1 RETURNING lease_until",
 			2, types);
-	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING ||
-		SPI_processed != 1)
-		elog(ERROR, "could not extend the lease of job " INT64_FORMAT, job_id);
-	until = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
-											  SPI_tuptable->tupdesc, 1, &isnull));
+	until = DatumGetTimestampTz(run_one(plan, values, nulls, false,
+										SPI_OK_UPDATE_RETURNING,
+										"extend a job's lease", 1, &isnull));
 	store_end(&call);
 	return until;
 }
@@ -2036,9 +2038,8 @@ atomizer_store_count_running(const char *worker)
 	atomizer_prepare(&plan,
 					 "SELECT count(*) FROM atomizer.job"
 					 " WHERE state = 'running' AND worker = $1", 1, types);
-	if (SPI_execute_plan(plan, &arg, NULL, true, 0) == SPI_OK_SELECT)
-		n = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										SPI_tuptable->tupdesc, 1, &isnull));
+	n = DatumGetInt64(run_one(plan, &arg, NULL, true, SPI_OK_SELECT,
+							  "count a worker's running jobs", 1, &isnull));
 	store_end(&call);
 	return n;
 }
