@@ -144,6 +144,8 @@ typedef struct AtomizerShared
 extern AtomizerShared *atomizer_shared;
 extern void atomizer_shmem_init(void);
 extern AtomizerDbSlot *atomizer_db_slot(Oid dboid, bool create);
+extern AtomizerWorkerSlot *atomizer_worker_slot_of(int pid, pg_time_t start_time,
+												   Oid dboid);
 extern void atomizer_wake_queue(Oid dboid, const char *queue);
 extern void atomizer_wake_queue_all(Oid dboid, const char *queue);
 extern void atomizer_wake_launcher(Oid dboid);
@@ -322,6 +324,7 @@ extern int64 atomizer_interval_ms(const Interval *iv);
 extern void atomizer_check_interval(const Interval *iv, const char *name,
 									bool allow_zero, int64 max_ms);
 extern void atomizer_check_payload(Jsonb *payload, int index);
+extern int64 atomizer_delay_arg(FunctionCallInfo fcinfo, int argno);
 extern void atomizer_check_job_settings(FunctionCallInfo fcinfo, int priority_arg,
 										int max_attempts_arg, int timeout_arg);
 extern char *atomizer_job_handler(const char *handler,

@@ -670,16 +670,8 @@ Datum
 atomizer_snooze(PG_FUNCTION_ARGS)
 {
 	AtomizerJob *job = running_job_or_error("atomizer.snooze()");
-	Interval   *delay;
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("delay must not be null"),
-				 errhint("Use interval '0' to run the job again as soon as possible.")));
-	delay = PG_GETARG_INTERVAL_P(0);
-	atomizer_check_interval(delay, "delay", true, ATOMIZER_MAX_DELAY_MS);
-	snooze_ms = atomizer_interval_ms(delay);
+	snooze_ms = atomizer_delay_arg(fcinfo, 0);
 	snooze_requested = true;
 	ereport(ERROR,
 			(errcode(ERRCODE_ATOMIZER_SNOOZE),

@@ -339,7 +339,7 @@ Datum
 atomizer_snooze_job(PG_FUNCTION_ARGS)
 {
 	AtomizerJob job;
-	Interval   *delay;
+	int64		delay_ms;
 	TimestampTz when;
 
 	check_worker_role();
@@ -347,16 +347,10 @@ atomizer_snooze_job(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("job_id must not be null")));
-	if (PG_ARGISNULL(1))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("delay must not be null"),
-				 errhint("Use interval '0' to make the job available again at once.")));
-	delay = PG_GETARG_INTERVAL_P(1);
-	atomizer_check_interval(delay, "delay", true, ATOMIZER_MAX_DELAY_MS);
+	delay_ms = atomizer_delay_arg(fcinfo, 1);
 	atomizer_store_lock_leased(PG_GETARG_INT64(0), !PG_ARGISNULL(2),
 							   PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2), &job);
-	when = atomizer_store_snooze(job.id, atomizer_interval_ms(delay));
+	when = atomizer_store_snooze(job.id, delay_ms);
 	atomizer_note_external(job.queue);
 	PG_RETURN_TIMESTAMPTZ(when);
 }

@@ -98,6 +98,25 @@ require_arg(FunctionCallInfo fcinfo, int argno, const char *name)
 }
 
 /*
+ * atomizer_delay_arg
+ *		A snooze's delay argument in ms: not null, 0 to 1000 years.
+ */
+int64
+atomizer_delay_arg(FunctionCallInfo fcinfo, int argno)
+{
+	Interval   *delay;
+
+	if (PG_ARGISNULL(argno))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("delay must not be null"),
+				 errhint("Use interval '0' for as soon as possible.")));
+	delay = PG_GETARG_INTERVAL_P(argno);
+	atomizer_check_interval(delay, "delay", true, ATOMIZER_MAX_DELAY_MS);
+	return atomizer_interval_ms(delay);
+}
+
+/*
  * atomizer_check_payload
  *		A payload is a JSON object or array; a scalar is almost always a
  *		mistake (a forgotten jsonb_build_object) and would surprise a handler.
@@ -303,6 +322,24 @@ note_enqueued(const EnqueueArgs *args, int64 first_id)
 }
 
 /*
+ * notice_not_enqueued
+ *		Tell the caller that its enqueue made no job: the key's job id is
+ *		returned instead (and whether its payload differs), and when the
+ *		key makes a job again.
+ */
+static void
+notice_not_enqueued(int64 id, const char *queue, const char *key,
+					bool same_payload, const char *again)
+{
+	ereport(NOTICE,
+			(errmsg("no job was enqueued: job " INT64_FORMAT " of queue \"%s\" already has idempotency key \"%s\"",
+					id, queue, key),
+			 same_payload ? 0 :
+			 errdetail("That job's payload differs from the one given, which was dropped."),
+			 errhint("Its id is returned; %s.", again)));
+}
+
+/*
  * atomizer.enqueue(handler, payload, queue, run_at, priority, max_attempts,
  *					timeout, idempotency_key) RETURNS bigint
  *		Insert one job in the caller's transaction.  With an idempotency key
@@ -357,13 +394,9 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 										  unique_for, &created, &same_payload,
 										  &until);
 		if (!created)
-			ereport(NOTICE,
-					(errmsg("no job was enqueued: job " INT64_FORMAT " of queue \"%s\" has idempotency key \"%s\" within its unique_for window",
-							id, args.queue, key),
-					 same_payload ? 0 :
-					 errdetail("That job's payload differs from the one given, which was dropped."),
-					 errhint("Its id is returned; the key makes a new job after %s.",
-							 timestamptz_to_str(until))));
+			notice_not_enqueued(id, args.queue, key, same_payload,
+								psprintf("the key makes a new job after %s",
+										 timestamptz_to_str(until)));
 		note_enqueued(&args, id);
 		PG_RETURN_INT64(id);
 	}
@@ -387,12 +420,8 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 		id = atomizer_store_insert(&args, JsonbPGetDatum(payload), key,
 								   &created, &same_payload);
 		if (!created)
-			ereport(NOTICE,
-					(errmsg("no job was enqueued: job " INT64_FORMAT " of queue \"%s\" already has idempotency key \"%s\"",
-							id, args.queue, key),
-					 same_payload ? 0 :
-					 errdetail("That job's payload differs from the one given, which was dropped."),
-					 errhint("Its id is returned; the key is free again once that job has finished.")));
+			notice_not_enqueued(id, args.queue, key, same_payload,
+								"the key is free again once that job has finished");
 	}
 	note_enqueued(&args, id);
 

@@ -326,20 +326,10 @@ reap_workers(void)
 static bool
 worker_alive(const AtomizerWorkerId *id)
 {
-	bool		alive = false;
+	bool		alive;
 
 	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
-	for (int i = 0; i < atomizer_shared->max_workers; i++)
-	{
-		AtomizerWorkerSlot *w = &atomizer_shared->workers[i];
-
-		if (w->in_use && w->pid == id->pid && w->start_time == id->start_time &&
-			w->dboid == MyDatabaseId)
-		{
-			alive = true;
-			break;
-		}
-	}
+	alive = atomizer_worker_slot_of(id->pid, id->start_time, MyDatabaseId) != NULL;
 	LWLockRelease(atomizer_shared->lock);
 	return alive;
 }

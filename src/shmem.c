@@ -421,3 +421,22 @@ atomizer_workers(PG_FUNCTION_ARGS)
 	LWLockRelease(atomizer_shared->lock);
 	return (Datum) 0;
 }
+
+/*
+ * atomizer_worker_slot_of
+ *		The slot of the live worker (pid, start time) of database dboid, or
+ *		NULL.  The caller holds atomizer_shared->lock.
+ */
+AtomizerWorkerSlot *
+atomizer_worker_slot_of(int pid, pg_time_t start_time, Oid dboid)
+{
+	for (int i = 0; i < atomizer_shared->max_workers; i++)
+	{
+		AtomizerWorkerSlot *w = &atomizer_shared->workers[i];
+
+		if (w->in_use && w->pid == pid && w->start_time == start_time &&
+			w->dboid == dboid)
+			return w;
+	}
+	return NULL;
+}

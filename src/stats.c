@@ -70,7 +70,6 @@ typedef struct StatsSlot
 typedef struct StatsShared
 {
 	slock_t		assign;			/* taking a free slot */
-	bool		full;			/* a queue found no slot */
 	StatsSlot	slots[STATS_SLOTS];
 } StatsShared;
 
@@ -121,7 +120,7 @@ atomizer_stats_shmem_init(void)
 /*
  * stats_slot
  *		The slot of (dboid, queue), taken if free; NULL when every slot is
- *		taken (the queue is not counted, and the metrics say so).
+ *		taken (the queue is not counted: the README states the limit).
  */
 static StatsSlot *
 stats_slot(Oid dboid, const char *queue)
@@ -151,7 +150,6 @@ stats_slot(Oid dboid, const char *queue)
 		if (slot->dboid == dboid && strcmp(slot->queue, queue) == 0)
 			return slot;
 	}
-	stats->full = true;
 	return NULL;
 }
 
@@ -289,10 +287,7 @@ atomizer_stats_note(const char *queue, AtomizerOutcomeKind kind,
 	if (note == NULL)
 	{
 		if (nnotes == MAX_NOTES)
-		{
-			stats->full = true;	/* more queues in one transaction: not counted */
-			return;
-		}
+			return;				/* more queues in one transaction: not counted */
 		note = &notes[nnotes++];
 		memset(note, 0, sizeof(StatsNote));
 		strlcpy(note->queue, queue, NAMEDATALEN);

@@ -79,19 +79,14 @@ static void
 cancel_running(const PendingCancel *c)
 {
 	Latch	   *latch = NULL;
+	AtomizerWorkerSlot *w;
 
 	LWLockAcquire(atomizer_shared->lock, LW_EXCLUSIVE);
-	for (int i = 0; i < atomizer_shared->max_workers; i++)
+	w = atomizer_worker_slot_of(c->pid, c->start_time, MyDatabaseId);
+	if (w != NULL)
 	{
-		AtomizerWorkerSlot *w = &atomizer_shared->workers[i];
-
-		if (w->in_use && w->pid == c->pid && w->start_time == c->start_time &&
-			w->dboid == MyDatabaseId)
-		{
-			w->cancel_job_id = c->job_id;
-			latch = w->latch;
-			break;
-		}
+		w->cancel_job_id = c->job_id;
+		latch = w->latch;
 	}
 	LWLockRelease(atomizer_shared->lock);
 	if (latch != NULL)
