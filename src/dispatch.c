@@ -478,7 +478,6 @@ run_queue(const char *queue, int max_jobs, const char *owner_filter)
 		AtomizerJob *jobs;
 		int			want = atomizer_batch_size;
 		int			n;
-		bool		snoozed = false;
 
 		if (max_jobs >= 0)
 			want = Min(want, max_jobs - total);
@@ -503,13 +502,11 @@ run_queue(const char *queue, int max_jobs, const char *owner_filter)
 			pgstat_report_activity(STATE_RUNNING, psprintf("atomizer job " INT64_FORMAT ": %s", jobs[i].id, jobs[i].handler));
 			atomizer_run_job(&jobs[i], &outcome);
 			atomizer_record_outcome(&jobs[i], &outcome, NULL);
-			snoozed |= outcome.snoozed;
 		}
 		MemoryContextSwitchTo(old);
 		MemoryContextReset(batch_cxt);
 		total += n;
-		/* a job snoozed for no time would be claimed again by this call */
-		if (n < want || snoozed)
+		if (n < want)
 			break;
 	}
 	MemoryContextDelete(batch_cxt);

@@ -55,6 +55,14 @@ $node->safe_psql('postgres', q{SELECT atomizer.enqueue('resize', queue => 'ext')
 is($node->safe_psql('postgres', q{SELECT count(atomizer.complete(id)) FROM atomizer.claim('ext')}), '1',
 	'an external worker claims and completes');
 
+# wait() without the shared condition variable: it looks by itself
+my $done = $node->safe_psql('postgres', q{SELECT max(id) FROM atomizer.jobs WHERE state = 'succeeded'});
+is($node->safe_psql('postgres', qq{SELECT state FROM atomizer.wait($done, '5 seconds')}), 'succeeded',
+	'wait() answers without preloading');
+my $later = $node->safe_psql('postgres', q{SELECT atomizer.enqueue('work', '{"n": 9}')});
+is($node->safe_psql('postgres', qq{SELECT state FROM atomizer.wait($later, '300 milliseconds')}), 'available',
+	'and returns at the timeout when nothing runs the job');
+
 # the views answer (nothing runs in the background)
 is($node->safe_psql('postgres', q{SELECT count(*) FROM atomizer.workers}), '0', 'no workers');
 is($node->safe_psql('postgres', q{SELECT succeeded FROM atomizer.queue_stats WHERE queue = 'default'}),
