@@ -9,6 +9,7 @@ OBJS = \
 	src/guc.o \
 	src/privilege.o \
 	src/queue.o \
+	src/limits.o \
 	src/handler.o \
 	src/jobs.o \
 	src/dispatch.o \

@@ -393,20 +393,34 @@ CREATE FUNCTION atomizer.create_queue(
 	backoff_cap interval DEFAULT '1 hour',
 	backoff_jitter double precision DEFAULT 0.1,
 	timeout interval DEFAULT '0',
-	retention interval DEFAULT '1 day')
+	retention interval DEFAULT '1 day',
+	rate_limit integer DEFAULT NULL,
+	rate_period interval DEFAULT NULL,
+	rate_partition text DEFAULT NULL,
+	before_run text DEFAULT NULL,
+	on_success text DEFAULT NULL,
+	on_failure text DEFAULT NULL,
+	on_dead text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
+-- no SET search_path: hooks are named with the caller's (see _hook_arg)
 AS $$
 BEGIN
 	PERFORM atomizer._require_admin('create_queue', 'atomizer._create_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval)', 'create queues');
 	PERFORM atomizer._create_queue(name, concurrency, external, max_attempts, backoff_base, backoff_cap,
 		backoff_jitter, timeout, retention);
+	IF rate_limit IS NOT NULL OR rate_period IS NOT NULL OR rate_partition IS NOT NULL
+	   OR before_run IS NOT NULL OR on_success IS NOT NULL OR on_failure IS NOT NULL
+	   OR on_dead IS NOT NULL THEN
+		PERFORM atomizer._queue_options(name, rate_limit, rate_period, rate_partition,
+			atomizer._hook_arg('before_run', before_run), atomizer._hook_arg('on_success', on_success),
+			atomizer._hook_arg('on_failure', on_failure), atomizer._hook_arg('on_dead', on_dead));
+	END IF;
 END
 $$;
 
-COMMENT ON FUNCTION atomizer.create_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval) IS
-	'Create a queue with its own concurrency, retry, backoff, timeout (0: none) and retention settings (members of atomizer_admin).';
+COMMENT ON FUNCTION atomizer.create_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval, integer, interval, text, text, text, text, text) IS
+	'Create a queue with its own concurrency, retry, backoff, timeout (0: none), retention, rate limit and lifecycle hook settings (members of atomizer_admin).';
 
 CREATE FUNCTION atomizer.alter_queue(
 	name text,
@@ -417,20 +431,34 @@ CREATE FUNCTION atomizer.alter_queue(
 	backoff_cap interval DEFAULT NULL,
 	backoff_jitter double precision DEFAULT NULL,
 	timeout interval DEFAULT NULL,
-	retention interval DEFAULT NULL)
+	retention interval DEFAULT NULL,
+	rate_limit integer DEFAULT NULL,
+	rate_period interval DEFAULT NULL,
+	rate_partition text DEFAULT NULL,
+	before_run text DEFAULT NULL,
+	on_success text DEFAULT NULL,
+	on_failure text DEFAULT NULL,
+	on_dead text DEFAULT NULL)
 RETURNS void
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
+-- no SET search_path: hooks are named with the caller's (see _hook_arg)
 AS $$
 BEGIN
 	PERFORM atomizer._require_admin('alter_queue', 'atomizer._alter_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval)', 'change queues');
 	PERFORM atomizer._alter_queue(name, concurrency, external, max_attempts, backoff_base, backoff_cap,
 		backoff_jitter, timeout, retention);
+	IF rate_limit IS NOT NULL OR rate_period IS NOT NULL OR rate_partition IS NOT NULL
+	   OR before_run IS NOT NULL OR on_success IS NOT NULL OR on_failure IS NOT NULL
+	   OR on_dead IS NOT NULL THEN
+		PERFORM atomizer._queue_options(name, rate_limit, rate_period, rate_partition,
+			atomizer._hook_arg('before_run', before_run), atomizer._hook_arg('on_success', on_success),
+			atomizer._hook_arg('on_failure', on_failure), atomizer._hook_arg('on_dead', on_dead));
+	END IF;
 END
 $$;
 
-COMMENT ON FUNCTION atomizer.alter_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval) IS
-	'Change a queue''s settings (members of atomizer_admin); a NULL setting is left as it is.  Waiting jobs that did not set their own max_attempts or timeout follow the queue''s.';
+COMMENT ON FUNCTION atomizer.alter_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval, integer, interval, text, text, text, text, text) IS
+	'Change a queue''s settings (members of atomizer_admin); a NULL setting is left as it is (rate_limit => 0 removes the rate limit, an empty string a hook or the rate partition).  Waiting jobs that did not set their own max_attempts or timeout follow the queue''s.';
 
 CREATE FUNCTION atomizer.drop_queue(name text, force boolean DEFAULT false)
 RETURNS void
@@ -798,6 +826,347 @@ SELECT h.id, h.queue, h.handler, h.payload, h.priority::integer AS priority,
 	   h.attempt, h.owner, h.created_at, h.finished_at, h.last_error, h.tags
   FROM atomizer.job_history h
  WHERE h.state = 'dead';
+
+/* ------------------------------------------------------------------------
+ * Limits and lifecycle hooks (issue 14)
+ *
+ * A queue's rate limit: at most rate_limit job starts (claims) in any
+ * window of rate_period, over every worker, internal and external; with
+ * rate_partition, per value of that top-level payload field.  A handler's
+ * concurrency limit (atomizer.handler_limit, set by limit_handler()): at
+ * most that many of its jobs running at once.  Both are enforced by the
+ * claim (src/limits.c): claims of a queue with limits take one lock per
+ * queue, so they are exact.  A job held back by a handler limit waits in
+ * the stored state 'held' (the views call it available) until a claim
+ * finds room; a job held back by a rate limit is put off (its run_at
+ * moved) to when its partition has room.  Neither stays in the claim's
+ * way, so the jobs behind them run.
+ *
+ * Hooks: functions f(job jsonb) named in the queue's settings, run in the
+ * job's own transaction (src/hooks.c).  Stored as text (a regprocedure
+ * column would stop pg_upgrade), schema-qualified, resolved when run.
+ * ------------------------------------------------------------------------ */
+
+ALTER TABLE atomizer.queue
+	ADD COLUMN rate_limit integer CHECK (rate_limit > 0),
+	ADD COLUMN rate_period interval CHECK (rate_period > interval '0'),
+	ADD COLUMN rate_partition text,
+	ADD COLUMN before_run text,
+	ADD COLUMN on_success text,
+	ADD COLUMN on_failure text,
+	ADD COLUMN on_dead text,
+	ADD CONSTRAINT queue_rate_check
+		CHECK ((rate_limit IS NULL) = (rate_period IS NULL)
+			   AND (rate_partition IS NULL OR rate_limit IS NOT NULL));
+
+COMMENT ON COLUMN atomizer.queue.rate_limit IS
+	'At most this many job starts in any window of rate_period (NULL: no rate limit).';
+COMMENT ON COLUMN atomizer.queue.rate_partition IS
+	'A top-level payload field: the rate limit holds per value of it (NULL: for the whole queue).';
+COMMENT ON COLUMN atomizer.queue.before_run IS
+	'A function f(job jsonb) run before each attempt''s handler, in its transaction; its error fails the attempt.';
+
+CREATE TABLE atomizer.handler_limit (
+	queue			text NOT NULL REFERENCES atomizer.queue (name)
+					ON DELETE CASCADE ON UPDATE CASCADE,
+	handler			text NOT NULL,
+	concurrency		integer NOT NULL CHECK (concurrency > 0),
+	PRIMARY KEY (queue, handler)
+);
+
+COMMENT ON TABLE atomizer.handler_limit IS
+	'At most concurrency jobs of a handler (or an external queue''s task) running at once in a queue; set with atomizer.limit_handler().';
+
+SELECT pg_catalog.pg_extension_config_dump('atomizer.handler_limit', '');
+GRANT SELECT ON atomizer.handler_limit TO PUBLIC;
+
+/*
+ * The starts of the last rate_period, per queue and partition: one row per
+ * claim and partition (n jobs), so at most rate_limit rows per partition
+ * are in a window.  Pruned by the scheduler; not dumped (a restored
+ * database starts with an empty window).
+ */
+CREATE TABLE atomizer.rate_start (
+	queue			text NOT NULL,
+	part			text NOT NULL,
+	started_at		timestamptz NOT NULL,
+	n				integer NOT NULL
+);
+
+CREATE INDEX rate_start_idx ON atomizer.rate_start (queue, part, started_at);
+
+/* The last start time promised to a put-off job, per queue and partition. */
+CREATE TABLE atomizer.rate_reserve (
+	queue			text NOT NULL,
+	part			text NOT NULL,
+	reserved_until	timestamptz NOT NULL,
+	PRIMARY KEY (queue, part)
+);
+
+REVOKE ALL ON atomizer.rate_start, atomizer.rate_reserve FROM PUBLIC;
+
+/*
+ * Running jobs per queue and handler: what a handler limit counts, and
+ * what orphan recovery and a worker's running count read.
+ */
+CREATE INDEX job_running_idx ON atomizer.job (queue, handler)
+	WHERE state = 'running';
+
+/* Jobs held back by a handler limit, in claim order per handler. */
+CREATE INDEX job_held_idx ON atomizer.job (queue, handler, priority, run_at, id)
+	WHERE state = 'held';
+
+/*
+ * _hook_arg: a hook's name as given (f, schema.f, or f(jsonb)) resolved
+ * with the caller's search_path, and returned schema-qualified; '' (no
+ * hook) and NULL (unchanged) pass through.  No SET search_path: it must
+ * see the caller's (it is not SECURITY DEFINER, and names every object it
+ * uses with its schema).
+ */
+CREATE FUNCTION atomizer._hook_arg(setting text, hook text)
+RETURNS text
+LANGUAGE plpgsql STABLE
+AS $$
+DECLARE
+	fn regprocedure;
+	kind "char";
+	qualified text;
+BEGIN
+	IF hook IS NULL OR hook = '' THEN
+		RETURN hook;
+	END IF;
+	IF pg_catalog.strpos(hook, '(') > 0 THEN
+		fn := pg_catalog.to_regprocedure(hook);
+		IF fn IS NOT NULL
+		   AND (SELECT p.proargtypes::oid[] FROM pg_catalog.pg_proc p WHERE p.oid = fn)
+			   OPERATOR(pg_catalog.<>) ARRAY['pg_catalog.jsonb'::pg_catalog.regtype::oid] THEN
+			RAISE EXCEPTION '% must take one argument of type jsonb', setting
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = pg_catalog.format('%s was given.', fn),
+					  HINT = 'A hook is a function f(job jsonb).';
+		END IF;
+	ELSE
+		fn := pg_catalog.to_regprocedure(hook OPERATOR(pg_catalog.||) '(pg_catalog.jsonb)');
+	END IF;
+	IF fn IS NULL THEN
+		RAISE EXCEPTION 'function %(jsonb) does not exist', pg_catalog.regexp_replace(hook, '\(.*$', '')
+			USING ERRCODE = 'undefined_function',
+				  DETAIL = pg_catalog.format('%s names it as the queue''s %s hook.', setting, setting),
+				  HINT = 'A hook is a function f(job jsonb); create it first, or name it with its schema.';
+	END IF;
+	SELECT p.prokind, pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.'
+		   OPERATOR(pg_catalog.||) pg_catalog.quote_ident(p.proname)
+		   OPERATOR(pg_catalog.||) '(jsonb)'
+	  INTO kind, qualified
+	  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
+	 WHERE p.oid OPERATOR(pg_catalog.=) fn;
+	IF kind OPERATOR(pg_catalog.<>) 'f' THEN
+		RAISE EXCEPTION '% must be a function', setting
+			USING ERRCODE = 'wrong_object_type',
+				  DETAIL = pg_catalog.format('%s is not a plain function.', fn),
+				  HINT = 'A hook is a function f(job jsonb), not a procedure or an aggregate.';
+	END IF;
+	RETURN qualified;
+END
+$$;
+
+COMMENT ON FUNCTION atomizer._hook_arg(text, text) IS
+	'A hook function''s name resolved with the caller''s search_path, schema-qualified.';
+
+/*
+ * _queue_options: the settings of issue 14, after create_queue() or
+ * alter_queue() did the others (hooks already resolved by _hook_arg).
+ * NULL leaves a setting as it is; rate_limit => 0 removes the rate limit,
+ * '' a hook or the rate partition.
+ */
+CREATE FUNCTION atomizer._queue_options(
+	name text, rate_limit integer, rate_period interval, rate_partition text,
+	before_run text, on_success text, on_failure text, on_dead text)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	q atomizer.queue;
+	new_limit integer;
+	new_period interval;
+	new_part text;
+BEGIN
+	SELECT * INTO q FROM atomizer.queue WHERE queue.name = _queue_options.name FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'queue "%" does not exist', name
+			USING ERRCODE = 'undefined_object';
+	END IF;
+	IF rate_limit < 0 THEN
+		RAISE EXCEPTION 'rate_limit must not be negative'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given was %s.', rate_limit),
+				  HINT = 'Give the number of job starts allowed per rate_period, or 0 to remove the rate limit.';
+	END IF;
+	IF rate_period <= interval '0' OR rate_period > interval '1000 years' THEN
+		RAISE EXCEPTION 'rate_period must be positive and at most 1000 years'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given was %s.', rate_period);
+	END IF;
+	IF rate_limit = 0 THEN
+		IF rate_period IS NOT NULL OR COALESCE(rate_partition, '') <> '' THEN
+			RAISE EXCEPTION 'rate_limit => 0 removes the rate limit, and cannot go with rate_period or rate_partition'
+				USING ERRCODE = 'invalid_parameter_value';
+		END IF;
+		new_limit := NULL;
+		new_period := NULL;
+		new_part := NULL;
+	ELSE
+		new_limit := COALESCE(rate_limit, q.rate_limit);
+		new_period := COALESCE(rate_period, q.rate_period);
+		new_part := CASE WHEN rate_partition IS NULL THEN q.rate_partition
+						 ELSE NULLIF(rate_partition, '') END;
+		IF new_limit IS NULL AND (rate_period IS NOT NULL OR COALESCE(rate_partition, '') <> '') THEN
+			RAISE EXCEPTION 'queue "%" has no rate limit', name
+				USING ERRCODE = 'invalid_parameter_value',
+					  DETAIL = 'rate_period and rate_partition only go with a rate limit.',
+					  HINT = 'Give rate_limit too, e.g. rate_limit => 10, rate_period => ''1 second''.';
+		END IF;
+		IF new_limit IS NOT NULL AND new_period IS NULL THEN
+			RAISE EXCEPTION 'rate_limit needs rate_period'
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'Give the window the limit counts starts in, e.g. rate_period => ''1 minute''.';
+		END IF;
+		IF octet_length(new_part) >= 64 THEN
+			RAISE EXCEPTION 'rate_partition must be shorter than 64 bytes'
+				USING ERRCODE = 'invalid_parameter_value',
+					  HINT = 'It names a top-level field of the payload, e.g. ''customer_id''.';
+		END IF;
+	END IF;
+	UPDATE atomizer.queue
+	   SET rate_limit = new_limit,
+		   rate_period = new_period,
+		   rate_partition = new_part,
+		   before_run = CASE WHEN _queue_options.before_run IS NULL THEN q.before_run
+							 ELSE NULLIF(_queue_options.before_run, '') END,
+		   on_success = CASE WHEN _queue_options.on_success IS NULL THEN q.on_success
+							 ELSE NULLIF(_queue_options.on_success, '') END,
+		   on_failure = CASE WHEN _queue_options.on_failure IS NULL THEN q.on_failure
+							 ELSE NULLIF(_queue_options.on_failure, '') END,
+		   on_dead = CASE WHEN _queue_options.on_dead IS NULL THEN q.on_dead
+						  ELSE NULLIF(_queue_options.on_dead, '') END
+	 WHERE queue.name = q.name;
+	IF new_limit IS DISTINCT FROM q.rate_limit OR new_period IS DISTINCT FROM q.rate_period
+	   OR new_part IS DISTINCT FROM q.rate_partition THEN
+		-- a new window: the starts counted so far were counted under other rules
+		DELETE FROM atomizer.rate_reserve r WHERE r.queue = q.name;
+		IF new_part IS DISTINCT FROM q.rate_partition THEN
+			DELETE FROM atomizer.rate_start r WHERE r.queue = q.name;
+		END IF;
+	END IF;
+	PERFORM atomizer._queues_changed();
+	PERFORM atomizer._wake_at_commit(name);
+END
+$$;
+
+REVOKE ALL ON FUNCTION atomizer._queue_options(text, integer, interval, text, text, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION atomizer._queue_options(text, integer, interval, text, text, text, text, text) TO atomizer_admin;
+
+COMMENT ON FUNCTION atomizer._queue_options(text, integer, interval, text, text, text, text, text) IS
+	'The work of create_queue() and alter_queue() for the rate limit and the hooks.';
+
+CREATE FUNCTION atomizer._release_held(queue text, handler text)
+RETURNS bigint
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'atomizer_release_held';
+
+REVOKE ALL ON FUNCTION atomizer._release_held(text, text) FROM PUBLIC;
+
+COMMENT ON FUNCTION atomizer._release_held(text, text) IS
+	'Make the jobs a handler limit held back available again (all handlers of the queue when handler is NULL).';
+
+CREATE FUNCTION atomizer._limit_handler(queue text, handler text, concurrency integer)
+RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	old integer;
+BEGIN
+	PERFORM atomizer._check_queue_name(queue);
+	PERFORM 1 FROM atomizer.queue q WHERE q.name = _limit_handler.queue FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'queue "%" does not exist', queue
+			USING ERRCODE = 'undefined_object',
+				  HINT = format('Create it with atomizer.create_queue(%L).', queue);
+	END IF;
+	IF handler IS NULL OR handler = '' THEN
+		RAISE EXCEPTION 'handler must not be null or empty'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'Name the handler function (internal queues) or the task (external queues).';
+	END IF;
+	IF concurrency <= 0 THEN
+		RAISE EXCEPTION 'concurrency must be positive'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('The value given was %s.', concurrency),
+				  HINT = 'Give NULL to remove the limit.';
+	END IF;
+	SELECT l.concurrency INTO old FROM atomizer.handler_limit l
+	 WHERE l.queue = _limit_handler.queue AND l.handler = _limit_handler.handler;
+	IF concurrency IS NULL THEN
+		DELETE FROM atomizer.handler_limit l
+		 WHERE l.queue = _limit_handler.queue AND l.handler = _limit_handler.handler;
+	ELSE
+		INSERT INTO atomizer.handler_limit AS l (queue, handler, concurrency)
+		VALUES (_limit_handler.queue, _limit_handler.handler, _limit_handler.concurrency)
+		ON CONFLICT (queue, handler) DO UPDATE SET concurrency = excluded.concurrency;
+	END IF;
+	IF concurrency IS NULL OR concurrency > old THEN
+		-- room for more: the held jobs go back to the claim, which holds again what it must
+		PERFORM atomizer._release_held(queue, handler);
+	END IF;
+	PERFORM atomizer._queues_changed();
+	PERFORM atomizer._wake_at_commit(queue);
+END
+$$;
+
+REVOKE ALL ON FUNCTION atomizer._limit_handler(text, text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION atomizer._limit_handler(text, text, integer) TO atomizer_admin;
+
+COMMENT ON FUNCTION atomizer._limit_handler(text, text, integer) IS
+	'The work of atomizer.limit_handler(); EXECUTE on it is what limit_handler() requires.';
+
+/*
+ * limit_handler: an internal queue's handler is named as enqueue() names
+ * it (resolved with the caller's search_path, stored schema-qualified as
+ * jobs store it); an external queue's task as given.  No SET search_path,
+ * for the same reason as _hook_arg.
+ */
+CREATE FUNCTION atomizer.limit_handler(queue text, handler text, concurrency integer)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+DECLARE
+	fn regprocedure;
+	stored text := handler;
+BEGIN
+	PERFORM atomizer._require_admin('limit_handler', 'atomizer._limit_handler(text, text, integer)', 'limit handlers');
+	IF handler IS NOT NULL AND handler OPERATOR(pg_catalog.<>) ''
+	   AND EXISTS (SELECT FROM atomizer.queue q
+				   WHERE q.name OPERATOR(pg_catalog.=) limit_handler.queue AND NOT q.external) THEN
+		fn := pg_catalog.to_regprocedure(handler OPERATOR(pg_catalog.||) '(pg_catalog.jsonb)');
+		IF fn IS NULL THEN
+			RAISE EXCEPTION 'function %(jsonb) does not exist', handler
+				USING ERRCODE = 'undefined_function',
+					  HINT = 'Name the handler as enqueue() does: a function f(payload jsonb), with its schema if it is not on your search_path.';
+		END IF;
+		SELECT pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.'
+			   OPERATOR(pg_catalog.||) pg_catalog.quote_ident(p.proname)
+		  INTO stored
+		  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
+		 WHERE p.oid OPERATOR(pg_catalog.=) fn;
+	END IF;
+	PERFORM atomizer._limit_handler(queue, stored, concurrency);
+END
+$$;
+
+COMMENT ON FUNCTION atomizer.limit_handler(text, text, integer) IS
+	'At most concurrency jobs of this handler (or task) running at once in the queue, over all workers; NULL removes the limit (members of atomizer_admin).';
 
 /*
  * Last: the schedulers of a server running the 0.2.0 library leave a

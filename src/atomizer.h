@@ -223,12 +223,29 @@ extern bool atomizer_is_admin(Oid roleid);
 extern char *atomizer_role_name(Oid roleid);
 
 /* queue.c */
+/* A queue's lifecycle hooks (atomizer.queue.before_run, ...), src/hooks.c */
+typedef enum AtomizerHook
+{
+	ATOMIZER_HOOK_BEFORE_RUN,
+	ATOMIZER_HOOK_ON_SUCCESS,
+	ATOMIZER_HOOK_ON_FAILURE,
+	ATOMIZER_HOOK_ON_DEAD,
+	ATOMIZER_HOOKS
+} AtomizerHook;
+
 typedef struct AtomizerQueue
 {
 	char	   *name;
 	bool		external;
 	bool		paused;
+	int			rate_limit;		/* 0: no rate limit */
+	Interval	rate_period;
+	char	   *rate_partition; /* NULL: the limit holds for the whole queue */
+	bool		handler_limits; /* rows in atomizer.handler_limit */
+	char	   *hooks[ATOMIZER_HOOKS];	/* schema-qualified f(jsonb), or NULL */
 } AtomizerQueue;
+
+#define atomizer_queue_limited(q) ((q)->rate_limit > 0 || (q)->handler_limits)
 
 extern void atomizer_check_queue_name(const char *name);
 extern bool atomizer_lookup_queue(const char *name, AtomizerQueue *queue);
@@ -398,6 +415,7 @@ extern int64 atomizer_store_insert_fire(int64 schedule_id, TimestampTz run_at);
 extern bool atomizer_store_schedule_busy(int64 schedule_id);
 extern int	atomizer_store_claim(const AtomizerClaimSpec *spec, AtomizerJob **jobs);
 extern bool atomizer_queue_due(const char *queue, TimestampTz *next);
+extern int64 atomizer_store_release_held(const char *queue, const char *handler);
 extern bool atomizer_finish_job(int64 id, const char *state, Datum result,
 								bool result_isnull, const char *error);
 extern void atomizer_finish_succeeded(int64 *ids, Datum *results,
@@ -437,5 +455,19 @@ extern int	atomizer_store_running_internal(AtomizerJob **jobs, char ***workers);
 extern int64 atomizer_store_count_running(const char *worker);
 struct ReturnSetInfo;
 extern void atomizer_store_external_queue_counts(struct ReturnSetInfo *rsinfo);
+
+/* limits.c */
+extern void atomizer_limits_lock(const char *queue);
+extern int	atomizer_limits_handlers(const char *queue, char ***handlers, int **room);
+extern void atomizer_limits_rate_used(const AtomizerQueue *q, TimestampTz now,
+									  char **parts, int nparts, int64 *used,
+									  TimestampTz *free_at);
+extern void atomizer_limits_put_off(const AtomizerQueue *q, TimestampTz now,
+									char **parts, const int *noff,
+									const TimestampTz *free_at, int nparts,
+									TimestampTz *when);
+extern void atomizer_limits_record_starts(const AtomizerQueue *q, TimestampTz now,
+										  char **parts, const int *counts, int nparts);
+extern int64 atomizer_limits_prune(void);
 
 #endif							/* ATOMIZER_H */

@@ -1380,6 +1380,40 @@ atomizer_release_job(int64 id, bool solo)
 }
 
 /*
+ * atomizer_store_release_held
+ *		Make the jobs of queue that a handler limit held back (state 'held')
+ *		available again: of one handler, or with handler NULL of all.  For
+ *		limit_handler() when a limit is raised or removed; the next claim
+ *		holds back again what it must.  Returns how many.
+ */
+int64
+atomizer_store_release_held(const char *queue, const char *handler)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	int64		n;
+
+	values[0] = CStringGetTextDatum(queue);
+	values[1] = handler ? CStringGetTextDatum(handler) : (Datum) 0;
+	nulls[1] = handler ? ' ' : 'n';
+	store_begin(&call);
+	atomizer_prepare(&plan,
+					 "UPDATE atomizer.job SET state = 'available'"
+					 " WHERE queue = $1 AND state = 'held'"
+					 " AND ($2::text IS NULL OR handler = $2::text)"
+					 " RETURNING queue, priority::int4, run_at, id", 2, types);
+	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not release the held jobs of queue \"%s\"", queue);
+	n = (int64) SPI_processed;
+	note_waiting_rows();
+	store_end(&call);
+	return n;
+}
+
+/*
  * atomizer_store_snooze
  *		Put a running job back, its attempt not counted, to run again
  *		delay_ms from now (snooze()).  Returns when.
@@ -1539,7 +1573,7 @@ atomizer_store_cancel(int64 job_id, const char *owner)
 	store_begin(&call);
 	atomizer_prepare(&plan,
 					 "SELECT state, worker, lease_until IS NOT NULL FROM atomizer.job"
-					 " WHERE id = $1 AND state IN ('available', 'running')"
+					 " WHERE id = $1 AND state IN ('available', 'held', 'running')"
 					 " AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
 					 2, types);
 	atomizer_note_job_locks();
@@ -1555,7 +1589,7 @@ atomizer_store_cancel(int64 job_id, const char *owner)
 		bool		leased = DatumGetBool(SPI_getbinval(tup, desc, 3, &isnull));
 		AtomizerWorkerId wid;
 
-		if (strcmp(state, "available") == 0)
+		if (strcmp(state, "running") != 0)
 			cancelled = finish_one(job_id, "cancelled", (Datum) 0, true, NULL);
 		else if (leased)
 		{

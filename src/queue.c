@@ -8,7 +8,8 @@
  *	  A queue name becomes part of a NOTIFY channel name (atomizer_<queue>),
  *	  so it is restricted to lower-case identifiers: [a-z][a-z0-9_]{0,47}.
  *
- *	  Queue settings that enqueue needs are cached per backend: every
+ *	  Queue settings (with the rate limit, whether handlers are limited,
+ *	  and the hooks) are cached per backend: every
  *	  enqueue looks its queue up, and the queue-management functions call
  *	  atomizer._queues_changed(), which invalidates the relcache entry of
  *	  atomizer.queue at commit, so every backend drops its cache then.
@@ -31,11 +32,21 @@
 PG_FUNCTION_INFO_V1(atomizer_check_queue_name_sql);
 PG_FUNCTION_INFO_V1(atomizer_queues_changed);
 
+/* a hook's name: "schema"."function"(jsonb), quoted */
+#define HOOK_NAME_LEN	(2 * (2 * NAMEDATALEN + 2) + 8)
+
 typedef struct QueueCacheEntry
 {
 	char		name[NAMEDATALEN];	/* hash key */
 	bool		external;
 	bool		paused;
+	int			rate_limit;
+	Interval	rate_period;
+	bool		has_partition;
+	char		rate_partition[NAMEDATALEN];
+	bool		handler_limits;
+	bool		has_hook[ATOMIZER_HOOKS];
+	char		hooks[ATOMIZER_HOOKS][HOOK_NAME_LEN];
 } QueueCacheEntry;
 
 static HTAB *queue_cache = NULL;
@@ -120,6 +131,28 @@ atomizer_check_queue_name_sql(PG_FUNCTION_ARGS)
 }
 
 /*
+ * queue_from_entry
+ *		A cached queue's settings as an AtomizerQueue, strings in cxt.
+ */
+static void
+queue_from_entry(const QueueCacheEntry *entry, AtomizerQueue *queue,
+				 MemoryContext cxt)
+{
+	memset(queue, 0, sizeof(AtomizerQueue));
+	queue->name = MemoryContextStrdup(cxt, entry->name);
+	queue->external = entry->external;
+	queue->paused = entry->paused;
+	queue->rate_limit = entry->rate_limit;
+	queue->rate_period = entry->rate_period;
+	if (entry->has_partition)
+		queue->rate_partition = MemoryContextStrdup(cxt, entry->rate_partition);
+	queue->handler_limits = entry->handler_limits;
+	for (int h = 0; h < ATOMIZER_HOOKS; h++)
+		if (entry->has_hook[h])
+			queue->hooks[h] = MemoryContextStrdup(cxt, entry->hooks[h]);
+}
+
+/*
  * atomizer_lookup_queue
  *		Fill *queue with the settings of queue "name"; false if it does not
  *		exist.  Strings are allocated in the caller's memory context.
@@ -127,13 +160,24 @@ atomizer_check_queue_name_sql(PG_FUNCTION_ARGS)
 bool
 atomizer_lookup_queue(const char *name, AtomizerQueue *queue)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+	static const char *const queries[2] = {
+		/* 0.1.0's queue table */
+		"SELECT external, paused FROM atomizer.queue WHERE name = $1",
+		/* 0.2.0's: limits and hooks */
+		"SELECT external, paused, rate_limit, rate_period, rate_partition,"
+		" before_run, on_success, on_failure, on_dead,"
+		" EXISTS (SELECT 1 FROM atomizer.handler_limit l WHERE l.queue = q.name)"
+		" FROM atomizer.queue q WHERE name = $1"
+	};
 	MemoryContext caller = CurrentMemoryContext;
 	AtomizerPrivState priv;
 	Datum		arg;
 	bool		found;
 	QueueCacheEntry *entry;
+	QueueCacheEntry fresh;
 	char		key[NAMEDATALEN];
+	int			gen;
 
 	if (strlen(name) >= NAMEDATALEN)
 		return false;
@@ -162,29 +206,30 @@ atomizer_lookup_queue(const char *name, AtomizerQueue *queue)
 	entry = hash_search(queue_cache, key, HASH_FIND, NULL);
 	if (entry != NULL)
 	{
-		queue->name = MemoryContextStrdup(caller, name);
-		queue->external = entry->external;
-		queue->paused = entry->paused;
+		queue_from_entry(entry, queue, caller);
 		return true;
 	}
+
+	/* 0.2.0's library serves 0.1.0's tables until ALTER EXTENSION UPDATE */
+	gen = OidIsValid(queue_relid) &&
+		get_attnum(queue_relid, "rate_limit") != InvalidAttrNumber ? 1 : 0;
 
 	arg = CStringGetTextDatum(name);
 	atomizer_become_owner(&priv);
 	SPI_connect();
 
-	if (plan == NULL)
+	if (plans[gen] == NULL)
 	{
 		Oid			argtypes[1] = {TEXTOID};
 
-		plan = SPI_prepare("SELECT external, paused FROM atomizer.queue "
-						   "WHERE name = $1", 1, argtypes);
-		if (plan == NULL)
+		plans[gen] = SPI_prepare(queries[gen], 1, argtypes);
+		if (plans[gen] == NULL)
 			elog(ERROR, "SPI_prepare failed: %s",
 				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
+		SPI_keepplan(plans[gen]);
 	}
 
-	if (SPI_execute_plan(plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(plans[gen], &arg, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up queue \"%s\"", name);
 
 	found = (SPI_processed == 1);
@@ -194,14 +239,43 @@ atomizer_lookup_queue(const char *name, AtomizerQueue *queue)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 
-		queue->external = DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull));
-		queue->paused = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
-		queue->name = MemoryContextStrdup(caller, name);
+		memset(&fresh, 0, sizeof(fresh));
+		memcpy(fresh.name, key, NAMEDATALEN);
+		fresh.external = DatumGetBool(SPI_getbinval(tup, desc, 1, &isnull));
+		fresh.paused = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+		if (gen == 1)
+		{
+			Datum		d = SPI_getbinval(tup, desc, 3, &isnull);
+
+			if (!isnull)
+			{
+				fresh.rate_limit = DatumGetInt32(d);
+				fresh.rate_period = *DatumGetIntervalP(SPI_getbinval(tup, desc, 4, &isnull));
+			}
+			d = SPI_getbinval(tup, desc, 5, &isnull);
+			if (!isnull)
+			{
+				fresh.has_partition = true;
+				text_to_cstring_buffer(DatumGetTextPP(d), fresh.rate_partition,
+									   NAMEDATALEN);
+			}
+			for (int h = 0; h < ATOMIZER_HOOKS; h++)
+			{
+				d = SPI_getbinval(tup, desc, 6 + h, &isnull);
+				if (!isnull)
+				{
+					fresh.has_hook[h] = true;
+					text_to_cstring_buffer(DatumGetTextPP(d), fresh.hooks[h],
+										   HOOK_NAME_LEN);
+				}
+			}
+			fresh.handler_limits = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
+		}
+		queue_from_entry(&fresh, queue, caller);
 		if (queue_cache_valid)
 		{
 			entry = hash_search(queue_cache, key, HASH_ENTER, NULL);
-			entry->external = queue->external;
-			entry->paused = queue->paused;
+			memcpy(entry, &fresh, sizeof(fresh));
 		}
 	}
 

@@ -14,7 +14,7 @@ CREATE FUNCTION argnames(fn regprocedure) RETURNS text[] LANGUAGE sql AS $$
 	SELECT proargnames::text[] FROM pg_proc WHERE oid = fn
 $$;
 
-SELECT plan(54);
+SELECT plan(56);
 
 SELECT is(argnames('atomizer.enqueue(text,jsonb,text,timestamptz,int,int,interval,text,interval,text[])'),
 	ARRAY['handler','payload','queue','run_at','priority','max_attempts','timeout','idempotency_key','unique_for','tags'],
@@ -36,14 +36,19 @@ SELECT is(argnames('atomizer.purge(interval,text)'), ARRAY['older_than','queue']
 SELECT function_returns('atomizer', 'purge', ARRAY['interval','text'], 'bigint', 'purge returns bigint');
 SELECT is(argnames('atomizer.run_pending(text,int)'), ARRAY['queue','max_jobs'], 'run_pending parameters');
 SELECT function_returns('atomizer', 'run_pending', ARRAY['text','integer'], 'integer', 'run_pending returns integer');
-SELECT is((argnames('atomizer.create_queue(text,int,boolean,int,interval,interval,float8,interval,interval)'))[1:3],
+SELECT is((argnames('atomizer.create_queue(text,int,boolean,int,interval,interval,float8,interval,interval,int,interval,text,text,text,text,text)'))[1:3],
 	ARRAY['name','concurrency','external'], 'create_queue starts with name, concurrency, external');
-SELECT is(argnames('atomizer.create_queue(text,int,boolean,int,interval,interval,float8,interval,interval)'),
-	argnames('atomizer.alter_queue(text,int,boolean,int,interval,interval,float8,interval,interval)'),
+SELECT is(argnames('atomizer.create_queue(text,int,boolean,int,interval,interval,float8,interval,interval,int,interval,text,text,text,text,text)'),
+	argnames('atomizer.alter_queue(text,int,boolean,int,interval,interval,float8,interval,interval,int,interval,text,text,text,text,text)'),
 	'create_queue and alter_queue take the same named settings');
 SELECT is((argnames('atomizer.drop_queue(text,boolean)'))[1], 'name', 'drop_queue(name)');
 SELECT is(argnames('atomizer.pause_queue(text)'), ARRAY['name'], 'pause_queue(name)');
 SELECT is(argnames('atomizer.resume_queue(text)'), ARRAY['name'], 'resume_queue(name)');
+SELECT is((argnames('atomizer.create_queue(text,int,boolean,int,interval,interval,float8,interval,interval,int,interval,text,text,text,text,text)'))[10:16],
+	ARRAY['rate_limit','rate_period','rate_partition','before_run','on_success','on_failure','on_dead'],
+	'create_queue: rate limit and hook settings');
+SELECT is(argnames('atomizer.limit_handler(text,text,int)'), ARRAY['queue','handler','concurrency'],
+	'limit_handler(queue, handler, concurrency)');
 
 -- named notation, defaults
 SELECT lives_ok($$SELECT atomizer.enqueue(handler => 'pg_catalog.jsonb_typeof')$$, 'enqueue with only a handler');

@@ -1,0 +1,371 @@
+/*-------------------------------------------------------------------------
+ *
+ * limits.c
+ *	  A queue's rate limit and its handlers' concurrency limits: what a
+ *	  claim may take, and the record of what it took.  Owns every statement
+ *	  on atomizer.rate_start, atomizer.rate_reserve and
+ *	  atomizer.handler_limit; the claim itself (the statements on
+ *	  atomizer.job) stays in jobstore.c, which calls these functions.
+ *
+ *	  Exactness.  Every claim of a queue with limits first takes the
+ *	  queue's limit lock (an advisory lock of atomizer's own, held to the
+ *	  end of the claiming transaction), then reads what the limits leave
+ *	  (running jobs per limited handler, starts in the window per rate
+ *	  partition) with a fresh snapshot, claims at most that, and records
+ *	  its starts at one time read under the lock (clock_timestamp()).
+ *	  Claims of the queue are so serialized, each sees every earlier
+ *	  claim's commit, and the recorded start times grow: for any window of
+ *	  rate_period, every start in it was counted by the claim of the last
+ *	  start in it, so no window holds more than rate_limit.  The jobs a
+ *	  claim takes get that time as their started_at, so the starts a user
+ *	  counts are the starts the limit counted.  A running job stops
+ *	  counting against its handler's limit when it stops running, whatever
+ *	  ends it (finish, failure, release, lease expiry or orphan recovery
+ *	  after a crash): the count is of atomizer.job's running rows.
+ *
+ *	  The rate window is a table of starts, one row per claim and
+ *	  partition (how many jobs), so a partition's window holds at most
+ *	  rate_limit rows whatever the period; the scheduler prunes rows that
+ *	  left their window.  A job a rate limit holds back is put off to when
+ *	  its partition has room: the first after the last time promised to
+ *	  its partition (atomizer.rate_reserve), spaced rate_period /
+ *	  rate_limit apart, so a backlog is put off once, not at every claim.
+ *
+ *	  Claims of a queue with limits must see other sessions' commits: they
+ *	  are refused in a REPEATABLE READ or SERIALIZABLE transaction.
+ *
+ *	  src/limits.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "common/hashfn.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "utils/builtins.h"
+#include "utils/datetime.h"
+#include "utils/timestamp.h"
+
+#include "atomizer.h"
+
+PG_FUNCTION_INFO_V1(atomizer_release_held);
+
+/* locktag_field4 of atomizer's limit locks (user advisory locks use 1, 2) */
+#define LIMIT_LOCK_SPACE	0x4174
+
+/*
+ * atomizer_limits_lock
+ *		Take queue's limit lock for the rest of the transaction.  Refuses a
+ *		transaction whose snapshot would hide other claims' commits.
+ */
+void
+atomizer_limits_lock(const char *queue)
+{
+	LOCKTAG		tag;
+	uint32		h = DatumGetUInt32(hash_any((const unsigned char *) queue,
+											strlen(queue)));
+
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot claim jobs of queue \"%s\" in a %s transaction",
+						queue, IsolationIsSerializable() ? "SERIALIZABLE" : "REPEATABLE READ"),
+				 errdetail("The queue has a rate limit or a handler limit, and a claim must see every other claim's commit to keep it."),
+				 errhint("Claim in a READ COMMITTED transaction.")));
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, h, (uint32) strlen(queue),
+						 LIMIT_LOCK_SPACE);
+	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+}
+
+/*
+ * atomizer_limits_handlers
+ *		The handler limits of queue: their handlers and how many more of
+ *		each may start now (concurrency less running, at least 0).  Returns
+ *		the number of limited handlers; *handlers and *room palloc'd in the
+ *		current memory context.  Connected to SPI, as the owner.
+ */
+int
+atomizer_limits_handlers(const char *queue, char ***handlers, int **room)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[1] = {TEXTOID};
+	Datum		arg = CStringGetTextDatum(queue);
+	MemoryContext cxt = CurrentMemoryContext;
+	int			n;
+
+	atomizer_prepare(&plan,
+					 "SELECT l.handler, greatest(l.concurrency - ("
+					 "  SELECT count(*) FROM atomizer.job j"
+					 "   WHERE j.queue = l.queue AND j.handler = l.handler"
+					 "   AND j.state = 'running'), 0)::int4"
+					 " FROM atomizer.handler_limit l WHERE l.queue = $1"
+					 " ORDER BY l.handler", 1, types);
+	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the handler limits of queue \"%s\"", queue);
+	n = (int) SPI_processed;
+	*handlers = MemoryContextAlloc(cxt, sizeof(char *) * Max(n, 1));
+	*room = MemoryContextAlloc(cxt, sizeof(int) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		bool		isnull;
+
+		(*handlers)[i] = MemoryContextStrdup(cxt, SPI_getvalue(tup, SPI_tuptable->tupdesc, 1));
+		(*room)[i] = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+	}
+	return n;
+}
+
+/*
+ * window_start
+ *		The start of the rate window that ends at now: now - rate_period.
+ */
+static TimestampTz
+window_start(const AtomizerQueue *q, TimestampTz now)
+{
+	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
+												   TimestampTzGetDatum(now),
+												   IntervalPGetDatum(&q->rate_period)));
+}
+
+/*
+ * atomizer_limits_rate_used
+ *		For each of the nparts partitions parts[] of queue q: the starts in
+ *		the window that ends at now (used[]), and when the window frees room
+ *		(free_at[]: the oldest start in it plus rate_period, or now when the
+ *		window is empty).  Connected to SPI, as the owner.
+ */
+void
+atomizer_limits_rate_used(const AtomizerQueue *q, TimestampTz now,
+						  char **parts, int nparts, int64 *used,
+						  TimestampTz *free_at)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[3] = {TEXTOID, TEXTARRAYOID, TIMESTAMPTZOID};
+	Datum		values[3];
+	Datum	   *elems = palloc(sizeof(Datum) * Max(nparts, 1));
+
+	for (int i = 0; i < nparts; i++)
+	{
+		elems[i] = CStringGetTextDatum(parts[i]);
+		used[i] = 0;
+		free_at[i] = now;
+	}
+	atomizer_prepare(&plan,
+					 "SELECT part, sum(n)::int8, min(started_at) FROM atomizer.rate_start"
+					 " WHERE queue = $1 AND part = ANY($2) AND started_at > $3"
+					 " GROUP BY part", 3, types);
+	values[0] = CStringGetTextDatum(q->name);
+	values[1] = PointerGetDatum(construct_array(elems, nparts, TEXTOID, -1,
+												false, TYPALIGN_INT));
+	values[2] = TimestampTzGetDatum(window_start(q, now));
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the rate window of queue \"%s\"", q->name);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *part = SPI_getvalue(tup, desc, 1);
+		bool		isnull;
+
+		for (int i = 0; i < nparts; i++)
+		{
+			if (strcmp(parts[i], part) != 0)
+				continue;
+			used[i] = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+			free_at[i] = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+																 SPI_getbinval(tup, desc, 3, &isnull),
+																 IntervalPGetDatum(&q->rate_period)));
+			break;
+		}
+	}
+}
+
+/*
+ * rate_spacing_us
+ *		rate_period / rate_limit in microseconds (months as 30 days): the
+ *		time between two put-off jobs of a partition.
+ */
+static int64
+rate_spacing_us(const AtomizerQueue *q)
+{
+	double		us = (double) q->rate_period.time +
+		(double) q->rate_period.day * USECS_PER_DAY +
+		(double) q->rate_period.month * DAYS_PER_MONTH * USECS_PER_DAY;
+
+	return (int64) Max(us / q->rate_limit, 1.0);
+}
+
+/*
+ * atomizer_limits_put_off
+ *		Times for the jobs a rate limit holds back, npartsoff[i] of them in
+ *		partition parts[i] (nparts partitions), in claim order: each after
+ *		the last time promised to its partition, and not before the window
+ *		frees room (free_at[i]), spaced rate_period / rate_limit apart.
+ *		Fills when[] (one per job, partition after partition, in the order
+ *		of parts[]) and records the last promise.  Connected to SPI, as the
+ *		owner, under the queue's limit lock.
+ */
+void
+atomizer_limits_put_off(const AtomizerQueue *q, TimestampTz now,
+						char **parts, const int *noff,
+						const TimestampTz *free_at, int nparts,
+						TimestampTz *when)
+{
+	static SPIPlanPtr read_plan = NULL;
+	static SPIPlanPtr write_plan = NULL;
+	Oid			rtypes[2] = {TEXTOID, TEXTARRAYOID};
+	Oid			wtypes[3] = {TEXTOID, TEXTARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		values[3];
+	Datum	   *names = palloc(sizeof(Datum) * Max(nparts, 1));
+	Datum	   *lasts = palloc(sizeof(Datum) * Max(nparts, 1));
+	TimestampTz *promised = palloc(sizeof(TimestampTz) * Max(nparts, 1));
+	int64		spacing = rate_spacing_us(q);
+	int			k = 0;
+	int			nwrite = 0;
+
+	for (int i = 0; i < nparts; i++)
+	{
+		names[i] = CStringGetTextDatum(parts[i]);
+		promised[i] = DT_NOBEGIN;
+	}
+	atomizer_prepare(&read_plan,
+					 "SELECT part, reserved_until FROM atomizer.rate_reserve"
+					 " WHERE queue = $1 AND part = ANY($2)", 2, rtypes);
+	values[0] = CStringGetTextDatum(q->name);
+	values[1] = PointerGetDatum(construct_array(names, nparts, TEXTOID, -1,
+												false, TYPALIGN_INT));
+	if (SPI_execute_plan(read_plan, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the rate reservations of queue \"%s\"", q->name);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		char	   *part = SPI_getvalue(tup, SPI_tuptable->tupdesc, 1);
+		bool		isnull;
+
+		for (int i = 0; i < nparts; i++)
+			if (strcmp(parts[i], part) == 0)
+				promised[i] = DatumGetTimestampTz(SPI_getbinval(tup, SPI_tuptable->tupdesc,
+																2, &isnull));
+	}
+
+	for (int i = 0; i < nparts; i++)
+	{
+		TimestampTz t = Max(free_at[i], now);
+
+		if (noff[i] == 0)
+			continue;
+		for (int j = 0; j < noff[i]; j++)
+		{
+			if (promised[i] != DT_NOBEGIN && promised[i] + spacing > t)
+				t = promised[i] + spacing;
+			when[k++] = t;
+			promised[i] = t;
+		}
+		names[nwrite] = CStringGetTextDatum(parts[i]);
+		lasts[nwrite] = TimestampTzGetDatum(promised[i]);
+		nwrite++;
+	}
+	if (nwrite == 0)
+		return;
+	atomizer_prepare(&write_plan,
+					 "INSERT INTO atomizer.rate_reserve (queue, part, reserved_until)"
+					 " SELECT $1, p, t FROM unnest($2::text[], $3::timestamptz[]) u(p, t)"
+					 " ON CONFLICT (queue, part) DO UPDATE"
+					 " SET reserved_until = excluded.reserved_until", 3, wtypes);
+	values[1] = PointerGetDatum(construct_array(names, nwrite, TEXTOID, -1,
+												false, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(lasts, nwrite, TIMESTAMPTZOID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(write_plan, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the rate reservations of queue \"%s\"", q->name);
+}
+
+/*
+ * atomizer_limits_record_starts
+ *		Record that a claim at now started counts[i] jobs of partition
+ *		parts[i].  Connected to SPI, as the owner, under the limit lock.
+ */
+void
+atomizer_limits_record_starts(const AtomizerQueue *q, TimestampTz now,
+							  char **parts, const int *counts, int nparts)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[4] = {TEXTOID, TEXTARRAYOID, TIMESTAMPTZOID, INT4ARRAYOID};
+	Datum		values[4];
+	Datum	   *names = palloc(sizeof(Datum) * Max(nparts, 1));
+	Datum	   *ns = palloc(sizeof(Datum) * Max(nparts, 1));
+	int			m = 0;
+
+	for (int i = 0; i < nparts; i++)
+	{
+		if (counts[i] == 0)
+			continue;
+		names[m] = CStringGetTextDatum(parts[i]);
+		ns[m] = Int32GetDatum(counts[i]);
+		m++;
+	}
+	if (m == 0)
+		return;
+	atomizer_prepare(&plan,
+					 "INSERT INTO atomizer.rate_start (queue, part, started_at, n)"
+					 " SELECT $1, p, $3, n FROM unnest($2::text[], $4::int4[]) u(p, n)",
+					 4, types);
+	values[0] = CStringGetTextDatum(q->name);
+	values[1] = PointerGetDatum(construct_array(names, m, TEXTOID, -1, false,
+												TYPALIGN_INT));
+	values[2] = TimestampTzGetDatum(now);
+	values[3] = PointerGetDatum(construct_array(ns, m, INT4OID, 4, true,
+												TYPALIGN_INT));
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the starts of queue \"%s\"", q->name);
+}
+
+/*
+ * atomizer_limits_prune
+ *		Delete the starts that left their window, and the promises that are
+ *		past, of every queue (and all of them of queues without a rate
+ *		limit).  For the scheduler's pruning; connected to SPI, as the
+ *		owner.  Returns the rows deleted.
+ */
+int64
+atomizer_limits_prune(void)
+{
+	int64		n = 0;
+
+	if (SPI_execute("DELETE FROM atomizer.rate_start r"
+					" WHERE NOT EXISTS (SELECT 1 FROM atomizer.queue q"
+					"  WHERE q.name = r.queue AND q.rate_limit IS NOT NULL"
+					"  AND r.started_at > clock_timestamp() - q.rate_period)",
+					false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not prune the rate windows");
+	n += SPI_processed;
+	if (SPI_execute("DELETE FROM atomizer.rate_reserve r"
+					" WHERE r.reserved_until < clock_timestamp()"
+					" OR NOT EXISTS (SELECT 1 FROM atomizer.queue q"
+					"  WHERE q.name = r.queue AND q.rate_limit IS NOT NULL)",
+					false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not prune the rate reservations");
+	n += SPI_processed;
+	return n;
+}
+
+/*
+ * atomizer._release_held(queue text, handler text) RETURNS bigint
+ *		For _limit_handler(), run as the extension's owner (EXECUTE is not
+ *		granted to anyone else).
+ */
+Datum
+atomizer_release_held(PG_FUNCTION_ARGS)
+{
+	if (PG_ARGISNULL(0))
+		PG_RETURN_INT64(0);
+	PG_RETURN_INT64(atomizer_store_release_held(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+												PG_ARGISNULL(1) ? NULL :
+												text_to_cstring(PG_GETARG_TEXT_PP(1))));
+}
