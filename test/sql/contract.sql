@@ -85,7 +85,7 @@ SELECT has_role('atomizer_admin', 'role atomizer_admin exists');
 SELECT ok(NOT (SELECT rolcanlogin FROM pg_roles WHERE rolname = 'atomizer_admin'), 'atomizer_admin cannot log in');
 SELECT is((SELECT array_agg(c.relname::text ORDER BY c.relname) FROM pg_extension e,
 		unnest(e.extconfig) cfg JOIN pg_class c ON c.oid = cfg WHERE e.extname = 'atomizer'),
-	ARRAY['job','job_error','job_history','job_id_seq','job_unique','queue','schedule','schedule_id_seq'],
+	ARRAY['handler_limit','job','job_error','job_history','job_id_seq','job_unique','queue','schedule','schedule_id_seq'],
 	'pg_dump keeps the job store and the schedules');
 
 -- cron
