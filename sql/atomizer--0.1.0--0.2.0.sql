@@ -1114,7 +1114,7 @@ BEGIN
 	ELSE
 		INSERT INTO atomizer.handler_limit AS l (queue, handler, concurrency)
 		VALUES (_limit_handler.queue, _limit_handler.handler, _limit_handler.concurrency)
-		ON CONFLICT (queue, handler) DO UPDATE SET concurrency = excluded.concurrency;
+		ON CONFLICT ON CONSTRAINT handler_limit_pkey DO UPDATE SET concurrency = excluded.concurrency;
 	END IF;
 	IF concurrency IS NULL OR concurrency > old THEN
 		-- room for more: the held jobs go back to the claim, which holds again what it must

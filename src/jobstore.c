@@ -832,73 +832,497 @@ floor_check(const char *queue, const AtomizerClaimKey *floor,
  *		atomizer_floor_advance after the commit, or to
  *		atomizer_note_floor_advance before.
  */
-int
-atomizer_store_claim(const AtomizerClaimSpec *spec, AtomizerJob **jobs)
+/*
+ * mark_claimed
+ *		The claim's second statement: mark the nids locked jobs ids[]
+ *		running, attempt counted, with the worker's identity or name and an
+ *		external worker's lease, started at started_at (0: now, each at its
+ *		own clock_timestamp()), and read them back into a palloc'd array in
+ *		caller_cxt, in claim order.  Connected to SPI.
+ */
+static int
+mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
+			 TimestampTz started_at, MemoryContext caller_cxt,
+			 AtomizerJob **jobs)
 {
-	static SPIPlanPtr lock_plan = NULL;
 	static SPIPlanPtr mark_plan = NULL;
-	MemoryContext caller_cxt = CurrentMemoryContext;
-	const AtomizerClaimKey *floor = spec->floor ? spec->floor : &atomizer_key_min;
-	AtomizerClaimKey *new_floor = spec->new_floor;
 	bool		external = spec->lease_ms > 0;
-	StoreCall	call;
-	Datum		values[7];
-	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
 	AtomizerJob *result;
-	Datum	   *ids;
-	int			nids = 0;
-	int			n;
-	AtomizerClaimKey first_left = {0};	/* first locked row not claimed */
-	bool		left = false;
+	int			n = 0;
+
+	result = MemoryContextAllocZero(caller_cxt, sizeof(AtomizerJob) * Max(nids, 1));
+	if (nids > 0)
+	{
+		Oid			types[4] = {INT8ARRAYOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID};
+		Datum		mvalues[4];
+		char		mnulls[4] = {' ', ' ', ' ', ' '};
+
+		atomizer_prepare(&mark_plan,
+						 "UPDATE atomizer.job j SET state = 'running',"
+						 " attempt = j.attempt + 1,"
+						 " started_at = coalesce($4, clock_timestamp()), worker = $2,"
+						 " lease = $3,"
+						 " lease_until = coalesce($4, clock_timestamp()) + $3 "
+						 "FROM atomizer.queue q "
+						 "WHERE j.id = ANY($1) AND q.name = j.queue "
+						 CLAIM_RETURNING, 4, types);
+		mvalues[0] = PointerGetDatum(construct_array(ids, nids, INT8OID, 8,
+													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		if (spec->worker_id != NULL)
+		{
+			/* the batch size, for the scheduler if the worker dies */
+			AtomizerWorkerId wid = *spec->worker_id;
+
+			wid.batch = nids;
+			mvalues[1] = CStringGetTextDatum(atomizer_worker_id_format(&wid));
+		}
+		else if (spec->worker_name != NULL)
+			mvalues[1] = CStringGetTextDatum(spec->worker_name);
+		else
+			mnulls[1] = 'n';
+		if (external)
+		{
+			Interval   *lease = palloc0(sizeof(Interval));
+
+			lease->time = spec->lease_ms * 1000;
+			mvalues[2] = IntervalPGetDatum(lease);
+		}
+		else
+			mnulls[2] = 'n';
+		mvalues[3] = TimestampTzGetDatum(started_at);
+		mnulls[3] = started_at != 0 ? ' ' : 'n';
+		if (SPI_execute_plan(mark_plan, mvalues, mnulls, false, 0) != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not claim jobs of queue \"%s\"", spec->queue);
+		n = (int) SPI_processed;
+	}
+
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		AtomizerJob *job = &result[i];
+		MemoryContext old;
+		bool		isnull;
+		Datum		d;
+
+		old = MemoryContextSwitchTo(caller_cxt);
+		job->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		job->queue = pstrdup(spec->queue);
+		job->handler = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+		job->payload = datumCopy(SPI_getbinval(tup, desc, 3, &isnull), false, -1);
+		job->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+		job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+		d = SPI_getbinval(tup, desc, 6, &isnull);
+		job->timeout_ms = isnull ? 0 : atomizer_interval_ms(DatumGetIntervalP(d));
+		job->owner = TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull));
+		job->priority = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+		job->run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
+		d = SPI_getbinval(tup, desc, 10, &isnull);
+		job->lease_until = isnull ? 0 : DatumGetTimestampTz(d);
+		MemoryContextSwitchTo(old);
+	}
+	qsort(result, n, sizeof(AtomizerJob), compare_jobs);
+	*jobs = result;
+	return n;
+}
+
+/* The candidates' columns, for both claims' first statements. */
+#define CLAIM_CANDIDATE_COLUMNS \
+	"SELECT id, solo, priority::int4 AS prio, run_at, handler," \
+	" coalesce(payload ->> $8::text, '') AS part"
+
+/* The candidates: due, available, in claim order from the floor on. */
+#define CLAIM_CANDIDATES \
+	CLAIM_CANDIDATE_COLUMNS \
+	" FROM atomizer.job" \
+	" WHERE queue = $1 AND state = 'available'" \
+	" AND (priority, run_at, id) >= ($4, $5, $6)" \
+	" AND run_at <= now()" \
+	" AND ($3::name IS NULL OR owner = $3::name)" \
+	" AND EXISTS (SELECT 1 FROM atomizer.queue q" \
+	"  WHERE q.name = $1 AND NOT q.paused" \
+	"  AND q.external = $7)" \
+	" ORDER BY priority, run_at, id LIMIT $2" \
+	" FOR UPDATE SKIP LOCKED"
+
+/*
+ * lock_candidates
+ *		Run the claim's first statement, CLAIM_CANDIDATES from claim key
+ *		floor on, up to max_jobs rows (with held set: the jobs a handler
+ *		limit held back, of the handlers held[], instead), and leave its
+ *		result in SPI_tuptable.  Connected to SPI.
+ */
+static void
+lock_candidates(const AtomizerClaimSpec *spec, const AtomizerClaimKey *floor,
+				int max_jobs, const char *partition, ArrayType *held)
+{
+	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr held_plan = NULL;
+	Oid			types[9] = {TEXTOID, INT4OID, TEXTOID, INT4OID,
+	TIMESTAMPTZOID, INT8OID, BOOLOID, TEXTOID, TEXTARRAYOID};
+	Datum		values[9];
+	char		nulls[9] = {' ', ' ', ' ', ' ', ' ', ' ', ' ', ' ', ' '};
 
 	values[0] = CStringGetTextDatum(spec->queue);
-	values[1] = Int32GetDatum(spec->max_jobs);
+	values[1] = Int32GetDatum(max_jobs);
 	values[2] = spec->owner_filter ? CStringGetTextDatum(spec->owner_filter) : (Datum) 0;
 	nulls[2] = spec->owner_filter ? ' ' : 'n';
 	values[3] = Int32GetDatum(floor->priority);
 	values[4] = TimestampTzGetDatum(floor->run_at);
 	values[5] = Int64GetDatum(floor->id);
-	values[6] = BoolGetDatum(external);
+	values[6] = BoolGetDatum(spec->lease_ms > 0);
+	values[7] = partition ? CStringGetTextDatum(partition) : (Datum) 0;
+	nulls[7] = partition ? ' ' : 'n';
+	values[8] = PointerGetDatum(held);
+	nulls[8] = held ? ' ' : 'n';
 
-	store_begin(&call);
+	atomizer_note_job_locks();
+	if (held == NULL)
 	{
-		Oid			types[7] = {TEXTOID, INT4OID, TEXTOID, INT4OID,
-		TIMESTAMPTZOID, INT8OID, BOOLOID};
-
-		atomizer_prepare(&lock_plan,
-						 "SELECT id, solo, priority::int4 AS prio, run_at"
-						 " FROM atomizer.job"
-						 " WHERE queue = $1 AND state = 'available'"
-						 " AND (priority, run_at, id) >= ($4, $5, $6)"
-						 " AND run_at <= now()"
-						 " AND ($3::name IS NULL OR owner = $3::name)"
-						 " AND EXISTS (SELECT 1 FROM atomizer.queue q"
-						 "  WHERE q.name = $1 AND NOT q.paused"
-						 "  AND q.external = $7)"
-						 " ORDER BY priority, run_at, id LIMIT $2"
-						 " FOR UPDATE SKIP LOCKED", 7, types);
+		atomizer_prepare(&plan, CLAIM_CANDIDATES, 8, types);
+		if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "could not claim jobs of queue \"%s\"", spec->queue);
+		return;
 	}
+	atomizer_prepare(&held_plan,
+					 CLAIM_CANDIDATE_COLUMNS
+					 " FROM atomizer.job"
+					 " WHERE queue = $1 AND state = 'held' AND handler = ANY($9)"
+					 " AND ($3::name IS NULL OR owner = $3::name)"
+					 " AND EXISTS (SELECT 1 FROM atomizer.queue q"
+					 "  WHERE q.name = $1 AND NOT q.paused"
+					 "  AND q.external = $7)"
+					 " ORDER BY priority, run_at, id LIMIT $2"
+					 " FOR UPDATE SKIP LOCKED", 9, types);
+	if (SPI_execute_plan(held_plan, values, nulls, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not claim jobs of queue \"%s\"", spec->queue);
+}
+
+/* A locked candidate of a limited claim. */
+typedef struct Candidate
+{
+	AtomizerClaimKey key;
+	bool		solo;
+	bool		held;			/* a handler limit held it back before */
+	int			handler;		/* index into the limited handlers, or -1 */
+	int			part;			/* index into the partitions */
+} Candidate;
+
+static int
+compare_candidates(const void *a, const void *b)
+{
+	const Candidate *x = (const Candidate *) a;
+	const Candidate *y = (const Candidate *) b;
+
+	if (x->key.priority != y->key.priority)
+		return x->key.priority < y->key.priority ? -1 : 1;
+	if (x->key.run_at != y->key.run_at)
+		return x->key.run_at < y->key.run_at ? -1 : 1;
+	return (x->key.id > y->key.id) - (x->key.id < y->key.id);
+}
+
+/*
+ * read_candidates
+ *		Append SPI's candidate rows to cands[*n], finding each one's limited
+ *		handler (handlers[], nh) and partition (added to parts[] as seen).
+ */
+static void
+read_candidates(Candidate *cands, int *n, bool held, char **handlers, int nh,
+				char **parts, int *nparts)
+{
+	for (uint64 i = 0; i < SPI_processed; i++)
 	{
-		Oid			types[3] = {INT8ARRAYOID, TEXTOID, INTERVALOID};
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		Candidate  *c = &cands[(*n)++];
+		char	   *handler = SPI_getvalue(tup, desc, 5);
+		char	   *part = SPI_getvalue(tup, desc, 6);
+		bool		isnull;
 
-		atomizer_prepare(&mark_plan,
-						 "UPDATE atomizer.job j SET state = 'running',"
-						 " attempt = j.attempt + 1,"
-						 " started_at = clock_timestamp(), worker = $2,"
-						 " lease = $3, lease_until = clock_timestamp() + $3 "
-						 "FROM atomizer.queue q "
-						 "WHERE j.id = ANY($1) AND q.name = j.queue "
-						 CLAIM_RETURNING, 3, types);
+		c->key.id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		c->solo = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+		c->key.priority = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		c->key.run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
+		c->held = held;
+		c->handler = -1;
+		for (int h = 0; h < nh; h++)
+			if (strcmp(handlers[h], handler) == 0)
+				c->handler = h;
+		c->part = -1;
+		for (int p = 0; p < *nparts; p++)
+			if (strcmp(parts[p], part) == 0)
+				c->part = p;
+		if (c->part < 0)
+		{
+			parts[*nparts] = part;
+			c->part = (*nparts)++;
+		}
 	}
+}
+
+/*
+ * set_aside_candidates
+ *		Hold back the jobs ids[] (a handler limit: state 'held'), or put them
+ *		off to when[] (a rate limit: run_at moved).  Either way they wait
+ *		again: their queue's claim floor is lowered at commit to reach the
+ *		put-off ones.  Connected to SPI.
+ */
+static void
+set_aside_candidates(Datum *ids, int n, TimestampTz *when)
+{
+	static SPIPlanPtr hold_plan = NULL;
+	static SPIPlanPtr put_off_plan = NULL;
+	Datum		values[2];
+
+	if (n == 0)
+		return;
+	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (when == NULL)
+	{
+		Oid			types[1] = {INT8ARRAYOID};
+
+		atomizer_prepare(&hold_plan,
+						 "UPDATE atomizer.job SET state = 'held'"
+						 " WHERE id = ANY($1) AND state = 'available'", 1, types);
+		if (SPI_execute_plan(hold_plan, values, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not hold jobs back");
+	}
+	else
+	{
+		Oid			types[2] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID};
+		Datum	   *times = palloc(sizeof(Datum) * n);
+
+		for (int i = 0; i < n; i++)
+			times[i] = TimestampTzGetDatum(when[i]);
+		values[1] = PointerGetDatum(construct_array(times, n, TIMESTAMPTZOID, 8,
+													FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		atomizer_prepare(&put_off_plan,
+						 "UPDATE atomizer.job j SET state = 'available', run_at = u.t"
+						 " FROM unnest($1::int8[], $2::timestamptz[]) u(id, t)"
+						 " WHERE j.id = u.id"
+						 " RETURNING j.queue, j.priority::int4, j.run_at, j.id",
+						 2, types);
+		if (SPI_execute_plan(put_off_plan, values, NULL, false, 0) != SPI_OK_UPDATE_RETURNING)
+			elog(ERROR, "could not put jobs off");
+		note_waiting_rows();
+		{
+			TimestampTz first = when[0];
+
+			for (int i = 1; i < n; i++)
+				first = Min(first, when[i]);
+			/* whoever sleeps until the next due job must wake by then */
+			atomizer_note_deadline(first);
+		}
+	}
+}
+
+/* Rounds of candidates a limited claim reads, at most, to fill a batch. */
+#define LIMITED_ROUNDS	8
+
+/*
+ * claim_limited
+ *		atomizer_store_claim for a queue with a rate limit or handler limits
+ *		(limits.c says why it is exact).  Under the queue's limit lock: read
+ *		the room each limited handler has, lock the due candidates (and the
+ *		held-back jobs of handlers with room), and walk them in claim order:
+ *		a job whose handler has no room is held back, one whose rate
+ *		partition has no room is put off, the others are claimed, all
+ *		started at the same time, which the rate window records.  Neither
+ *		kind of job set aside stays in front of the claim, so the jobs of
+ *		other handlers and partitions behind them are claimed: when a round
+ *		of candidates set some aside, the claim reads the next round behind
+ *		it (up to LIMITED_ROUNDS rounds), so a batch fills past a backlog
+ *		that a limit holds back.
+ */
+static int
+claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
+			  MemoryContext caller_cxt, AtomizerJob **jobs)
+{
+	const AtomizerClaimKey *floor = spec->floor ? spec->floor : &atomizer_key_min;
+	AtomizerClaimKey *new_floor = spec->new_floor;
+	AtomizerClaimKey from = *floor;
+	bool		external = spec->lease_ms > 0;
+	bool		rate = q->rate_limit > 0;
+	int			cap = Max(spec->max_jobs, 1) * (LIMITED_ROUNDS + 1);
+	char	  **handlers = NULL;
+	int		   *room = NULL;
+	int			nh = 0;
+	Datum	   *with_room;
+	int			nwith = 0;
+	Candidate  *cands = palloc(sizeof(Candidate) * cap);
+	char	  **parts = palloc(sizeof(char *) * cap);
+	int			nparts = 0;
+	int			nparts_read = 0;	/* partitions whose window was read */
+	int64	   *used = palloc0(sizeof(int64) * cap);
+	TimestampTz *free_at = palloc0(sizeof(TimestampTz) * cap);
+	int		   *started = palloc0(sizeof(int) * cap);
+	int		   *noff = palloc0(sizeof(int) * cap);
+	Datum	   *ids = palloc(sizeof(Datum) * cap);
+	Datum	   *hold_ids = palloc(sizeof(Datum) * cap);
+	Datum	   *off_ids = palloc(sizeof(Datum) * cap);
+	int		   *off_parts = palloc(sizeof(int) * cap);
+	int			nids = 0,
+				nhold = 0,
+				noff_total = 0;
+	TimestampTz now;
+	bool		stopped = false;
+	AtomizerClaimKey first_left = {0};
+	bool		left = false;
+
+	atomizer_limits_lock(spec->queue);
+	now = GetCurrentTimestamp();
+
+	if (q->handler_limits)
+		nh = atomizer_limits_handlers(spec->queue, &handlers, &room);
+	with_room = palloc(sizeof(Datum) * Max(nh, 1));
+	for (int h = 0; h < nh; h++)
+		if (room[h] > 0)
+			with_room[nwith++] = CStringGetTextDatum(handlers[h]);
+	if (new_floor)
+		*new_floor = *floor;
+
+	for (int round = 0; round < LIMITED_ROUNDS && !stopped; round++)
+	{
+		int			want = spec->max_jobs - nids;
+		int			ncands = 0;
+		int			nread;
+		int			set_aside = 0;
+
+		lock_candidates(spec, &from, want, q->rate_partition, NULL);
+		nread = (int) SPI_processed;
+		read_candidates(cands, &ncands, false, handlers, nh, parts, &nparts);
+		if (ncands > 0)
+		{
+			from = cands[ncands - 1].key;
+			from.id++;			/* the next round starts behind this one */
+		}
+		if (round == 0 && nwith > 0)
+		{
+			lock_candidates(spec, &from, spec->max_jobs, q->rate_partition,
+							construct_array(with_room, nwith, TEXTOID, -1,
+											false, TYPALIGN_INT));
+			read_candidates(cands, &ncands, true, handlers, nh, parts, &nparts);
+			qsort(cands, ncands, sizeof(Candidate), compare_candidates);
+		}
+		if (rate && nparts > nparts_read)
+		{
+			atomizer_limits_rate_used(q, now, parts + nparts_read,
+									  nparts - nparts_read, used + nparts_read,
+									  free_at + nparts_read);
+			nparts_read = nparts;
+		}
+
+		/*
+		 * Walk in claim order.  The floor may pass a job this claim claimed,
+		 * held back or put off; it stops at the first due job the claim
+		 * leaves as it was (a solo job behind a batch, or one past
+		 * max_jobs).
+		 */
+		for (int i = 0; i < ncands; i++)
+		{
+			Candidate  *c = &cands[i];
+			bool		handler_full = c->handler >= 0 && room[c->handler] == 0;
+			bool		rate_full = rate &&
+				used[c->part] + started[c->part] >= q->rate_limit;
+
+			if (stopped || (c->solo && !external && nids > 0))
+			{
+				if (!c->held && !left)
+				{
+					left = true;
+					first_left = c->key;
+				}
+				stopped = true;
+				continue;
+			}
+			if (handler_full)
+			{
+				if (!c->held)
+					hold_ids[nhold++] = Int64GetDatum(c->key.id);
+				set_aside++;
+			}
+			else if (rate_full)
+			{
+				/* put off, in claim order per partition: counted, then timed */
+				noff[c->part]++;
+				off_parts[noff_total] = c->part;
+				off_ids[noff_total++] = Int64GetDatum(c->key.id);
+				set_aside++;
+			}
+			else
+			{
+				ids[nids++] = Int64GetDatum(c->key.id);
+				started[c->part]++;
+				if (c->handler >= 0)
+					room[c->handler]--;
+				if ((c->solo && !external) || nids == spec->max_jobs)
+					stopped = true;
+			}
+			if (new_floor && !c->held && !left)
+				*new_floor = c->key;
+		}
+		/* a short round read the whole queue; one that set none aside, the batch */
+		if (nread < want || set_aside == 0)
+			break;
+	}
+
+	if (left)
+	{
+		/* at commit they wait again, below the floor a worker may have raised */
+		atomizer_note_waiting(spec->queue, &first_left);
+		atomizer_note_enqueue(spec->queue);
+	}
+	set_aside_candidates(hold_ids, nhold, NULL);
+	if (noff_total > 0)
+	{
+		TimestampTz *by_part = palloc(sizeof(TimestampTz) * noff_total);
+		TimestampTz *when = palloc(sizeof(TimestampTz) * noff_total);
+		int		   *next = palloc0(sizeof(int) * nparts);
+		int			k = 0;
+
+		/* times come partition after partition; hand them out in claim order */
+		atomizer_limits_put_off(q, now, parts, noff, free_at, nparts, by_part);
+		for (int p = 0; p < nparts; p++)
+		{
+			next[p] = k;
+			k += noff[p];
+		}
+		for (int j = 0; j < noff_total; j++)
+			when[j] = by_part[next[off_parts[j]]++];
+		set_aside_candidates(off_ids, noff_total, when);
+	}
+	if (rate)
+		atomizer_limits_record_starts(q, now, parts, started, nparts);
+	if (new_floor && nids > 0)
+		floor_check(spec->queue, floor, new_floor);
+
+	return mark_claimed(spec, ids, nids, now, caller_cxt, jobs);
+}
+
+/*
+ * claim_plain
+ *		atomizer_store_claim for a queue without limits: the due candidates
+ *		in claim order, all claimed (a solo job alone).
+ */
+static int
+claim_plain(const AtomizerClaimSpec *spec, MemoryContext caller_cxt,
+			AtomizerJob **jobs)
+{
+	const AtomizerClaimKey *floor = spec->floor ? spec->floor : &atomizer_key_min;
+	AtomizerClaimKey *new_floor = spec->new_floor;
+	bool		external = spec->lease_ms > 0;
+	Datum	   *ids;
+	int			nids = 0;
+	AtomizerClaimKey first_left = {0};	/* first locked row not claimed */
+	bool		left = false;
 
 	/*
 	 * Lock the candidates.  A job released after its worker died in the
 	 * middle of a batch is "solo": it runs in a batch of its own, so that a
 	 * job that kills its worker is found out and charged alone.
 	 */
-	atomizer_note_job_locks();
-	if (SPI_execute_plan(lock_plan, values, nulls, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not claim jobs of queue \"%s\"", spec->queue);
+	lock_candidates(spec, floor, spec->max_jobs, NULL, NULL);
 	ids = palloc(sizeof(Datum) * Max(SPI_processed, 1));
 	if (new_floor)
 		*new_floor = *floor;
@@ -948,70 +1372,26 @@ atomizer_store_claim(const AtomizerClaimSpec *spec, AtomizerJob **jobs)
 	if (new_floor && nids > 0)
 		floor_check(spec->queue, floor, new_floor);
 
-	n = 0;
-	result = MemoryContextAllocZero(caller_cxt, sizeof(AtomizerJob) * Max(nids, 1));
-	if (nids > 0)
-	{
-		Datum		mvalues[3];
-		char		mnulls[3] = {' ', ' ', ' '};
+	return mark_claimed(spec, ids, nids, 0, caller_cxt, jobs);
+}
 
-		mvalues[0] = PointerGetDatum(construct_array(ids, nids, INT8OID, 8,
-													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		if (spec->worker_id != NULL)
-		{
-			/* the batch size, for the scheduler if the worker dies */
-			AtomizerWorkerId wid = *spec->worker_id;
+int
+atomizer_store_claim(const AtomizerClaimSpec *spec, AtomizerJob **jobs)
+{
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	AtomizerQueue q;
+	StoreCall	call;
+	int			n;
 
-			wid.batch = nids;
-			mvalues[1] = CStringGetTextDatum(atomizer_worker_id_format(&wid));
-		}
-		else if (spec->worker_name != NULL)
-			mvalues[1] = CStringGetTextDatum(spec->worker_name);
-		else
-			mnulls[1] = 'n';
-		if (external)
-		{
-			Interval   *lease = palloc0(sizeof(Interval));
-
-			lease->time = spec->lease_ms * 1000;
-			mvalues[2] = IntervalPGetDatum(lease);
-		}
-		else
-			mnulls[2] = 'n';
-		if (SPI_execute_plan(mark_plan, mvalues, mnulls, false, 0) != SPI_OK_UPDATE_RETURNING)
-			elog(ERROR, "could not claim jobs of queue \"%s\"", spec->queue);
-		n = (int) SPI_processed;
-	}
-
-	for (int i = 0; i < n; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		AtomizerJob *job = &result[i];
-		MemoryContext old;
-		bool		isnull;
-		Datum		d;
-
-		old = MemoryContextSwitchTo(caller_cxt);
-		job->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		job->queue = pstrdup(spec->queue);
-		job->handler = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
-		job->payload = datumCopy(SPI_getbinval(tup, desc, 3, &isnull), false, -1);
-		job->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
-		job->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
-		d = SPI_getbinval(tup, desc, 6, &isnull);
-		job->timeout_ms = isnull ? 0 : atomizer_interval_ms(DatumGetIntervalP(d));
-		job->owner = TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull));
-		job->priority = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
-		job->run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 9, &isnull));
-		d = SPI_getbinval(tup, desc, 10, &isnull);
-		job->lease_until = isnull ? 0 : DatumGetTimestampTz(d);
-		MemoryContextSwitchTo(old);
-	}
+	/* the queue's limits (cached per backend; 0.1.0's tables have none) */
+	if (!atomizer_lookup_queue(spec->queue, &q))
+		memset(&q, 0, sizeof(q));
+	store_begin(&call);
+	if (atomizer_queue_limited(&q) && q.external == (spec->lease_ms > 0))
+		n = claim_limited(spec, &q, caller_cxt, jobs);
+	else
+		n = claim_plain(spec, caller_cxt, jobs);
 	store_end(&call);
-
-	qsort(result, n, sizeof(AtomizerJob), compare_jobs);
-	*jobs = result;
 	return n;
 }
 
@@ -1077,6 +1457,32 @@ queue_due_from(const char *queue, const AtomizerClaimKey *floor,
 }
 
 /*
+ * held_with_room
+ *		Whether queue has jobs a handler limit held back whose handler has
+ *		room again (a job of it stopped running).  Connected to SPI.
+ */
+static bool
+held_with_room(const char *queue)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[1] = {TEXTOID};
+	Datum		arg = CStringGetTextDatum(queue);
+
+	atomizer_prepare(&plan,
+					 "SELECT 1 FROM atomizer.handler_limit l"
+					 " WHERE l.queue = $1"
+					 " AND EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = $1"
+					 "  AND j.handler = l.handler AND j.state = 'held')"
+					 " AND l.concurrency > (SELECT count(*) FROM atomizer.job j"
+					 "  WHERE j.queue = $1 AND j.handler = l.handler"
+					 "  AND j.state = 'running')"
+					 " LIMIT 1", 1, types);
+	if (SPI_execute_plan(plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look at queue \"%s\"", queue);
+	return SPI_processed > 0;
+}
+
+/*
  * atomizer_queue_due
  *		Whether queue has a due job, and if not, when its next delayed job
  *		is due (*next, DT_NOEND if none).  Two small queries per queue, both
@@ -1091,7 +1497,11 @@ atomizer_queue_due(const char *queue, TimestampTz *next)
 	StoreCall	call;
 	bool		due;
 
+	AtomizerQueue q;
+
 	(void) atomizer_floor_get(MyDatabaseId, queue, &floor);
+	if (!atomizer_lookup_queue(queue, &q))
+		memset(&q, 0, sizeof(q));
 	store_begin(&call);
 	due = queue_due_from(queue, &floor, next);
 	if (!due && atomizer_floor_recheck(MyDatabaseId, queue) &&
@@ -1101,6 +1511,8 @@ atomizer_queue_due(const char *queue, TimestampTz *next)
 		atomizer_floor_lower(MyDatabaseId, queue, NULL);
 		due = true;
 	}
+	if (!due && q.handler_limits)
+		due = held_with_room(queue);
 	store_end(&call);
 	return due;
 }

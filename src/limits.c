@@ -41,6 +41,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
@@ -49,6 +50,7 @@
 #include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
 #include "atomizer.h"
@@ -137,8 +139,8 @@ window_start(const AtomizerQueue *q, TimestampTz now)
  * atomizer_limits_rate_used
  *		For each of the nparts partitions parts[] of queue q: the starts in
  *		the window that ends at now (used[]), and when the window frees room
- *		(free_at[]: the oldest start in it plus rate_period, or now when the
- *		window is empty).  Connected to SPI, as the owner.
+ *		(free_at[]: the oldest start in it plus rate_period, or now plus
+ *		rate_period when the window is empty).  Connected to SPI, as the owner.
  */
 void
 atomizer_limits_rate_used(const AtomizerQueue *q, TimestampTz now,
@@ -150,11 +152,16 @@ atomizer_limits_rate_used(const AtomizerQueue *q, TimestampTz now,
 	Datum		values[3];
 	Datum	   *elems = palloc(sizeof(Datum) * Max(nparts, 1));
 
+	/* an empty window is full, if at all, of this claim's starts */
+	TimestampTz after_now = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+																	TimestampTzGetDatum(now),
+																	IntervalPGetDatum(&q->rate_period)));
+
 	for (int i = 0; i < nparts; i++)
 	{
 		elems[i] = CStringGetTextDatum(parts[i]);
 		used[i] = 0;
-		free_at[i] = now;
+		free_at[i] = after_now;
 	}
 	atomizer_prepare(&plan,
 					 "SELECT part, sum(n)::int8, min(started_at) FROM atomizer.rate_start"
@@ -330,13 +337,20 @@ atomizer_limits_record_starts(const AtomizerQueue *q, TimestampTz now,
  * atomizer_limits_prune
  *		Delete the starts that left their window, and the promises that are
  *		past, of every queue (and all of them of queues without a rate
- *		limit).  For the scheduler's pruning; connected to SPI, as the
- *		owner.  Returns the rows deleted.
+ *		limit).  For the scheduler's pruning, in a transaction.  Returns the
+ *		rows deleted (0 with 0.1.0's tables, which have no rate windows).
  */
 int64
 atomizer_limits_prune(void)
 {
+	Oid			ns = get_namespace_oid("atomizer", true);
+	AtomizerPrivState priv;
 	int64		n = 0;
+
+	if (!OidIsValid(ns) || !OidIsValid(get_relname_relid("rate_start", ns)))
+		return 0;
+	atomizer_become_owner(&priv);
+	SPI_connect();
 
 	if (SPI_execute("DELETE FROM atomizer.rate_start r"
 					" WHERE NOT EXISTS (SELECT 1 FROM atomizer.queue q"
@@ -352,6 +366,8 @@ atomizer_limits_prune(void)
 					false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not prune the rate reservations");
 	n += SPI_processed;
+	SPI_finish();
+	atomizer_restore_caller(&priv);
 	return n;
 }
 

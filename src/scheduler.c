@@ -284,12 +284,16 @@ forget_full(const char *queue)
 /*
  * atomizer_background_settings
  *		Settings for atomizer's own processes: their statements are short,
- *		and JIT-compiling them costs far more than it saves.
+ *		and JIT-compiling them costs far more than it saves; and they run
+ *		in READ COMMITTED whatever default_transaction_isolation says, since
+ *		claims (and the limits they keep) must see other sessions' commits.
  */
 void
 atomizer_background_settings(void)
 {
 	SetConfigOption("jit", "off", PGC_SUSET, PGC_S_SESSION);
+	SetConfigOption("default_transaction_isolation", "read committed",
+					PGC_SUSET, PGC_S_SESSION);
 }
 
 /*
@@ -400,6 +404,7 @@ static void
 prune(void)
 {
 	(void) atomizer_store_prune(PRUNE_BATCH);
+	(void) atomizer_limits_prune();
 }
 
 /*
