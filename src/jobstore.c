@@ -1171,10 +1171,16 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	bool		left = false;
 
 	atomizer_limits_lock(spec->queue);
-	now = GetCurrentTimestamp();
-
 	if (q->handler_limits)
 		nh = atomizer_limits_handlers(spec->queue, &handlers, &room);
+
+	/*
+	 * The claim's time, read after the running jobs were counted: a job that
+	 * finished (committed) before that count was stamped finished before
+	 * this time, so a job's started_at and finished_at never show more
+	 * running at once than the limit allowed.
+	 */
+	now = GetCurrentTimestamp();
 	with_room = palloc(sizeof(Datum) * Max(nh, 1));
 	for (int h = 0; h < nh; h++)
 		if (room[h] > 0)
