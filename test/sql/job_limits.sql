@@ -2,7 +2,7 @@
 -- errors; claims that take no more than a limit leaves, hold back or put
 -- off the rest, and take the jobs of other handlers and partitions behind
 -- them (no head-of-line blocking).  External claims here; live workers in
--- test/t/028_limits.pl, racing claimers in specs/limits.spec.
+-- test/t/028_limits.pl, racing claimers in specs/claim_limits.spec.
 CREATE DATABASE atomizer_job_limits;
 \c atomizer_job_limits
 CREATE EXTENSION atomizer;
