@@ -178,6 +178,45 @@ class Bench:
         self.res["drain"] = runs
         self.save()
 
+    # 3b -----------------------------------------------------------------
+    def limits(self):
+        """The cost of limits that do not bind: the no-op drain with a rate
+        limit far above the drain's pace against the same drain without it
+        (batch 64), and with the handler limited to 8 running against the same
+        drain without it (batch 4: two workers hold at most 8 running, so the
+        limit never holds a job back); each pair run twice, alternating, and
+        the better run of each kept."""
+        a = argparse.Namespace(jobs=self.a.drain_jobs, chunk=1000, timeout=600, host=self.a.host,
+                               port=self.a.port, db=self.a.db, pgbench=self.a.pgbench,
+                               naive_script=os.path.join(BENCH, "naive_drain.sql"))
+        cur = self.cur
+        drain.warm_up(a, cur)
+
+        def unlimited():
+            cur.execute("SELECT atomizer.alter_queue('drain', rate_limit => 0)")
+            cur.execute("SELECT atomizer.limit_handler('drain', 'noop', NULL)")
+
+        res = {}
+        for rep in (1, 2):
+            for name, batch, setup in (
+                    ("plain64", 64, None),
+                    ("rate", 64, "SELECT atomizer.alter_queue('drain', rate_limit => 100000000,"
+                                 " rate_period => '1 second')"),
+                    ("plain4", 4, None),
+                    ("handler", 4, "SELECT atomizer.limit_handler('drain', 'noop', 8)")):
+                unlimited()
+                if setup:
+                    cur.execute(setup)
+                r = drain.drain_atomizer(a, cur, "noop", batch)
+                if name == "handler" and r["max_running"] > 8:
+                    sys.exit("limits: %d running at once under a limit of 8" % r["max_running"])
+                if name not in res or r["per_s"] > res[name]["per_s"]:
+                    res[name] = dict(r, rep=rep)
+        unlimited()
+        drain.clean(cur)
+        self.res["limits"] = res
+        self.save()
+
     # 4 ------------------------------------------------------------------
     def latency(self):
         path = self.a.out + ".latency.json"
@@ -512,7 +551,7 @@ def main():
     ap.add_argument("--bindir", default="/usr/lib/postgresql/15/bin")
     ap.add_argument("--pgbench", default=shutil.which("pgbench") or "pgbench")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--only", default="enqueue,many,drain,latency,external,steady,cron")
+    ap.add_argument("--only", default="enqueue,many,drain,limits,latency,external,steady,cron")
     ap.add_argument("--seconds", type=int, default=15, help="pgbench -T")
     ap.add_argument("--drain-jobs", type=int, default=100000)
     ap.add_argument("--lat-n", type=int, default=1000)

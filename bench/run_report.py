@@ -94,6 +94,25 @@ if d:
                                                                   for x in naives)
                  + cpu + ".")
 
+lim = r.get("limits")
+if lim:
+    for name, base, what in (("rate", "plain64", "a rate limit that does not bind"
+                              " (100,000,000 a second), batch 64"),
+                             ("handler", "plain4", "the handler limited to 8 running, which"
+                              " does not bind (2 workers, batch 4)")):
+        x, y = lim[name], lim[base]
+        T.append("| 3b. drain of %s no-op jobs with %s | %s jobs/s | %s jobs/s | the same drain"
+                 " without the limit | %s |"
+                 % (n(x["jobs"]), what, n(x["per_s"]), n(y["per_s"]), ratio(x["per_s"], y["per_s"])))
+        S.append("| drain with %s | %s jobs/s | %s (no limit) | %s |"
+                 % ("a rate limit (not binding)" if name == "rate"
+                    else "a handler limit of 8 (not binding)",
+                    n(x["per_s"]), n(y["per_s"]), ratio(x["per_s"], y["per_s"])))
+    notes.append("3b: each drain with a limit runs beside the same drain without it, twice,"
+                 " alternating; the better run of each is shown. The limits' cost is the"
+                 " claim's per-queue lock and its reads and writes of the rate window or the"
+                 " running count.")
+
 lat = r.get("latency")
 if lat:
     T.append("| 4. enqueue commit returned → handler start, %d jobs 5 ms apart, idle worker,"
