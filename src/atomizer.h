@@ -457,7 +457,21 @@ struct ReturnSetInfo;
 extern void atomizer_store_external_queue_counts(struct ReturnSetInfo *rsinfo);
 
 /* limits.c */
+typedef enum AtomizerLimitKind
+{
+	ATOMIZER_LIMIT_RATE,		/* a rate partition's starts */
+	ATOMIZER_LIMIT_HANDLER		/* a limited handler's running jobs */
+} AtomizerLimitKind;
+
+extern Size atomizer_limits_shmem_size(void);
+extern void atomizer_limits_shmem_init(LWLock *lock);
 extern void atomizer_limits_lock(const char *queue);
+extern void atomizer_limits_reserved(const char *queue, AtomizerLimitKind kind,
+									 char **keys, int nkeys, int64 *counts);
+extern void atomizer_limits_reserve_and_unlock(const char *queue,
+											   const AtomizerLimitKind *kinds,
+											   char **keys, const int *n, int nkeys,
+											   bool keep);
 extern int	atomizer_limits_handlers(const char *queue, char ***handlers, int **room);
 extern void atomizer_limits_rate_used(const AtomizerQueue *q, TimestampTz now,
 									  char **parts, int nparts, int64 *used,

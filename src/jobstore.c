@@ -1148,6 +1148,8 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	char	  **handlers = NULL;
 	int		   *room = NULL;
 	int			nh = 0;
+	int		   *took;			/* jobs claimed per limited handler */
+	int			n;
 	Datum	   *with_room;
 	int			nwith = 0;
 	Candidate  *cands = palloc(sizeof(Candidate) * cap);
@@ -1181,6 +1183,17 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	 * running at once than the limit allowed.
 	 */
 	now = GetCurrentTimestamp();
+	took = palloc0(sizeof(int) * Max(nh, 1));
+	if (nh > 0)
+	{
+		/* what other claims in flight took counts as running */
+		int64	   *reserved = palloc0(sizeof(int64) * nh);
+
+		atomizer_limits_reserved(spec->queue, ATOMIZER_LIMIT_HANDLER, handlers, nh,
+								 reserved);
+		for (int h = 0; h < nh; h++)
+			room[h] = (int) Max(room[h] - reserved[h], 0);
+	}
 	with_room = palloc(sizeof(Datum) * Max(nh, 1));
 	for (int h = 0; h < nh; h++)
 		if (room[h] > 0)
@@ -1213,6 +1226,10 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 		}
 		if (rate && nparts > nparts_read)
 		{
+			/* what other claims in flight started, and the window */
+			atomizer_limits_reserved(spec->queue, ATOMIZER_LIMIT_RATE,
+									 parts + nparts_read, nparts - nparts_read,
+									 used + nparts_read);
 			atomizer_limits_rate_used(q, now, parts + nparts_read,
 									  nparts - nparts_read, used + nparts_read,
 									  free_at + nparts_read);
@@ -1261,7 +1278,10 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 				ids[nids++] = Int64GetDatum(c->key.id);
 				started[c->part]++;
 				if (c->handler >= 0)
+				{
 					room[c->handler]--;
+					took[c->handler]++;
+				}
 				if ((c->solo && !external) || nids == spec->max_jobs)
 					stopped = true;
 			}
@@ -1303,7 +1323,31 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	if (new_floor && nids > 0)
 		floor_check(spec->queue, floor, new_floor);
 
-	return mark_claimed(spec, ids, nids, now, caller_cxt, jobs);
+	n = mark_claimed(spec, ids, nids, now, caller_cxt, jobs);
+
+	/* what it took stays reserved to its commit; other claims may go on */
+	{
+		int			nkeys = 0;
+		AtomizerLimitKind *kinds = palloc(sizeof(AtomizerLimitKind) * (nparts + nh + 1));
+		char	  **keys = palloc(sizeof(char *) * (nparts + nh + 1));
+		int		   *counts = palloc(sizeof(int) * (nparts + nh + 1));
+
+		for (int p = 0; rate && p < nparts; p++)
+		{
+			kinds[nkeys] = ATOMIZER_LIMIT_RATE;
+			keys[nkeys] = parts[p];
+			counts[nkeys++] = started[p];
+		}
+		for (int h = 0; h < nh; h++)
+		{
+			kinds[nkeys] = ATOMIZER_LIMIT_HANDLER;
+			keys[nkeys] = handlers[h];
+			counts[nkeys++] = took[h];
+		}
+		atomizer_limits_reserve_and_unlock(spec->queue, kinds, keys, counts, nkeys,
+										   noff_total > 0);
+	}
+	return n;
 }
 
 /*

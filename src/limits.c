@@ -8,15 +8,33 @@
  *	  atomizer.job) stays in jobstore.c, which calls these functions.
  *
  *	  Exactness.  Every claim of a queue with limits first takes the
- *	  queue's limit lock (an advisory lock of atomizer's own, held to the
- *	  end of the claiming transaction), then reads what the limits leave
- *	  (running jobs per limited handler, starts in the window per rate
- *	  partition) with a fresh snapshot, claims at most that, and records
- *	  its starts at one time read under the lock (clock_timestamp()).
- *	  Claims of the queue are so serialized, each sees every earlier
- *	  claim's commit, and the recorded start times grow: for any window of
- *	  rate_period, every start in it was counted by the claim of the last
- *	  start in it, so no window holds more than rate_limit.  The jobs a
+ *	  queue's limit lock (an advisory lock of atomizer's own), then reads
+ *	  what the limits leave (running jobs per limited handler, starts in
+ *	  the window per rate partition) with a fresh snapshot, adds what
+ *	  other claims took and have not committed yet (their reservations,
+ *	  below), claims at most what is left, and records its starts at one
+ *	  time read under the lock.  Claims of the queue are so serialized,
+ *	  each sees every earlier claim (committed, or reserved), and the
+ *	  recorded start times grow: for any window of rate_period, every start
+ *	  in it was counted by the claim of the last start in it, so no window
+ *	  holds more than rate_limit.
+ *
+ *	  Reservations.  A claim does not hold the lock to its commit (which
+ *	  would serialize the claimers' commits, and their WAL flushes): before
+ *	  it lets the lock go it writes what it took, per partition and per
+ *	  limited handler, into shared memory, where it stays until the claim's
+ *	  transaction has ended (the commit callback runs after the commit is
+ *	  visible, so a claim is always counted once or twice, never not at
+ *	  all; an abort drops it, and so does the abort of the subtransaction
+ *	  it was made in).  The next claim copies the reservations when it
+ *	  takes the lock, before it reads a table: a claim whose reservation
+ *	  it missed had committed before, so the tables show it.  Without
+ *	  shared memory (atomizer not preloaded), with every reservation slot
+ *	  taken, or when the claim put jobs off (it wrote rows of
+ *	  atomizer.rate_reserve that the next claim would wait for), the claim
+ *	  keeps the lock to its end instead.  A transaction that claimed from a limited queue cannot
+ *	  be prepared (PREPARE TRANSACTION would end the reservation before
+ *	  the commit).  The jobs a
  *	  claim takes get that time as their started_at, so the starts a user
  *	  counts are the starts the limit counted.  A running job stops
  *	  counting against its handler's limit when it stops running, whatever
@@ -48,6 +66,8 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/lsyscache.h"
@@ -60,17 +80,283 @@ PG_FUNCTION_INFO_V1(atomizer_release_held);
 /* locktag_field4 of atomizer's limit locks (user advisory locks use 1, 2) */
 #define LIMIT_LOCK_SPACE	0x4174
 
+/* Reservations of claims in flight, in shared memory. */
+#define RESERVATIONS	2048
+
+typedef struct Reservation
+{
+	int			pid;			/* 0: free */
+	int			level;			/* the claimer's (sub)transaction level */
+	Oid			dboid;
+	uint32		queue;			/* hash of the queue's name */
+	uint64		key;			/* hash of the kind and partition or handler */
+	int32		n;
+} Reservation;
+
+typedef struct ReservationsShared
+{
+	LWLock	   *lock;
+	int			high;			/* entries [0, high) may be in use */
+	Reservation entries[RESERVATIONS];
+} ReservationsShared;
+
+static ReservationsShared *reservations = NULL;
+static int	own_reservations = 0;
+
+/*
+ * The other claims in flight of the queue whose limit lock this backend
+ * took, copied when it took it: no claim of that queue can reserve more
+ * while the lock is held, so the copy holds every claim that the tables
+ * may not show yet (and some that they show by now: counted twice, which
+ * errs on the safe side).
+ */
+static uint64 *inflight_keys = NULL;
+static int32 *inflight_n = NULL;
+static int	ninflight = 0;
+static bool callbacks_registered = false;
+static LOCKTAG held_tag;		/* the limit lock this backend holds, if any */
+static bool holding = false;
+
+/*
+ * atomizer_limits_shmem_size / atomizer_limits_shmem_init
+ *		Shared memory for the reservations (shmem.c asks for it).
+ */
+Size
+atomizer_limits_shmem_size(void)
+{
+	return sizeof(ReservationsShared);
+}
+
+void
+atomizer_limits_shmem_init(LWLock *lock)
+{
+	bool		found;
+
+	reservations = ShmemInitStruct("atomizer limits", sizeof(ReservationsShared), &found);
+	if (!found)
+	{
+		memset(reservations, 0, sizeof(ReservationsShared));
+		reservations->lock = lock;
+	}
+}
+
+static uint32
+queue_hash(const char *queue)
+{
+	return DatumGetUInt32(hash_any((const unsigned char *) queue, strlen(queue)));
+}
+
+static uint64
+key_hash(AtomizerLimitKind kind, const char *key)
+{
+	return DatumGetUInt64(hash_any_extended((const unsigned char *) key,
+											strlen(key), (uint64) kind + 1));
+}
+
+/*
+ * drop_reservations
+ *		Free this backend's reservations made at (sub)transaction level
+ *		min_level or deeper (all with min_level 0).
+ */
+static void
+drop_reservations(int min_level)
+{
+	int			left = 0;
+
+	if (own_reservations == 0 || reservations == NULL)
+		return;
+	LWLockAcquire(reservations->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < reservations->high; i++)
+	{
+		Reservation *r = &reservations->entries[i];
+
+		if (r->pid != MyProcPid)
+			continue;
+		if (r->level >= min_level)
+			r->pid = 0;
+		else
+			left++;
+	}
+	while (reservations->high > 0 &&
+		   reservations->entries[reservations->high - 1].pid == 0)
+		reservations->high--;
+	LWLockRelease(reservations->lock);
+	own_reservations = left;
+}
+
+static void
+limits_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (own_reservations > 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot prepare a transaction that claimed jobs of a queue with limits"),
+						 errhint("Claim and prepare in separate transactions.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			/* after the commit is visible: counted in the tables now */
+			drop_reservations(0);
+			holding = false;
+			break;
+		default:
+			break;
+	}
+}
+
+static void
+limits_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						SubTransactionId parentSubid, void *arg)
+{
+	int			level = GetCurrentTransactionNestLevel();
+
+	if (own_reservations == 0)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+		drop_reservations(level);
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		LWLockAcquire(reservations->lock, LW_EXCLUSIVE);
+		for (int i = 0; i < reservations->high; i++)
+		{
+			Reservation *r = &reservations->entries[i];
+
+			if (r->pid == MyProcPid && r->level >= level)
+				r->level = level - 1;
+		}
+		LWLockRelease(reservations->lock);
+	}
+}
+
+/*
+ * copy_inflight
+ *		Copy the reservations of other sessions' claims of queue (hash qh)
+ *		into this backend's memory; under the queue's limit lock.
+ */
+static void
+copy_inflight(uint32 qh)
+{
+	ninflight = 0;
+	if (reservations == NULL)
+		return;
+	if (inflight_keys == NULL)
+	{
+		inflight_keys = MemoryContextAlloc(TopMemoryContext, sizeof(uint64) * RESERVATIONS);
+		inflight_n = MemoryContextAlloc(TopMemoryContext, sizeof(int32) * RESERVATIONS);
+	}
+	LWLockAcquire(reservations->lock, LW_SHARED);
+	for (int e = 0; e < reservations->high; e++)
+	{
+		Reservation *r = &reservations->entries[e];
+
+		if (r->pid == 0 || r->pid == MyProcPid || r->dboid != MyDatabaseId ||
+			r->queue != qh)
+			continue;
+		inflight_keys[ninflight] = r->key;
+		inflight_n[ninflight++] = r->n;
+	}
+	LWLockRelease(reservations->lock);
+}
+
+/*
+ * atomizer_limits_reserved
+ *		Add to counts[i] what claims of other sessions in flight took of
+ *		keys[i] (nkeys of them, partitions or handlers as kind says) in the
+ *		queue whose limit lock is held (from the copy taken with the lock).
+ */
+void
+atomizer_limits_reserved(const char *queue, AtomizerLimitKind kind,
+						 char **keys, int nkeys, int64 *counts)
+{
+	for (int i = 0; i < nkeys && ninflight > 0; i++)
+	{
+		uint64		h = key_hash(kind, keys[i]);
+
+		for (int e = 0; e < ninflight; e++)
+			if (inflight_keys[e] == h)
+				counts[i] += inflight_n[e];
+	}
+}
+
+/*
+ * atomizer_limits_reserve_and_unlock
+ *		Record what this claim took (n[i] of keys[i], kinds[i]; nkeys) as
+ *		reservations until its transaction ends, and let the queue's limit
+ *		lock go.  Without room for them (or shared memory), or when the
+ *		claim put jobs off (keep: it wrote the partitions' promised times,
+ *		rows that the next claim would wait for, while this transaction
+ *		might come back for the lock), the lock is kept to the end of the
+ *		transaction instead.
+ */
+void
+atomizer_limits_reserve_and_unlock(const char *queue, const AtomizerLimitKind *kinds,
+								   char **keys, const int *n, int nkeys, bool keep)
+{
+	uint32		qh = queue_hash(queue);
+	int			level = GetCurrentTransactionNestLevel();
+	int			need = 0;
+	int			done = 0;
+
+	if (!holding || keep || reservations == NULL)
+		return;					/* keep the lock */
+	for (int i = 0; i < nkeys; i++)
+		if (n[i] > 0)
+			need++;
+	LWLockAcquire(reservations->lock, LW_EXCLUSIVE);
+	{
+		int			free_slots = RESERVATIONS - reservations->high;
+
+		for (int e = 0; e < reservations->high; e++)
+			if (reservations->entries[e].pid == 0)
+				free_slots++;
+		if (free_slots < need)
+		{
+			LWLockRelease(reservations->lock);
+			return;				/* keep the lock */
+		}
+	}
+	for (int e = 0; done < nkeys && e < RESERVATIONS; e++)
+	{
+		Reservation *r = &reservations->entries[e];
+
+		if (r->pid != 0)
+			continue;
+		while (done < nkeys && n[done] == 0)
+			done++;
+		if (done == nkeys)
+			break;
+		r->pid = MyProcPid;
+		r->level = level;
+		r->dboid = MyDatabaseId;
+		r->queue = qh;
+		r->key = key_hash(kinds[done], keys[done]);
+		r->n = n[done];
+		if (e >= reservations->high)
+			reservations->high = e + 1;
+		own_reservations++;
+		done++;
+	}
+	LWLockRelease(reservations->lock);
+	(void) LockRelease(&held_tag, ExclusiveLock, false);
+	holding = false;
+}
+
 /*
  * atomizer_limits_lock
- *		Take queue's limit lock for the rest of the transaction.  Refuses a
+ *		Take queue's limit lock (to the end of the transaction, unless
+ *		atomizer_limits_reserve_and_unlock lets it go sooner).  Refuses a
  *		transaction whose snapshot would hide other claims' commits.
  */
 void
 atomizer_limits_lock(const char *queue)
 {
 	LOCKTAG		tag;
-	uint32		h = DatumGetUInt32(hash_any((const unsigned char *) queue,
-											strlen(queue)));
+	uint32		h = queue_hash(queue);
 
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
@@ -79,9 +365,18 @@ atomizer_limits_lock(const char *queue)
 						queue, IsolationIsSerializable() ? "SERIALIZABLE" : "REPEATABLE READ"),
 				 errdetail("The queue has a rate limit or a handler limit, and a claim must see every other claim's commit to keep it."),
 				 errhint("Claim in a READ COMMITTED transaction.")));
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(limits_xact_callback, NULL);
+		RegisterSubXactCallback(limits_subxact_callback, NULL);
+		callbacks_registered = true;
+	}
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, h, (uint32) strlen(queue),
 						 LIMIT_LOCK_SPACE);
 	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	held_tag = tag;
+	holding = true;
+	copy_inflight(h);
 }
 
 /*
@@ -137,8 +432,8 @@ window_start(const AtomizerQueue *q, TimestampTz now)
 
 /*
  * atomizer_limits_rate_used
- *		For each of the nparts partitions parts[] of queue q: the starts in
- *		the window that ends at now (used[]), and when the window frees room
+ *		For each of the nparts partitions parts[] of queue q: add the starts
+ *		in the window that ends at now to used[], and say when the window frees room
  *		(free_at[]: the oldest start in it plus rate_period, or now plus
  *		rate_period when the window is empty).  Connected to SPI, as the owner.
  */
@@ -160,7 +455,6 @@ atomizer_limits_rate_used(const AtomizerQueue *q, TimestampTz now,
 	for (int i = 0; i < nparts; i++)
 	{
 		elems[i] = CStringGetTextDatum(parts[i]);
-		used[i] = 0;
 		free_at[i] = after_now;
 	}
 	atomizer_prepare(&plan,
@@ -184,7 +478,7 @@ atomizer_limits_rate_used(const AtomizerQueue *q, TimestampTz now,
 		{
 			if (strcmp(parts[i], part) != 0)
 				continue;
-			used[i] = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+			used[i] += DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
 			free_at[i] = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
 																 SPI_getbinval(tup, desc, 3, &isnull),
 																 IntervalPGetDatum(&q->rate_period)));

@@ -68,7 +68,9 @@ shmem_request(void)
 	RequestAddinShmemSpace(shared_size());
 	RequestAddinShmemSpace(atomizer_stats_shmem_size());
 	RequestAddinShmemSpace(atomizer_wait_shmem_size());
-	RequestNamedLWLockTranche("atomizer", 1);
+	RequestAddinShmemSpace(atomizer_limits_shmem_size());
+	/* the slots' lock, and the limits' reservations' (limits.c) */
+	RequestNamedLWLockTranche("atomizer", 2);
 }
 
 /*
@@ -96,6 +98,7 @@ shmem_startup(void)
 	}
 	atomizer_stats_shmem_init();
 	atomizer_wait_shmem_init();
+	atomizer_limits_shmem_init(&(GetNamedLWLockTranche("atomizer"))[1].lock);
 	LWLockRelease(AddinShmemInitLock);
 }
 
