@@ -98,8 +98,8 @@ lim = r.get("limits")
 if lim:
     for name, base, what in (("rate", "plain64", "a rate limit that does not bind"
                               " (100,000,000 a second), batch 64"),
-                             ("handler", "plain4", "the handler limited to 8 running, which"
-                              " does not bind (2 workers, batch 4)")):
+                             ("handler", "plain2", "the handler limited to 8 running, which"
+                              " does not bind (2 workers, batch 2)")):
         x, y = lim[name], lim[base]
         T.append("| 3b. drain of %s no-op jobs with %s | %s jobs/s | %s jobs/s | the same drain"
                  " without the limit | %s |"

@@ -466,14 +466,18 @@ typedef enum AtomizerLimitKind
 extern Size atomizer_limits_shmem_size(void);
 extern void atomizer_limits_shmem_init(LWLock *lock);
 extern void atomizer_limits_lock(const char *queue);
+extern struct SnapshotData *atomizer_limits_snapshot(void);
 extern void atomizer_limits_reserved(const char *queue, AtomizerLimitKind kind,
-									 char **keys, int nkeys, int64 *counts);
+									 char **keys, int nkeys, int64 *counts,
+									 struct SnapshotData *snap);
 extern void atomizer_limits_reserve_and_unlock(const char *queue,
 											   const AtomizerLimitKind *kinds,
 											   char **keys, const int *n, int nkeys,
 											   bool keep);
-extern int	atomizer_limits_handlers(const char *queue, char ***handlers, int **room);
-extern void atomizer_limits_rate_used(const AtomizerQueue *q, TimestampTz now,
+extern int	atomizer_limits_handlers(const char *queue, struct SnapshotData *snap,
+									 char ***handlers, int **room);
+extern void atomizer_limits_rate_used(const AtomizerQueue *q, struct SnapshotData *snap,
+									  TimestampTz now,
 									  char **parts, int nparts, int64 *used,
 									  TimestampTz *free_at);
 extern void atomizer_limits_put_off(const AtomizerQueue *q, TimestampTz now,

@@ -42,6 +42,7 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
@@ -1149,6 +1150,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	int		   *room = NULL;
 	int			nh = 0;
 	int		   *took;			/* jobs claimed per limited handler */
+	Snapshot	snap;
 	int			n;
 	Datum	   *with_room;
 	int			nwith = 0;
@@ -1173,8 +1175,9 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	bool		left = false;
 
 	atomizer_limits_lock(spec->queue);
+	snap = atomizer_limits_snapshot();
 	if (q->handler_limits)
-		nh = atomizer_limits_handlers(spec->queue, &handlers, &room);
+		nh = atomizer_limits_handlers(spec->queue, snap, &handlers, &room);
 
 	/*
 	 * The claim's time, read after the running jobs were counted: a job that
@@ -1190,7 +1193,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 		int64	   *reserved = palloc0(sizeof(int64) * nh);
 
 		atomizer_limits_reserved(spec->queue, ATOMIZER_LIMIT_HANDLER, handlers, nh,
-								 reserved);
+								 reserved, snap);
 		for (int h = 0; h < nh; h++)
 			room[h] = (int) Max(room[h] - reserved[h], 0);
 	}
@@ -1229,8 +1232,8 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 			/* what other claims in flight started, and the window */
 			atomizer_limits_reserved(spec->queue, ATOMIZER_LIMIT_RATE,
 									 parts + nparts_read, nparts - nparts_read,
-									 used + nparts_read);
-			atomizer_limits_rate_used(q, now, parts + nparts_read,
+									 used + nparts_read, snap);
+			atomizer_limits_rate_used(q, snap, now, parts + nparts_read,
 									  nparts - nparts_read, used + nparts_read,
 									  free_at + nparts_read);
 			nparts_read = nparts;
@@ -1347,6 +1350,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 		atomizer_limits_reserve_and_unlock(spec->queue, kinds, keys, counts, nkeys,
 										   noff_total > 0);
 	}
+	UnregisterSnapshot(snap);
 	return n;
 }
 

@@ -27,8 +27,12 @@
  *	  visible, so a claim is always counted once or twice, never not at
  *	  all; an abort drops it, and so does the abort of the subtransaction
  *	  it was made in).  The next claim copies the reservations when it
- *	  takes the lock, before it reads a table: a claim whose reservation
- *	  it missed had committed before, so the tables show it.  Without
+ *	  takes the lock, then takes the snapshot it reads the running jobs
+ *	  and the rate window with, and counts a copied reservation only if
+ *	  that snapshot does not see its claim committed: a claim is counted
+ *	  once, in the tables or by its reservation, never twice and never not
+ *	  at all (a reservation missed by the copy was gone, so its claim had
+ *	  ended before the snapshot).  Without
  *	  shared memory (atomizer not preloaded), with every reservation slot
  *	  taken, or when the claim put jobs off (it wrote rows of
  *	  atomizer.rate_reserve that the next claim would wait for), the claim
@@ -71,6 +75,7 @@
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/lsyscache.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "atomizer.h"
@@ -91,6 +96,7 @@ typedef struct Reservation
 	uint32		queue;			/* hash of the queue's name */
 	uint64		key;			/* hash of the kind and partition or handler */
 	int32		n;
+	TransactionId xid;			/* the claimer's top transaction */
 } Reservation;
 
 typedef struct ReservationsShared
@@ -112,6 +118,7 @@ static int	own_reservations = 0;
  */
 static uint64 *inflight_keys = NULL;
 static int32 *inflight_n = NULL;
+static TransactionId *inflight_xid = NULL;
 static int	ninflight = 0;
 static bool callbacks_registered = false;
 static LOCKTAG held_tag;		/* the limit lock this backend holds, if any */
@@ -248,6 +255,7 @@ copy_inflight(uint32 qh)
 	{
 		inflight_keys = MemoryContextAlloc(TopMemoryContext, sizeof(uint64) * RESERVATIONS);
 		inflight_n = MemoryContextAlloc(TopMemoryContext, sizeof(int32) * RESERVATIONS);
+		inflight_xid = MemoryContextAlloc(TopMemoryContext, sizeof(TransactionId) * RESERVATIONS);
 	}
 	LWLockAcquire(reservations->lock, LW_SHARED);
 	for (int e = 0; e < reservations->high; e++)
@@ -258,27 +266,44 @@ copy_inflight(uint32 qh)
 			r->queue != qh)
 			continue;
 		inflight_keys[ninflight] = r->key;
+		inflight_xid[ninflight] = r->xid;
 		inflight_n[ninflight++] = r->n;
 	}
 	LWLockRelease(reservations->lock);
 }
 
 /*
+ * atomizer_limits_snapshot
+ *		The snapshot the claim reads the running jobs and the rate window
+ *		with, taken after the reservations were copied (and after this
+ *		transaction's own last writes), registered: release it with
+ *		UnregisterSnapshot.
+ */
+Snapshot
+atomizer_limits_snapshot(void)
+{
+	CommandCounterIncrement();
+	return RegisterSnapshot(GetLatestSnapshot());
+}
+
+/*
  * atomizer_limits_reserved
  *		Add to counts[i] what claims of other sessions in flight took of
  *		keys[i] (nkeys of them, partitions or handlers as kind says) in the
- *		queue whose limit lock is held (from the copy taken with the lock).
+ *		queue whose limit lock is held: those of the copy taken with the
+ *		lock whose transaction snap does not see committed (the others are
+ *		in the tables snap reads, or rolled back), so none is counted twice.
  */
 void
 atomizer_limits_reserved(const char *queue, AtomizerLimitKind kind,
-						 char **keys, int nkeys, int64 *counts)
+						 char **keys, int nkeys, int64 *counts, Snapshot snap)
 {
 	for (int i = 0; i < nkeys && ninflight > 0; i++)
 	{
 		uint64		h = key_hash(kind, keys[i]);
 
 		for (int e = 0; e < ninflight; e++)
-			if (inflight_keys[e] == h)
+			if (inflight_keys[e] == h && XidInMVCCSnapshot(inflight_xid[e], snap))
 				counts[i] += inflight_n[e];
 	}
 }
@@ -299,11 +324,13 @@ atomizer_limits_reserve_and_unlock(const char *queue, const AtomizerLimitKind *k
 {
 	uint32		qh = queue_hash(queue);
 	int			level = GetCurrentTransactionNestLevel();
+	TransactionId xid;
 	int			need = 0;
 	int			done = 0;
 
 	if (!holding || keep || reservations == NULL)
 		return;					/* keep the lock */
+	xid = GetTopTransactionId();
 	for (int i = 0; i < nkeys; i++)
 		if (n[i] > 0)
 			need++;
@@ -336,6 +363,7 @@ atomizer_limits_reserve_and_unlock(const char *queue, const AtomizerLimitKind *k
 		r->queue = qh;
 		r->key = key_hash(kinds[done], keys[done]);
 		r->n = n[done];
+		r->xid = xid;
 		if (e >= reservations->high)
 			reservations->high = e + 1;
 		own_reservations++;
@@ -387,7 +415,8 @@ atomizer_limits_lock(const char *queue)
  *		current memory context.  Connected to SPI, as the owner.
  */
 int
-atomizer_limits_handlers(const char *queue, char ***handlers, int **room)
+atomizer_limits_handlers(const char *queue, Snapshot snap, char ***handlers,
+						 int **room)
 {
 	static SPIPlanPtr plan = NULL;
 	Oid			types[1] = {TEXTOID};
@@ -402,7 +431,8 @@ atomizer_limits_handlers(const char *queue, char ***handlers, int **room)
 					 "   AND j.state = 'running'), 0)::int4"
 					 " FROM atomizer.handler_limit l WHERE l.queue = $1"
 					 " ORDER BY l.handler", 1, types);
-	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_snapshot(plan, &arg, NULL, snap, InvalidSnapshot, false,
+							 false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the handler limits of queue \"%s\"", queue);
 	n = (int) SPI_processed;
 	*handlers = MemoryContextAlloc(cxt, sizeof(char *) * Max(n, 1));
@@ -438,7 +468,7 @@ window_start(const AtomizerQueue *q, TimestampTz now)
  *		rate_period when the window is empty).  Connected to SPI, as the owner.
  */
 void
-atomizer_limits_rate_used(const AtomizerQueue *q, TimestampTz now,
+atomizer_limits_rate_used(const AtomizerQueue *q, Snapshot snap, TimestampTz now,
 						  char **parts, int nparts, int64 *used,
 						  TimestampTz *free_at)
 {
@@ -465,7 +495,8 @@ atomizer_limits_rate_used(const AtomizerQueue *q, TimestampTz now,
 	values[1] = PointerGetDatum(construct_array(elems, nparts, TEXTOID, -1,
 												false, TYPALIGN_INT));
 	values[2] = TimestampTzGetDatum(window_start(q, now));
-	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_snapshot(plan, values, NULL, snap, InvalidSnapshot, false,
+							 false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the rate window of queue \"%s\"", q->name);
 	for (uint64 r = 0; r < SPI_processed; r++)
 	{
