@@ -465,7 +465,7 @@ typedef enum AtomizerLimitKind
 
 extern Size atomizer_limits_shmem_size(void);
 extern void atomizer_limits_shmem_init(LWLock *lock);
-extern void atomizer_limits_lock(const char *queue);
+extern bool atomizer_limits_lock(const char *queue);
 extern struct SnapshotData *atomizer_limits_snapshot(void);
 extern void atomizer_limits_reserved(const char *queue, AtomizerLimitKind kind,
 									 char **keys, int nkeys, int64 *counts,

@@ -1174,7 +1174,12 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	AtomizerClaimKey first_left = {0};
 	bool		left = false;
 
-	atomizer_limits_lock(spec->queue);
+	if (!atomizer_limits_lock(spec->queue))
+	{
+		/* another claim is under way and this transaction may not wait */
+		*jobs = MemoryContextAllocZero(caller_cxt, sizeof(AtomizerJob));
+		return 0;
+	}
 	snap = atomizer_limits_snapshot();
 	if (q->handler_limits)
 		nh = atomizer_limits_handlers(spec->queue, snap, &handlers, &room);
@@ -1348,7 +1353,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 			counts[nkeys++] = took[h];
 		}
 		atomizer_limits_reserve_and_unlock(spec->queue, kinds, keys, counts, nkeys,
-										   noff_total > 0);
+										   noff_total > 0 || nhold > 0);
 	}
 	UnregisterSnapshot(snap);
 	return n;

@@ -34,9 +34,12 @@
  *	  at all (a reservation missed by the copy was gone, so its claim had
  *	  ended before the snapshot).  Without
  *	  shared memory (atomizer not preloaded), with every reservation slot
- *	  taken, or when the claim put jobs off (it wrote rows of
- *	  atomizer.rate_reserve that the next claim would wait for), the claim
- *	  keeps the lock to its end instead.  A transaction that claimed from a limited queue cannot
+ *	  taken, or when the claim held jobs back or put them off (the queue
+ *	  is at a limit; it wrote rows of atomizer.rate_reserve that the next
+ *	  claim would wait for), the claim keeps the lock to its end instead.
+ *	  A transaction that has written before its claim does not wait for
+ *	  the lock (atomizer_limits_lock says why): its claim returns nothing
+ *	  while another is under way.  A transaction that claimed from a limited queue cannot
  *	  be prepared (PREPARE TRANSACTION would end the reservation before
  *	  the commit).  The jobs a
  *	  claim takes get that time as their started_at, so the starts a user
@@ -313,10 +316,9 @@ atomizer_limits_reserved(const char *queue, AtomizerLimitKind kind,
  *		Record what this claim took (n[i] of keys[i], kinds[i]; nkeys) as
  *		reservations until its transaction ends, and let the queue's limit
  *		lock go.  Without room for them (or shared memory), or when the
- *		claim put jobs off (keep: it wrote the partitions' promised times,
- *		rows that the next claim would wait for, while this transaction
- *		might come back for the lock), the lock is kept to the end of the
- *		transaction instead.
+ *		claim held jobs back or put them off (keep: a queue at its limit;
+ *		the promised times it wrote are rows the next claim would wait
+ *		for), the lock is kept to the end of the transaction instead.
  */
 void
 atomizer_limits_reserve_and_unlock(const char *queue, const AtomizerLimitKind *kinds,
@@ -379,8 +381,15 @@ atomizer_limits_reserve_and_unlock(const char *queue, const AtomizerLimitKind *k
  *		Take queue's limit lock (to the end of the transaction, unless
  *		atomizer_limits_reserve_and_unlock lets it go sooner).  Refuses a
  *		transaction whose snapshot would hide other claims' commits.
+ *
+ *		A transaction that has written already does not wait for the lock:
+ *		false when another claim holds it.  The holder's claim may have to
+ *		wait for rows that transaction changed (PostgreSQL's SKIP LOCKED
+ *		still waits for a row's newer version when the claim that made it
+ *		commits in the middle of the lock attempt), and a wait the other
+ *		way round would be a deadlock.
  */
-void
+bool
 atomizer_limits_lock(const char *queue)
 {
 	LOCKTAG		tag;
@@ -401,10 +410,14 @@ atomizer_limits_lock(const char *queue)
 	}
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, h, (uint32) strlen(queue),
 						 LIMIT_LOCK_SPACE);
-	(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	if (LockAcquire(&tag, ExclusiveLock, false,
+					TransactionIdIsValid(GetTopTransactionIdIfAny())) ==
+		LOCKACQUIRE_NOT_AVAIL)
+		return false;
 	held_tag = tag;
 	holding = true;
 	copy_inflight(h);
+	return true;
 }
 
 /*
