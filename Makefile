@@ -11,6 +11,7 @@ OBJS = \
 	src/queue.o \
 	src/limits.o \
 	src/handler.o \
+	src/hooks.o \
 	src/jobs.o \
 	src/dispatch.o \
 	src/floor.o \

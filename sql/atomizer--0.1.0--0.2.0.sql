@@ -930,6 +930,7 @@ AS $$
 DECLARE
 	fn regprocedure;
 	kind "char";
+	retset boolean;
 	qualified text;
 BEGIN
 	IF hook IS NULL OR hook = '' THEN
@@ -954,10 +955,10 @@ BEGIN
 				  DETAIL = pg_catalog.format('%s names it as the queue''s %s hook.', setting, setting),
 				  HINT = 'A hook is a function f(job jsonb); create it first, or name it with its schema.';
 	END IF;
-	SELECT p.prokind, pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.'
+	SELECT p.prokind, p.proretset, pg_catalog.quote_ident(n.nspname) OPERATOR(pg_catalog.||) '.'
 		   OPERATOR(pg_catalog.||) pg_catalog.quote_ident(p.proname)
 		   OPERATOR(pg_catalog.||) '(jsonb)'
-	  INTO kind, qualified
+	  INTO kind, retset, qualified
 	  FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace
 	 WHERE p.oid OPERATOR(pg_catalog.=) fn;
 	IF kind OPERATOR(pg_catalog.<>) 'f' THEN
@@ -965,6 +966,12 @@ BEGIN
 			USING ERRCODE = 'wrong_object_type',
 				  DETAIL = pg_catalog.format('%s is not a plain function.', fn),
 				  HINT = 'A hook is a function f(job jsonb), not a procedure or an aggregate.';
+	END IF;
+	IF retset THEN
+		RAISE EXCEPTION '% must not return a set', setting
+			USING ERRCODE = 'invalid_function_definition',
+				  DETAIL = pg_catalog.format('%s returns a set.', fn),
+				  HINT = 'A hook returns one value (or void); what it returns is ignored.';
 	END IF;
 	RETURN qualified;
 END

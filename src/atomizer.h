@@ -307,6 +307,21 @@ extern volatile TimestampTz atomizer_shutdown_deadline;
 /* subxact.c */
 extern ErrorData *atomizer_try(void (*fn) (void *arg), void *arg);
 
+/* hooks.c: a queue's lifecycle hooks */
+extern void atomizer_hook_call(AtomizerHook hook, const char *fn,
+							   const AtomizerJob *job, Datum result,
+							   bool has_result, const AtomizerOutcome *error);
+extern ErrorData *atomizer_hook_run(AtomizerHook hook, const char *fn,
+									const AtomizerJob *job, Datum result,
+									bool has_result,
+									const AtomizerOutcome *error);
+extern void atomizer_hooks_after_failure(const AtomizerJob *job,
+										 const AtomizerOutcome *outcome,
+										 bool dead);
+extern void atomizer_outcome_from_error(AtomizerOutcome *outcome,
+										const ErrorData *edata);
+extern bool atomizer_in_hook(void);
+
 /* sqlfunc.c */
 extern bool atomizer_call_sql_handler(Oid fnoid, Datum payload, Datum *result,
 									  bool *isnull);
@@ -428,6 +443,32 @@ extern TimestampTz atomizer_store_snooze(int64 id, int64 delay_ms);
 extern void atomizer_store_job_origin(int64 id, TimestampTz *created_at,
 									  char **schedule, Datum *tags,
 									  bool *tags_null);
+
+/* A job as recorded now, for a lifecycle hook's document (hooks.c). */
+typedef struct AtomizerJobFacts
+{
+	char	   *queue;
+	char	   *handler;
+	Datum		payload;		/* jsonb */
+	char	   *state;			/* as stored: available, running, held, dead... */
+	int			priority;
+	TimestampTz run_at;
+	int			attempt;
+	int			max_attempts;	/* effective */
+	char	   *owner;
+	TimestampTz created_at;
+	TimestampTz started_at;
+	bool		started_null;
+	int64		timeout_ms;		/* effective; 0 means none */
+	char	   *schedule;		/* the schedule that fired it, or NULL */
+	Datum		tags;			/* text[], if not tags_null */
+	bool		tags_null;
+	char	   *last_error;		/* or NULL */
+} AtomizerJobFacts;
+
+extern bool atomizer_store_job_facts(int64 id, AtomizerJobFacts *facts);
+extern void atomizer_store_hook_error(int64 id, int attempt,
+									  const AtomizerOutcome *error);
 
 /* A job's outcome as atomizer.wait() reports it. */
 typedef struct AtomizerJobOutcome

@@ -250,6 +250,16 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 	{
 		Oid			roleid = get_role_oid(job->owner, true);
 		int			nestlevel;
+		AtomizerQueue queue;
+		char	   *before_run = NULL;
+		char	   *on_success = NULL;
+
+		/* the queue's hooks (hooks.c): from the per-backend queue cache */
+		if (atomizer_lookup_queue(job->queue, &queue))
+		{
+			before_run = queue.hooks[ATOMIZER_HOOK_BEFORE_RUN];
+			on_success = queue.hooks[ATOMIZER_HOOK_ON_SUCCESS];
+		}
 
 		if (!OidIsValid(roleid))
 			ereport(ERROR,
@@ -271,8 +281,19 @@ atomizer_run_job(AtomizerJob *job, AtomizerOutcome *outcome)
 								 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 100),
 								 100);
 
+		/*
+		 * before_run, the handler and on_success are one attempt: one
+		 * subtransaction, one timeout, and current_job(), snooze() and
+		 * discard() work in all three.
+		 */
 		running_job = job;
+		if (before_run != NULL)
+			atomizer_hook_call(ATOMIZER_HOOK_BEFORE_RUN, before_run, job,
+							   (Datum) 0, false, NULL);
 		call_handler(job, roleid, outcome);
+		if (on_success != NULL)
+			atomizer_hook_call(ATOMIZER_HOOK_ON_SUCCESS, on_success, job,
+							   outcome->result, outcome->has_result, NULL);
 		running_job = NULL;
 
 		if (job->timeout_ms > 0)
@@ -376,6 +397,7 @@ atomizer_record_outcome(AtomizerJob *job, AtomizerOutcome *outcome,
 
 		last.max_attempts = last.attempt;	/* no attempt after this one */
 		atomizer_store_fail_attempt(&last, outcome, NULL);
+		atomizer_hooks_after_failure(&last, outcome, true);
 	}
 	else if (outcome->ok)
 		(void) atomizer_finish_job(job->id, "succeeded", outcome->result,
@@ -383,7 +405,12 @@ atomizer_record_outcome(AtomizerJob *job, AtomizerOutcome *outcome,
 	else if (outcome->released)
 		atomizer_release_job(job->id, false);
 	else
+	{
 		atomizer_store_fail_attempt(job, outcome, retry_in);
+		/* on_failure or on_dead, after the failure is written (hooks.c) */
+		atomizer_hooks_after_failure(job, outcome,
+									 job->attempt >= job->max_attempts);
+	}
 }
 
 typedef struct RecordArgs
@@ -412,6 +439,7 @@ set_aside_cb(void *arg)
 	if (!atomizer_finish_job(a->job->id, "dead", (Datum) 0, true,
 							 a->outcome->message))
 		elog(ERROR, "job " INT64_FORMAT " is gone", a->job->id);
+	atomizer_hooks_after_failure(a->job, a->outcome, true);
 }
 
 /*
@@ -539,7 +567,7 @@ atomizer_run_pending(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("max_jobs must not be negative")));
 	}
-	if (running_jobs)
+	if (atomizer_in_handler())
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("atomizer.run_pending() cannot be called from a job handler")));
@@ -595,13 +623,13 @@ atomizer_run_pending(PG_FUNCTION_ARGS)
 
 /*
  * atomizer_in_handler
- *		Whether a job's handler (or run_pending()) is running in this
- *		backend.
+ *		Whether a job's handler, a lifecycle hook, or run_pending() is
+ *		running in this backend.
  */
 bool
 atomizer_in_handler(void)
 {
-	return running_jobs || running_job != NULL;
+	return running_jobs || running_job != NULL || atomizer_in_hook();
 }
 
 /*

@@ -14,6 +14,12 @@
  *	  A lease that expires is a failed attempt ("lease expired"), retried
  *	  with backoff or dead after max_attempts, like any failure.
  *
+ *	  A queue's lifecycle hooks (hooks.c) run here too: before_run for each
+ *	  job claim() claims (a job whose before_run fails is not handed out:
+ *	  its attempt failed), on_success in complete() before the job is
+ *	  finished (its failure fails the attempt instead), on_failure and
+ *	  on_dead where fail() and lease expiry record the failure.
+ *
  *	  Members of atomizer_worker (and atomizer_admin, and superusers) may
  *	  call these functions; they need no privilege on atomizer's tables.
  *
@@ -87,6 +93,28 @@ lease_ms_arg(FunctionCallInfo fcinfo, int argno, int64 dflt)
 							ATOMIZER_MAX_DELAY_MS);
 	ms = atomizer_interval_ms(PG_GETARG_INTERVAL_P(argno));
 	return ms;
+}
+
+/*
+ * before_run
+ *		A claimed job's before_run hook (hooks.c), in a subtransaction of
+ *		the claim's transaction, as the job's owner.  Its error fails the
+ *		attempt (retried with backoff, or dead, and on_failure or on_dead
+ *		run): false, and the job is not handed out.
+ */
+static bool
+before_run(AtomizerJob *job, const char *hook)
+{
+	ErrorData  *edata = atomizer_hook_run(ATOMIZER_HOOK_BEFORE_RUN, hook, job,
+										  (Datum) 0, false, NULL);
+	AtomizerOutcome outcome;
+
+	if (edata == NULL)
+		return true;
+	atomizer_outcome_from_error(&outcome, edata);
+	atomizer_record_outcome(job, &outcome, NULL);
+	atomizer_note_external(job->queue);
+	return false;
 }
 
 /*
@@ -166,6 +194,10 @@ atomizer_claim(PG_FUNCTION_ARGS)
 		Datum		row[5];
 		bool		nulls[5] = {false, false, false, false, false};
 
+		CHECK_FOR_INTERRUPTS();
+		if (queue.hooks[ATOMIZER_HOOK_BEFORE_RUN] != NULL &&
+			!before_run(&jobs[i], queue.hooks[ATOMIZER_HOOK_BEFORE_RUN]))
+			continue;			/* its attempt failed: not handed out */
 		row[0] = Int64GetDatum(jobs[i].id);
 		row[1] = CStringGetTextDatum(jobs[i].handler);
 		row[2] = jobs[i].payload;
@@ -181,16 +213,44 @@ atomizer_claim(PG_FUNCTION_ARGS)
 
 /*
  * complete_one
- *		Finish a leased job as succeeded.
+ *		Finish a leased job as succeeded, after its queue's on_success hook
+ *		(hooks.c), run in a subtransaction as the job's owner.  If the hook
+ *		fails, the attempt fails with its error instead (retried or dead,
+ *		on_failure or on_dead run), with a WARNING: false.
  */
-static void
+static bool
 complete_one(int64 job_id, bool attempt_given, int attempt, Datum result,
 			 bool result_null)
 {
 	AtomizerJob job;
+	AtomizerQueue queue;
 
 	atomizer_store_lock_leased(job_id, attempt_given, attempt, &job);
+	if (atomizer_lookup_queue(job.queue, &queue) &&
+		queue.hooks[ATOMIZER_HOOK_ON_SUCCESS] != NULL)
+	{
+		const char *hook = queue.hooks[ATOMIZER_HOOK_ON_SUCCESS];
+		ErrorData  *edata = atomizer_hook_run(ATOMIZER_HOOK_ON_SUCCESS, hook,
+											  &job, result, !result_null, NULL);
+
+		if (edata != NULL)
+		{
+			AtomizerOutcome outcome;
+
+			ereport(WARNING,
+					(errcode(edata->sqlerrcode),
+					 errmsg("job " INT64_FORMAT " did not complete: its on_success hook %s failed: %s",
+							job_id, hook, edata->message),
+					 errdetail("The attempt is recorded as failed with the hook's error, and the job is retried or dead as for any failure."),
+					 edata->context ? errcontext_msg("%s", edata->context) : 0));
+			atomizer_outcome_from_error(&outcome, edata);
+			atomizer_record_outcome(&job, &outcome, NULL);
+			atomizer_note_external(job.queue);
+			return false;
+		}
+	}
 	(void) atomizer_finish_job(job_id, "succeeded", result, result_null, NULL);
+	return true;
 }
 
 /*
@@ -204,16 +264,18 @@ atomizer_complete(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("job_id must not be null")));
-	complete_one(PG_GETARG_INT64(0), !PG_ARGISNULL(2),
-				 PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2),
-				 PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1),
-				 PG_ARGISNULL(1));
+	(void) complete_one(PG_GETARG_INT64(0), !PG_ARGISNULL(2),
+						PG_ARGISNULL(2) ? 0 : PG_GETARG_INT32(2),
+						PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1),
+						PG_ARGISNULL(1));
 	PG_RETURN_VOID();
 }
 
 /*
  * atomizer.complete_many(job_ids bigint[]) RETURNS integer
  *		All or nothing: one job not under a live lease fails the call.
+ *		Returns the number of jobs completed: all of them, less those whose
+ *		on_success hook failed (their attempts failed instead).
  */
 Datum
 atomizer_complete_many(PG_FUNCTION_ARGS)
@@ -221,6 +283,7 @@ atomizer_complete_many(PG_FUNCTION_ARGS)
 	Datum	   *ids;
 	bool	   *nulls;
 	int			n;
+	int			completed = 0;
 
 	check_worker_role();
 	if (PG_ARGISNULL(0))
@@ -236,9 +299,10 @@ atomizer_complete_many(PG_FUNCTION_ARGS)
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 					 errmsg("job_ids must not contain nulls")));
-		complete_one(DatumGetInt64(ids[i]), false, 0, (Datum) 0, true);
+		if (complete_one(DatumGetInt64(ids[i]), false, 0, (Datum) 0, true))
+			completed++;
 	}
-	PG_RETURN_INT32(n);
+	PG_RETURN_INT32(completed);
 }
 
 /*

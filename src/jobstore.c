@@ -1968,6 +1968,132 @@ atomizer_store_job_origin(int64 id, TimestampTz *created_at, char **schedule,
 }
 
 /*
+ * atomizer_store_job_facts
+ *		Job id as it is recorded now, waiting, running or finished, for the
+ *		document a lifecycle hook is called with (hooks.c): false if there is
+ *		no such job.  Read with a fresh snapshot, after this transaction's
+ *		own changes (a failure just recorded).  Strings and datums are
+ *		allocated in the caller's memory context.  Only queues with hooks
+ *		pay for it.
+ */
+bool
+atomizer_store_job_facts(int64 id, AtomizerJobFacts *facts)
+{
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+	static const char *const tags[2] = {", NULL::text[]", ", tags"};
+	int			gen = schema_gen();
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	StoreCall	call;
+	Oid			types[1] = {INT8OID};
+	Datum		arg = Int64GetDatum(id);
+	bool		found = false;
+
+	memset(facts, 0, sizeof(AtomizerJobFacts));
+	store_begin(&call);
+	if (plans[gen] == NULL)
+	{
+		const char *cols = "id, queue, handler, payload, state, priority, run_at,"
+			" attempt, max_attempts, timeout, owner, created_at, started_at,"
+			" schedule_id, last_error";
+
+		atomizer_prepare(&plans[gen],
+						 psprintf("SELECT j.queue, j.handler, j.payload, j.state,"
+								  " j.priority::int4, j.run_at, j.attempt,"
+								  " coalesce(j.max_attempts, q.max_attempts, 1),"
+								  " j.owner::text, j.created_at, j.started_at,"
+								  " (extract(epoch FROM coalesce(j.timeout, q.timeout,"
+								  "  interval '0')) * 1000)::int8,"
+								  " s.name, j.tags, j.last_error "
+								  "FROM (SELECT %s%s FROM atomizer.job WHERE id = $1"
+								  " UNION ALL"
+								  " SELECT %s%s FROM atomizer.job_history WHERE id = $1)"
+								  " AS j (%s, tags)"
+								  " LEFT JOIN atomizer.queue q ON q.name = j.queue"
+								  " LEFT JOIN atomizer.schedule s ON s.id = j.schedule_id"
+								  " LIMIT 1",
+								  cols, tags[gen], cols, tags[gen], cols),
+						 1, types);
+	}
+	/* not read-only: a new snapshot, after what this transaction wrote */
+	if (SPI_execute_plan(plans[gen], &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up job " INT64_FORMAT, id);
+	if (SPI_processed == 1)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		MemoryContext old = MemoryContextSwitchTo(caller_cxt);
+		bool		isnull;
+		Datum		d;
+
+		found = true;
+		facts->queue = SPI_getvalue(tup, desc, 1);
+		facts->handler = SPI_getvalue(tup, desc, 2);
+		facts->payload = datumCopy(SPI_getbinval(tup, desc, 3, &isnull), false, -1);
+		facts->state = SPI_getvalue(tup, desc, 4);
+		facts->priority = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
+		facts->run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull));
+		facts->attempt = DatumGetInt32(SPI_getbinval(tup, desc, 7, &isnull));
+		facts->max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+		facts->owner = SPI_getvalue(tup, desc, 9);
+		facts->created_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 10, &isnull));
+		d = SPI_getbinval(tup, desc, 11, &facts->started_null);
+		facts->started_at = facts->started_null ? 0 : DatumGetTimestampTz(d);
+		facts->timeout_ms = DatumGetInt64(SPI_getbinval(tup, desc, 12, &isnull));
+		facts->schedule = SPI_getvalue(tup, desc, 13);
+		d = SPI_getbinval(tup, desc, 14, &facts->tags_null);
+		facts->tags = facts->tags_null ? (Datum) 0 : datumCopy(d, false, -1);
+		facts->last_error = SPI_getvalue(tup, desc, 15);
+		MemoryContextSwitchTo(old);
+	}
+	store_end(&call);
+	return found;
+}
+
+/*
+ * atomizer_store_hook_error
+ *		Record a lifecycle hook's error on job id, beside the errors of its
+ *		attempts (atomizer.job_errors, the attempt it failed after), for an
+ *		error that does not change the job's outcome (on_failure, on_dead).
+ *		Nothing is recorded if the job is gone.
+ */
+void
+atomizer_store_hook_error(int64 id, int attempt, const AtomizerOutcome *error)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[7] = {INT8OID, INT4OID, TEXTOID, TEXTOID, TEXTOID,
+	TEXTOID, TEXTOID};
+	Datum		values[7];
+	char		nulls[7];
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = Int64GetDatum(id);
+	values[1] = Int32GetDatum(attempt);
+	values[2] = CStringGetTextDatum(error->sqlstate);
+	nulls[2] = error->sqlstate[0] ? ' ' : 'n';
+	values[3] = CStringGetTextDatum(error->message);
+	values[4] = error->detail ? CStringGetTextDatum(error->detail) : (Datum) 0;
+	nulls[4] = error->detail ? ' ' : 'n';
+	values[5] = error->hint ? CStringGetTextDatum(error->hint) : (Datum) 0;
+	nulls[5] = error->hint ? ' ' : 'n';
+	values[6] = error->context ? CStringGetTextDatum(error->context) : (Datum) 0;
+	nulls[6] = error->context ? ' ' : 'n';
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+					 "INSERT INTO atomizer.job_error (job_id, attempt, owner, queue,"
+					 " sqlstate, message, detail, hint, context) "
+					 "SELECT id, $2, owner, queue, $3, $4, $5, $6, $7"
+					 " FROM (SELECT id, owner, queue FROM atomizer.job WHERE id = $1"
+					 " UNION ALL"
+					 " SELECT id, owner, queue FROM atomizer.job_history WHERE id = $1) j"
+					 " LIMIT 1", 7, types);
+	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record a hook's error on job " INT64_FORMAT, id);
+	store_end(&call);
+}
+
+/*
  * atomizer_store_job_outcome
  *		A job's state as atomizer.jobs shows it, with its result and last
  *		error (owner's, unless owner is NULL), read with a fresh snapshot;
