@@ -938,9 +938,12 @@ BEGIN
 	END IF;
 	IF pg_catalog.strpos(hook, '(') > 0 THEN
 		fn := pg_catalog.to_regprocedure(hook);
+		-- (proargtypes is an oidvector: its subscripts start at 0)
 		IF fn IS NOT NULL
-		   AND (SELECT p.proargtypes::oid[] FROM pg_catalog.pg_proc p WHERE p.oid = fn)
-			   OPERATOR(pg_catalog.<>) ARRAY['pg_catalog.jsonb'::pg_catalog.regtype::oid] THEN
+		   AND NOT EXISTS (SELECT FROM pg_catalog.pg_proc p
+						   WHERE p.oid OPERATOR(pg_catalog.=) fn
+							 AND p.pronargs OPERATOR(pg_catalog.=) 1
+							 AND p.proargtypes[0] OPERATOR(pg_catalog.=) 'pg_catalog.jsonb'::pg_catalog.regtype) THEN
 			RAISE EXCEPTION '% must take one argument of type jsonb', setting
 				USING ERRCODE = 'invalid_parameter_value',
 					  DETAIL = pg_catalog.format('%s was given.', fn),
