@@ -1,0 +1,147 @@
+# Lifecycle hooks with live background workers and the scheduler:
+#  (a) an internal queue's before_run, on_success, on_failure and on_dead run
+#      in atomizer's workers, as the role that enqueued the job, and their
+#      writes commit with the jobs' outcomes;
+#  (b) a worker killed while it runs a job: the scheduler's orphan recovery
+#      ends the job dead and runs on_dead, as the job's owner;
+#  (c) an external job whose lease expires on its last attempt: the
+#      scheduler's lease expiry runs on_dead; an on_dead hook that fails
+#      there is logged, recorded, and does not stop the duty (the next
+#      expired lease is handled as well).
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use AtomizerTest;
+
+my $node = AtomizerTest::node('hooks', conf => q{
+atomizer.worker_idle_timeout = '5min'
+});
+
+$node->safe_psql('postgres', q{
+	CREATE EXTENSION atomizer;
+	CREATE ROLE app LOGIN;
+	CREATE TABLE audit (hook text, id bigint, state text, attempt int,
+						ran_as text, process text, message text);
+	GRANT ALL ON audit TO app;
+	-- the kind of process this is (pg_stat_activity shows it to the superuser)
+	CREATE FUNCTION process() RETURNS text LANGUAGE sql SECURITY DEFINER AS $$
+		SELECT backend_type FROM pg_stat_activity WHERE pid = pg_backend_pid()
+	$$;
+	CREATE FUNCTION audit(job jsonb) RETURNS void LANGUAGE sql AS $$
+		INSERT INTO audit
+		VALUES (job->>'hook', (job->>'id')::bigint, job->>'state',
+				(job->>'attempt')::int, current_user, process(),
+				job->'error'->>'message')
+	$$;
+	CREATE FUNCTION broken(job jsonb) RETURNS void LANGUAGE plpgsql AS $$
+	BEGIN
+		RAISE EXCEPTION 'broken on_dead hook';
+	END $$;
+	CREATE TABLE effects (n int);
+	GRANT ALL ON effects TO app;
+	CREATE FUNCTION work(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+	BEGIN
+		IF payload ? 'fail' THEN
+			RAISE EXCEPTION 'work failed';
+		END IF;
+		INSERT INTO effects VALUES ((payload->>'n')::int);
+		RETURN payload;
+	END $$;
+	-- kills the worker that runs it (as the superuser: app may not)
+	CREATE FUNCTION poison(payload jsonb) RETURNS void LANGUAGE plpgsql SECURITY DEFINER AS $$
+	BEGIN
+		PERFORM pg_terminate_backend(pg_backend_pid());
+		PERFORM pg_sleep(5);
+	END $$;
+	GRANT EXECUTE ON FUNCTION poison(jsonb) TO app;
+	SELECT atomizer.create_queue('hooked', max_attempts => 2,
+		backoff_base => '100 ms', backoff_cap => '200 ms', backoff_jitter => 0,
+		before_run => 'audit', on_success => 'audit', on_failure => 'audit',
+		on_dead => 'audit');
+	SELECT atomizer.create_queue('leased', external => true, max_attempts => 1,
+		on_dead => 'audit');
+	SELECT atomizer.create_queue('leased_broken', external => true, max_attempts => 1,
+		on_dead => 'broken');
+	CREATE ROLE ext_worker LOGIN IN ROLE atomizer_worker;
+});
+
+# ------------------------------------------------------------- (a) workers
+my ($ok, $bad) = split /\n/, $node->safe_psql('postgres', q{
+	SET ROLE app;
+	SELECT atomizer.enqueue('work', '{"n": 1}', queue => 'hooked');
+	SELECT atomizer.enqueue('work', '{"fail": true}', queue => 'hooked');
+});
+wait_until($node, 'postgres', qq{
+	SELECT string_agg(state, ',' ORDER BY id) FROM atomizer.jobs WHERE id IN ($ok, $bad)},
+	'succeeded,dead', 'a worker ran both jobs: one succeeded, one is dead');
+is( $node->safe_psql('postgres', qq{
+		SELECT string_agg(hook || ':' || state || ':' || attempt, ' ' ORDER BY ctid)
+		  FROM audit WHERE id = $ok}),
+	'before_run:running:1 on_success:succeeded:1',
+	'the succeeded job: before_run, then on_success');
+is( $node->safe_psql('postgres', qq{
+		SELECT string_agg(hook || ':' || state || ':' || attempt || ':' || message, ' ' ORDER BY ctid)
+		  FROM audit WHERE id = $bad}),
+	'on_failure:retrying:1:work failed on_dead:dead:2:work failed',
+	'the failing job: on_failure after attempt 1, on_dead after attempt 2 (before_run rolled back with each attempt)');
+is( $node->safe_psql('postgres', q{
+		SELECT string_agg(DISTINCT ran_as || '/' || process, ',') FROM audit}),
+	'app/atomizer worker', 'every hook ran in a worker, as the role that enqueued the job');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM effects'), '1',
+	'the handler wrote once');
+
+# ------------------------------------------------------------- (b) killed worker
+$node->safe_psql('postgres', 'TRUNCATE audit');
+my $poison = $node->safe_psql('postgres', q{
+	SET ROLE app;
+	SELECT atomizer.enqueue('poison', '{}', queue => 'hooked', max_attempts => 1)});
+wait_until($node, 'postgres', "SELECT state FROM atomizer.jobs WHERE id = $poison",
+	'dead', 'the job whose worker died is dead after its only attempt');
+my ($hooks, $message) = split /\|/, $node->safe_psql('postgres', qq{
+	SELECT string_agg(hook || ':' || state || ':' || ran_as || ':' || process, ' '),
+		   max(message)
+	  FROM audit WHERE id = $poison AND hook <> 'before_run'});
+is($hooks, 'on_dead:dead:app:atomizer scheduler',
+	"the scheduler's orphan recovery ran on_dead as the job's owner");
+like($message, qr/^worker process died while running the job/,
+	'on_dead got the recovery\'s error');
+
+# ------------------------------------------------------------- (c) lease expiry
+$node->safe_psql('postgres', 'TRUNCATE audit');
+my $offset = -s $node->logfile;
+my ($broken, $leased) = split /\n/, $node->safe_psql('postgres', q{
+	SET ROLE app;
+	SELECT atomizer.enqueue('resize', '{}', queue => 'leased_broken');
+	SELECT atomizer.enqueue('resize', '{}', queue => 'leased');
+});
+$node->safe_psql('postgres', q{
+	SET ROLE ext_worker;
+	SELECT count(*) FROM atomizer.claim('leased_broken', lease => '1 second');
+});
+wait_until($node, 'postgres', "SELECT state FROM atomizer.jobs WHERE id = $broken",
+	'dead', 'the first lease expired: that job is dead');
+$node->wait_for_log(qr/on_dead hook public\.broken\(jsonb\) failed for job $broken/, $offset);
+ok(1, "the failing on_dead hook was logged");
+is( $node->safe_psql('postgres', qq{
+		SELECT string_agg(CASE WHEN message LIKE 'lease of worker % expired at %' THEN 'lease expired'
+							   ELSE message END, ', ' ORDER BY failed_at)
+		  FROM atomizer.job_errors WHERE job_id = $broken}),
+	'lease expired, on_dead hook failed: broken on_dead hook',
+	"the hook's error is recorded beside the expired attempt's");
+
+$node->safe_psql('postgres', q{
+	SET ROLE ext_worker;
+	SELECT count(*) FROM atomizer.claim('leased', lease => '1 second');
+});
+wait_until($node, 'postgres', "SELECT state FROM atomizer.jobs WHERE id = $leased",
+	'dead', 'the next lease expired too: the duty went on');
+is( $node->safe_psql('postgres', qq{
+		SELECT hook, state, ran_as, process, message LIKE 'lease of worker % expired at %'
+		  FROM audit WHERE id = $leased}),
+	'on_dead|dead|app|atomizer scheduler|t',
+	"lease expiry ran on_dead in the scheduler, as the job's owner");
+
+$node->stop;
+done_testing();
