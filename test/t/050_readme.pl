@@ -122,6 +122,11 @@ is($node->safe_psql('app', q{SELECT string_agg(payload::text || ' ' || state, ',
 	FROM atomizer.jobs WHERE handler = 'public.charge'}),
 	'{"account": "closed"} dead, {"bank": "busy"} scheduled, {"account": "open"} succeeded',
 	'the handler-control example: discarded, snoozed, succeeded');
+is($node->safe_psql('app', q{SELECT string_agg(a.hook || ' ' || a.attempt || ' ' || a.state, ', ' ORDER BY a.at)
+	FROM job_audit a JOIN atomizer.jobs j ON j.id = a.job_id
+	WHERE j.payload->>'customer' = '8'}),
+	'on_failure 1 retrying, before_run 2 running, on_success 2 succeeded',
+	'the lifecycle hooks example: on_failure, then before_run and on_success of the retry');
 
 $node->stop;
 done_testing();
