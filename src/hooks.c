@@ -137,6 +137,7 @@ hook_error_context(void *arg)
 static Oid
 resolve_hook(const HookCall *call)
 {
+	LOCAL_FCINFO(fc, 1);
 	const char *setting = hook_names[call->hook];
 	const char *queue = call->job->queue;
 	Oid			roleid = GetUserId();
@@ -144,7 +145,6 @@ resolve_hook(const HookCall *call)
 	Form_pg_proc proc;
 	Oid			fnoid;
 	AclResult	aclresult;
-	LOCAL_FCINFO(fc, 1);
 	Datum		d;
 
 	InitFunctionCallInfoData(*fc, NULL, 1, InvalidOid, NULL, NULL);
@@ -349,12 +349,12 @@ job_document(const HookCall *call)
 static void
 call_hook(HookCall *call)
 {
+	LOCAL_FCINFO(fcinfo, 1);
 	ErrorContextCallback errcb;
 	FmgrInfo	flinfo;
 	Oid			fnoid;
 	Datum		doc;
 	bool		pushed = false;
-	LOCAL_FCINFO(fcinfo, 1);
 
 	errcb.callback = hook_error_context;
 	errcb.arg = call;

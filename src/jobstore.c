@@ -1993,8 +1993,8 @@ atomizer_store_job_facts(int64 id, AtomizerJobFacts *facts)
 	if (plans[gen] == NULL)
 	{
 		const char *cols = "id, queue, handler, payload, state, priority, run_at,"
-			" attempt, max_attempts, timeout, owner, created_at, started_at,"
-			" schedule_id, last_error";
+		" attempt, max_attempts, timeout, owner, created_at, started_at,"
+		" schedule_id, last_error";
 
 		atomizer_prepare(&plans[gen],
 						 psprintf("SELECT j.queue, j.handler, j.payload, j.state,"
