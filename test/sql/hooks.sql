@@ -280,6 +280,26 @@ SELECT atomizer.complete(:open_ext, '{"size": 3}');
 RESET ROLE;
 SELECT state, attempt, last_error FROM atomizer.jobs WHERE id = :open_ext;
 SELECT hook, state, error->>'message' AS message FROM audit ORDER BY n;
+TRUNCATE audit;
+-- complete_many(): counts the jobs it completed; the others' attempts failed
+CREATE FUNCTION refuse_some(job jsonb) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+	IF job->'payload' ? 'refuse' THEN
+		RAISE EXCEPTION 'job % refused', job->>'id';
+	END IF;
+	PERFORM audit(job);
+END
+$$;
+SELECT atomizer.alter_queue('ext', before_run => '', on_success => 'refuse_some');
+SELECT atomizer.enqueue('resize', '{"refuse": true}', queue => 'ext', priority => -2) AS refused_ext \gset
+SELECT atomizer.enqueue('resize', '{"n": 4}', queue => 'ext', priority => -1) AS kept_ext \gset
+SET ROLE regress_hook_worker;
+SELECT count(*) AS claimed FROM atomizer.claim('ext', 2);
+SELECT atomizer.complete_many(ARRAY[:refused_ext, :kept_ext]::bigint[]) AS completed;
+RESET ROLE;
+SELECT id = :kept_ext AS kept, state, last_error FROM atomizer.jobs
+ WHERE id IN (:refused_ext, :kept_ext) ORDER BY id;
+SELECT hook, id = :kept_ext AS kept, state FROM audit ORDER BY n;
 
 \c postgres
 DROP DATABASE atomizer_hooks;
