@@ -191,6 +191,12 @@ SELECT atomizer.create_queue('slowgate', max_attempts => 1, timeout => '100 mill
 SELECT atomizer.enqueue('work', '{"n": 6}', queue => 'slowgate') AS slow_id \gset
 SELECT atomizer.run_pending('slowgate');
 SELECT state, last_error FROM atomizer.jobs WHERE id = :slow_id;
+-- on_failure and on_dead have the job's timeout to themselves
+SELECT atomizer.alter_queue('slowgate', before_run => '', on_dead => 'slow');
+SELECT atomizer.enqueue('work', '{"fail": "fast"}', queue => 'slowgate') AS slow_dead_id \gset
+SELECT atomizer.run_pending('slowgate');
+SELECT state, last_error FROM atomizer.jobs WHERE id = :slow_dead_id;
+SELECT sqlstate, message FROM atomizer.job_errors WHERE job_id = :slow_dead_id ORDER BY failed_at;
 
 -- a hook cannot run jobs or wait for them
 CREATE FUNCTION nested(job jsonb) RETURNS void LANGUAGE plpgsql AS $$
