@@ -56,6 +56,7 @@
 #include "fmgr.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "storage/lock.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -482,6 +483,15 @@ atomizer_hook_run(AtomizerHook hook, const char *fn, const AtomizerJob *job,
 	call.has_result = has_result;
 	call.error = error;
 	edata = atomizer_try(run_apart_cb, &call);
+
+	/*
+	 * In atomizer's own processes (a worker after the batch's handlers, the
+	 * scheduler), drop the session-level advisory locks the hook took, as
+	 * dispatch.c does after a handler: the process runs other roles' work
+	 * next.  A client session's (claim(), fail()) are its own business.
+	 */
+	if (MyBackendType == B_BG_WORKER)
+		LockReleaseSession(USER_LOCKMETHOD);
 
 	if (call.timeout_ms > 0 && hook_timeout_id != MAX_TIMEOUTS)
 	{

@@ -7,7 +7,8 @@
 #  (c) an external job whose lease expires on its last attempt: the
 #      scheduler's lease expiry runs on_dead; an on_dead hook that fails
 #      there is logged, recorded, and does not stop the duty (the next
-#      expired lease is handled as well).
+#      expired lease is handled as well), and a session-level advisory
+#      lock a hook took is not kept by the scheduler.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -64,6 +65,13 @@ $node->safe_psql('postgres', q{
 		on_dead => 'audit');
 	SELECT atomizer.create_queue('leased_broken', external => true, max_attempts => 1,
 		on_dead => 'broken');
+	-- takes a session-level advisory lock: atomizer's processes must drop it
+	CREATE FUNCTION locker(job jsonb) RETURNS void LANGUAGE sql AS $$
+		SELECT pg_advisory_lock(4711);
+		SELECT audit(job);
+	$$;
+	SELECT atomizer.create_queue('leased_lock', external => true, max_attempts => 1,
+		on_dead => 'locker');
 	CREATE ROLE ext_worker LOGIN IN ROLE atomizer_worker;
 });
 
@@ -142,6 +150,20 @@ is( $node->safe_psql('postgres', qq{
 		  FROM audit WHERE id = $leased}),
 	'on_dead|dead|app|atomizer scheduler|t',
 	"lease expiry ran on_dead in the scheduler, as the job's owner");
+
+# a session-level advisory lock a hook took in the scheduler is not kept there
+my $locked = $node->safe_psql('postgres', q{
+	SET ROLE app;
+	SELECT atomizer.enqueue('resize', '{}', queue => 'leased_lock')});
+$node->safe_psql('postgres', q{
+	SET ROLE ext_worker;
+	SELECT count(*) FROM atomizer.claim('leased_lock', lease => '1 second');
+});
+wait_until($node, 'postgres', "SELECT count(*) FROM audit WHERE id = $locked AND hook = 'on_dead'",
+	'1', 'on_dead ran after the third lease expired');
+is( $node->safe_psql('postgres', q{
+		SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4711}),
+	'0', "the scheduler dropped the session-level advisory lock the hook took");
 
 $node->stop;
 done_testing();
