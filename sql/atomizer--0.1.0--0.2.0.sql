@@ -1178,6 +1178,14 @@ $$;
 COMMENT ON FUNCTION atomizer.limit_handler(text, text, integer) IS
 	'At most concurrency jobs of this handler (or task) running at once in the queue, over all workers; NULL removes the limit (members of atomizer_admin).';
 
+/* The hooks' settings, as src/hooks.c runs them (README: Lifecycle hooks). */
+COMMENT ON COLUMN atomizer.queue.on_success IS
+	'A function f(job jsonb) run after each successful handler, in its subtransaction (external queues: in complete()); its error fails the attempt.';
+COMMENT ON COLUMN atomizer.queue.on_failure IS
+	'A function f(job jsonb) run after a failed attempt that will be retried, in the transaction that records it; its error is logged and recorded in job_errors only.';
+COMMENT ON COLUMN atomizer.queue.on_dead IS
+	'A function f(job jsonb) run when a job ends dead, in the transaction that records it; its error is logged and recorded in job_errors only.';
+
 /*
  * Last: the schedulers of a server running the 0.2.0 library leave a
  * database with the 0.1.0 objects alone; wake the launcher at commit so that
