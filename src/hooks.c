@@ -86,9 +86,15 @@ static const char *const hook_states[ATOMIZER_HOOKS] = {
 /* Depth of hook calls in progress in this backend (atomizer_in_hook). */
 static int	hook_depth = 0;
 
-/* The job's timeout over a hook run apart from its handler. */
+/*
+ * A hook run apart from its handler is cancelled after the job's timeout,
+ * and in a worker at the shutdown deadline (as dispatch.c cancels a
+ * handler); why it was, if it was.
+ */
 static TimeoutId hook_timeout_id = MAX_TIMEOUTS;
+static TimeoutId hook_poll_id = MAX_TIMEOUTS;
 static volatile sig_atomic_t hook_timed_out = false;
+static volatile sig_atomic_t hook_stopped = false;
 
 /* What a hook call needs, and its error context. */
 typedef struct HookCall
@@ -113,6 +119,24 @@ hook_timeout_handler(void)
 	QueryCancelPending = true;
 	InterruptPending = true;
 	SetLatch(MyLatch);
+}
+
+/*
+ * hook_poll_handler
+ *		SIGALRM-time, every 100 ms while a worker runs a hook apart: past
+ *		the shutdown deadline, cancel it.
+ */
+static void
+hook_poll_handler(void)
+{
+	if (atomizer_shutdown_pending &&
+		GetCurrentTimestamp() >= atomizer_shutdown_deadline)
+	{
+		hook_stopped = true;
+		QueryCancelPending = true;
+		InterruptPending = true;
+		SetLatch(MyLatch);
+	}
 }
 
 /*
@@ -413,6 +437,19 @@ atomizer_hook_call(AtomizerHook hook, const char *fn, const AtomizerJob *job,
 }
 
 /*
+ * disable_hook_timeouts
+ *		Stop the timers of a hook run apart (whichever are running).
+ */
+static void
+disable_hook_timeouts(void)
+{
+	if (hook_timeout_id != MAX_TIMEOUTS)
+		disable_timeout(hook_timeout_id, false);
+	if (hook_poll_id != MAX_TIMEOUTS)
+		disable_timeout(hook_poll_id, false);
+}
+
+/*
  * run_apart_cb
  *		atomizer_hook_run's subtransaction: become the job's owner, in a
  *		security-restricted operation with a GUC nest level of its own (so
@@ -450,13 +487,19 @@ run_apart_cb(void *arg)
 	{
 		if (hook_timeout_id == MAX_TIMEOUTS)
 			hook_timeout_id = RegisterTimeout(USER_TIMEOUT, hook_timeout_handler);
-		hook_timed_out = false;
 		enable_timeout_after(hook_timeout_id,
 							 (int) Min(call->timeout_ms, INT_MAX));
 	}
+	if (atomizer_in_worker)
+	{
+		if (hook_poll_id == MAX_TIMEOUTS)
+			hook_poll_id = RegisterTimeout(USER_TIMEOUT, hook_poll_handler);
+		enable_timeout_every(hook_poll_id,
+							 TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 100),
+							 100);
+	}
 	call_hook(call);
-	if (call->timeout_ms > 0)
-		disable_timeout(hook_timeout_id, false);
+	disable_hook_timeouts();
 
 	AtEOXact_GUC(false, nestlevel);
 	SetUserIdAndSecContext(save_userid, save_sec_context);
@@ -465,9 +508,10 @@ run_apart_cb(void *arg)
 /*
  * atomizer_hook_run
  *		Run hook fn for job apart from any handler: in a subtransaction of
- *		the current transaction, as the job's owner, with the job's timeout.
- *		Returns NULL when it succeeded (its writes stay in the transaction),
- *		or its error, its writes rolled back.
+ *		the current transaction, as the job's owner, with the job's timeout
+ *		(and, in a worker, until the shutdown deadline).  Returns NULL when
+ *		it succeeded (its writes stay in the transaction), or its error,
+ *		its writes rolled back.
  */
 ErrorData *
 atomizer_hook_run(AtomizerHook hook, const char *fn, const AtomizerJob *job,
@@ -482,7 +526,10 @@ atomizer_hook_run(AtomizerHook hook, const char *fn, const AtomizerJob *job,
 	call.result = result;
 	call.has_result = has_result;
 	call.error = error;
+	hook_timed_out = false;
+	hook_stopped = false;
 	edata = atomizer_try(run_apart_cb, &call);
+	disable_hook_timeouts();
 
 	/*
 	 * In atomizer's own processes (a worker after the batch's handlers, the
@@ -493,19 +540,19 @@ atomizer_hook_run(AtomizerHook hook, const char *fn, const AtomizerJob *job,
 	if (MyBackendType == B_BG_WORKER)
 		LockReleaseSession(USER_LOCKMETHOD);
 
-	if (call.timeout_ms > 0 && hook_timeout_id != MAX_TIMEOUTS)
+	if (hook_timed_out || hook_stopped)
 	{
-		disable_timeout(hook_timeout_id, false);
-		if (hook_timed_out)
-		{
-			/* the hook finished first: our cancel is not pending */
-			if (edata == NULL)
-				QueryCancelPending = false;
-			else if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
-				edata->message = psprintf("%s hook exceeded the job's timeout of " INT64_FORMAT " ms",
-										  hook_names[hook], call.timeout_ms);
-			hook_timed_out = false;
-		}
+		/* the hook finished first: our cancel is not pending */
+		if (edata == NULL)
+			QueryCancelPending = false;
+		else if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED && hook_stopped)
+			edata->message = psprintf("%s hook was cancelled: the worker was stopped",
+									  hook_names[hook]);
+		else if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED)
+			edata->message = psprintf("%s hook exceeded the job's timeout of " INT64_FORMAT " ms",
+									  hook_names[hook], call.timeout_ms);
+		hook_timed_out = false;
+		hook_stopped = false;
 	}
 	return edata;
 }

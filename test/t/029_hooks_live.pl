@@ -8,7 +8,9 @@
 #      scheduler's lease expiry runs on_dead; an on_dead hook that fails
 #      there is logged, recorded, and does not stop the duty (the next
 #      expired lease is handled as well), and a session-level advisory
-#      lock a hook took is not kept by the scheduler.
+#      lock a hook took is not kept by the scheduler;
+#  (d) a worker stopped while an on_dead hook runs cancels the hook at the
+#      shutdown deadline and commits the job's outcome.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -18,6 +20,7 @@ use AtomizerTest;
 
 my $node = AtomizerTest::node('hooks', conf => q{
 atomizer.worker_idle_timeout = '5min'
+atomizer.shutdown_timeout = '1s'
 });
 
 $node->safe_psql('postgres', q{
@@ -72,6 +75,10 @@ $node->safe_psql('postgres', q{
 	$$;
 	SELECT atomizer.create_queue('leased_lock', external => true, max_attempts => 1,
 		on_dead => 'locker');
+	CREATE FUNCTION slow_hook(job jsonb) RETURNS void LANGUAGE sql AS $$
+		SELECT pg_sleep(120);
+	$$;
+	SELECT atomizer.create_queue('stopping', max_attempts => 1, on_dead => 'slow_hook');
 	CREATE ROLE ext_worker LOGIN IN ROLE atomizer_worker;
 });
 
@@ -164,6 +171,31 @@ wait_until($node, 'postgres', "SELECT count(*) FROM audit WHERE id = $locked AND
 is( $node->safe_psql('postgres', q{
 		SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 4711}),
 	'0', "the scheduler dropped the session-level advisory lock the hook took");
+
+# ------------------------------------------------------------- (d) shutdown
+# an on_dead hook still running at the shutdown deadline is cancelled, and
+# the job's outcome is committed before the worker exits
+my $stopping = $node->safe_psql('postgres', q{
+	SET ROLE app;
+	SELECT atomizer.enqueue('work', '{"fail": true}', queue => 'stopping')});
+wait_until($node, 'postgres', q{
+	SELECT count(*) FROM pg_stat_activity
+	 WHERE backend_type = 'atomizer worker' AND wait_event = 'PgSleep'},
+	'1', 'the on_dead hook is running (sleeping) in a worker');
+my $t0 = time;
+$node->stop('fast');
+my $took = time - $t0;
+ok($took < 30, "a fast stop did not wait for the hook ($took s)");
+$node->append_conf('postgresql.conf', "atomizer.enabled = off\n");
+$node->start;
+is( $node->safe_psql('postgres', qq{
+		SELECT state FROM atomizer.jobs WHERE id = $stopping}),
+	'dead', 'the job is dead');
+is( $node->safe_psql('postgres', qq{
+		SELECT string_agg(message, ', ' ORDER BY failed_at)
+		  FROM atomizer.job_errors WHERE job_id = $stopping}),
+	'work failed, on_dead hook failed: on_dead hook was cancelled: the worker was stopped',
+	"the hook's cancellation is recorded beside the attempt's error");
 
 $node->stop;
 done_testing();
