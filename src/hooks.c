@@ -21,7 +21,9 @@
  *		(on_success) or error (on_failure, on_dead);
  *	  - calling it as the job's owner, like a handler: inside a
  *		security-restricted operation, with every setting it changes rolled
- *		back.
+ *		back; run apart from a handler, also under the job's timeout and a
+ *		stopping worker's deadline, and, in atomizer's own processes, with
+ *		the session-level advisory locks it took released after it.
  *
  *	  Where each hook runs (the README's "Lifecycle hooks" says it for
  *	  users):
