@@ -30,7 +30,8 @@ $node->safe_psql('postgres', q{
 						ran_as text, process text, message text);
 	GRANT ALL ON audit TO app;
 	-- the kind of process this is (pg_stat_activity shows it to the superuser)
-	CREATE FUNCTION process() RETURNS text LANGUAGE sql SECURITY DEFINER AS $$
+	CREATE FUNCTION process() RETURNS text LANGUAGE sql SECURITY DEFINER
+		SET search_path = pg_catalog AS $$
 		SELECT backend_type FROM pg_stat_activity WHERE pid = pg_backend_pid()
 	$$;
 	CREATE FUNCTION audit(job jsonb) RETURNS void LANGUAGE sql AS $$
@@ -54,7 +55,8 @@ $node->safe_psql('postgres', q{
 		RETURN payload;
 	END $$;
 	-- kills the worker that runs it (as the superuser: app may not)
-	CREATE FUNCTION poison(payload jsonb) RETURNS void LANGUAGE plpgsql SECURITY DEFINER AS $$
+	CREATE FUNCTION poison(payload jsonb) RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+		SET search_path = pg_catalog AS $$
 	BEGIN
 		PERFORM pg_terminate_backend(pg_backend_pid());
 		PERFORM pg_sleep(5);
