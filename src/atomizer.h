@@ -527,6 +527,10 @@ extern void atomizer_limits_put_off(const AtomizerQueue *q, TimestampTz now,
 									TimestampTz *when);
 extern void atomizer_limits_record_starts(const AtomizerQueue *q, TimestampTz now,
 										  char **parts, const int *counts, int nparts);
+extern void atomizer_limits_record_running(const char *queue, char **handlers, int nh,
+										   const AtomizerJob *jobs, int n,
+										   TimestampTz started_at);
+extern bool atomizer_limits_held_with_room(const char *queue);
 extern int64 atomizer_limits_prune(void);
 
 #endif							/* ATOMIZER_H */

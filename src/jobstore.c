@@ -1332,6 +1332,8 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 		floor_check(spec->queue, floor, new_floor);
 
 	n = mark_claimed(spec, ids, nids, now, caller_cxt, jobs);
+	if (nh > 0)
+		atomizer_limits_record_running(spec->queue, handlers, nh, *jobs, n, now);
 
 	/* what it took stays reserved to its commit; other claims may go on */
 	{
@@ -1516,32 +1518,6 @@ queue_due_from(const char *queue, const AtomizerClaimKey *floor,
 }
 
 /*
- * held_with_room
- *		Whether queue has jobs a handler limit held back whose handler has
- *		room again (a job of it stopped running).  Connected to SPI.
- */
-static bool
-held_with_room(const char *queue)
-{
-	static SPIPlanPtr plan = NULL;
-	Oid			types[1] = {TEXTOID};
-	Datum		arg = CStringGetTextDatum(queue);
-
-	atomizer_prepare(&plan,
-					 "SELECT 1 FROM atomizer.handler_limit l"
-					 " WHERE l.queue = $1"
-					 " AND EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = $1"
-					 "  AND j.handler = l.handler AND j.state = 'held')"
-					 " AND l.concurrency > (SELECT count(*) FROM atomizer.job j"
-					 "  WHERE j.queue = $1 AND j.handler = l.handler"
-					 "  AND j.state = 'running')"
-					 " LIMIT 1", 1, types);
-	if (SPI_execute_plan(plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not look at queue \"%s\"", queue);
-	return SPI_processed > 0;
-}
-
-/*
  * atomizer_queue_due
  *		Whether queue has a due job, and if not, when its next delayed job
  *		is due (*next, DT_NOEND if none).  Two small queries per queue, both
@@ -1571,7 +1547,7 @@ atomizer_queue_due(const char *queue, TimestampTz *next)
 		due = true;
 	}
 	if (!due && q.handler_limits)
-		due = held_with_room(queue);
+		due = atomizer_limits_held_with_room(queue);
 	store_end(&call);
 	return due;
 }

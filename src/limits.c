@@ -3,9 +3,10 @@
  * limits.c
  *	  A queue's rate limit and its handlers' concurrency limits: what a
  *	  claim may take, and the record of what it took.  Owns every statement
- *	  on atomizer.rate_start, atomizer.rate_reserve and
- *	  atomizer.handler_limit; the claim itself (the statements on
- *	  atomizer.job) stays in jobstore.c, which calls these functions.
+ *	  on atomizer.rate_start, atomizer.rate_reserve, atomizer.handler_limit
+ *	  and atomizer.handler_running (and the reads of atomizer.job they
+ *	  join); the claim itself (the statements that change atomizer.job)
+ *	  stays in jobstore.c, which calls these functions.
  *
  *	  Exactness.  Every claim of a queue with limits first takes the
  *	  queue's limit lock (an advisory lock of atomizer's own), then reads
@@ -421,6 +422,106 @@ atomizer_limits_lock(const char *queue)
 }
 
 /*
+ * How many jobs of handler h of queue q are running: its rows of
+ * atomizer.handler_running whose job still runs with that start.
+ */
+#define HANDLER_RUNNING(q, h) \
+	"(SELECT count(*) FROM atomizer.handler_running r" \
+	"  JOIN atomizer.job j ON j.id = r.job_id" \
+	"  WHERE r.queue = " q " AND r.handler = " h \
+	"  AND j.state = 'running' AND j.started_at = r.started_at)"
+
+/*
+ * forget_stopped
+ *		Delete queue's rows of atomizer.handler_running whose job stopped
+ *		running (or runs again, from another start), skipping rows another
+ *		claim is deleting.  Connected to SPI, as the owner, under the
+ *		queue's limit lock.
+ */
+static void
+forget_stopped(const char *queue)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[1] = {TEXTOID};
+	Datum		arg = CStringGetTextDatum(queue);
+
+	atomizer_prepare(&plan,
+					 "DELETE FROM atomizer.handler_running d WHERE d.ctid IN ("
+					 " SELECT r.ctid FROM atomizer.handler_running r"
+					 "  WHERE r.queue = $1 AND NOT EXISTS (SELECT 1 FROM atomizer.job j"
+					 "   WHERE j.id = r.job_id AND j.state = 'running'"
+					 "   AND j.started_at = r.started_at)"
+					 "  FOR UPDATE SKIP LOCKED)", 1, types);
+	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not forget the stopped jobs of queue \"%s\"", queue);
+}
+
+/*
+ * atomizer_limits_record_running
+ *		Record the jobs[] (n) this claim started at started_at whose
+ *		handler is one of the limited handlers[] (nh).  Connected to SPI,
+ *		as the owner, under the queue's limit lock.
+ */
+void
+atomizer_limits_record_running(const char *queue, char **handlers, int nh,
+							   const AtomizerJob *jobs, int n,
+							   TimestampTz started_at)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[4] = {TEXTOID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZOID};
+	Datum		values[4];
+	Datum	   *hs = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
+	int			m = 0;
+
+	for (int i = 0; i < n; i++)
+		for (int h = 0; h < nh; h++)
+			if (strcmp(jobs[i].handler, handlers[h]) == 0)
+			{
+				hs[m] = CStringGetTextDatum(handlers[h]);
+				ids[m++] = Int64GetDatum(jobs[i].id);
+				break;
+			}
+	if (m == 0)
+		return;
+	atomizer_prepare(&plan,
+					 "INSERT INTO atomizer.handler_running (queue, handler, job_id, started_at)"
+					 " SELECT $1, h, id, $4 FROM unnest($2::text[], $3::int8[]) u(h, id)",
+					 4, types);
+	values[0] = CStringGetTextDatum(queue);
+	values[1] = PointerGetDatum(construct_array(hs, m, TEXTOID, -1, false, TYPALIGN_INT));
+	values[2] = PointerGetDatum(construct_array(ids, m, INT8OID, 8, FLOAT8PASSBYVAL,
+												TYPALIGN_DOUBLE));
+	values[3] = TimestampTzGetDatum(started_at);
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not record the running jobs of queue \"%s\"", queue);
+}
+
+/*
+ * atomizer_limits_held_with_room
+ *		Whether queue has jobs a handler limit held back whose handler has
+ *		room again (a job of it stopped running).  Connected to SPI.
+ */
+bool
+atomizer_limits_held_with_room(const char *queue)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[1] = {TEXTOID};
+	Datum		arg = CStringGetTextDatum(queue);
+
+	atomizer_prepare(&plan,
+					 "SELECT 1 FROM atomizer.handler_limit l"
+					 " WHERE l.queue = $1"
+					 " AND EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = $1"
+					 "  AND j.handler = l.handler AND j.state = 'held')"
+					 " AND l.concurrency > " HANDLER_RUNNING("l.queue", "l.handler")
+					 " LIMIT 1", 1, types);
+	if (SPI_execute_plan(plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look at queue \"%s\"", queue);
+	return SPI_processed > 0;
+}
+
+/*
  * atomizer_limits_handlers
  *		The handler limits of queue: their handlers and how many more of
  *		each may start now (concurrency less running, at least 0).  Returns
@@ -437,11 +538,10 @@ atomizer_limits_handlers(const char *queue, Snapshot snap, char ***handlers,
 	MemoryContext cxt = CurrentMemoryContext;
 	int			n;
 
+	forget_stopped(queue);
 	atomizer_prepare(&plan,
-					 "SELECT l.handler, greatest(l.concurrency - ("
-					 "  SELECT count(*) FROM atomizer.job j"
-					 "   WHERE j.queue = l.queue AND j.handler = l.handler"
-					 "   AND j.state = 'running'), 0)::int4"
+					 "SELECT l.handler, greatest(l.concurrency - "
+					 HANDLER_RUNNING("l.queue", "l.handler") ", 0)::int4"
 					 " FROM atomizer.handler_limit l WHERE l.queue = $1"
 					 " ORDER BY l.handler", 1, types);
 	if (SPI_execute_snapshot(plan, &arg, NULL, snap, InvalidSnapshot, false,
@@ -703,6 +803,13 @@ atomizer_limits_prune(void)
 					"  WHERE q.name = r.queue AND q.rate_limit IS NOT NULL)",
 					false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not prune the rate reservations");
+	n += SPI_processed;
+	if (SPI_execute("DELETE FROM atomizer.handler_running r"
+					" WHERE NOT EXISTS (SELECT 1 FROM atomizer.job j"
+					"  WHERE j.id = r.job_id AND j.state = 'running'"
+					"  AND j.started_at = r.started_at)",
+					false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "could not prune the running jobs of limited handlers");
 	n += SPI_processed;
 	SPI_finish();
 	atomizer_restore_caller(&priv);
