@@ -352,6 +352,9 @@ struct _SPI_plan;
 extern struct _SPI_plan *atomizer_prepare(struct _SPI_plan **cache,
 										  const char *sql, int nargs,
 										  Oid *argtypes);
+extern struct _SPI_plan *atomizer_prepare_opts(struct _SPI_plan **cache,
+											   const char *sql, int nargs,
+											   Oid *argtypes, int cursor_options);
 extern int64 atomizer_interval_ms(const Interval *iv);
 extern void atomizer_check_interval(const Interval *iv, const char *name,
 									bool allow_zero, int64 max_ms);
@@ -516,7 +519,7 @@ extern void atomizer_limits_reserve_and_unlock(const char *queue,
 											   char **keys, const int *n, int nkeys,
 											   bool keep);
 extern int	atomizer_limits_handlers(const char *queue, struct SnapshotData *snap,
-									 char ***handlers, int **room);
+									 char ***handlers, int **room, bool **held);
 extern void atomizer_limits_rate_used(const AtomizerQueue *q, struct SnapshotData *snap,
 									  TimestampTz now,
 									  char **parts, int nparts, int64 *used,

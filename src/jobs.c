@@ -46,9 +46,23 @@ typedef AtomizerNewJobs EnqueueArgs;
 SPIPlanPtr
 atomizer_prepare(SPIPlanPtr *cache, const char *sql, int nargs, Oid *argtypes)
 {
+	return atomizer_prepare_opts(cache, sql, nargs, argtypes, 0);
+}
+
+/*
+ * atomizer_prepare_opts
+ *		atomizer_prepare with cursor options: CURSOR_OPT_GENERIC_PLAN for a
+ *		statement whose custom plans cost more to make than they save (the
+ *		plan cache would otherwise plan it again at every call while it
+ *		judges custom plans cheaper).
+ */
+SPIPlanPtr
+atomizer_prepare_opts(SPIPlanPtr *cache, const char *sql, int nargs,
+					  Oid *argtypes, int cursor_options)
+{
 	if (*cache == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, argtypes, cursor_options);
 
 		if (plan == NULL)
 			elog(ERROR, "SPI_prepare failed for \"%s\": %s", sql,

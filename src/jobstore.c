@@ -1148,6 +1148,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	int			cap = Max(spec->max_jobs, 1) * (LIMITED_ROUNDS + 1);
 	char	  **handlers = NULL;
 	int		   *room = NULL;
+	bool	   *has_held = NULL;
 	int			nh = 0;
 	int		   *took;			/* jobs claimed per limited handler */
 	Snapshot	snap;
@@ -1182,7 +1183,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	}
 	snap = atomizer_limits_snapshot();
 	if (q->handler_limits)
-		nh = atomizer_limits_handlers(spec->queue, snap, &handlers, &room);
+		nh = atomizer_limits_handlers(spec->queue, snap, &handlers, &room, &has_held);
 
 	/*
 	 * The claim's time, read after the running jobs were counted: a job that
@@ -1204,7 +1205,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	}
 	with_room = palloc(sizeof(Datum) * Max(nh, 1));
 	for (int h = 0; h < nh; h++)
-		if (room[h] > 0)
+		if (room[h] > 0 && has_held[h])
 			with_room[nwith++] = CStringGetTextDatum(handlers[h]);
 	if (new_floor)
 		*new_floor = *floor;

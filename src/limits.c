@@ -71,6 +71,7 @@
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
+#include "nodes/parsenodes.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
@@ -423,13 +424,20 @@ atomizer_limits_lock(const char *queue)
 
 /*
  * How many jobs of handler h of queue q are running: its rows of
- * atomizer.handler_running whose job still runs with that start.
+ * atomizer.handler_running whose job still runs with that start, each
+ * looked up by its id (a scalar subquery, so that no plan reads the job
+ * table whole: the planner knows little of this small, churning table).
  */
 #define HANDLER_RUNNING(q, h) \
 	"(SELECT count(*) FROM atomizer.handler_running r" \
-	"  JOIN atomizer.job j ON j.id = r.job_id" \
 	"  WHERE r.queue = " q " AND r.handler = " h \
-	"  AND j.state = 'running' AND j.started_at = r.started_at)"
+	"  AND (SELECT j.state = 'running' AND j.started_at = r.started_at" \
+	"       FROM atomizer.job j WHERE j.id = r.job_id))"
+
+/* How often a backend's claims delete rows of stopped jobs, at most. */
+#define FORGET_MS	1000
+
+static TimestampTz last_forget = 0;
 
 /*
  * forget_stopped
@@ -445,13 +453,14 @@ forget_stopped(const char *queue)
 	Oid			types[1] = {TEXTOID};
 	Datum		arg = CStringGetTextDatum(queue);
 
-	atomizer_prepare(&plan,
+	atomizer_prepare_opts(&plan,
 					 "DELETE FROM atomizer.handler_running d WHERE d.ctid IN ("
 					 " SELECT r.ctid FROM atomizer.handler_running r"
-					 "  WHERE r.queue = $1 AND NOT EXISTS (SELECT 1 FROM atomizer.job j"
-					 "   WHERE j.id = r.job_id AND j.state = 'running'"
-					 "   AND j.started_at = r.started_at)"
-					 "  FOR UPDATE SKIP LOCKED)", 1, types);
+					 "  WHERE r.queue = $1"
+					 "  AND (SELECT j.state = 'running' AND j.started_at = r.started_at"
+					 "       FROM atomizer.job j WHERE j.id = r.job_id) IS NOT TRUE"
+					 "  FOR UPDATE SKIP LOCKED)", 1, types,
+						  CURSOR_OPT_GENERIC_PLAN);
 	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not forget the stopped jobs of queue \"%s\"", queue);
 }
@@ -484,10 +493,11 @@ atomizer_limits_record_running(const char *queue, char **handlers, int nh,
 			}
 	if (m == 0)
 		return;
-	atomizer_prepare(&plan,
+	atomizer_prepare_opts(&plan,
 					 "INSERT INTO atomizer.handler_running (queue, handler, job_id, started_at)"
 					 " SELECT $1, h, id, $4 FROM unnest($2::text[], $3::int8[]) u(h, id)",
-					 4, types);
+					 4, types,
+						  CURSOR_OPT_GENERIC_PLAN);
 	values[0] = CStringGetTextDatum(queue);
 	values[1] = PointerGetDatum(construct_array(hs, m, TEXTOID, -1, false, TYPALIGN_INT));
 	values[2] = PointerGetDatum(construct_array(ids, m, INT8OID, 8, FLOAT8PASSBYVAL,
@@ -509,13 +519,14 @@ atomizer_limits_held_with_room(const char *queue)
 	Oid			types[1] = {TEXTOID};
 	Datum		arg = CStringGetTextDatum(queue);
 
-	atomizer_prepare(&plan,
+	atomizer_prepare_opts(&plan,
 					 "SELECT 1 FROM atomizer.handler_limit l"
 					 " WHERE l.queue = $1"
 					 " AND EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = $1"
 					 "  AND j.handler = l.handler AND j.state = 'held')"
 					 " AND l.concurrency > " HANDLER_RUNNING("l.queue", "l.handler")
-					 " LIMIT 1", 1, types);
+					 " LIMIT 1", 1, types,
+						  CURSOR_OPT_GENERIC_PLAN);
 	if (SPI_execute_plan(plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look at queue \"%s\"", queue);
 	return SPI_processed > 0;
@@ -523,14 +534,15 @@ atomizer_limits_held_with_room(const char *queue)
 
 /*
  * atomizer_limits_handlers
- *		The handler limits of queue: their handlers and how many more of
- *		each may start now (concurrency less running, at least 0).  Returns
+ *		The handler limits of queue: their handlers, how many more of each
+ *		may start now (concurrency less running, at least 0), and whether
+ *		each has jobs held back.  Returns
  *		the number of limited handlers; *handlers and *room palloc'd in the
  *		current memory context.  Connected to SPI, as the owner.
  */
 int
 atomizer_limits_handlers(const char *queue, Snapshot snap, char ***handlers,
-						 int **room)
+						 int **room, bool **held)
 {
 	static SPIPlanPtr plan = NULL;
 	Oid			types[1] = {TEXTOID};
@@ -538,18 +550,27 @@ atomizer_limits_handlers(const char *queue, Snapshot snap, char ***handlers,
 	MemoryContext cxt = CurrentMemoryContext;
 	int			n;
 
-	forget_stopped(queue);
-	atomizer_prepare(&plan,
+	/* now and then (the rows of stopped jobs only cost the count a look) */
+	if (TimestampDifferenceExceeds(last_forget, GetCurrentTimestamp(), FORGET_MS))
+	{
+		forget_stopped(queue);
+		last_forget = GetCurrentTimestamp();
+	}
+	atomizer_prepare_opts(&plan,
 					 "SELECT l.handler, greatest(l.concurrency - "
-					 HANDLER_RUNNING("l.queue", "l.handler") ", 0)::int4"
+					 HANDLER_RUNNING("l.queue", "l.handler") ", 0)::int4,"
+					 " EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = l.queue"
+					 "  AND j.handler = l.handler AND j.state = 'held')"
 					 " FROM atomizer.handler_limit l WHERE l.queue = $1"
-					 " ORDER BY l.handler", 1, types);
+					 " ORDER BY l.handler", 1, types,
+						  CURSOR_OPT_GENERIC_PLAN);
 	if (SPI_execute_snapshot(plan, &arg, NULL, snap, InvalidSnapshot, false,
 							 false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the handler limits of queue \"%s\"", queue);
 	n = (int) SPI_processed;
 	*handlers = MemoryContextAlloc(cxt, sizeof(char *) * Max(n, 1));
 	*room = MemoryContextAlloc(cxt, sizeof(int) * Max(n, 1));
+	*held = MemoryContextAlloc(cxt, sizeof(bool) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
@@ -557,6 +578,7 @@ atomizer_limits_handlers(const char *queue, Snapshot snap, char ***handlers,
 
 		(*handlers)[i] = MemoryContextStrdup(cxt, SPI_getvalue(tup, SPI_tuptable->tupdesc, 1));
 		(*room)[i] = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+		(*held)[i] = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
 	}
 	return n;
 }
@@ -600,10 +622,11 @@ atomizer_limits_rate_used(const AtomizerQueue *q, Snapshot snap, TimestampTz now
 		elems[i] = CStringGetTextDatum(parts[i]);
 		free_at[i] = after_now;
 	}
-	atomizer_prepare(&plan,
+	atomizer_prepare_opts(&plan,
 					 "SELECT part, sum(n)::int8, min(started_at) FROM atomizer.rate_start"
 					 " WHERE queue = $1 AND part = ANY($2) AND started_at > $3"
-					 " GROUP BY part", 3, types);
+					 " GROUP BY part", 3, types,
+						  CURSOR_OPT_GENERIC_PLAN);
 	values[0] = CStringGetTextDatum(q->name);
 	values[1] = PointerGetDatum(construct_array(elems, nparts, TEXTOID, -1,
 												false, TYPALIGN_INT));
@@ -679,9 +702,10 @@ atomizer_limits_put_off(const AtomizerQueue *q, TimestampTz now,
 		names[i] = CStringGetTextDatum(parts[i]);
 		promised[i] = DT_NOBEGIN;
 	}
-	atomizer_prepare(&read_plan,
+	atomizer_prepare_opts(&read_plan,
 					 "SELECT part, reserved_until FROM atomizer.rate_reserve"
-					 " WHERE queue = $1 AND part = ANY($2)", 2, rtypes);
+					 " WHERE queue = $1 AND part = ANY($2)", 2, rtypes,
+						  CURSOR_OPT_GENERIC_PLAN);
 	values[0] = CStringGetTextDatum(q->name);
 	values[1] = PointerGetDatum(construct_array(names, nparts, TEXTOID, -1,
 												false, TYPALIGN_INT));
@@ -718,11 +742,12 @@ atomizer_limits_put_off(const AtomizerQueue *q, TimestampTz now,
 	}
 	if (nwrite == 0)
 		return;
-	atomizer_prepare(&write_plan,
+	atomizer_prepare_opts(&write_plan,
 					 "INSERT INTO atomizer.rate_reserve (queue, part, reserved_until)"
 					 " SELECT $1, p, t FROM unnest($2::text[], $3::timestamptz[]) u(p, t)"
 					 " ON CONFLICT (queue, part) DO UPDATE"
-					 " SET reserved_until = excluded.reserved_until", 3, wtypes);
+					 " SET reserved_until = excluded.reserved_until", 3, wtypes,
+						  CURSOR_OPT_GENERIC_PLAN);
 	values[1] = PointerGetDatum(construct_array(names, nwrite, TEXTOID, -1,
 												false, TYPALIGN_INT));
 	values[2] = PointerGetDatum(construct_array(lasts, nwrite, TIMESTAMPTZOID, 8,
@@ -757,10 +782,11 @@ atomizer_limits_record_starts(const AtomizerQueue *q, TimestampTz now,
 	}
 	if (m == 0)
 		return;
-	atomizer_prepare(&plan,
+	atomizer_prepare_opts(&plan,
 					 "INSERT INTO atomizer.rate_start (queue, part, started_at, n)"
 					 " SELECT $1, p, $3, n FROM unnest($2::text[], $4::int4[]) u(p, n)",
-					 4, types);
+					 4, types,
+						  CURSOR_OPT_GENERIC_PLAN);
 	values[0] = CStringGetTextDatum(q->name);
 	values[1] = PointerGetDatum(construct_array(names, m, TEXTOID, -1, false,
 												TYPALIGN_INT));
@@ -805,9 +831,8 @@ atomizer_limits_prune(void)
 		elog(ERROR, "could not prune the rate reservations");
 	n += SPI_processed;
 	if (SPI_execute("DELETE FROM atomizer.handler_running r"
-					" WHERE NOT EXISTS (SELECT 1 FROM atomizer.job j"
-					"  WHERE j.id = r.job_id AND j.state = 'running'"
-					"  AND j.started_at = r.started_at)",
+					" WHERE (SELECT j.state = 'running' AND j.started_at = r.started_at"
+					"        FROM atomizer.job j WHERE j.id = r.job_id) IS NOT TRUE",
 					false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not prune the running jobs of limited handlers");
 	n += SPI_processed;
