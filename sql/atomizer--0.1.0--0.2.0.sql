@@ -906,22 +906,16 @@ CREATE TABLE atomizer.rate_reserve (
 REVOKE ALL ON atomizer.rate_start, atomizer.rate_reserve FROM PUBLIC;
 
 /*
- * The jobs of limited handlers that claims started: a handler limit counts
- * the rows whose job is still running with that start (an index of
- * atomizer.job's running jobs would cost every claim of every queue an
- * index entry: a fifth of the drain).  The claims delete the rows of jobs
- * that stopped.  Not dumped.
+ * The running jobs of limited handlers, what a handler limit counts.  A
+ * claim under a handler limit marks an internal queue's job with a lease
+ * of 0 (atomizer's workers hold no lease: lease_until stays NULL), so that
+ * only those jobs enter this index: an index of every running job would
+ * cost every claim of every queue an entry, a fifth of the drain.  An
+ * external queue's running jobs are counted through their leases
+ * (job_lease_idx).
  */
-CREATE TABLE atomizer.handler_running (
-	queue			text NOT NULL,
-	handler			text NOT NULL,
-	job_id			bigint NOT NULL,
-	started_at		timestamptz NOT NULL
-);
-
-CREATE INDEX handler_running_idx ON atomizer.handler_running (queue, handler);
-
-REVOKE ALL ON atomizer.handler_running FROM PUBLIC;
+CREATE INDEX job_limited_idx ON atomizer.job (queue, handler)
+	WHERE state = 'running' AND lease = interval '0';
 
 /* Jobs held back by a handler limit, in claim order per handler. */
 CREATE INDEX job_held_idx ON atomizer.job (queue, handler, priority, run_at, id)

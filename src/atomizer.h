@@ -518,8 +518,9 @@ extern void atomizer_limits_reserve_and_unlock(const char *queue,
 											   const AtomizerLimitKind *kinds,
 											   char **keys, const int *n, int nkeys,
 											   bool keep);
-extern int	atomizer_limits_handlers(const char *queue, struct SnapshotData *snap,
-									 char ***handlers, int **room, bool **held);
+extern int	atomizer_limits_handlers(const char *queue, bool external,
+									 struct SnapshotData *snap, char ***handlers,
+									 int **room, bool **held);
 extern void atomizer_limits_rate_used(const AtomizerQueue *q, struct SnapshotData *snap,
 									  TimestampTz now,
 									  char **parts, int nparts, int64 *used,
@@ -530,10 +531,7 @@ extern void atomizer_limits_put_off(const AtomizerQueue *q, TimestampTz now,
 									TimestampTz *when);
 extern void atomizer_limits_record_starts(const AtomizerQueue *q, TimestampTz now,
 										  char **parts, const int *counts, int nparts);
-extern void atomizer_limits_record_running(const char *queue, char **handlers, int nh,
-										   const AtomizerJob *jobs, int n,
-										   TimestampTz started_at);
-extern bool atomizer_limits_held_with_room(const char *queue);
+extern bool atomizer_limits_held_with_room(const char *queue, bool external);
 extern int64 atomizer_limits_prune(void);
 
 #endif							/* ATOMIZER_H */

@@ -837,13 +837,15 @@ floor_check(const char *queue, const AtomizerClaimKey *floor,
  * mark_claimed
  *		The claim's second statement: mark the nids locked jobs ids[]
  *		running, attempt counted, with the worker's identity or name and an
- *		external worker's lease, started at started_at (0: now, each at its
- *		own clock_timestamp()), and read them back into a palloc'd array in
+ *		external worker's lease (or, limited, the lease 0 that marks an
+ *		internal job a handler limit counts: job_limited_idx), started at
+ *		started_at (0: now, each at its own clock_timestamp()), and read
+ *		them back into a palloc'd array in
  *		caller_cxt, in claim order.  Connected to SPI.
  */
 static int
 mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
-			 TimestampTz started_at, MemoryContext caller_cxt,
+			 TimestampTz started_at, bool limited, MemoryContext caller_cxt,
 			 AtomizerJob **jobs)
 {
 	static SPIPlanPtr mark_plan = NULL;
@@ -863,7 +865,7 @@ mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
 						 " attempt = j.attempt + 1,"
 						 " started_at = coalesce($4, clock_timestamp()), worker = $2,"
 						 " lease = $3,"
-						 " lease_until = coalesce($4, clock_timestamp()) + $3 "
+						 " lease_until = coalesce($4, clock_timestamp()) + nullif($3, interval '0') "
 						 "FROM atomizer.queue q "
 						 "WHERE j.id = ANY($1) AND q.name = j.queue "
 						 CLAIM_RETURNING, 4, types);
@@ -887,6 +889,11 @@ mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
 
 			lease->time = spec->lease_ms * 1000;
 			mvalues[2] = IntervalPGetDatum(lease);
+		}
+		else if (limited)
+		{
+			/* no lease: the mark of a job a handler limit counts */
+			mvalues[2] = IntervalPGetDatum(palloc0(sizeof(Interval)));
 		}
 		else
 			mnulls[2] = 'n';
@@ -1183,7 +1190,8 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	}
 	snap = atomizer_limits_snapshot();
 	if (q->handler_limits)
-		nh = atomizer_limits_handlers(spec->queue, snap, &handlers, &room, &has_held);
+		nh = atomizer_limits_handlers(spec->queue, q->external, snap, &handlers,
+									  &room, &has_held);
 
 	/*
 	 * The claim's time, read after the running jobs were counted: a job that
@@ -1332,9 +1340,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	if (new_floor && nids > 0)
 		floor_check(spec->queue, floor, new_floor);
 
-	n = mark_claimed(spec, ids, nids, now, caller_cxt, jobs);
-	if (nh > 0)
-		atomizer_limits_record_running(spec->queue, handlers, nh, *jobs, n, now);
+	n = mark_claimed(spec, ids, nids, now, q->handler_limits, caller_cxt, jobs);
 
 	/* what it took stays reserved to its commit; other claims may go on */
 	{
@@ -1434,7 +1440,7 @@ claim_plain(const AtomizerClaimSpec *spec, MemoryContext caller_cxt,
 	if (new_floor && nids > 0)
 		floor_check(spec->queue, floor, new_floor);
 
-	return mark_claimed(spec, ids, nids, 0, caller_cxt, jobs);
+	return mark_claimed(spec, ids, nids, 0, false, caller_cxt, jobs);
 }
 
 int
@@ -1548,7 +1554,7 @@ atomizer_queue_due(const char *queue, TimestampTz *next)
 		due = true;
 	}
 	if (!due && q.handler_limits)
-		due = atomizer_limits_held_with_room(queue);
+		due = atomizer_limits_held_with_room(queue, q.external);
 	store_end(&call);
 	return due;
 }

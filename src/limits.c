@@ -3,10 +3,10 @@
  * limits.c
  *	  A queue's rate limit and its handlers' concurrency limits: what a
  *	  claim may take, and the record of what it took.  Owns every statement
- *	  on atomizer.rate_start, atomizer.rate_reserve, atomizer.handler_limit
- *	  and atomizer.handler_running (and the reads of atomizer.job they
- *	  join); the claim itself (the statements that change atomizer.job)
- *	  stays in jobstore.c, which calls these functions.
+ *	  on atomizer.rate_start, atomizer.rate_reserve and
+ *	  atomizer.handler_limit, and the counts of atomizer.job's running and
+ *	  held jobs they join; the claim itself (the statements that change
+ *	  atomizer.job) stays in jobstore.c, which calls these functions.
  *
  *	  Exactness.  Every claim of a queue with limits first takes the
  *	  queue's limit lock (an advisory lock of atomizer's own), then reads
@@ -423,110 +423,45 @@ atomizer_limits_lock(const char *queue)
 }
 
 /*
- * How many jobs of handler h of queue q are running: its rows of
- * atomizer.handler_running whose job still runs with that start, each
- * looked up by its id (a scalar subquery, so that no plan reads the job
- * table whole: the planner knows little of this small, churning table).
+ * How many jobs of handler h of queue q are running: an internal queue's
+ * that a claim under the limit marked (lease 0, job_limited_idx), an
+ * external queue's under a lease (job_lease_idx).
  */
 #define HANDLER_RUNNING(q, h) \
-	"(SELECT count(*) FROM atomizer.handler_running r" \
-	"  WHERE r.queue = " q " AND r.handler = " h \
-	"  AND (SELECT j.state = 'running' AND j.started_at = r.started_at" \
-	"       FROM atomizer.job j WHERE j.id = r.job_id))"
-
-/* How often a backend's claims delete rows of stopped jobs, at most. */
-#define FORGET_MS	1000
-
-static TimestampTz last_forget = 0;
-
-/*
- * forget_stopped
- *		Delete queue's rows of atomizer.handler_running whose job stopped
- *		running (or runs again, from another start), skipping rows another
- *		claim is deleting.  Connected to SPI, as the owner, under the
- *		queue's limit lock.
- */
-static void
-forget_stopped(const char *queue)
-{
-	static SPIPlanPtr plan = NULL;
-	Oid			types[1] = {TEXTOID};
-	Datum		arg = CStringGetTextDatum(queue);
-
-	atomizer_prepare_opts(&plan,
-					 "DELETE FROM atomizer.handler_running d WHERE d.ctid IN ("
-					 " SELECT r.ctid FROM atomizer.handler_running r"
-					 "  WHERE r.queue = $1"
-					 "  AND (SELECT j.state = 'running' AND j.started_at = r.started_at"
-					 "       FROM atomizer.job j WHERE j.id = r.job_id) IS NOT TRUE"
-					 "  FOR UPDATE SKIP LOCKED)", 1, types,
-						  CURSOR_OPT_GENERIC_PLAN);
-	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_DELETE)
-		elog(ERROR, "could not forget the stopped jobs of queue \"%s\"", queue);
-}
-
-/*
- * atomizer_limits_record_running
- *		Record the jobs[] (n) this claim started at started_at whose
- *		handler is one of the limited handlers[] (nh).  Connected to SPI,
- *		as the owner, under the queue's limit lock.
- */
-void
-atomizer_limits_record_running(const char *queue, char **handlers, int nh,
-							   const AtomizerJob *jobs, int n,
-							   TimestampTz started_at)
-{
-	static SPIPlanPtr plan = NULL;
-	Oid			types[4] = {TEXTOID, TEXTARRAYOID, INT8ARRAYOID, TIMESTAMPTZOID};
-	Datum		values[4];
-	Datum	   *hs = palloc(sizeof(Datum) * Max(n, 1));
-	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
-	int			m = 0;
-
-	for (int i = 0; i < n; i++)
-		for (int h = 0; h < nh; h++)
-			if (strcmp(jobs[i].handler, handlers[h]) == 0)
-			{
-				hs[m] = CStringGetTextDatum(handlers[h]);
-				ids[m++] = Int64GetDatum(jobs[i].id);
-				break;
-			}
-	if (m == 0)
-		return;
-	atomizer_prepare_opts(&plan,
-					 "INSERT INTO atomizer.handler_running (queue, handler, job_id, started_at)"
-					 " SELECT $1, h, id, $4 FROM unnest($2::text[], $3::int8[]) u(h, id)",
-					 4, types,
-						  CURSOR_OPT_GENERIC_PLAN);
-	values[0] = CStringGetTextDatum(queue);
-	values[1] = PointerGetDatum(construct_array(hs, m, TEXTOID, -1, false, TYPALIGN_INT));
-	values[2] = PointerGetDatum(construct_array(ids, m, INT8OID, 8, FLOAT8PASSBYVAL,
-												TYPALIGN_DOUBLE));
-	values[3] = TimestampTzGetDatum(started_at);
-	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT)
-		elog(ERROR, "could not record the running jobs of queue \"%s\"", queue);
-}
+	"(SELECT count(*) FROM atomizer.job j" \
+	"  WHERE j.queue = " q " AND j.handler = " h \
+	"  AND j.state = 'running' AND j.lease = interval '0')"
+#define HANDLER_RUNNING_LEASED(q, h) \
+	"(SELECT count(*) FROM atomizer.job j" \
+	"  WHERE j.queue = " q " AND j.handler = " h \
+	"  AND j.state = 'running' AND j.lease_until IS NOT NULL)"
 
 /*
  * atomizer_limits_held_with_room
  *		Whether queue has jobs a handler limit held back whose handler has
  *		room again (a job of it stopped running).  Connected to SPI.
  */
+#define HELD_WITH_ROOM(running) \
+	"SELECT 1 FROM atomizer.handler_limit l" \
+	" WHERE l.queue = $1" \
+	" AND EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = $1" \
+	"  AND j.handler = l.handler AND j.state = 'held')" \
+	" AND l.concurrency > " running("l.queue", "l.handler") \
+	" LIMIT 1"
+
 bool
-atomizer_limits_held_with_room(const char *queue)
+atomizer_limits_held_with_room(const char *queue, bool external)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+	static const char *const queries[2] = {
+		HELD_WITH_ROOM(HANDLER_RUNNING), HELD_WITH_ROOM(HANDLER_RUNNING_LEASED)
+	};
 	Oid			types[1] = {TEXTOID};
 	Datum		arg = CStringGetTextDatum(queue);
+	SPIPlanPtr	plan;
 
-	atomizer_prepare_opts(&plan,
-					 "SELECT 1 FROM atomizer.handler_limit l"
-					 " WHERE l.queue = $1"
-					 " AND EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = $1"
-					 "  AND j.handler = l.handler AND j.state = 'held')"
-					 " AND l.concurrency > " HANDLER_RUNNING("l.queue", "l.handler")
-					 " LIMIT 1", 1, types,
-						  CURSOR_OPT_GENERIC_PLAN);
+	plan = atomizer_prepare_opts(&plans[external], queries[external], 1, types,
+								 CURSOR_OPT_GENERIC_PLAN);
 	if (SPI_execute_plan(plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look at queue \"%s\"", queue);
 	return SPI_processed > 0;
@@ -540,30 +475,30 @@ atomizer_limits_held_with_room(const char *queue)
  *		the number of limited handlers; *handlers and *room palloc'd in the
  *		current memory context.  Connected to SPI, as the owner.
  */
+#define HANDLER_ROOM(running) \
+	"SELECT l.handler, greatest(l.concurrency - " running("l.queue", "l.handler") \
+	", 0)::int4," \
+	" EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = l.queue" \
+	"  AND j.handler = l.handler AND j.state = 'held')" \
+	" FROM atomizer.handler_limit l WHERE l.queue = $1" \
+	" ORDER BY l.handler"
+
 int
-atomizer_limits_handlers(const char *queue, Snapshot snap, char ***handlers,
-						 int **room, bool **held)
+atomizer_limits_handlers(const char *queue, bool external, Snapshot snap,
+						 char ***handlers, int **room, bool **held)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+	static const char *const queries[2] = {
+		HANDLER_ROOM(HANDLER_RUNNING), HANDLER_ROOM(HANDLER_RUNNING_LEASED)
+	};
+	SPIPlanPtr	plan;
 	Oid			types[1] = {TEXTOID};
 	Datum		arg = CStringGetTextDatum(queue);
 	MemoryContext cxt = CurrentMemoryContext;
 	int			n;
 
-	/* now and then (the rows of stopped jobs only cost the count a look) */
-	if (TimestampDifferenceExceeds(last_forget, GetCurrentTimestamp(), FORGET_MS))
-	{
-		forget_stopped(queue);
-		last_forget = GetCurrentTimestamp();
-	}
-	atomizer_prepare_opts(&plan,
-					 "SELECT l.handler, greatest(l.concurrency - "
-					 HANDLER_RUNNING("l.queue", "l.handler") ", 0)::int4,"
-					 " EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = l.queue"
-					 "  AND j.handler = l.handler AND j.state = 'held')"
-					 " FROM atomizer.handler_limit l WHERE l.queue = $1"
-					 " ORDER BY l.handler", 1, types,
-						  CURSOR_OPT_GENERIC_PLAN);
+	plan = atomizer_prepare_opts(&plans[external], queries[external], 1, types,
+								 CURSOR_OPT_GENERIC_PLAN);
 	if (SPI_execute_snapshot(plan, &arg, NULL, snap, InvalidSnapshot, false,
 							 false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the handler limits of queue \"%s\"", queue);
@@ -829,12 +764,6 @@ atomizer_limits_prune(void)
 					"  WHERE q.name = r.queue AND q.rate_limit IS NOT NULL)",
 					false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not prune the rate reservations");
-	n += SPI_processed;
-	if (SPI_execute("DELETE FROM atomizer.handler_running r"
-					" WHERE (SELECT j.state = 'running' AND j.started_at = r.started_at"
-					"        FROM atomizer.job j WHERE j.id = r.job_id) IS NOT TRUE",
-					false, 0) != SPI_OK_DELETE)
-		elog(ERROR, "could not prune the running jobs of limited handlers");
 	n += SPI_processed;
 	SPI_finish();
 	atomizer_restore_caller(&priv);
