@@ -1159,7 +1159,6 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	int			nh = 0;
 	int		   *took;			/* jobs claimed per limited handler */
 	Snapshot	snap;
-	int			n;
 	Datum	   *with_room;
 	int			nwith = 0;
 	Candidate  *cands = palloc(sizeof(Candidate) * cap);
@@ -1310,6 +1309,35 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 			break;
 	}
 
+	/*
+	 * The decision is made: what it took is reserved, and unless the queue
+	 * is at a limit (jobs held back or put off) the lock goes now, before
+	 * the claim's writes, which only touch rows this claim has locked and
+	 * the rate window other claims read through the reservation.
+	 */
+	{
+		int			nkeys = 0;
+		AtomizerLimitKind *kinds = palloc(sizeof(AtomizerLimitKind) * (nparts + nh + 1));
+		char	  **keys = palloc(sizeof(char *) * (nparts + nh + 1));
+		int		   *counts = palloc(sizeof(int) * (nparts + nh + 1));
+
+		for (int p = 0; rate && p < nparts; p++)
+		{
+			kinds[nkeys] = ATOMIZER_LIMIT_RATE;
+			keys[nkeys] = parts[p];
+			counts[nkeys++] = started[p];
+		}
+		for (int h = 0; h < nh; h++)
+		{
+			kinds[nkeys] = ATOMIZER_LIMIT_HANDLER;
+			keys[nkeys] = handlers[h];
+			counts[nkeys++] = took[h];
+		}
+		atomizer_limits_reserve_and_unlock(spec->queue, kinds, keys, counts, nkeys,
+										   noff_total > 0 || nhold > 0);
+	}
+	UnregisterSnapshot(snap);
+
 	if (left)
 	{
 		/* at commit they wait again, below the floor a worker may have raised */
@@ -1340,32 +1368,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	if (new_floor && nids > 0)
 		floor_check(spec->queue, floor, new_floor);
 
-	n = mark_claimed(spec, ids, nids, now, q->handler_limits, caller_cxt, jobs);
-
-	/* what it took stays reserved to its commit; other claims may go on */
-	{
-		int			nkeys = 0;
-		AtomizerLimitKind *kinds = palloc(sizeof(AtomizerLimitKind) * (nparts + nh + 1));
-		char	  **keys = palloc(sizeof(char *) * (nparts + nh + 1));
-		int		   *counts = palloc(sizeof(int) * (nparts + nh + 1));
-
-		for (int p = 0; rate && p < nparts; p++)
-		{
-			kinds[nkeys] = ATOMIZER_LIMIT_RATE;
-			keys[nkeys] = parts[p];
-			counts[nkeys++] = started[p];
-		}
-		for (int h = 0; h < nh; h++)
-		{
-			kinds[nkeys] = ATOMIZER_LIMIT_HANDLER;
-			keys[nkeys] = handlers[h];
-			counts[nkeys++] = took[h];
-		}
-		atomizer_limits_reserve_and_unlock(spec->queue, kinds, keys, counts, nkeys,
-										   noff_total > 0 || nhold > 0);
-	}
-	UnregisterSnapshot(snap);
-	return n;
+	return mark_claimed(spec, ids, nids, now, q->handler_limits, caller_cxt, jobs);
 }
 
 /*
