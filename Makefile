@@ -29,6 +29,7 @@ OBJS = \
 	src/subxact.o \
 	src/jobstore.o \
 	src/stats.o \
+	src/rollup.o \
 	src/wait.o \
 	src/visibility.o
 

@@ -1191,6 +1191,152 @@ COMMENT ON COLUMN atomizer.queue.on_failure IS
 COMMENT ON COLUMN atomizer.queue.on_dead IS
 	'A function f(job jsonb) run when a job ends dead, in the transaction that records it; its error is logged and recorded in job_errors only.';
 
+/* ---- Dashboard rollups and gauges (issue 13) ---- */
+
+/*
+ * What the dashboard's overview and /metrics read, so that a refresh costs
+ * O(queues), never a count of the job tables (src/rollup.c, src/stats.c):
+ *
+ * - atomizer.stats_minute: once a minute the scheduler writes what the
+ *   shared counters added, per queue (jobs succeeded, attempts failed, jobs
+ *   dead and cancelled, the wait and run histograms: ATOMIZER_STATS_BUCKETS
+ *   counts each, not cumulative, with the bounds of atomizer.metrics' le
+ *   labels, and their sums in seconds), one row per queue and minute with
+ *   activity, kept 8 days.  The minute not yet written is in shared memory,
+ *   atomizer._stats_unflushed(), and lost if the server crashes;
+ * - atomizer._gauges(): the scheduler's last sample of the unfinished jobs
+ *   per queue and state (every second at most, and at most 2% of its time).
+ *
+ * Both count every role's jobs: only roles that may read atomizer.metrics
+ * (atomizer_admin, atomizer_worker, pg_monitor) see them; others get no rows.
+ */
+CREATE FUNCTION atomizer._metrics_visible()
+RETURNS boolean
+LANGUAGE C STABLE
+AS 'MODULE_PATHNAME', 'atomizer_metrics_visible';
+
+COMMENT ON FUNCTION atomizer._metrics_visible() IS
+	'Whether you may read atomizer''s shared figures (atomizer.metrics, atomizer.stats_minute): members of atomizer_admin, atomizer_worker and pg_monitor.';
+
+CREATE TABLE atomizer.stats_minute (
+	minute			timestamptz NOT NULL,
+	queue			text NOT NULL,
+	succeeded		bigint NOT NULL,
+	failed			bigint NOT NULL,
+	dead			bigint NOT NULL,
+	cancelled		bigint NOT NULL,
+	wait_buckets	bigint[] NOT NULL,
+	wait_sum		double precision NOT NULL,
+	run_buckets		bigint[] NOT NULL,
+	run_sum			double precision NOT NULL,
+	PRIMARY KEY (minute, queue)
+);
+
+COMMENT ON TABLE atomizer.stats_minute IS
+	'Finished work per queue and minute, written by the scheduler from the shared counters and kept 8 days (members of atomizer_admin, atomizer_worker and pg_monitor see the rows).';
+
+REVOKE ALL ON atomizer.stats_minute FROM PUBLIC;
+GRANT SELECT ON atomizer.stats_minute TO PUBLIC;
+ALTER TABLE atomizer.stats_minute ENABLE ROW LEVEL SECURITY;
+CREATE POLICY metrics_readers ON atomizer.stats_minute FOR SELECT
+	USING ((SELECT atomizer._metrics_visible()));
+
+CREATE FUNCTION atomizer._gauges(
+	OUT queue text, OUT scheduled bigint, OUT available bigint,
+	OUT running bigint, OUT retrying bigint,
+	OUT oldest_available timestamptz, OUT sampled_at timestamptz)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'atomizer_gauges';
+
+COMMENT ON FUNCTION atomizer._gauges() IS
+	'The scheduler''s last sample of every role''s unfinished jobs per queue and state (no rows for roles that may not read atomizer.metrics).';
+
+CREATE FUNCTION atomizer._stats_unflushed(
+	OUT queue text, OUT succeeded bigint, OUT failed bigint, OUT dead bigint,
+	OUT cancelled bigint, OUT wait_buckets bigint[],
+	OUT wait_sum double precision, OUT run_buckets bigint[],
+	OUT run_sum double precision)
+RETURNS SETOF record
+LANGUAGE C VOLATILE
+AS 'MODULE_PATHNAME', 'atomizer_stats_unflushed';
+
+COMMENT ON FUNCTION atomizer._stats_unflushed() IS
+	'What finished since the scheduler''s last rollup into atomizer.stats_minute, per queue (no rows for roles that may not read atomizer.metrics).';
+
+CREATE FUNCTION atomizer._bucket_add(a bigint[], b bigint[])
+RETURNS bigint[]
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'atomizer_bucket_add';
+
+COMMENT ON FUNCTION atomizer._bucket_add(bigint[], bigint[]) IS
+	'Two histograms of atomizer.stats_minute added bucket by bucket.';
+
+CREATE AGGREGATE atomizer._sum_buckets(bigint[]) (
+	SFUNC = atomizer._bucket_add,
+	STYPE = bigint[],
+	PARALLEL = SAFE
+);
+
+COMMENT ON AGGREGATE atomizer._sum_buckets(bigint[]) IS
+	'The histograms of atomizer.stats_minute rows added bucket by bucket.';
+
+CREATE FUNCTION atomizer._histogram_quantile(buckets bigint[], q double precision)
+RETURNS double precision
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'atomizer_histogram_quantile';
+
+COMMENT ON FUNCTION atomizer._histogram_quantile(bigint[], double precision) IS
+	'The q-quantile (0 to 1) in seconds of a wait or run histogram of atomizer.stats_minute, estimated as Prometheus'' histogram_quantile() does.';
+
+/*
+ * atomizer.metrics gains the sampled gauges: atomizer_jobs{queue,state} for
+ * the unfinished states and atomizer_oldest_available_seconds{queue}.
+ */
+CREATE OR REPLACE VIEW atomizer.metrics WITH (security_invoker = true) AS
+SELECT m.metric AS name,
+	   pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+		   'queue', m.queue, 'outcome', m.outcome, 'le', m.le)) AS labels,
+	   m.value
+  FROM atomizer._metrics() m
+UNION ALL
+SELECT 'atomizer_workers',
+	   pg_catalog.jsonb_build_object('queue', w.queue, 'state', w.state),
+	   pg_catalog.count(*)::double precision
+  FROM atomizer._workers() w
+  JOIN pg_catalog.pg_database d ON d.oid = w.database
+ WHERE d.datname = pg_catalog.current_database()
+ GROUP BY w.queue, w.state
+UNION ALL
+SELECT 'atomizer_cron_fires_total', pg_catalog.jsonb_build_object('queue', s.queue),
+	   pg_catalog.sum(s.fires)::double precision
+  FROM atomizer.schedule s GROUP BY s.queue
+UNION ALL
+SELECT 'atomizer_cron_skips_total', pg_catalog.jsonb_build_object('queue', s.queue),
+	   pg_catalog.sum(s.skipped)::double precision
+  FROM atomizer.schedule s GROUP BY s.queue
+UNION ALL
+SELECT 'atomizer_jobs',
+	   pg_catalog.jsonb_build_object('queue', q.name, 'state', x.state),
+	   COALESCE(x.n, 0)::double precision
+  FROM atomizer.queue q
+  LEFT JOIN atomizer._gauges() g ON g.queue = q.name
+ CROSS JOIN LATERAL (VALUES ('scheduled', g.scheduled), ('available', g.available),
+							('running', g.running), ('retrying', g.retrying)) x(state, n)
+UNION ALL
+SELECT 'atomizer_oldest_available_seconds',
+	   pg_catalog.jsonb_build_object('queue', q.name),
+	   COALESCE(pg_catalog.date_part('epoch', pg_catalog.now() - g.oldest_available), 0)::double precision
+  FROM atomizer.queue q
+  LEFT JOIN atomizer._gauges() g ON g.queue = q.name;
+
+COMMENT ON VIEW atomizer.metrics IS
+	'Prometheus-style figures: finished jobs per queue and outcome and the wait and run time histograms since the server started, unfinished jobs per queue and state and the oldest available job''s age (sampled by the scheduler), workers, cron fires and skips (atomizer_admin, atomizer_worker, pg_monitor).';
+
+/* the schedules page's recent fires of a schedule, without a history scan */
+CREATE INDEX job_history_schedule_idx ON atomizer.job_history (schedule_id, id)
+	WHERE schedule_id IS NOT NULL;
+
 /*
  * Last: the schedulers of a server running the 0.2.0 library leave a
  * database with the 0.1.0 objects alone; wake the launcher at commit so that

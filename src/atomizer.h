@@ -381,6 +381,56 @@ extern void atomizer_stats_shmem_init(void);
 extern void atomizer_stats_note(const char *queue, AtomizerOutcomeKind kind,
 								int64 wait_us, int64 run_us);
 
+/* buckets of the wait and run histograms (the last is +Inf) */
+#define ATOMIZER_STATS_BUCKETS	15
+
+/* counts of finished work of one queue */
+typedef struct AtomizerStatsCounts
+{
+	uint64		outcome[ATOMIZER_OUTCOMES];
+	uint64		wait[ATOMIZER_STATS_BUCKETS];
+	uint64		wait_sum_us;
+	uint64		run[ATOMIZER_STATS_BUCKETS];
+	uint64		run_sum_us;
+} AtomizerStatsCounts;
+
+/* the sampled states of unfinished jobs (the order of atomizer._gauges()) */
+typedef enum AtomizerGauge
+{
+	ATOMIZER_GAUGE_SCHEDULED,
+	ATOMIZER_GAUGE_AVAILABLE,
+	ATOMIZER_GAUGE_RUNNING,
+	ATOMIZER_GAUGE_RETRYING
+} AtomizerGauge;
+
+#define ATOMIZER_GAUGES	4
+
+/* one queue's unfinished jobs, as the scheduler samples them */
+typedef struct AtomizerGaugeSample
+{
+	char		queue[NAMEDATALEN];
+	int64		n[ATOMIZER_GAUGES];
+	TimestampTz oldest_available;	/* 0: none due */
+} AtomizerGaugeSample;
+
+/* what a rollup writes: a queue's counts since the last rollup */
+typedef struct AtomizerStatsDelta
+{
+	char		queue[NAMEDATALEN];
+	AtomizerStatsCounts counts;
+} AtomizerStatsDelta;
+
+extern void atomizer_stats_set_gauges(const AtomizerGaugeSample *samples, int n,
+									  TimestampTz sampled_at);
+extern int	atomizer_stats_take_unflushed(AtomizerStatsDelta **deltas);
+extern void atomizer_stats_mark_flushed(void);
+extern bool atomizer_may_read_metrics(Oid roleid);
+extern double atomizer_stats_bucket_le(int b);
+
+/* rollup.c: the scheduler's per-minute rollups and state samples */
+extern void atomizer_rollup_flush(TimestampTz minute);
+extern void atomizer_sample_gauges(void);
+
 /* wait.c */
 extern Size atomizer_wait_shmem_size(void);
 extern void atomizer_wait_shmem_init(void);
@@ -497,6 +547,7 @@ extern int	atomizer_store_expired_leases(AtomizerJob **jobs, char ***reasons,
 										  TimestampTz *next_end);
 extern int	atomizer_store_running_internal(AtomizerJob **jobs, char ***workers);
 extern int64 atomizer_store_count_running(const char *worker);
+extern int	atomizer_store_sample_unfinished(AtomizerGaugeSample **samples);
 struct ReturnSetInfo;
 extern void atomizer_store_external_queue_counts(struct ReturnSetInfo *rsinfo);
 

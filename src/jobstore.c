@@ -2662,6 +2662,55 @@ atomizer_store_count_running(const char *worker)
 }
 
 /*
+ * atomizer_store_sample_unfinished
+ *		Every role's unfinished jobs per queue and state, and the run_at of
+ *		each queue's oldest due job: the scheduler's sample for the
+ *		dashboard's gauges (rollup.c).  One scan of the hot table, which
+ *		holds unfinished jobs only: the history is never counted.  The
+ *		states are those of atomizer.jobs.  Returns how many queues have
+ *		unfinished jobs; *samples is palloc'd.
+ */
+int
+atomizer_store_sample_unfinished(AtomizerGaugeSample **samples)
+{
+	static SPIPlanPtr plan = NULL;
+	MemoryContext cxt = CurrentMemoryContext;	/* outlives SPI's */
+	StoreCall	call;
+	int			n;
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+					 "SELECT queue,"
+					 " count(*) FILTER (WHERE state = 'available' AND run_at > now() AND attempt = 0),"
+					 " count(*) FILTER (WHERE state = 'available' AND run_at <= now()),"
+					 " count(*) FILTER (WHERE state = 'running'),"
+					 " count(*) FILTER (WHERE state = 'available' AND run_at > now() AND attempt > 0),"
+					 " min(run_at) FILTER (WHERE state = 'available' AND run_at <= now())"
+					 " FROM atomizer.job GROUP BY queue", 0, NULL);
+	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not count unfinished jobs");
+	n = (int) SPI_processed;
+	*samples = MemoryContextAllocZero(cxt, sizeof(AtomizerGaugeSample) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		AtomizerGaugeSample *sample = &(*samples)[i];
+		bool		isnull;
+		Datum		d;
+
+		d = SPI_getbinval(tup, desc, 1, &isnull);
+		text_to_cstring_buffer(DatumGetTextPP(d), sample->queue, NAMEDATALEN);
+		for (int g = 0; g < ATOMIZER_GAUGES; g++)
+			sample->n[g] = DatumGetInt64(SPI_getbinval(tup, desc, 2 + g, &isnull));
+		d = SPI_getbinval(tup, desc, 6, &isnull);
+		sample->oldest_available = isnull ? 0 : DatumGetTimestampTz(d);
+	}
+	store_end(&call);
+	return n;
+}
+
+/*
  * atomizer_store_external_queue_counts
  *		Every role's jobs per state, and the oldest available one's run_at,
  *		of each external queue, into rsinfo's tuplestore (columns: queue,

@@ -20,6 +20,8 @@
  *	  - prunes finished jobs older than their queue's retention (dead jobs
  *		stay until retried or purged);
  *	  - notifies the listeners of external queues and expires their leases;
+	  - once a minute writes the counters' rollup, and at most once a second
+		samples the unfinished jobs' states for the dashboard (rollup.c);
  *
  *	  each of these duties in a transaction of its own (run_duty), so that
  *	  one that fails is logged and retried with backoff while the others go
@@ -70,6 +72,9 @@
 #define MIN_PASS_MS			5
 /* After a worker exits on an error, no new worker before this. */
 #define WORKER_FAILURE_PAUSE_MS	5000
+/* State samples: at most once a second, at most 2% of the time. */
+#define SAMPLE_MIN_MS		1000
+#define SAMPLE_COST_FACTOR	50
 
 typedef struct WorkerHandle
 {
@@ -623,6 +628,8 @@ typedef enum SchedulerDutyId
 	DUTY_LEASES,
 	DUTY_WORKERS,
 	DUTY_PRUNE,
+	DUTY_ROLLUP,
+	DUTY_GAUGES,
 	NUM_DUTIES
 } SchedulerDutyId;
 
@@ -640,6 +647,8 @@ static SchedulerDuty duties[NUM_DUTIES] = {
 	[DUTY_LEASES] = {"lease expiry"},
 	[DUTY_WORKERS] = {"worker starts"},
 	[DUTY_PRUNE] = {"pruning"},
+	[DUTY_ROLLUP] = {"stats rollup"},
+	[DUTY_GAUGES] = {"state sampling"},
 };
 
 #define DUTY_BACKOFF_MIN_MS	1000
@@ -786,6 +795,72 @@ static void
 duty_prune(void *arg)
 {
 	prune();
+}
+
+static void
+duty_rollup(void *arg)
+{
+	atomizer_rollup_flush(*(TimestampTz *) arg);
+}
+
+static void
+duty_gauges(void *arg)
+{
+	atomizer_sample_gauges();
+}
+
+/*
+ * run_rollup
+ *		Once a minute (when the wall clock's minute changed since the last
+ *		rollup), write the counters' increase into atomizer.stats_minute,
+ *		under the minute it was counted in (the previous one, or the
+ *		current one at the first rollup of this scheduler).  Only a rollup
+ *		that committed marks the counters flushed.
+ */
+static void
+run_rollup(const char *dbname, PassState *ps)
+{
+	static TimestampTz last_minute = 0;
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz minute = now - now % USECS_PER_MINUTE;
+
+	if (minute != last_minute)
+	{
+		TimestampTz label = last_minute == 0 ? minute :
+			Max(last_minute, minute - USECS_PER_MINUTE);
+
+		if (run_duty(DUTY_ROLLUP, dbname, duty_rollup, &label))
+		{
+			atomizer_stats_mark_flushed();
+			last_minute = minute;
+		}
+	}
+	sleep_until(ps, minute + USECS_PER_MINUTE);
+}
+
+/*
+ * run_sampling
+ *		Sample the unfinished jobs' states when due: at most once a
+ *		SAMPLE_MIN_MS, and never sooner than SAMPLE_COST_FACTOR times the
+ *		last sample's duration after it (sampling a huge backlog costs the
+ *		scheduler at most 1/SAMPLE_COST_FACTOR of its time).
+ */
+static void
+run_sampling(const char *dbname, PassState *ps)
+{
+	static TimestampTz next_sample = 0;
+	TimestampTz start = GetCurrentTimestamp();
+
+	if (start >= next_sample)
+	{
+		long		took_us;
+
+		(void) run_duty(DUTY_GAUGES, dbname, duty_gauges, NULL);
+		took_us = (long) (GetCurrentTimestamp() - start);
+		next_sample = start + Max((int64) SAMPLE_MIN_MS * 1000,
+								  (int64) took_us * SAMPLE_COST_FACTOR);
+	}
+	sleep_until(ps, next_sample);
 }
 
 /*
@@ -982,6 +1057,8 @@ atomizer_scheduler_main(Datum arg)
 			if (run_duty(DUTY_PRUNE, dbname, duty_prune, &ps))
 				last_prune = now;
 		}
+		run_rollup(dbname, &ps);
+		run_sampling(dbname, &ps);
 		orphans_again = ps.orphans_again;
 		sleep_ms = duty_pause_ms(ps.sleep_ms);
 

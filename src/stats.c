@@ -30,16 +30,23 @@
 #include "miscadmin.h"
 #include "storage/shmem.h"
 #include "storage/spin.h"
+#include "catalog/pg_type.h"
 #include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/float.h"
+#include "utils/timestamp.h"
 #include "utils/builtins.h"
 #include "utils/tuplestore.h"
 
 #include "atomizer.h"
 
 PG_FUNCTION_INFO_V1(atomizer_metrics);
+PG_FUNCTION_INFO_V1(atomizer_gauges);
+PG_FUNCTION_INFO_V1(atomizer_stats_unflushed);
+PG_FUNCTION_INFO_V1(atomizer_metrics_visible);
 
 #define STATS_SLOTS		512
-#define NBUCKETS		15
+#define NBUCKETS		ATOMIZER_STATS_BUCKETS
 
 /* Upper bounds of the histograms' buckets, in seconds; the last is +Inf. */
 static const double bucket_le[NBUCKETS - 1] = {
@@ -50,21 +57,18 @@ static const char *const outcome_names[ATOMIZER_OUTCOMES] = {
 	"succeeded", "failed", "dead", "cancelled"
 };
 
-typedef struct StatsCounts
-{
-	uint64		outcome[ATOMIZER_OUTCOMES];
-	uint64		wait[NBUCKETS];
-	uint64		wait_sum_us;
-	uint64		run[NBUCKETS];
-	uint64		run_sum_us;
-} StatsCounts;
+typedef AtomizerStatsCounts StatsCounts;
 
 typedef struct StatsSlot
 {
-	slock_t		mutex;			/* guards counts */
+	slock_t		mutex;			/* guards the fields below queue */
 	Oid			dboid;			/* InvalidOid: free; set once, then fixed */
 	char		queue[NAMEDATALEN];
 	StatsCounts counts;
+	StatsCounts flushed;		/* the part of counts the rollups hold */
+	int64		gauge[ATOMIZER_GAUGES]; /* unfinished jobs, last sample */
+	TimestampTz oldest_available;	/* of the last sample; 0: none due */
+	TimestampTz sampled_at;		/* 0: never sampled */
 } StatsSlot;
 
 typedef struct StatsShared
@@ -88,6 +92,10 @@ typedef struct StatsNote
 static StatsNote notes[MAX_NOTES];
 static int	nnotes = 0;
 static bool callbacks_registered = false;
+
+/* The scheduler's rollup in progress: what it took, per slot. */
+static StatsCounts taken[STATS_SLOTS];
+static bool taken_set[STATS_SLOTS];
 
 /*
  * atomizer_stats_shmem_size / atomizer_stats_shmem_init
@@ -307,11 +315,12 @@ atomizer_stats_note(const char *queue, AtomizerOutcomeKind kind,
 }
 
 /*
- * may_read_metrics
- *		Superusers, atomizer_admin, atomizer_worker and pg_monitor.
+ * atomizer_may_read_metrics
+ *		Superusers, atomizer_admin, atomizer_worker and pg_monitor: the
+ *		shared figures count every role's jobs.
  */
-static bool
-may_read_metrics(Oid roleid)
+bool
+atomizer_may_read_metrics(Oid roleid)
 {
 	Oid			worker = get_role_oid("atomizer_worker", true);
 
@@ -361,6 +370,22 @@ put_histogram(ReturnSetInfo *rsinfo, const char *name, const char *queue,
 }
 
 /*
+ * check_may_read
+ *		ERROR unless the caller may read the shared figures.
+ */
+static void
+check_may_read(void)
+{
+	if (!atomizer_may_read_metrics(GetUserId()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to read atomizer's metrics"),
+				 errdetail("The metrics count every role's jobs: members of atomizer_admin, atomizer_worker and pg_monitor may read them."),
+				 errhint("GRANT pg_monitor TO %s;",
+						 quote_identifier(atomizer_role_name(GetUserId())))));
+}
+
+/*
  * atomizer._metrics() RETURNS TABLE (metric text, queue text, outcome text,
  *		le text, value double precision)
  *		The counters of this database's queues, in Prometheus' names:
@@ -373,13 +398,7 @@ atomizer_metrics(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 
-	if (!may_read_metrics(GetUserId()))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied to read atomizer's metrics"),
-				 errdetail("The metrics count every role's jobs: members of atomizer_admin, atomizer_worker and pg_monitor may read them."),
-				 errhint("GRANT pg_monitor TO %s;",
-						 quote_identifier(atomizer_role_name(GetUserId())))));
+	check_may_read();
 	InitMaterializedSRF(fcinfo, 0);
 	if (stats == NULL)
 		return (Datum) 0;
@@ -407,4 +426,263 @@ atomizer_metrics(PG_FUNCTION_ARGS)
 					  c.run_sum_us);
 	}
 	return (Datum) 0;
+}
+
+/* ------------------------------------------------------------------------
+ * State samples and rollups (the scheduler writes them: rollup.c)
+ * ------------------------------------------------------------------------ */
+
+/*
+ * atomizer_stats_set_gauges
+ *		The scheduler's sample of this database's unfinished jobs: n
+ *		queues' counts; every other queue of the database has none.
+ */
+void
+atomizer_stats_set_gauges(const AtomizerGaugeSample *samples, int n,
+						  TimestampTz sampled_at)
+{
+	if (stats == NULL)
+		return;
+	for (int i = 0; i < STATS_SLOTS; i++)
+	{
+		StatsSlot  *slot = &stats->slots[i];
+		const AtomizerGaugeSample *sample = NULL;
+
+		if (slot->dboid != MyDatabaseId)
+			continue;
+		pg_read_barrier();
+		for (int k = 0; k < n; k++)
+			if (strcmp(samples[k].queue, slot->queue) == 0)
+				sample = &samples[k];
+		SpinLockAcquire(&slot->mutex);
+		for (int g = 0; g < ATOMIZER_GAUGES; g++)
+			slot->gauge[g] = sample ? sample->n[g] : 0;
+		slot->oldest_available = sample ? sample->oldest_available : 0;
+		slot->sampled_at = sampled_at;
+		SpinLockRelease(&slot->mutex);
+	}
+	/* queues counted for the first time take a slot */
+	for (int k = 0; k < n; k++)
+	{
+		StatsSlot  *slot = stats_slot(MyDatabaseId, samples[k].queue);
+
+		if (slot == NULL)
+			continue;
+		SpinLockAcquire(&slot->mutex);
+		if (slot->sampled_at != sampled_at)
+		{
+			memcpy(slot->gauge, samples[k].n, sizeof(slot->gauge));
+			slot->oldest_available = samples[k].oldest_available;
+			slot->sampled_at = sampled_at;
+		}
+		SpinLockRelease(&slot->mutex);
+	}
+}
+
+static bool
+counts_differ(const StatsCounts *a, const StatsCounts *b)
+{
+	return memcmp(a, b, sizeof(StatsCounts)) != 0;
+}
+
+static void
+sub_counts(StatsCounts *to, const StatsCounts *a, const StatsCounts *b)
+{
+	for (int i = 0; i < ATOMIZER_OUTCOMES; i++)
+		to->outcome[i] = a->outcome[i] - b->outcome[i];
+	for (int k = 0; k < NBUCKETS; k++)
+	{
+		to->wait[k] = a->wait[k] - b->wait[k];
+		to->run[k] = a->run[k] - b->run[k];
+	}
+	to->wait_sum_us = a->wait_sum_us - b->wait_sum_us;
+	to->run_sum_us = a->run_sum_us - b->run_sum_us;
+}
+
+/*
+ * atomizer_stats_take_unflushed
+ *		For the rollup: each queue of this database whose counters moved
+ *		since the last rollup, with what they added (palloc'd; the count is
+ *		returned).  What was taken becomes "flushed" only when the rollup
+ *		committed (atomizer_stats_mark_flushed); a rollup that failed takes
+ *		the same again, and more, next time.
+ */
+int
+atomizer_stats_take_unflushed(AtomizerStatsDelta **deltas)
+{
+	int			n = 0;
+
+	*deltas = palloc(sizeof(AtomizerStatsDelta) * STATS_SLOTS);
+	memset(taken_set, 0, sizeof(taken_set));
+	if (stats == NULL)
+		return 0;
+	for (int i = 0; i < STATS_SLOTS; i++)
+	{
+		StatsSlot  *slot = &stats->slots[i];
+		StatsCounts c;
+		StatsCounts f;
+
+		if (slot->dboid != MyDatabaseId)
+			continue;
+		pg_read_barrier();
+		SpinLockAcquire(&slot->mutex);
+		c = slot->counts;
+		f = slot->flushed;
+		SpinLockRelease(&slot->mutex);
+		if (!counts_differ(&c, &f))
+			continue;
+		taken[i] = c;
+		taken_set[i] = true;
+		strlcpy((*deltas)[n].queue, slot->queue, NAMEDATALEN);
+		sub_counts(&(*deltas)[n].counts, &c, &f);
+		n++;
+	}
+	return n;
+}
+
+/*
+ * atomizer_stats_mark_flushed
+ *		The rollup committed: what it took is in the table now.
+ */
+void
+atomizer_stats_mark_flushed(void)
+{
+	if (stats == NULL)
+		return;
+	for (int i = 0; i < STATS_SLOTS; i++)
+	{
+		if (!taken_set[i])
+			continue;
+		SpinLockAcquire(&stats->slots[i].mutex);
+		stats->slots[i].flushed = taken[i];
+		SpinLockRelease(&stats->slots[i].mutex);
+		taken_set[i] = false;
+	}
+}
+
+/* A histogram's buckets as a bigint[] (not cumulative). */
+static Datum
+buckets_array(const uint64 *buckets)
+{
+	Datum		d[NBUCKETS];
+
+	for (int b = 0; b < NBUCKETS; b++)
+		d[b] = Int64GetDatum((int64) buckets[b]);
+	return PointerGetDatum(construct_array(d, NBUCKETS, INT8OID, sizeof(int64),
+										   FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+}
+
+/*
+ * atomizer._gauges() RETURNS TABLE (queue text, scheduled bigint,
+ *		available bigint, running bigint, retrying bigint,
+ *		oldest_available timestamptz, sampled_at timestamptz)
+ *		The scheduler's last sample of this database's unfinished jobs, per
+ *		queue (every role's: no rows for those who may not read the
+ *		metrics).
+ */
+Datum
+atomizer_gauges(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (stats == NULL || !atomizer_may_read_metrics(GetUserId()))
+		return (Datum) 0;
+	for (int i = 0; i < STATS_SLOTS; i++)
+	{
+		StatsSlot  *slot = &stats->slots[i];
+		Datum		values[7];
+		bool		nulls[7] = {0};
+		int64		g[ATOMIZER_GAUGES];
+		TimestampTz oldest;
+		TimestampTz at;
+
+		if (slot->dboid != MyDatabaseId)
+			continue;
+		pg_read_barrier();
+		SpinLockAcquire(&slot->mutex);
+		memcpy(g, slot->gauge, sizeof(g));
+		oldest = slot->oldest_available;
+		at = slot->sampled_at;
+		SpinLockRelease(&slot->mutex);
+		if (at == 0)
+			continue;			/* never sampled (no scheduler yet) */
+		values[0] = CStringGetTextDatum(slot->queue);
+		for (int k = 0; k < ATOMIZER_GAUGES; k++)
+			values[1 + k] = Int64GetDatum(g[k]);
+		values[5] = TimestampTzGetDatum(oldest);
+		nulls[5] = (oldest == 0);
+		values[6] = TimestampTzGetDatum(at);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * atomizer._stats_unflushed() RETURNS TABLE (queue text, succeeded bigint,
+ *		failed bigint, dead bigint, cancelled bigint, wait_buckets bigint[],
+ *		wait_sum double precision, run_buckets bigint[], run_sum double
+ *		precision)
+ *		What finished since the scheduler's last rollup, per queue: the
+ *		current minute, which atomizer.stats_minute does not hold yet (no
+ *		rows for those who may not read the metrics).
+ */
+Datum
+atomizer_stats_unflushed(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (stats == NULL || !atomizer_may_read_metrics(GetUserId()))
+		return (Datum) 0;
+	for (int i = 0; i < STATS_SLOTS; i++)
+	{
+		StatsSlot  *slot = &stats->slots[i];
+		StatsCounts c;
+		StatsCounts f;
+		StatsCounts d;
+		Datum		values[9];
+		bool		nulls[9] = {0};
+
+		if (slot->dboid != MyDatabaseId)
+			continue;
+		pg_read_barrier();
+		SpinLockAcquire(&slot->mutex);
+		c = slot->counts;
+		f = slot->flushed;
+		SpinLockRelease(&slot->mutex);
+		if (!counts_differ(&c, &f))
+			continue;
+		sub_counts(&d, &c, &f);
+		values[0] = CStringGetTextDatum(slot->queue);
+		for (int k = 0; k < ATOMIZER_OUTCOMES; k++)
+			values[1 + k] = Int64GetDatum((int64) d.outcome[k]);
+		values[5] = buckets_array(d.wait);
+		values[6] = Float8GetDatum((double) d.wait_sum_us / 1000000.0);
+		values[7] = buckets_array(d.run);
+		values[8] = Float8GetDatum((double) d.run_sum_us / 1000000.0);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * atomizer._metrics_visible() RETURNS boolean
+ *		Whether the caller may read the shared figures (the dashboard asks,
+ *		to show a role that may not its own unfinished jobs instead).
+ */
+Datum
+atomizer_metrics_visible(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(stats != NULL && atomizer_may_read_metrics(GetUserId()));
+}
+
+/*
+ * atomizer_stats_bucket_le
+ *		The upper bound of bucket b in seconds; +Inf for the last.
+ */
+double
+atomizer_stats_bucket_le(int b)
+{
+	return b < NBUCKETS - 1 ? bucket_le[b] : get_float8_infinity();
 }
