@@ -24,6 +24,7 @@ OBJS = \
 	src/worker.o \
 	src/dropdb.o \
 	src/cron.o \
+	src/cron_words.o \
 	src/schedule.o \
 	src/external.o \
 	src/subxact.o \

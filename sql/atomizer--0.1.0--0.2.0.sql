@@ -1333,6 +1333,14 @@ SELECT 'atomizer_oldest_available_seconds',
 COMMENT ON VIEW atomizer.metrics IS
 	'Prometheus-style figures: finished jobs per queue and outcome and the wait and run time histograms since the server started, unfinished jobs per queue and state and the oldest available job''s age (sampled by the scheduler), workers, cron fires and skips (atomizer_admin, atomizer_worker, pg_monitor).';
 
+CREATE FUNCTION atomizer.cron_describe(spec text)
+RETURNS text
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'atomizer_cron_describe_sql';
+
+COMMENT ON FUNCTION atomizer.cron_describe(text) IS
+	'A schedule''s spec (cron expression or interval) in plain words, e.g. ''every 5 minutes'' or ''at 03:00 on Monday''; wall-clock times in the schedule''s time zone.';
+
 /* the schedules page's recent fires of a schedule, without a history scan */
 CREATE INDEX job_history_schedule_idx ON atomizer.job_history (schedule_id, id)
 	WHERE schedule_id IS NOT NULL;

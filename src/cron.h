@@ -71,4 +71,7 @@ extern void atomizer_cron_check_fires(const char *spec,
 									  const AtomizerCron *cron,
 									  TimestampTz after, pg_tz *tz);
 
+/* cron_words.c: the parsed spec in plain words, palloc'd */
+extern char *atomizer_cron_describe(const AtomizerCron *cron);
+
 #endif							/* ATOMIZER_CRON_H */

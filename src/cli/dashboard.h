@@ -88,7 +88,7 @@ extern const char *const DASHBOARD_SQL_DEAD_RETRY_BATCH;
 extern const char *const DASHBOARD_SQL_QUEUES;
 extern const char *const DASHBOARD_SQL_PAUSE;
 extern const char *const DASHBOARD_SQL_RESUME;
-extern const char *const DASHBOARD_SQL_CONCURRENCY;
+extern const char *const DASHBOARD_SQL_QUEUE_SETTINGS;
 extern const char *const DASHBOARD_SQL_SCHEDULES;
 extern const char *const DASHBOARD_SQL_RUN_SCHEDULE;
 extern const char *const DASHBOARD_SQL_ENABLE_SCHEDULE;

@@ -531,16 +531,64 @@ api_queue_resume(DashRequest *r)
 	queue_action(r, DASHBOARD_SQL_RESUME);
 }
 
-static void
-api_queue_concurrency(DashRequest *r)
+/*
+ * The queue settings the dashboard edits, in the order of the parameters
+ * $2, $3, ... of DASHBOARD_SQL_QUEUE_SETTINGS; "integer" ones are checked
+ * here, the others parsed by PostgreSQL (a bad one is a 400 with its
+ * message), and alter_queue() checks them all.
+ */
+static const struct
 {
-	const char *v[2];
+	const char *name;
+	bool		integer;
+}			queue_settings[] = {
+	{"concurrency", true},
+	{"max_attempts", true},
+	{"backoff_base", false},
+	{"backoff_cap", false},
+	{"backoff_jitter", false},
+	{"timeout", false},
+	{"retention", false},
+};
 
-	if ((v[0] = required(r, "name")) == NULL ||
-		required(r, "concurrency") == NULL ||
-		!int_param(r, "concurrency", 0, 10000, &v[1]))
+#define NSETTINGS ((int) (sizeof(queue_settings) / sizeof(queue_settings[0])))
+
+/*
+ * POST /api/queue/settings: change any of a queue's settings through
+ * atomizer.alter_queue() (those not given stay); atomizer_admin only, as
+ * from SQL.  /api/queue/concurrency is the same with one setting.
+ */
+static void
+api_queue_settings(DashRequest *r)
+{
+	const char *v[1 + NSETTINGS];
+	int			given = 0;
+
+	if ((v[0] = required(r, "name")) == NULL)
 		return;
-	answer_json(r, DASHBOARD_SQL_CONCURRENCY, 2, v);
+	for (int i = 0; i < NSETTINGS; i++)
+	{
+		if (queue_settings[i].integer)
+		{
+			if (!int_param(r, queue_settings[i].name, INT32_MIN, INT32_MAX, &v[1 + i]))
+				return;
+		}
+		else
+			v[1 + i] = param(r, queue_settings[i].name);
+		if (v[1 + i] != NULL)
+			given++;
+	}
+	if (given == 0)
+	{
+		Buf			list = {0};
+
+		for (int i = 0; i < NSETTINGS; i++)
+			buf_appendf(&list, "%s%s", i ? ", " : "", queue_settings[i].name);
+		dashboard_error(r, 400, "give at least one setting to change: %s", list.data);
+		buf_free(&list);
+		return;
+	}
+	answer_json(r, DASHBOARD_SQL_QUEUE_SETTINGS, 1 + NSETTINGS, v);
 }
 
 static void
@@ -704,6 +752,10 @@ api_metrics(DashRequest *r)
 	metrics_counters(r);
 }
 
+/* the settings of /api/queue/settings (queue_settings[]) */
+#define QUEUE_SETTINGS "concurrency max_attempts backoff_base backoff_cap " \
+	"backoff_jitter timeout retention"
+
 /* the filters of /api/jobs, its count and its bulk actions */
 #define JOB_FILTERS "queue state handler id owner error payload result " \
 	"created_after created_before finished_after finished_before path"
@@ -722,7 +774,8 @@ static const Route routes[] = {
 	{"/api/queues", false, "", api_queues},
 	{"/api/queue/pause", true, "name", api_queue_pause},
 	{"/api/queue/resume", true, "name", api_queue_resume},
-	{"/api/queue/concurrency", true, "name concurrency", api_queue_concurrency},
+	{"/api/queue/concurrency", true, "name concurrency", api_queue_settings},
+	{"/api/queue/settings", true, "name " QUEUE_SETTINGS, api_queue_settings},
 	{"/api/schedules", false, "", api_schedules},
 	{"/api/schedule/run", true, "name", api_schedule_run},
 	{"/api/schedule/enable", true, "name", api_schedule_enable},

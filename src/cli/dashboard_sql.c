@@ -11,11 +11,15 @@
  *	  request is a parameter ($1, $2, ...) of PQexecParams; no SQL text is
  *	  ever built from a request, and no identifier is interpolated.
  *
- *	  Cost: the overview and /metrics read atomizer.queue_stats, which
- *	  counts the job tables (O(jobs)).  They should read running counters
- *	  kept by the extension instead (see the README's Dashboard section,
- *	  "what is left"): only DASHBOARD_SQL_OVERVIEW and DASHBOARD_SQL_METRICS
- *	  change then.
+ *	  Cost: the overview and /metrics cost O(queues), never a count of the
+ *	  job history: the unfinished jobs' states come from the scheduler's
+ *	  sample in shared memory (atomizer._gauges()), what finished from the
+ *	  shared counters (atomizer._metrics(), atomizer._stats_unflushed())
+ *	  and the per-minute rollups (atomizer.stats_minute, at most 1,440
+ *	  rows per queue for a day).  A role that may not read those
+ *	  (atomizer._metrics_visible()) sees counts of its own unfinished jobs,
+ *	  from the hot table atomizer.job only (row-level security), and no
+ *	  finished figures.
  *
  *	  src/cli/dashboard_sql.c
  *
@@ -30,11 +34,113 @@ const char *const DASHBOARD_SQL_WHOAMI =
 "  'database', current_database(),"
 "  'admin', pg_has_role('atomizer_admin', 'USAGE'))";
 
-/* overview: per queue counts per state (today: counted, O(jobs)), workers */
+/*
+ * Per queue: the unfinished jobs per state and the oldest due job's run_at,
+ * from the scheduler's sample for roles that may read the shared figures,
+ * else counted from the role's own rows of the hot table (never the
+ * history).  "vis" says which.  Every queue has a row.
+ */
+#define UNFINISHED_CTE \
+"WITH vis AS (SELECT atomizer._metrics_visible() AS shared)," \
+" unfinished AS (" \
+"  SELECT q.name AS queue, coalesce(g.scheduled, 0) AS scheduled," \
+"         coalesce(g.available, 0) AS available, coalesce(g.running, 0) AS running," \
+"         coalesce(g.retrying, 0) AS retrying, g.oldest_available, g.sampled_at" \
+"    FROM atomizer.queue q LEFT JOIN atomizer._gauges() g ON g.queue = q.name" \
+"   WHERE (SELECT shared FROM vis)" \
+"  UNION ALL" \
+"  SELECT q.name," \
+"         count(j.id) FILTER (WHERE j.state = 'available' AND j.run_at > now() AND j.attempt = 0)," \
+"         count(j.id) FILTER (WHERE j.state = 'available' AND j.run_at <= now())," \
+"         count(j.id) FILTER (WHERE j.state = 'running')," \
+"         count(j.id) FILTER (WHERE j.state = 'available' AND j.run_at > now() AND j.attempt > 0)," \
+"         min(j.run_at) FILTER (WHERE j.state = 'available' AND j.run_at <= now()), now()" \
+"    FROM atomizer.queue q LEFT JOIN atomizer.job j ON j.queue = q.name" \
+"   WHERE NOT (SELECT shared FROM vis)" \
+"   GROUP BY q.name)"
+
+/*
+ * The overview, per queue: the unfinished jobs per state (UNFINISHED_CTE);
+ * what finished since the server started (the counters), in the last hour
+ * and the last day (the rollups plus the minute not yet written):
+ * outcomes, throughput per minute, the failure rate (failed and dead
+ * attempts over all finished attempts), and the wait and run time
+ * p50/p95/p99 from the histograms' buckets; busy and idle workers.
+ */
+#define WINDOW_FIGURES(w) \
+"json_build_object(" \
+"  'succeeded', " w ".succeeded, 'failed', " w ".failed, 'dead', " w ".dead," \
+"  'cancelled', " w ".cancelled," \
+"  'per_minute', round(" w ".succeeded / " w ".minutes, 3)," \
+"  'failure_rate', round((" w ".failed + " w ".dead)::numeric" \
+"                  / nullif(" w ".succeeded + " w ".failed + " w ".dead, 0), 4)," \
+"  'wait_p50', atomizer._histogram_quantile(" w ".wait, 0.5)," \
+"  'wait_p95', atomizer._histogram_quantile(" w ".wait, 0.95)," \
+"  'wait_p99', atomizer._histogram_quantile(" w ".wait, 0.99)," \
+"  'run_p50', atomizer._histogram_quantile(" w ".run, 0.5)," \
+"  'run_p95', atomizer._histogram_quantile(" w ".run, 0.95)," \
+"  'run_p99', atomizer._histogram_quantile(" w ".run, 0.99))"
+
 const char *const DASHBOARD_SQL_OVERVIEW =
+UNFINISHED_CTE ","
+" recent AS ("
+"  SELECT queue, minute, succeeded, failed, dead, cancelled, wait_buckets, run_buckets"
+"    FROM atomizer.stats_minute WHERE minute > now() - interval '1 day'"
+"  UNION ALL"
+"  SELECT queue, now(), succeeded, failed, dead, cancelled, wait_buckets, run_buckets"
+"    FROM atomizer._stats_unflushed()),"
+" win AS ("
+"  SELECT r.queue, w.name, w.minutes,"
+"         sum(r.succeeded) AS succeeded, sum(r.failed) AS failed,"
+"         sum(r.dead) AS dead, sum(r.cancelled) AS cancelled,"
+"         atomizer._sum_buckets(r.wait_buckets) AS wait,"
+"         atomizer._sum_buckets(r.run_buckets) AS run"
+"    FROM recent r"
+"    JOIN (VALUES ('hour', 60, interval '1 hour'), ('day', 1440, interval '1 day'))"
+"         w(name, minutes, len) ON r.minute > now() - w.len"
+"   GROUP BY 1, 2, 3),"
+" total AS ("
+"  SELECT m.queue,"
+"         sum(m.value) FILTER (WHERE m.outcome = 'succeeded')::bigint AS succeeded,"
+"         sum(m.value) FILTER (WHERE m.outcome = 'failed')::bigint AS failed,"
+"         sum(m.value) FILTER (WHERE m.outcome = 'dead')::bigint AS dead,"
+"         sum(m.value) FILTER (WHERE m.outcome = 'cancelled')::bigint AS cancelled"
+"    FROM atomizer._metrics() m"
+"   WHERE (SELECT shared FROM vis) AND m.metric = 'atomizer_jobs_finished_total'"
+"   GROUP BY m.queue),"
+" procs AS ("
+"  SELECT queue, count(*) FILTER (WHERE state = 'running') AS busy,"
+"         count(*) FILTER (WHERE state <> 'running') AS idle"
+"    FROM atomizer.workers WHERE database = current_database() GROUP BY queue)"
 "SELECT json_build_object("
-"  'queues', (SELECT coalesce(json_agg(s ORDER BY s.queue), '[]')"
-"               FROM atomizer.queue_stats s),"
+"  'shared', (SELECT shared FROM vis),"
+"  'queues', (SELECT coalesce(json_agg(json_build_object("
+"                'queue', q.name, 'paused', q.paused, 'external', q.external,"
+"                'concurrency', q.concurrency,"
+"                'scheduled', u.scheduled, 'available', u.available,"
+"                'running', u.running, 'retrying', u.retrying,"
+"                'oldest_available', u.oldest_available, 'sampled_at', u.sampled_at,"
+"                'total', CASE WHEN (SELECT shared FROM vis) THEN json_build_object("
+"                   'succeeded', coalesce(t.succeeded, 0), 'failed', coalesce(t.failed, 0),"
+"                   'dead', coalesce(t.dead, 0), 'cancelled', coalesce(t.cancelled, 0)) END,"
+"                'hour', CASE WHEN (SELECT shared FROM vis) THEN " WINDOW_FIGURES("h") " END,"
+"                'day', CASE WHEN (SELECT shared FROM vis) THEN " WINDOW_FIGURES("d") " END,"
+"                'workers_busy', coalesce(p.busy, 0), 'workers_idle', coalesce(p.idle, 0))"
+"              ORDER BY q.name), '[]')"
+"               FROM atomizer.queue q"
+"               JOIN unfinished u ON u.queue = q.name"
+"               LEFT JOIN total t ON t.queue = q.name"
+"               LEFT JOIN (SELECT * FROM win WHERE name = 'hour') h0 ON h0.queue = q.name"
+"               LEFT JOIN LATERAL (SELECT coalesce(h0.succeeded, 0) AS succeeded,"
+"                          coalesce(h0.failed, 0) AS failed, coalesce(h0.dead, 0) AS dead,"
+"                          coalesce(h0.cancelled, 0) AS cancelled, 60 AS minutes,"
+"                          h0.wait, h0.run) h ON true"
+"               LEFT JOIN (SELECT * FROM win WHERE name = 'day') d0 ON d0.queue = q.name"
+"               LEFT JOIN LATERAL (SELECT coalesce(d0.succeeded, 0) AS succeeded,"
+"                          coalesce(d0.failed, 0) AS failed, coalesce(d0.dead, 0) AS dead,"
+"                          coalesce(d0.cancelled, 0) AS cancelled, 1440 AS minutes,"
+"                          d0.wait, d0.run) d ON true"
+"               LEFT JOIN procs p ON p.queue = q.name),"
 "  'workers', (SELECT coalesce(json_agg(json_build_object("
 "                 'queue', w.queue, 'state', w.state, 'count', w.n)"
 "                 ORDER BY w.queue, w.state), '[]')"
@@ -83,7 +189,7 @@ const char *const DASHBOARD_SQL_JOBS =
 "WITH page AS ("
 "  SELECT j.id, j.queue, j.handler, j.state, j.priority, j.run_at,"
 "         j.attempt, j.max_attempts, j.owner, j.created_at, j.started_at,"
-"         j.finished_at, j.last_error, j.payload"
+"         j.finished_at, j.last_error, j.payload, j.tags"
 "    FROM atomizer.jobs j"
 JOBS_FILTER
 "   ORDER BY j.id DESC"
@@ -206,21 +312,42 @@ const char *const DASHBOARD_SQL_QUEUES =
 "  'name', q.name, 'paused', q.paused, 'external', q.external,"
 "  'concurrency', q.concurrency, 'max_attempts', q.max_attempts,"
 "  'backoff_base', q.backoff_base, 'backoff_cap', q.backoff_cap,"
+"  'backoff_jitter', q.backoff_jitter,"
 "  'timeout', q.timeout, 'retention', q.retention) ORDER BY q.name), '[]')"
 "  FROM atomizer.queue q";
 const char *const DASHBOARD_SQL_PAUSE =
 "SELECT json_build_object('ok', true) FROM (SELECT atomizer.pause_queue(name => $1::text)) x";
 const char *const DASHBOARD_SQL_RESUME =
 "SELECT json_build_object('ok', true) FROM (SELECT atomizer.resume_queue(name => $1::text)) x";
-/* $1 queue, $2 concurrency */
-const char *const DASHBOARD_SQL_CONCURRENCY =
-"SELECT json_build_object('ok', true)"
-"  FROM (SELECT atomizer.alter_queue(name => $1::text, concurrency => $2::int)) x";
 
-/* schedules with their next five fire times (atomizer.cron_next, chained) */
+/*
+ * A queue's settings through atomizer.alter_queue(): $1 the queue, then
+ * one parameter per setting, in the order of dashboard_api.c's
+ * queue_settings[] (NULL: unchanged, as alter_queue() takes it).  PostgreSQL
+ * parses each value (a bad interval or number is a 22xxx error: a 400) and
+ * alter_queue() checks it.  A new setting is one line here and one there.
+ */
+const char *const DASHBOARD_SQL_QUEUE_SETTINGS =
+"SELECT json_build_object('ok', true) FROM (SELECT atomizer.alter_queue("
+"  name => $1::text,"
+"  concurrency => $2::int,"
+"  max_attempts => $3::int,"
+"  backoff_base => $4::interval,"
+"  backoff_cap => $5::interval,"
+"  backoff_jitter => $6::float8,"
+"  timeout => $7::interval,"
+"  retention => $8::interval)) x";
+
+/*
+ * Schedules: the spec in plain words (atomizer.cron_describe), the next
+ * five fire times (atomizer.cron_next, chained), and the last five fires
+ * with their outcome (job_schedule_idx and job_history_schedule_idx: five
+ * rows, not a history scan).
+ */
 const char *const DASHBOARD_SQL_SCHEDULES =
 "SELECT coalesce(json_agg(json_build_object("
-"  'name', s.name, 'spec', s.spec, 'tz', s.tz, 'handler', s.handler,"
+"  'name', s.name, 'spec', s.spec, 'in_words', atomizer.cron_describe(s.spec),"
+"  'tz', s.tz, 'handler', s.handler,"
 "  'queue', s.queue, 'owner', s.owner, 'enabled', s.enabled,"
 "  'next_run', s.next_run, 'last_run', s.last_run,"
 "  'last_job_id', s.last_job_id, 'last_outcome', s.last_outcome,"
@@ -230,9 +357,20 @@ const char *const DASHBOARD_SQL_SCHEDULES =
 "                  UNION ALL"
 "                  SELECT n + 1, atomizer.cron_next(s.spec, f.at, s.tz)"
 "                    FROM f WHERE n < 5 AND f.at IS NOT NULL)"
-"                SELECT json_agg(f.at ORDER BY f.n) FROM f)"
+"                SELECT json_agg(f.at ORDER BY f.n) FROM f),"
+"  'recent', (SELECT coalesce(json_agg(json_build_object("
+"                'id', r.id, 'state', r.state, 'created_at', r.created_at,"
+"                'finished_at', r.finished_at, 'last_error', r.last_error)"
+"                ORDER BY r.id DESC), '[]')"
+"               FROM (SELECT id FROM (SELECT j.id FROM atomizer.job j"
+"                                      WHERE j.schedule_id = t.id"
+"                                     UNION ALL"
+"                                     SELECT h.id FROM atomizer.job_history h"
+"                                      WHERE h.schedule_id = t.id) ids"
+"                      ORDER BY id DESC LIMIT 5) f"
+"               JOIN atomizer.jobs r ON r.id = f.id)"
 "  ) ORDER BY s.name, s.owner), '[]')"
-"  FROM atomizer.schedules s";
+"  FROM atomizer.schedules s JOIN atomizer.schedule t ON t.name = s.name";
 const char *const DASHBOARD_SQL_RUN_SCHEDULE =
 "SELECT json_build_object('job_id', atomizer.run_schedule(name => $1::text))";
 const char *const DASHBOARD_SQL_ENABLE_SCHEDULE =
@@ -256,20 +394,20 @@ const char *const DASHBOARD_SQL_WORKERS =
 
 /*
  * /metrics: rows (kind, queue, state, value) turned into the text format
- * by dashboard_api.c.  Today from atomizer.queue_stats (O(jobs)) and
- * atomizer.workers.
+ * by dashboard_api.c: the unfinished jobs per queue and state and the age
+ * of the oldest due job (UNFINISHED_CTE: the scheduler's sample, or the
+ * role's own unfinished jobs), and atomizer's workers.
  */
 const char *const DASHBOARD_SQL_METRICS =
-"SELECT 'jobs', s.queue, x.state, x.n::float8"
-"  FROM atomizer.queue_stats s"
-"  CROSS JOIN LATERAL (VALUES ('scheduled', s.scheduled), ('available', s.available),"
-"                             ('running', s.running), ('retrying', s.retrying),"
-"                             ('succeeded', s.succeeded), ('cancelled', s.cancelled),"
-"                             ('dead', s.dead)) x(state, n)"
+UNFINISHED_CTE
+"SELECT 'jobs', u.queue, x.state, x.n::float8"
+"  FROM unfinished u"
+"  CROSS JOIN LATERAL (VALUES ('scheduled', u.scheduled), ('available', u.available),"
+"                             ('running', u.running), ('retrying', u.retrying)) x(state, n)"
 " UNION ALL "
-"SELECT 'oldest', s.queue, NULL,"
-"       coalesce(extract(epoch FROM now() - s.oldest_available), 0)::float8"
-"  FROM atomizer.queue_stats s"
+"SELECT 'oldest', u.queue, NULL,"
+"       coalesce(extract(epoch FROM now() - u.oldest_available), 0)::float8"
+"  FROM unfinished u"
 " UNION ALL "
 "SELECT 'workers', w.queue, w.state, count(*)::float8"
 "  FROM atomizer.workers w WHERE w.database = current_database()"
@@ -287,7 +425,7 @@ const char *const DASHBOARD_SQL_COUNTERS =
 "       labels->>'queue' AS queue, labels->>'outcome' AS outcome,"
 "       labels->>'le' AS le, value"
 "  FROM atomizer.metrics"
-" WHERE name <> 'atomizer_workers'"
+" WHERE name NOT IN ('atomizer_workers', 'atomizer_jobs', 'atomizer_oldest_available_seconds')"
 " ORDER BY 1, 3,"
 "       CASE WHEN name LIKE '%\\_sum' THEN 1 WHEN name LIKE '%\\_count' THEN 2 ELSE 0 END,"
 "       4, CASE WHEN labels->>'le' = '+Inf' THEN 'infinity'::float8"

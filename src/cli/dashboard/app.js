@@ -84,22 +84,74 @@ function table(columns, rows, cell) {
 			...columns.map(c => el('td', {'data-col': c}, cell ? cell(r, c) : text(r[c])))))));
 }
 
+function tagList(tags) {
+	return el('span', {class: 'tags'}, ...(tags || []).map(t => el('span', {class: 'tag'}, t)));
+}
+
 function jobLink(id) {
 	return el('a', {href: '#/job/' + id}, '#' + id);
 }
 
 const STATES = ['scheduled', 'available', 'running', 'retrying', 'succeeded', 'dead', 'cancelled'];
+const UNFINISHED = ['scheduled', 'available', 'running', 'retrying'];
+
+/* seconds, shortly: 850 ms, 2.5 s, 10 min */
+function secs(v) {
+	if (v === null || v === undefined) return '–';
+	if (v < 1) return Math.round(v * 1000) + ' ms';
+	if (v < 60) return (Math.round(v * 10) / 10) + ' s';
+	if (v < 3600) return (Math.round(v / 6) / 10) + ' min';
+	return (Math.round(v / 360) / 10) + ' h';
+}
+
+function pct(v) {
+	return v === null || v === undefined ? '–' : (Math.round(v * 1000) / 10) + ' %';
+}
+
+/* one window's figures (hour or day) as a cell */
+function windowCell(w, what) {
+	if (!w) return '–';
+	if (what === 'done') return w.succeeded + ' ok · ' + w.failed + ' failed · ' + w.dead + ' dead · ' + w.cancelled + ' cancelled';
+	if (what === 'rate') return w.per_minute + '/min · ' + pct(w.failure_rate) + ' failing';
+	if (what === 'wait') return secs(w.wait_p50) + ' / ' + secs(w.wait_p95) + ' / ' + secs(w.wait_p99);
+	if (what === 'run') return secs(w.run_p50) + ' / ' + secs(w.run_p95) + ' / ' + secs(w.run_p99);
+	return '';
+}
 
 async function pageOverview(main) {
 	const o = await api('/api/overview');
+	const jobsLink = (q, st, n) => n > 0 ? el('a', {href: '#/jobs?queue=' + encodeURIComponent(q) + (st ? '&state=' + st : '')}, text(n)) : text(n);
 	main.append(el('h2', {}, 'Queues'),
-		table(['queue', 'paused', ...STATES], o.queues, (r, c) => {
+		table(['queue', 'paused', ...UNFINISHED, 'oldest waiting', 'workers busy', 'workers idle'], o.queues, (r, c) => {
 			if (c === 'queue') return el('a', {href: '#/jobs?queue=' + encodeURIComponent(r.queue)}, r.queue);
-			if (STATES.includes(c) && r[c] > 0)
-				return el('a', {href: '#/jobs?queue=' + encodeURIComponent(r.queue) + '&state=' + c}, text(r[c]));
+			if (UNFINISHED.includes(c)) return jobsLink(r.queue, c, r[c]);
+			if (c === 'oldest waiting') return r.oldest_available ? secs((Date.parse(o.now) - Date.parse(r.oldest_available)) / 1000) : '–';
+			if (c === 'workers busy') return text(r.workers_busy);
+			if (c === 'workers idle') return text(r.workers_idle);
 			return text(r[c]);
-		}),
-		el('h2', {}, 'Workers'),
+		}));
+	if (o.shared) {
+		main.append(el('h2', {}, 'Finished'),
+			table(['queue', 'since start', 'last hour', 'last day', 'throughput (hour)', 'throughput (day)',
+				'wait p50 / p95 / p99 (hour)', 'run p50 / p95 / p99 (hour)', 'wait p50 / p95 / p99 (day)', 'run p50 / p95 / p99 (day)'],
+			o.queues, (r, c) => {
+				if (c === 'queue') return r.queue;
+				if (c === 'since start') return windowCell(r.total, 'done');
+				if (c === 'last hour') return windowCell(r.hour, 'done');
+				if (c === 'last day') return windowCell(r.day, 'done');
+				if (c === 'throughput (hour)') return windowCell(r.hour, 'rate');
+				if (c === 'throughput (day)') return windowCell(r.day, 'rate');
+				if (c === 'wait p50 / p95 / p99 (hour)') return windowCell(r.hour, 'wait');
+				if (c === 'run p50 / p95 / p99 (hour)') return windowCell(r.hour, 'run');
+				if (c === 'wait p50 / p95 / p99 (day)') return windowCell(r.day, 'wait');
+				if (c === 'run p50 / p95 / p99 (day)') return windowCell(r.day, 'run');
+				return '';
+			}),
+			el('p', {class: 'muted'}, 'Every role\'s jobs: states sampled by the scheduler, finished work from its counters and per-minute rollups.'));
+	} else {
+		main.append(el('p', {class: 'muted', id: 'own-only'}, 'Counts of your own unfinished jobs. Finished figures, and every role\'s jobs, need atomizer_admin, atomizer_worker or pg_monitor.'));
+	}
+	main.append(el('h2', {}, 'Workers'),
 		o.workers.length ? table(['queue', 'state', 'count'], o.workers) : el('p', {}, 'No worker process is running.'),
 		el('p', {class: 'muted'}, 'As of ' + when(o.now)));
 }
@@ -135,8 +187,9 @@ async function pageJobs(main, params) {
 	for (const f of fields.concat(['before'])) q[f] = params.get(f);
 	const r = await api('/api/jobs', q);
 	if (r.jobs.length) main.append(bulkBar(fields, params));
-	main.append(table(['id', 'queue', 'handler', 'state', 'attempt', 'run_at', 'owner', 'last_error'], r.jobs, (j, c) => {
+	main.append(table(['id', 'queue', 'handler', 'state', 'attempt', 'run_at', 'owner', 'tags', 'last_error'], r.jobs, (j, c) => {
 		if (c === 'id') return jobLink(j.id);
+		if (c === 'tags') return tagList(j.tags);
 		if (c === 'run_at') return when(j.run_at);
 		return text(j[c]);
 	}));
@@ -205,8 +258,9 @@ async function pageJob(main, id) {
 	if (j.state === 'dead' || j.state === 'cancelled') acts.append(action('Retry', '/api/job/retry', {id: j.id}));
 	if (['scheduled', 'available', 'retrying', 'running'].includes(j.state)) acts.append(action('Cancel', '/api/job/cancel', {id: j.id}, 'Cancel job #' + j.id + '?'));
 	main.append(acts);
-	const fields = ['queue', 'handler', 'owner', 'priority', 'attempt', 'max_attempts', 'run_at', 'created_at', 'started_at', 'finished_at', 'worker', 'idempotency_key', 'last_error'];
-	main.append(el('dl', {}, ...fields.flatMap(f => [el('dt', {}, f), el('dd', {}, /_at$/.test(f) ? when(j[f]) : text(j[f]))])));
+	const fields = ['queue', 'handler', 'owner', 'tags', 'priority', 'attempt', 'max_attempts', 'run_at', 'created_at', 'started_at', 'finished_at', 'worker', 'idempotency_key', 'last_error'];
+	main.append(el('dl', {}, ...fields.flatMap(f => [el('dt', {}, f),
+		el('dd', {'data-field': f}, f === 'tags' ? tagList(j.tags) : /_at$/.test(f) ? when(j[f]) : text(j[f]))])));
 	main.append(el('h3', {}, 'Payload'), el('pre', {id: 'payload'}, JSON.stringify(j.payload, null, 2)));
 	main.append(el('h3', {}, 'Result'), el('pre', {id: 'result'}, j.result === null ? '(none)' : JSON.stringify(j.result, null, 2)));
 	main.append(el('h3', {}, 'Attempts that failed'),
@@ -229,22 +283,40 @@ async function pageDead(main) {
 	}));
 }
 
+/* the settings the queues page edits (POST /api/queue/settings) */
+const QUEUE_SETTINGS = [
+	['concurrency', 'number'], ['max_attempts', 'number'], ['backoff_base', 'text'],
+	['backoff_cap', 'text'], ['backoff_jitter', 'text'], ['timeout', 'text'], ['retention', 'text']];
+
 async function pageQueues(main) {
 	const qs = await api('/api/queues');
+	const admin = session.who.admin && !session.read_only;
 	main.append(el('h2', {}, 'Queues'));
-	main.append(table(['name', 'paused', 'external', 'concurrency', 'max_attempts', 'backoff_base', 'timeout', 'retention', ''], qs, (q, c) => {
+	main.append(table(['name', 'paused', 'external', ...QUEUE_SETTINGS.map(s => s[0]), ''], qs, (q, c) => {
+		const setting = QUEUE_SETTINGS.find(s => s[0] === c);
+		if (setting) {
+			if (!admin) return text(q[c]);
+			const input = el('input', {type: setting[1], name: c, class: 'setting', 'data-queue': q.name,
+				'aria-label': c + ' of ' + q.name, size: 8});
+			input.value = text(q[c]);
+			input.dataset.was = input.value;
+			return input;
+		}
 		if (c !== '') return text(q[c]);
-		const conc = el('input', {type: 'number', min: 0, value: q.concurrency, class: 'conc', 'aria-label': 'concurrency of ' + q.name});
 		return el('span', {},
 			q.paused ? action('Resume', '/api/queue/resume', {name: q.name}) : action('Pause', '/api/queue/pause', {name: q.name}),
-			conc,
-			el('button', {class: 'action', disabled: session.read_only ? 'disabled' : null, onclick: async () => {
+			admin ? el('button', {class: 'action', 'data-action': 'Save settings', onclick: async ev => {
+				const row = ev.target.closest('tr');
+				const params = {name: q.name};
+				for (const input of row.querySelectorAll('input.setting'))
+					if (input.value !== input.dataset.was) params[input.name] = input.value;
+				if (Object.keys(params).length === 1) { flash('nothing changed for ' + q.name, false); return; }
 				try {
-					await api('/api/queue/concurrency', {name: q.name, concurrency: conc.value}, true);
-					flash('concurrency of ' + q.name + ' set to ' + conc.value, false);
-				} catch (e) { flash(e.message, true); }
+					await api('/api/queue/settings', params, true);
+					flash('settings of ' + q.name + ' saved: ' + Object.keys(params).filter(k => k !== 'name').join(', '), false);
+				} catch (e) { flash(q.name + ': ' + e.message, true); }
 				route();
-			}}, 'Set concurrency'));
+			}}, 'Save settings') : null);
 	}));
 	if (!session.who.admin) main.append(el('p', {class: 'muted'}, 'Changing queues needs the atomizer_admin role.'));
 }
@@ -253,15 +325,20 @@ async function pageSchedules(main) {
 	const ss = await api('/api/schedules');
 	main.append(el('h2', {}, 'Schedules'));
 	if (!ss.length) { main.append(el('p', {}, 'No schedule.')); return; }
-	main.append(table(['name', 'spec', 'tz', 'handler', 'queue', 'enabled', 'next five', 'last_run', 'last_outcome', 'fires', ''], ss, (s, c) => {
+	main.append(table(['name', 'when', 'tz', 'handler', 'queue', 'enabled', 'next five', 'last_run', 'last_outcome', 'recent fires', 'fires', ''], ss, (s, c) => {
+		if (c === 'when') return el('span', {}, el('span', {class: 'words'}, text(s.in_words)), el('br', {}), el('code', {class: 'muted'}, text(s.spec)));
 		if (c === 'next five') return el('ul', {class: 'fires'}, ...(s.next_five || []).map(t => el('li', {}, when(t))));
 		if (c === 'last_run') return when(s.last_run);
 		if (c === 'last_outcome') return s.last_job_id ? el('span', {}, jobLink(s.last_job_id), ' ' + text(s.last_outcome)) : '';
+		if (c === 'recent fires') return el('ul', {class: 'fires recent'}, ...(s.recent || []).map(f =>
+			el('li', {}, jobLink(f.id), ' ', el('span', {class: 'state state-' + f.state}, f.state), ' ' + when(f.created_at))));
 		if (c === '') return el('span', {},
 			action('Run now', '/api/schedule/run', {name: s.name}),
 			s.enabled ? action('Disable', '/api/schedule/disable', {name: s.name}) : action('Enable', '/api/schedule/enable', {name: s.name}));
 		return text(s[c]);
 	}));
+	if (ss.some(s => s.last_error)) main.append(el('h3', {}, 'Errors'),
+		table(['name', 'last_error'], ss.filter(s => s.last_error)));
 }
 
 async function pageWorkers(main) {
