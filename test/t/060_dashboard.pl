@@ -5,7 +5,11 @@
 # <script> returned as JSON data; bad parameters answered 400 with a
 # sentence; the CSRF checks (no token, another session's token, another
 # origin, no origin: 403); --read-only (403); queue actions need
-# atomizer_admin; dead letters retried by group; /metrics parsed by
+# atomizer_admin; queue settings edited through alter_queue() (admins only,
+# a bad value a 400 with the SQL error's message); schedules in plain words
+# with their recent fires; the overview's figures (sampled states, counters,
+# rollups, percentiles) agreeing with the job tables, and a plain role's own
+# counts; dead letters retried by group; /metrics parsed by
 # python3-prometheus-client and agreeing with atomizer.queue_stats; and the
 # page in headless Chromium (puppeteer-core from test/browser/, installed
 # here with npm ci: no registry, no test), screenshots in the test log
@@ -327,12 +331,45 @@ is($node->safe_psql('postgres', "SELECT concurrency FROM atomizer.queue WHERE na
 is($s, 400, 'a concurrency that is not a number: 400');
 ($s, $b) = act($ops, '/api/queue/pause?name=nosuch');
 is($s, 404, 'pausing a queue that does not exist: 404');
+# every setting through alter_queue(); those not given stay
+($s, $b) = act($ops, '/api/queue/settings?name=held&max_attempts=7&backoff_base=' . uri('2 seconds')
+	. '&backoff_cap=' . uri('10 minutes') . '&backoff_jitter=0.25&timeout=' . uri('30 seconds')
+	. '&retention=' . uri('3 days'));
+is($s, 200, 'an admin edits the settings of held');
+is($node->safe_psql('postgres', q{SELECT concat_ws(' ', concurrency, max_attempts, backoff_base,
+	backoff_cap, backoff_jitter, timeout, retention) FROM atomizer.queue WHERE name = 'held'}),
+	'3 7 00:00:02 00:10:00 0.25 00:00:30 3 days', '... they act, and the concurrency given before stays');
+($s, $b) = get($ops, '/api/queues');
+is((grep { $_->{name} eq 'held' } @$b)[0]{retention}, '3 days', '... and GET /api/queues shows them');
+($s, $b) = act($ops, '/api/queue/settings?name=held&backoff_jitter=2');
+is($s, 400, 'a setting alter_queue() refuses: 400');
+is($b->{error}, 'backoff_jitter must be between 0 and 1', '... with the SQL error\'s message');
+($s, $b) = act($ops, '/api/queue/settings?name=held&timeout=soon');
+is($s, 400, 'an interval PostgreSQL cannot parse: 400');
+like($b->{error}, qr/invalid input syntax for type interval: "soon"/, '... with PostgreSQL\'s message');
+($s, $b) = act($ops, '/api/queue/settings?name=held&max_attempts=x');
+is($s, 400, 'a number that is not one: 400');
+($s, $b) = act($ops, '/api/queue/settings?name=held');
+is($s, 400, 'no setting: 400');
+like($b->{error}, qr/give at least one setting to change: concurrency, max_attempts/, '... naming them');
+($s, $b) = act($ops, '/api/queue/settings?name=held&rate=1');
+is($s, 400, 'a setting the dashboard does not know: 400');
+($s, $b) = act($alice, '/api/queue/settings?name=held&max_attempts=1');
+is($s, 403, 'alice (not an admin) cannot edit settings: 403');
+is($node->safe_psql('postgres', "SELECT max_attempts FROM atomizer.queue WHERE name = 'held'"), '7',
+	'... and nothing changed');
+$node->safe_psql('postgres', q{SELECT atomizer.alter_queue('held', max_attempts => 5, backoff_base => '1 second',
+	backoff_cap => '1 hour', backoff_jitter => 0.1, timeout => '0', retention => '1 day')});
 
 ($s, $b) = get($alice, '/api/schedules');
 is($s, 200, 'schedules');
 is($b->[0]{name}, 'nightly', '... alice\'s');
 is(scalar @{ $b->[0]{next_five} }, 5, '... with the next five fire times');
 is($b->[0]{tz}, 'Europe/Paris', '... and the time zone');
+is($b->[0]{in_words}, 'at 03:00 every day', '... the spec in plain words');
+is($b->[0]{in_words}, $node->safe_psql('postgres', "SELECT atomizer.cron_describe('0 3 * * *')"),
+	'... as atomizer.cron_describe() says it');
+my $fired_before = scalar @{ $b->[0]{recent} };
 ($s, $b) = get($bob, '/api/schedules');
 is_deeply($b, [], 'bob sees no schedule');
 ($s, $b) = act($alice, '/api/schedule/disable?name=nightly');
@@ -342,10 +379,64 @@ is($node->safe_psql('postgres', "SELECT enabled FROM atomizer.schedule"), 'f', '
 ok($b->{ok}, 'enable it');
 ($s, $b) = act($alice, '/api/schedule/run?name=nightly');
 like($b->{job_id}, qr/^\d+$/, 'run it now: a job id');
+my $run_now = $b->{job_id};
+($s, $b) = get($alice, '/api/schedules');
+is($b->[0]{recent}[0]{id}, $run_now, 'the recent fires start with that job');
+is(scalar @{ $b->[0]{recent} }, $fired_before + 1, '... one more fire');
+ok(defined $b->[0]{recent}[0]{state}, '... with its state');
 
 ($s, $b) = get($alice, '/api/overview');
 is($s, 200, 'overview');
 ok((grep { $_->{queue} eq 'held' } @{ $b->{queues} }), '... per queue');
+ok(!$b->{shared}, 'alice may not read the shared figures: her own counts');
+ok(!defined $b->{queues}[0]{hour} && !defined $b->{queues}[0]{total}, '... and no finished figures');
+my %own = map { my ($q2, $n) = split /=/; ($q2 => $n) } split / /, $node->safe_psql('postgres', q{
+	SET ROLE alice; SELECT string_agg(q || '=' || n, ' ') FROM (
+	  SELECT q.name AS q, count(j.id) AS n
+	    FROM atomizer.queue q LEFT JOIN atomizer.jobs j ON j.queue = q.name
+	     AND j.state IN ('scheduled', 'available', 'running', 'retrying') GROUP BY q.name) c});
+my %ovq = map { $_->{queue} => $_ } @{ $b->{queues} };
+is(join(' ', map { "$_=" . ($ovq{$_}{scheduled} + $ovq{$_}{available} + $ovq{$_}{running} + $ovq{$_}{retrying}) }
+	sort keys %ovq),
+	join(' ', map { "$_=$own{$_}" } sort keys %own), '... which agree with her rows of atomizer.jobs');
+wait_until($node, 'postgres', q{SELECT count(*) FROM atomizer.jobs WHERE queue = 'default'
+	AND state NOT IN ('succeeded', 'dead', 'cancelled')}, '0', 'the job run now has run');
+# an admin: every role's jobs, from the scheduler's sample, the counters
+# and the rollups; they agree with the job tables
+my $unfinished_sql = q{SELECT string_agg(q || '/' || st || '=' || n, ' ' ORDER BY q, st) FROM (
+	SELECT q.name AS q, st, count(j.id) AS n
+	  FROM atomizer.queue q CROSS JOIN unnest(ARRAY['scheduled', 'available', 'running', 'retrying']) st
+	  LEFT JOIN atomizer.jobs j ON j.queue = q.name AND j.state = st GROUP BY 1, 2) c};
+my $overview_unfinished = sub {
+	my ($s2, $b2) = get($ops, '/api/overview');
+	my %byq = map { $_->{queue} => $_ } @{ $b2->{queues} };
+	return join ' ', map { my $q2 = $byq{$_}; map { "$q2->{queue}/$_=$q2->{$_}" } qw(available retrying running scheduled) }
+		sort keys %byq;
+};
+my $want = $node->safe_psql('postgres', $unfinished_sql);
+my $got_ov;
+for (1 .. 50) { $got_ov = $overview_unfinished->(); last if $got_ov eq $want; usleep(200_000); }
+is($got_ov, $want, 'the overview\'s sampled states agree with a count of atomizer.jobs (within a sample)');
+($s, $b) = get($ops, '/api/overview');
+ok($b->{shared}, 'ops reads the shared figures');
+my %ov = map { $_->{queue} => $_ } @{ $b->{queues} };
+my $succ = $node->safe_psql('postgres', q{SELECT count(*) FROM atomizer.jobs WHERE queue = 'default' AND state = 'succeeded'});
+is($ov{default}{total}{succeeded} . ' ' . $ov{default}{hour}{succeeded} . ' ' . $ov{default}{day}{succeeded},
+	"$succ $succ $succ", 'succeeded since start, in the last hour and day: the jobs in the history');
+is($ov{held}{total}{dead}, $node->safe_psql('postgres',
+	q{SELECT value FROM atomizer.metrics WHERE name = 'atomizer_jobs_finished_total'
+	   AND labels->>'queue' = 'held' AND labels->>'outcome' = 'dead'}), 'dead since start: the counter');
+cmp_ok($ov{held}{hour}{failure_rate}, '==', 1, 'every attempt in held failed: failure rate 1');
+cmp_ok($ov{default}{hour}{failure_rate}, '==', 0, '... none in default');
+ok(defined $ov{default}{hour}{run_p50} && $ov{default}{hour}{run_p50} <= $ov{default}{hour}{run_p95}
+	&& $ov{default}{hour}{run_p95} <= $ov{default}{hour}{run_p99} && $ov{default}{hour}{run_p99} < 1,
+	"run time p50 <= p95 <= p99, under a second for SELECT jobs: $ov{default}{hour}{run_p50}");
+is($ov{default}{hour}{wait_p50}, $node->safe_psql('postgres', q{
+	SELECT atomizer._histogram_quantile(atomizer._sum_buckets(wait_buckets), 0.5)
+	  FROM (SELECT wait_buckets FROM atomizer.stats_minute WHERE queue = 'default'
+			UNION ALL SELECT wait_buckets FROM atomizer._stats_unflushed() WHERE queue = 'default') x}),
+	'the wait p50 is the rollups\' and the current minute\'s');
+ok(defined $ov{default}{workers_busy} && defined $ov{default}{workers_idle}, 'busy and idle workers per queue');
 ($s, $b) = get($alice, '/api/workers');
 is($s, 200, 'workers');
 is(ref $b->{processes}, 'ARRAY', '... processes');
@@ -458,7 +549,7 @@ for (split /\n/, $pout)
 	my ($type, $name, $queue, $state, $v) = split / /;
 	$m{"$name/$queue/$state"} = $v;
 	$type{$name} = $type;
-	is($type, 'gauge', "$name is a gauge") if $name eq 'atomizer_jobs' && $queue eq 'default' && $state eq 'succeeded';
+	is($type, 'gauge', "$name is a gauge") if $name eq 'atomizer_jobs' && $queue eq 'default' && $state eq 'available';
 }
 # the counters and histograms of atomizer.metrics (shared memory, O(queues))
 is($type{atomizer_jobs_finished_total}, 'counter', 'atomizer_jobs_finished_total is a counter');
@@ -478,13 +569,30 @@ is($m{'atomizer_job_run_seconds_count/default/'}, $m{'atomizer_job_run_seconds_b
 ($s, $b, $r) = get($alice, '/metrics');
 like($r->{content}, qr/^# atomizer.metrics not shown: permission denied to read atomizer's metrics$/m,
 	'a role that may not read atomizer.metrics gets the gauges and a comment, not an error');
-my $sql = $node->safe_psql('postgres', q{
+# the gauges are the scheduler's sample (at most a second old): compared
+# with queue_stats once the sample has caught up
+my $stats_sql = q{
 	SELECT string_agg(queue || '/' || s || '=' || n, ' ' ORDER BY queue, s)
 	  FROM atomizer.queue_stats,
-	       LATERAL (VALUES ('available', available), ('succeeded', succeeded), ('dead', dead), ('scheduled', scheduled)) v(s, n)});
-my $got = join ' ', map { my ($q2, $st) = split m{/}; "$q2/$st=" . ($m{"atomizer_jobs/$q2/$st"} // 'missing') }
-	map { (split /=/)[0] } split / /, $sql;
-is($got, $sql, 'atomizer_jobs agrees with atomizer.queue_stats');
+	       LATERAL (VALUES ('available', available), ('running', running), ('retrying', retrying), ('scheduled', scheduled)) v(s, n)};
+my $sql = $node->safe_psql('postgres', $stats_sql);
+my $got;
+for (1 .. 50)
+{
+	($s, $b, $r) = get($ops, '/metrics');
+	my %g;
+	$g{"$1/$2"} = $3 while $r->{content} =~ /^atomizer_jobs\{queue="([^"]+)",state="([^"]+)"\} (\S+)$/mg;
+	$got = join ' ', map { my ($q2, $st) = split m{/}; "$q2/$st=" . ($g{"$q2/$st"} // 'missing') }
+		map { (split /=/)[0] } split / /, $sql;
+	last if $got eq $sql;
+	usleep(200_000);
+}
+is($got, $sql, 'atomizer_jobs agrees with atomizer.queue_stats (within a sample)');
+ok(!exists $m{'atomizer_jobs/default/succeeded'}, 'atomizer_jobs has no finished states (atomizer_jobs_finished_total counts them)');
+my $sampled = $node->safe_psql('postgres', q{SELECT string_agg(labels->>'queue' || '/' || (labels->>'state') || '=' || value, ' '
+	ORDER BY labels->>'queue', labels->>'state') FROM atomizer.metrics WHERE name = 'atomizer_jobs'
+	AND labels->>'state' IN ('available', 'running', 'retrying', 'scheduled')});
+is($sampled, $sql, 'atomizer.metrics has the same gauges');
 ok(exists $m{'atomizer_oldest_available_seconds/held/'}, 'atomizer_oldest_available_seconds per queue');
 
 # ------------------------------------------------------------ the browser
@@ -596,6 +704,9 @@ like($b->{error}, qr/read-only/, '... saying why');
 is($s, 403, '--read-only: a bulk action is 403');
 ($s, $b) = get($ro, '/api/jobs/count?queue=bulk');
 is($s, 200, '--read-only: counting works');
+my ($ro_ops) = login('ops', 'ops-pw');
+($s, $b) = act($ro_ops, '/api/queue/settings?name=held&max_attempts=2');
+is($s, 403, '--read-only: editing settings is 403, also for an admin');
 $dash->signal('TERM');
 $dash->finish;
 
