@@ -66,12 +66,12 @@ first_bit(uint64 bits)
 
 /*
  * step_of
- *		k > 1 when bits are exactly lo, lo + k, lo + 2k, ... up to hi with k
- *		dividing the field's size (so the step repeats evenly: "every k"),
- *		else 0.
+ *		k > 1 when bits are exactly lo, lo + k, lo + 2k, ... up to hi, with
+ *		k dividing the field's size when even is set (so that the step
+ *		repeats evenly across the hour or day: "every k"), else 0.
  */
 static int
-step_of(uint64 bits, int lo, int hi)
+step_of_field(uint64 bits, int lo, int hi, bool even)
 {
 	int			size = hi - lo + 1;
 
@@ -79,7 +79,7 @@ step_of(uint64 bits, int lo, int hi)
 	{
 		uint64		want = 0;
 
-		if (size % k != 0)
+		if (even && size % k != 0)
 			continue;
 		for (int v = lo; v <= hi; v += k)
 			want |= UINT64CONST(1) << v;
@@ -87,6 +87,12 @@ step_of(uint64 bits, int lo, int hi)
 			return k;
 	}
 	return 0;
+}
+
+static int
+step_of(uint64 bits, int lo, int hi)
+{
+	return step_of_field(bits, lo, hi, true);
 }
 
 /*
@@ -338,12 +344,12 @@ describe_days(StringInfo out, const AtomizerCron *c, bool times)
 			appendStringInfoString(out, !c->dom_star && !c->dow_star ? " or" : " and");
 		if (c->last_day_of_month && days == 0)
 			appendStringInfoString(out, " on the last day of the month");
-		else if (has(days, 1) && (k = step_of(days >> 1, 0, 30)) > 0 &&
+		else if (has(days, 1) && (k = step_of_field(days, 1, 31, false)) > 0 &&
 				 !c->last_day_of_month)
 		{
 			appendStringInfoString(out, " every ");
 			append_unit(out, "day", k);
-			appendStringInfoString(out, " of the month");
+			appendStringInfoString(out, " of the month, from day 1");
 		}
 		else
 		{
