@@ -17,6 +17,8 @@ Workloads (--only picks some, comma-separated):
   steady       1,000,000 jobs in chunks of 100,000, twice (once with a
                transaction held open)
   cron         10,000 schedules firing every minute
+  dashboard    overview and /metrics response times with 10,000,000 finished
+               jobs in the history; the drain with the dashboard open vs not
 """
 import argparse
 import json
@@ -33,6 +35,7 @@ import psycopg2
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import drain  # noqa: E402  (drain_atomizer, drain_naive, warm_up, cpu_ticks)
+import dashboard  # noqa: E402  (the dashboard's response times and drain)
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 HZ = os.sysconf("SC_CLK_TCK")
@@ -216,6 +219,11 @@ class Bench:
         unlimited()
         drain.clean(cur)
         self.res["limits"] = res
+        self.save()
+
+    # 8 ------------------------------------------------------------------
+    def dashboard(self):
+        self.res["dashboard"] = dashboard.run(self)
         self.save()
 
     # 4 ------------------------------------------------------------------
@@ -552,7 +560,7 @@ def main():
     ap.add_argument("--bindir", default="/usr/lib/postgresql/15/bin")
     ap.add_argument("--pgbench", default=shutil.which("pgbench") or "pgbench")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--only", default="enqueue,many,drain,limits,latency,external,steady,cron")
+    ap.add_argument("--only", default="enqueue,many,drain,limits,latency,external,steady,cron,dashboard")
     ap.add_argument("--seconds", type=int, default=15, help="pgbench -T")
     ap.add_argument("--drain-jobs", type=int, default=100000)
     ap.add_argument("--lat-n", type=int, default=1000)
@@ -565,6 +573,10 @@ def main():
                     help="seconds per steady-state run; no new chunk after that")
     ap.add_argument("--cron-n", type=int, default=10000)
     ap.add_argument("--cron-window", type=float, default=60)
+    ap.add_argument("--dash-history", type=int, default=10000000)
+    ap.add_argument("--dash-queues", type=int, default=8)
+    ap.add_argument("--dash-n", type=int, default=500)
+    ap.add_argument("--dash-drain-jobs", type=int, default=100000)
     a = ap.parse_args()
     b = Bench(a)
     for w in a.only.split(","):

@@ -56,8 +56,9 @@ def set_batch(cur, batch):
     sys.exit("atomizer.batch_size did not become %d after reload" % batch)
 
 
-def clean(cur):
-    cur.execute("SELECT atomizer.purge()")
+def clean(cur, queue=None):
+    """Delete the finished jobs (of queue only, when given) and vacuum."""
+    cur.execute("SELECT atomizer.purge(queue => %s)", (queue,))
     cur.execute("TRUNCATE public.effect")
     cur.execute("VACUUM ANALYZE atomizer.job, atomizer.job_history, "
                 "atomizer.job_error, public.effect")
@@ -73,10 +74,10 @@ def fmt_pct(x):
     return "?" if x is None else "%.0f" % x
 
 
-def drain_atomizer(a, cur, handler, batch, queue="drain"):
+def drain_atomizer(a, cur, handler, batch, queue="drain", purge_queue_only=False):
     n, chunk = a.jobs, a.chunk
     set_batch(cur, batch)
-    clean(cur)
+    clean(cur, queue if purge_queue_only else None)
     cur.execute("SELECT atomizer.pause_queue(%s)", (queue,))
     t = time.time()
     for lo in range(1, n + 1, chunk):

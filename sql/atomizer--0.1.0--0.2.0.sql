@@ -1202,8 +1202,9 @@ COMMENT ON COLUMN atomizer.queue.on_dead IS
  *   dead and cancelled, the wait and run histograms: ATOMIZER_STATS_BUCKETS
  *   counts each, not cumulative, with the bounds of atomizer.metrics' le
  *   labels, and their sums in seconds), one row per queue and minute with
- *   activity, kept 8 days.  The minute not yet written is in shared memory,
- *   atomizer._stats_unflushed(), and lost if the server crashes;
+ *   activity, kept 8 days, and the same per hour in atomizer.stats_hour.  The
+ *   minute not yet written is in shared memory, atomizer._stats_unflushed(),
+ *   and lost if the server crashes;
  * - atomizer._gauges(): the scheduler's last sample of the unfinished jobs
  *   per queue and state (every second at most, and at most 2% of its time).
  *
@@ -1241,6 +1242,20 @@ ALTER TABLE atomizer.stats_minute ENABLE ROW LEVEL SECURITY;
 CREATE POLICY metrics_readers ON atomizer.stats_minute FOR SELECT
 	USING ((SELECT atomizer._metrics_visible()));
 
+/* the same per hour, so that a day's figures add 24 rows per queue, not 1,440 */
+CREATE TABLE atomizer.stats_hour (LIKE atomizer.stats_minute);
+ALTER TABLE atomizer.stats_hour RENAME COLUMN minute TO hour;
+ALTER TABLE atomizer.stats_hour ADD PRIMARY KEY (hour, queue);
+
+COMMENT ON TABLE atomizer.stats_hour IS
+	'Finished work per queue and hour (the sums of atomizer.stats_minute), kept 8 days (members of atomizer_admin, atomizer_worker and pg_monitor see the rows).';
+
+REVOKE ALL ON atomizer.stats_hour FROM PUBLIC;
+GRANT SELECT ON atomizer.stats_hour TO PUBLIC;
+ALTER TABLE atomizer.stats_hour ENABLE ROW LEVEL SECURITY;
+CREATE POLICY metrics_readers ON atomizer.stats_hour FOR SELECT
+	USING ((SELECT atomizer._metrics_visible()));
+
 CREATE FUNCTION atomizer._gauges(
 	OUT queue text, OUT scheduled bigint, OUT available bigint,
 	OUT running bigint, OUT retrying bigint,
@@ -1272,12 +1287,27 @@ AS 'MODULE_PATHNAME', 'atomizer_bucket_add';
 COMMENT ON FUNCTION atomizer._bucket_add(bigint[], bigint[]) IS
 	'Two histograms of atomizer.stats_minute added bucket by bucket.';
 
+CREATE FUNCTION atomizer._buckets_accum(internal, bigint[])
+RETURNS internal
+LANGUAGE C IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'atomizer_buckets_accum';
+
+CREATE FUNCTION atomizer._buckets_final(internal)
+RETURNS bigint[]
+LANGUAGE C IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'atomizer_buckets_final';
+
 CREATE AGGREGATE atomizer._sum_buckets(bigint[]) (
-	SFUNC = atomizer._bucket_add,
-	STYPE = bigint[],
-	PARALLEL = SAFE
+	SFUNC = atomizer._buckets_accum,
+	STYPE = internal,
+	SSPACE = 120,
+	FINALFUNC = atomizer._buckets_final
 );
 
+COMMENT ON FUNCTION atomizer._buckets_accum(internal, bigint[]) IS
+	'The transition function of atomizer._sum_buckets().';
+COMMENT ON FUNCTION atomizer._buckets_final(internal) IS
+	'The final function of atomizer._sum_buckets().';
 COMMENT ON AGGREGATE atomizer._sum_buckets(bigint[]) IS
 	'The histograms of atomizer.stats_minute rows added bucket by bucket.';
 

@@ -8,8 +8,10 @@
  *		stats.c added since the last rollup, per queue (jobs succeeded,
  *		attempts failed, jobs dead and cancelled, the wait and run
  *		histograms' buckets and sums), is written to atomizer.stats_minute,
- *		one row per queue and minute with activity; rows older than
- *		ROLLUP_RETENTION are deleted by the same duty.  The minute not yet
+ *		one row per queue and minute with activity, and added to the row of
+ *		its hour in atomizer.stats_hour (a day's figures read 24 rows per
+ *		queue, not 1,440); rows older than ROLLUP_RETENTION are deleted by
+ *		the same duty.  The minute not yet
  *		written is in shared memory (atomizer._stats_unflushed()), and is
  *		lost if the server crashes;
  *	  - the state samples: the counts of unfinished jobs per queue and state
@@ -20,7 +22,7 @@
  *		time whatever the backlog (scheduler.c).
  *
  *	  Also the SQL helpers that read the rollups' histograms:
- *	  atomizer._bucket_add() (the aggregate atomizer._sum_buckets()) and
+ *	  atomizer._bucket_add(), the aggregate atomizer._sum_buckets() and
  *	  atomizer._histogram_quantile().
  *
  *-------------------------------------------------------------------------
@@ -42,6 +44,8 @@
 
 PG_FUNCTION_INFO_V1(atomizer_bucket_add);
 PG_FUNCTION_INFO_V1(atomizer_histogram_quantile);
+PG_FUNCTION_INFO_V1(atomizer_buckets_accum);
+PG_FUNCTION_INFO_V1(atomizer_buckets_final);
 
 /* How long atomizer.stats_minute keeps a minute: 8 days. */
 #define ROLLUP_RETENTION	"8 days"
@@ -75,14 +79,14 @@ rollups_present(void)
 /*
  * atomizer_rollup_flush
  *		Write what finished since the last rollup into the row of minute
- *		(added to it, if a rollup of the same minute ran before), and delete
- *		the minutes past the retention.  In the caller's transaction; the
+ *		(added to it, if a rollup of the same minute ran before) and into
+ *		the row of its hour, and delete the rows past the retention.  In the caller's transaction; the
  *		caller marks the counters flushed after it committed.
  */
 void
 atomizer_rollup_flush(TimestampTz minute)
 {
-	static SPIPlanPtr upsert = NULL;
+	static SPIPlanPtr upsert[2] = {NULL, NULL};
 	static SPIPlanPtr prune = NULL;
 	AtomizerStatsDelta *deltas;
 	int			n = atomizer_stats_take_unflushed(&deltas);
@@ -98,21 +102,27 @@ atomizer_rollup_flush(TimestampTz minute)
 		Oid			types[10] = {TIMESTAMPTZOID, TEXTOID, INT8OID, INT8OID,
 		INT8OID, INT8OID, INT8ARRAYOID, FLOAT8OID, INT8ARRAYOID, FLOAT8OID};
 
-		atomizer_prepare(&upsert,
-						 "INSERT INTO atomizer.stats_minute AS s (minute, queue,"
-						 " succeeded, failed, dead, cancelled,"
-						 " wait_buckets, wait_sum, run_buckets, run_sum)"
-						 " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
-						 " ON CONFLICT (minute, queue) DO UPDATE SET"
-						 " succeeded = s.succeeded + excluded.succeeded,"
-						 " failed = s.failed + excluded.failed,"
-						 " dead = s.dead + excluded.dead,"
-						 " cancelled = s.cancelled + excluded.cancelled,"
-						 " wait_buckets = atomizer._bucket_add(s.wait_buckets, excluded.wait_buckets),"
-						 " wait_sum = s.wait_sum + excluded.wait_sum,"
-						 " run_buckets = atomizer._bucket_add(s.run_buckets, excluded.run_buckets),"
-						 " run_sum = s.run_sum + excluded.run_sum",
-						 10, types);
+		for (int t = 0; t < 2; t++)
+			if (upsert[t] == NULL)
+				atomizer_prepare(&upsert[t], psprintf(
+							   "INSERT INTO atomizer.%s AS s (%s, queue,"
+							   " succeeded, failed, dead, cancelled,"
+							   " wait_buckets, wait_sum, run_buckets, run_sum)"
+							   " VALUES (%s, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+							   " ON CONFLICT (%s, queue) DO UPDATE SET"
+							   " succeeded = s.succeeded + excluded.succeeded,"
+							   " failed = s.failed + excluded.failed,"
+							   " dead = s.dead + excluded.dead,"
+							   " cancelled = s.cancelled + excluded.cancelled,"
+							   " wait_buckets = atomizer._bucket_add(s.wait_buckets, excluded.wait_buckets),"
+							   " wait_sum = s.wait_sum + excluded.wait_sum,"
+							   " run_buckets = atomizer._bucket_add(s.run_buckets, excluded.run_buckets),"
+							   " run_sum = s.run_sum + excluded.run_sum",
+							   t == 0 ? "stats_minute" : "stats_hour",
+							   t == 0 ? "minute" : "hour",
+							   t == 0 ? "$1" : "date_trunc('hour', $1)",
+							   t == 0 ? "minute" : "hour"),
+								 10, types);
 		for (int i = 0; i < n; i++)
 		{
 			AtomizerStatsCounts *c = &deltas[i].counts;
@@ -126,14 +136,17 @@ atomizer_rollup_flush(TimestampTz minute)
 			values[7] = Float8GetDatum((double) c->wait_sum_us / 1000000.0);
 			values[8] = buckets_datum(c->run);
 			values[9] = Float8GetDatum((double) c->run_sum_us / 1000000.0);
-			if (SPI_execute_plan(upsert, values, NULL, false, 0) != SPI_OK_INSERT)
-				elog(ERROR, "could not write the rollup of queue \"%s\"",
-					 deltas[i].queue);
+			for (int t = 0; t < 2; t++)
+				if (SPI_execute_plan(upsert[t], values, NULL, false, 0) != SPI_OK_INSERT)
+					elog(ERROR, "could not write the rollup of queue \"%s\"",
+						 deltas[i].queue);
 		}
 	}
 	atomizer_prepare(&prune,
-					 "DELETE FROM atomizer.stats_minute"
-					 " WHERE minute < now() - interval '" ROLLUP_RETENTION "'",
+					 "WITH m AS (DELETE FROM atomizer.stats_minute"
+					 "            WHERE minute < now() - interval '" ROLLUP_RETENTION "')"
+					 " DELETE FROM atomizer.stats_hour"
+					 "  WHERE hour < now() - interval '" ROLLUP_RETENTION "'",
 					 0, NULL);
 	if (SPI_execute_plan(prune, NULL, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "could not prune the rollups");
@@ -171,6 +184,12 @@ bucket_values(ArrayType *a, int64 *out)
 		ereport(ERROR,
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
 				 errmsg("a histogram must be a one-dimensional bigint array")));
+	/* the usual case, without a copy of each element */
+	if (!ARR_HASNULL(a) && ARR_DIMS(a)[0] == ATOMIZER_STATS_BUCKETS)
+	{
+		memcpy(out, ARR_DATA_PTR(a), sizeof(int64) * ATOMIZER_STATS_BUCKETS);
+		return;
+	}
 	deconstruct_array(a, INT8OID, sizeof(int64), FLOAT8PASSBYVAL,
 					  TYPALIGN_DOUBLE, &elems, &nulls, &n);
 	if (n != ATOMIZER_STATS_BUCKETS)
@@ -185,9 +204,8 @@ bucket_values(ArrayType *a, int64 *out)
 
 /*
  * atomizer._bucket_add(a bigint[], b bigint[]) RETURNS bigint[]
- *		The buckets of two histograms added; the transition function of the
- *		aggregate atomizer._sum_buckets(bigint[]).  Strict: a NULL is no
- *		histogram.
+ *		The buckets of two histograms added (a rollup written twice in the
+ *		same minute).  Strict: a NULL is no histogram.
  */
 Datum
 atomizer_bucket_add(PG_FUNCTION_ARGS)
@@ -200,6 +218,51 @@ atomizer_bucket_add(PG_FUNCTION_ARGS)
 	bucket_values(PG_GETARG_ARRAYTYPE_P(1), b);
 	for (int k = 0; k < ATOMIZER_STATS_BUCKETS; k++)
 		sum[k] = (uint64) a[k] + (uint64) b[k];
+	PG_RETURN_DATUM(buckets_datum(sum));
+}
+
+/*
+ * atomizer._buckets_accum(state internal, buckets bigint[]) RETURNS internal
+ * atomizer._buckets_final(state internal) RETURNS bigint[]
+ *		The aggregate atomizer._sum_buckets(bigint[]): histograms added
+ *		bucket by bucket into one array of counts kept in the aggregate's
+ *		memory (the overview adds a day of minutes per queue on every
+ *		refresh: no array is built per row).  NULL when no row had one.
+ */
+Datum
+atomizer_buckets_accum(PG_FUNCTION_ARGS)
+{
+	MemoryContext aggcxt;
+	int64	   *state = PG_ARGISNULL(0) ? NULL : (int64 *) PG_GETARG_POINTER(0);
+	int64		add[ATOMIZER_STATS_BUCKETS];
+
+	if (!AggCheckCallContext(fcinfo, &aggcxt))
+		elog(ERROR, "atomizer._buckets_accum called in a non-aggregate context");
+	if (PG_ARGISNULL(1))
+	{
+		if (state == NULL)
+			PG_RETURN_NULL();
+		PG_RETURN_POINTER(state);
+	}
+	bucket_values(PG_GETARG_ARRAYTYPE_P(1), add);
+	if (state == NULL)
+		state = MemoryContextAllocZero(aggcxt, sizeof(int64) * ATOMIZER_STATS_BUCKETS);
+	for (int k = 0; k < ATOMIZER_STATS_BUCKETS; k++)
+		state[k] += add[k];
+	PG_RETURN_POINTER(state);
+}
+
+Datum
+atomizer_buckets_final(PG_FUNCTION_ARGS)
+{
+	int64	   *state;
+	uint64		sum[ATOMIZER_STATS_BUCKETS];
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	state = (int64 *) PG_GETARG_POINTER(0);
+	for (int k = 0; k < ATOMIZER_STATS_BUCKETS; k++)
+		sum[k] = (uint64) state[k];
 	PG_RETURN_DATUM(buckets_datum(sum));
 }
 

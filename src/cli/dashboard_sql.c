@@ -15,8 +15,8 @@
  *	  job history: the unfinished jobs' states come from the scheduler's
  *	  sample in shared memory (atomizer._gauges()), what finished from the
  *	  shared counters (atomizer._metrics(), atomizer._stats_unflushed())
- *	  and the per-minute rollups (atomizer.stats_minute, at most 1,440
- *	  rows per queue for a day).  A role that may not read those
+ *	  and the rollups (atomizer.stats_minute for the last hour, 60 rows
+ *	  per queue; atomizer.stats_hour for the last day, 24 rows per queue).  A role that may not read those
  *	  (atomizer._metrics_visible()) sees counts of its own unfinished jobs,
  *	  from the hot table atomizer.job only (row-level security), and no
  *	  finished figures.
@@ -62,7 +62,8 @@ const char *const DASHBOARD_SQL_WHOAMI =
 /*
  * The overview, per queue: the unfinished jobs per state (UNFINISHED_CTE);
  * what finished since the server started (the counters), in the last hour
- * and the last day (the rollups plus the minute not yet written):
+ * (the minutes' rollups) and the last day (the current hour's and the 23
+ * before it), each plus the minute not yet written:
  * outcomes, throughput per minute, the failure rate (failed and dead
  * attempts over all finished attempts), and the wait and run time
  * p50/p95/p99 from the histograms' buckets; busy and idle workers.
@@ -83,22 +84,28 @@ const char *const DASHBOARD_SQL_WHOAMI =
 
 const char *const DASHBOARD_SQL_OVERVIEW =
 UNFINISHED_CTE ","
-" recent AS ("
-"  SELECT queue, minute, succeeded, failed, dead, cancelled, wait_buckets, run_buckets"
-"    FROM atomizer.stats_minute WHERE minute > now() - interval '1 day'"
-"  UNION ALL"
-"  SELECT queue, now(), succeeded, failed, dead, cancelled, wait_buckets, run_buckets"
-"    FROM atomizer._stats_unflushed()),"
-" win AS ("
-"  SELECT r.queue, w.name, w.minutes,"
-"         sum(r.succeeded) AS succeeded, sum(r.failed) AS failed,"
+" hour AS ("
+"  SELECT r.queue, sum(r.succeeded) AS succeeded, sum(r.failed) AS failed,"
 "         sum(r.dead) AS dead, sum(r.cancelled) AS cancelled,"
 "         atomizer._sum_buckets(r.wait_buckets) AS wait,"
 "         atomizer._sum_buckets(r.run_buckets) AS run"
-"    FROM recent r"
-"    JOIN (VALUES ('hour', 60, interval '1 hour'), ('day', 1440, interval '1 day'))"
-"         w(name, minutes, len) ON r.minute > now() - w.len"
-"   GROUP BY 1, 2, 3),"
+"    FROM (SELECT queue, succeeded, failed, dead, cancelled, wait_buckets, run_buckets"
+"            FROM atomizer.stats_minute WHERE minute > now() - interval '1 hour'"
+"          UNION ALL"
+"          SELECT queue, succeeded, failed, dead, cancelled, wait_buckets, run_buckets"
+"            FROM atomizer._stats_unflushed()) r"
+"   GROUP BY r.queue),"
+" day AS ("
+"  SELECT r.queue, sum(r.succeeded) AS succeeded, sum(r.failed) AS failed,"
+"         sum(r.dead) AS dead, sum(r.cancelled) AS cancelled,"
+"         atomizer._sum_buckets(r.wait_buckets) AS wait,"
+"         atomizer._sum_buckets(r.run_buckets) AS run"
+"    FROM (SELECT queue, succeeded, failed, dead, cancelled, wait_buckets, run_buckets"
+"            FROM atomizer.stats_hour WHERE hour > now() - interval '1 day'"
+"          UNION ALL"
+"          SELECT queue, succeeded, failed, dead, cancelled, wait_buckets, run_buckets"
+"            FROM atomizer._stats_unflushed()) r"
+"   GROUP BY r.queue),"
 " total AS ("
 "  SELECT m.queue,"
 "         sum(m.value) FILTER (WHERE m.outcome = 'succeeded')::bigint AS succeeded,"
@@ -130,16 +137,16 @@ UNFINISHED_CTE ","
 "               FROM atomizer.queue q"
 "               JOIN unfinished u ON u.queue = q.name"
 "               LEFT JOIN total t ON t.queue = q.name"
-"               LEFT JOIN (SELECT * FROM win WHERE name = 'hour') h0 ON h0.queue = q.name"
-"               LEFT JOIN LATERAL (SELECT coalesce(h0.succeeded, 0) AS succeeded,"
+"               LEFT JOIN hour h0 ON h0.queue = q.name"
+"               LEFT JOIN day d0 ON d0.queue = q.name"
+"               CROSS JOIN LATERAL (SELECT coalesce(h0.succeeded, 0) AS succeeded,"
 "                          coalesce(h0.failed, 0) AS failed, coalesce(h0.dead, 0) AS dead,"
 "                          coalesce(h0.cancelled, 0) AS cancelled, 60 AS minutes,"
-"                          h0.wait, h0.run) h ON true"
-"               LEFT JOIN (SELECT * FROM win WHERE name = 'day') d0 ON d0.queue = q.name"
-"               LEFT JOIN LATERAL (SELECT coalesce(d0.succeeded, 0) AS succeeded,"
+"                          h0.wait, h0.run) h"
+"               CROSS JOIN LATERAL (SELECT coalesce(d0.succeeded, 0) AS succeeded,"
 "                          coalesce(d0.failed, 0) AS failed, coalesce(d0.dead, 0) AS dead,"
 "                          coalesce(d0.cancelled, 0) AS cancelled, 1440 AS minutes,"
-"                          d0.wait, d0.run) d ON true"
+"                          d0.wait, d0.run) d"
 "               LEFT JOIN procs p ON p.queue = q.name),"
 "  'workers', (SELECT coalesce(json_agg(json_build_object("
 "                 'queue', w.queue, 'state', w.state, 'count', w.n)"

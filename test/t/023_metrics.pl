@@ -165,6 +165,17 @@ is($node->safe_psql('postgres', q{
 	SELECT count(*) FROM atomizer.jobs WHERE queue = 'default' AND state = 'succeeded'}),
 	'6', '(the history holds those six)');
 
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FROM (
+		SELECT queue, sum(succeeded), sum(failed), sum(dead), sum(cancelled),
+			   atomizer._sum_buckets(wait_buckets), atomizer._sum_buckets(run_buckets)
+		  FROM atomizer.stats_minute GROUP BY queue
+		EXCEPT
+		SELECT queue, sum(succeeded), sum(failed), sum(dead), sum(cancelled),
+			   atomizer._sum_buckets(wait_buckets), atomizer._sum_buckets(run_buckets)
+		  FROM atomizer.stats_hour GROUP BY queue) d}),
+	'0', 'the hours\' rollups are the sums of the minutes\'');
+
 # percentiles from the buckets, as Prometheus' histogram_quantile() does
 is($node->safe_psql('postgres', q{
 	SELECT round(atomizer._histogram_quantile(ARRAY[0,0,0,0,0,10,0,0,0,0,0,0,0,0,0], 0.5)::numeric, 6) || ' ' ||
@@ -189,7 +200,7 @@ like($qerr, qr/a histogram must have 15 buckets, not 2/, 'a histogram of the wro
 # who may read them
 $node->safe_psql('postgres', q{CREATE ROLE plain; CREATE ROLE monitor IN ROLE pg_monitor});
 is($node->safe_psql('postgres', q{SET ROLE plain;
-	SELECT (SELECT count(*) FROM atomizer.stats_minute) || ' ' ||
+	SELECT (SELECT count(*) FROM atomizer.stats_minute) + (SELECT count(*) FROM atomizer.stats_hour) || ' ' ||
 		   (SELECT count(*) FROM atomizer._gauges()) || ' ' ||
 		   (SELECT count(*) FROM atomizer._stats_unflushed()) || ' ' ||
 		   atomizer._metrics_visible()}),
