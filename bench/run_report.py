@@ -222,6 +222,36 @@ if cr:
                     ms(cr["first_enqueued_ms"], 0), ms(cr["last_enqueued_ms"], 0),
                     ms(cr.get("first_start_ms"), 0), n(cr["schedules"]), cr["create_s"]))
 
+da = r.get("dashboard")
+if da and "overview" in da:
+    for key, what in (("overview", "`GET /api/overview`"), ("metrics", "`GET /metrics`")):
+        x = da[key]
+        T.append("| 8. dashboard %s with %s finished jobs in the history, %d requests: p50 / p99"
+                 " | %s / %s ms | %s ms | `SELECT * FROM atomizer.queue_stats` (the count"
+                 " the overview and /metrics read before) | %s |"
+                 % (what, n(da["history"]), x["n"], ms(x["p50"], 1), ms(x["p99"], 1),
+                    ms(da["queue_stats_ms"], 0), ratio(x["p99"], da["queue_stats_ms"])))
+        S.append("| dashboard %s, %s finished jobs in the history, p50 / p99 | %s / %s ms"
+                 " | %s ms (counting `queue_stats`) | %s |"
+                 % (what, n(da["history"]), ms(x["p50"], 1), ms(x["p99"], 1),
+                    ms(da["queue_stats_ms"], 0), ratio(x["p99"], da["queue_stats_ms"])))
+    T.append("| 8. drain of %s jobs (no-op SQL handler) with the dashboard open (an event"
+             " stream and an overview refresh every second) | %s jobs/s | %s jobs/s | the"
+             " same drain without the dashboard, same run | %s |"
+             % (n(da["drains"][0]["jobs"]), n(da["drain_with"]), n(da["drain_without"]),
+                "%.3f" % (da["drain_with"] / da["drain_without"])))
+    S.append("| drain with the dashboard open | %s jobs/s | %s jobs/s (without) | %.3f |"
+             % (n(da["drain_with"]), n(da["drain_without"]), da["drain_with"] / da["drain_without"]))
+    notes.append("8: history filled in %.0f s (%s, %d queues; %s rollup rows for 8 days); each"
+                 " side of the drain ran 3 times, alternated; single runs, jobs/s: without %s;"
+                 " with %s (overview refreshes during those: %s)."
+                 % (da["fill_s"], da["history_size"], da["queues"], n(da["rollup_rows"]),
+                    " / ".join(n(x["per_s"]) for x in da["drains"] if not x["dashboard_open"]),
+                    " / ".join(n(x["per_s"]) for x in da["drains"] if x["dashboard_open"]),
+                    " / ".join(str(x.get("refreshes")) for x in da["drains"] if x["dashboard_open"])))
+elif da:
+    T.append("| 8. dashboard | %s | | | |" % da.get("error", "?"))
+
 full += T + [""] + ["- " + x for x in notes]
 secs = r.get("seconds", {})
 if secs:

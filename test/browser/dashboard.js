@@ -5,7 +5,8 @@
 // each into OUT_DIR, checks that a payload holding <script> is shown as
 // text and never run, retries dead job DEAD_JOB_ID from its page and sees
 // it become available, pauses QUEUE from the queues page, and runs
-// SCHEDULE now from the schedules page, while a second tab on the
+// SCHEDULE now from the schedules page (whose spec it shows in plain
+// words), edits and saves max_attempts of QUEUE, while a second tab on the
 // overview, subscribed to /api/events, draws QUEUE paused without a reload
 // (live updates), and retries every dead job of BULK_QUEUE with the jobs
 // page's bulk bar ("Select all matching", confirmed).  Prints one line per check,
@@ -132,6 +133,29 @@ async function clickInRow(page, col, name, action) {
 		}
 		await watcher.screenshot({path: out + '/overview-live.png'});
 		await watcher.close();
+
+		// edit a setting of the queue on the queues page, and save it
+		await show(page, '#/queues', null);
+		const edited = await page.evaluate(q => {
+			for (const tr of document.querySelectorAll('main[data-ready] tbody tr')) {
+				if (tr.querySelector('td[data-col="name"]').textContent !== q) continue;
+				const input = tr.querySelector('input[name="max_attempts"]');
+				const save = tr.querySelector('button[data-action="Save settings"]');
+				if (!input || !save) return false;
+				input.value = '9';
+				save.click();
+				return true;
+			}
+			return false;
+		}, queue);
+		check(edited, 'a max_attempts field and a Save settings button for ' + queue);
+		const saved = await waitText(page, '#flash', t => /settings of|max_attempts/.test(t));
+		check(/settings of .* saved: max_attempts/.test(saved), 'the setting is saved: ' + saved);
+		await page.screenshot({path: out + '/queues-edited.png'});
+
+		// the schedules page says the spec in plain words
+		t = await show(page, '#/schedules', null);
+		check(t.includes('every 5 minutes'), 'the schedules page says "*/5 * * * *" in plain words');
 
 		// the bulk bar: count what the filter matches, retry them all
 		await show(page, '#/jobs?queue=' + bulkQueue + '&state=dead', null);

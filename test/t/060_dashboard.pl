@@ -636,6 +636,8 @@ is($node->safe_psql('postgres', "SELECT state FROM atomizer.jobs WHERE id = $dea
 	'available', 'the job retried from the page is available');
 is($node->safe_psql('postgres', "SELECT paused FROM atomizer.queue WHERE name = 'mail'"),
 	't', 'the queue paused from the page is paused');
+is($node->safe_psql('postgres', "SELECT max_attempts FROM atomizer.queue WHERE name = 'mail'"),
+	'9', 'the setting saved on the page is the queue\'s');
 cmp_ok($node->safe_psql('postgres', "SELECT count(*) FROM atomizer.jobs WHERE owner = 'ops'"),
 	'>', $fires, 'the schedule run from the page enqueued a job');
 is($node->safe_psql('postgres', "SELECT string_agg(state, ' ') FROM atomizer.jobs WHERE queue = 'bulkpage'"),
