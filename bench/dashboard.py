@@ -7,14 +7,14 @@
   chunks, over DASH_QUEUES queues and the last 8 days (97 % succeeded, 2 %
   dead, 1 % cancelled), and the per-minute rollups of those 8 days in
   atomizer.stats_minute (one row per queue and minute: what the scheduler
-  keeps) and atomizer.stats_hour; then ANALYZE;
+  keeps) and atomizer.stats_hour; then VACUUM (ANALYZE) and CHECKPOINT;
 - response time: a dashboard (user= in the DSN, on loopback) is started and
   GET /api/overview and GET /metrics are each timed DASH_N times over one
   keep-alive connection (p50/p99 in ms); baseline: the query the overview
   ran before the rollups, a SELECT of atomizer.queue_stats (which counts
   the job tables), timed three times (median);
-- drain: DASH_DRAIN_JOBS jobs drained by the workers (no-op handler), three
-  times without the dashboard open and three times with it (a browser-like
+- drain: DASH_DRAIN_JOBS jobs drained by the workers (no-op handler), four
+  times without the dashboard open and four times with it (a browser-like
   client connected to /api/events, reading it, and a refresh of the
   overview every second), alternated; the means and their ratio.
 """
@@ -87,9 +87,11 @@ def fill(cur, n, nqueues):
                atomizer._sum_buckets(run_buckets), sum(run_sum)
           FROM atomizer.stats_minute WHERE queue LIKE 'dash%%' GROUP BY 1, 2
         ON CONFLICT (hour, queue) DO NOTHING""")
-    cur.execute("ANALYZE atomizer.job_history")
-    cur.execute("ANALYZE atomizer.stats_minute")
-    cur.execute("ANALYZE atomizer.stats_hour")
+    # vacuumed now, so that autovacuum does not visit the 10 million rows
+    # during the measured runs, and checkpointed
+    cur.execute("VACUUM (ANALYZE) atomizer.job_history, atomizer.stats_minute,"
+                " atomizer.stats_hour")
+    cur.execute("CHECKPOINT")
     rows = q1(cur, "SELECT count(*) FROM atomizer.stats_minute")[0]
     size = q1(cur, "SELECT pg_size_pretty(pg_total_relation_size('atomizer.job_history'))")[0]
     took = time.time() - t
@@ -227,13 +229,29 @@ def run(b):
         da = drain.argparse.Namespace(jobs=a.dash_drain_jobs, chunk=1000, timeout=600)
         drain.set_batch(cur, 64)
         runs = []
-        for rep in range(3):
+        for rep in range(4):
             for open_ in ((False, True) if rep % 2 == 0 else (True, False)):
                 viewer = Viewer(dash.port) if open_ else None
+                pids = []
+                if viewer:
+                    time.sleep(1.5)     # its stream, feed and first refresh are up
+                    cur.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                                " AND application_name LIKE 'atomizer dashboard%%'")
+                    pids = [x[0] for x in cur.fetchall()]
+                t0, c0, p0 = time.time(), drain.cpu_ticks(pids), drain.cpu_ticks([dash.p.pid])
                 r = drain.drain_atomizer(da, cur, "noop", 64, purge_queue_only=True)
                 if viewer:
+                    hz = os.sysconf("SC_CLK_TCK")
+                    took = time.time() - t0
+                    r.update(dashboard_db_cpu_pct=100.0 * (drain.cpu_ticks(pids) - c0) / hz / took,
+                             dashboard_cli_cpu_pct=100.0 * (drain.cpu_ticks([dash.p.pid]) - p0) / hz / took,
+                             dashboard_backends=len(pids))
                     viewer.stop()
                     r.update(refreshes=viewer.refreshes, events=viewer.events)
+                    print("    (dashboard open: %d refreshes, %d events; its %d database connections"
+                          " used %.1f %% of a core, the dashboard process %.1f %%)"
+                          % (r["refreshes"], r["events"], len(pids), r["dashboard_db_cpu_pct"],
+                             r["dashboard_cli_cpu_pct"]), flush=True)
                 r["dashboard_open"] = open_
                 runs.append(r)
         res["drains"] = runs

@@ -243,12 +243,16 @@ if da and "overview" in da:
     S.append("| drain with the dashboard open | %s jobs/s | %s jobs/s (without) | %.3f |"
              % (n(da["drain_with"]), n(da["drain_without"]), da["drain_with"] / da["drain_without"]))
     notes.append("8: history filled in %.0f s (%s, %d queues; %s rollup rows for 8 days); each"
-                 " side of the drain ran 3 times, alternated; single runs, jobs/s: without %s;"
-                 " with %s (overview refreshes during those: %s)."
+                 " side of the drain ran 4 times, alternated; single runs, jobs/s: without %s;"
+                 " with %s (overview refreshes during those: %s). The dashboard's own cost"
+                 " during the open runs, from /proc: its database connections %s %% of a core,"
+                 " the dashboard process %s %%."
                  % (da["fill_s"], da["history_size"], da["queues"], n(da["rollup_rows"]),
                     " / ".join(n(x["per_s"]) for x in da["drains"] if not x["dashboard_open"]),
                     " / ".join(n(x["per_s"]) for x in da["drains"] if x["dashboard_open"]),
-                    " / ".join(str(x.get("refreshes")) for x in da["drains"] if x["dashboard_open"])))
+                    " / ".join(str(x.get("refreshes")) for x in da["drains"] if x["dashboard_open"]),
+                    " / ".join(ms(x.get("dashboard_db_cpu_pct"), 1) for x in da["drains"] if x["dashboard_open"]),
+                    " / ".join(ms(x.get("dashboard_cli_cpu_pct"), 1) for x in da["drains"] if x["dashboard_open"])))
 elif da:
     T.append("| 8. dashboard | %s | | | |" % da.get("error", "?"))
 
