@@ -112,7 +112,7 @@ function pct(v) {
 function windowCell(w, what) {
 	if (!w) return '–';
 	if (what === 'done') return w.succeeded + ' ok · ' + w.failed + ' failed · ' + w.dead + ' dead · ' + w.cancelled + ' cancelled';
-	if (what === 'rate') return w.per_minute + '/min · ' + pct(w.failure_rate) + ' failing';
+	if (what === 'rate') return w.per_minute + '/min · ' + (w.failure_rate === null ? 'nothing finished' : pct(w.failure_rate) + ' failing');
 	if (what === 'wait') return secs(w.wait_p50) + ' / ' + secs(w.wait_p95) + ' / ' + secs(w.wait_p99);
 	if (what === 'run') return secs(w.run_p50) + ' / ' + secs(w.run_p95) + ' / ' + secs(w.run_p99);
 	return '';
