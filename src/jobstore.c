@@ -2667,8 +2667,9 @@ atomizer_store_count_running(const char *worker)
  *		each queue's oldest due job: the scheduler's sample for the
  *		dashboard's gauges (rollup.c).  One scan of the hot table, which
  *		holds unfinished jobs only: the history is never counted.  The
- *		states are those of atomizer.jobs.  Returns how many queues have
- *		unfinished jobs; *samples is palloc'd.
+ *		states are those of atomizer.jobs: every stored state but 'running'
+ *		waits, and is scheduled, retrying or available by its run_at.
+ *		Returns how many queues have unfinished jobs; *samples is palloc'd.
  */
 int
 atomizer_store_sample_unfinished(AtomizerGaugeSample **samples)
@@ -2681,11 +2682,11 @@ atomizer_store_sample_unfinished(AtomizerGaugeSample **samples)
 	store_begin(&call);
 	atomizer_prepare(&plan,
 					 "SELECT queue,"
-					 " count(*) FILTER (WHERE state = 'available' AND run_at > now() AND attempt = 0),"
-					 " count(*) FILTER (WHERE state = 'available' AND run_at <= now()),"
+					 " count(*) FILTER (WHERE state <> 'running' AND run_at > now() AND attempt = 0),"
+					 " count(*) FILTER (WHERE state <> 'running' AND run_at <= now()),"
 					 " count(*) FILTER (WHERE state = 'running'),"
-					 " count(*) FILTER (WHERE state = 'available' AND run_at > now() AND attempt > 0),"
-					 " min(run_at) FILTER (WHERE state = 'available' AND run_at <= now())"
+					 " count(*) FILTER (WHERE state <> 'running' AND run_at > now() AND attempt > 0),"
+					 " min(run_at) FILTER (WHERE state <> 'running' AND run_at <= now())"
 					 " FROM atomizer.job GROUP BY queue", 0, NULL);
 	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not count unfinished jobs");

@@ -50,11 +50,11 @@ const char *const DASHBOARD_SQL_WHOAMI =
 "   WHERE (SELECT shared FROM vis)" \
 "  UNION ALL" \
 "  SELECT q.name," \
-"         count(j.id) FILTER (WHERE j.state = 'available' AND j.run_at > now() AND j.attempt = 0)," \
-"         count(j.id) FILTER (WHERE j.state = 'available' AND j.run_at <= now())," \
+"         count(j.id) FILTER (WHERE j.state <> 'running' AND j.run_at > now() AND j.attempt = 0)," \
+"         count(j.id) FILTER (WHERE j.state <> 'running' AND j.run_at <= now())," \
 "         count(j.id) FILTER (WHERE j.state = 'running')," \
-"         count(j.id) FILTER (WHERE j.state = 'available' AND j.run_at > now() AND j.attempt > 0)," \
-"         min(j.run_at) FILTER (WHERE j.state = 'available' AND j.run_at <= now()), now()" \
+"         count(j.id) FILTER (WHERE j.state <> 'running' AND j.run_at > now() AND j.attempt > 0)," \
+"         min(j.run_at) FILTER (WHERE j.state <> 'running' AND j.run_at <= now()), now()" \
 "    FROM atomizer.queue q LEFT JOIN atomizer.job j ON j.queue = q.name" \
 "   WHERE NOT (SELECT shared FROM vis)" \
 "   GROUP BY q.name)"
