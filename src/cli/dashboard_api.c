@@ -535,7 +535,9 @@ api_queue_resume(DashRequest *r)
  * The queue settings the dashboard edits, in the order of the parameters
  * $2, $3, ... of DASHBOARD_SQL_QUEUE_SETTINGS; "integer" ones are checked
  * here, the others parsed by PostgreSQL (a bad one is a 400 with its
- * message), and alter_queue() checks them all.
+ * message), and alter_queue() checks them all.  A text setting given
+ * empty is passed on empty (alter_queue() then removes the hook or the
+ * rate partition); one not given is NULL (unchanged).
  */
 static const struct
 {
@@ -549,6 +551,13 @@ static const struct
 	{"backoff_jitter", false},
 	{"timeout", false},
 	{"retention", false},
+	{"rate_limit", true},
+	{"rate_period", false},
+	{"rate_partition", false},
+	{"before_run", false},
+	{"on_success", false},
+	{"on_failure", false},
+	{"on_dead", false},
 };
 
 #define NSETTINGS ((int) (sizeof(queue_settings) / sizeof(queue_settings[0])))
@@ -574,7 +583,11 @@ api_queue_settings(DashRequest *r)
 				return;
 		}
 		else
-			v[1 + i] = param(r, queue_settings[i].name);
+		{
+			/* given empty: alter_queue() removes a hook or the partition */
+			v[1 + i] = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND,
+												   queue_settings[i].name);
+		}
 		if (v[1 + i] != NULL)
 			given++;
 	}
@@ -754,7 +767,8 @@ api_metrics(DashRequest *r)
 
 /* the settings of /api/queue/settings (queue_settings[]) */
 #define QUEUE_SETTINGS "concurrency max_attempts backoff_base backoff_cap " \
-	"backoff_jitter timeout retention"
+	"backoff_jitter timeout retention rate_limit rate_period rate_partition " \
+	"before_run on_success on_failure on_dead"
 
 /* the filters of /api/jobs, its count and its bulk actions */
 #define JOB_FILTERS "queue state handler id owner error payload result " \

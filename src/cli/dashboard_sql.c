@@ -320,7 +320,11 @@ const char *const DASHBOARD_SQL_QUEUES =
 "  'concurrency', q.concurrency, 'max_attempts', q.max_attempts,"
 "  'backoff_base', q.backoff_base, 'backoff_cap', q.backoff_cap,"
 "  'backoff_jitter', q.backoff_jitter,"
-"  'timeout', q.timeout, 'retention', q.retention) ORDER BY q.name), '[]')"
+"  'timeout', q.timeout, 'retention', q.retention,"
+"  'rate_limit', q.rate_limit, 'rate_period', q.rate_period,"
+"  'rate_partition', q.rate_partition, 'before_run', q.before_run,"
+"  'on_success', q.on_success, 'on_failure', q.on_failure,"
+"  'on_dead', q.on_dead) ORDER BY q.name), '[]')"
 "  FROM atomizer.queue q";
 const char *const DASHBOARD_SQL_PAUSE =
 "SELECT json_build_object('ok', true) FROM (SELECT atomizer.pause_queue(name => $1::text)) x";
@@ -343,7 +347,14 @@ const char *const DASHBOARD_SQL_QUEUE_SETTINGS =
 "  backoff_cap => $5::interval,"
 "  backoff_jitter => $6::float8,"
 "  timeout => $7::interval,"
-"  retention => $8::interval)) x";
+"  retention => $8::interval,"
+"  rate_limit => $9::int,"
+"  rate_period => $10::interval,"
+"  rate_partition => $11::text,"
+"  before_run => $12::text,"
+"  on_success => $13::text,"
+"  on_failure => $14::text,"
+"  on_dead => $15::text)) x";
 
 /*
  * Schedules: the spec in plain words (atomizer.cron_describe), the next

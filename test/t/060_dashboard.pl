@@ -341,6 +341,18 @@ is($node->safe_psql('postgres', q{SELECT concat_ws(' ', concurrency, max_attempt
 	'3 7 00:00:02 00:10:00 0.25 00:00:30 3 days', '... they act, and the concurrency given before stays');
 ($s, $b) = get($ops, '/api/queues');
 is((grep { $_->{name} eq 'held' } @$b)[0]{retention}, '3 days', '... and GET /api/queues shows them');
+# the rate limit, and a hook removed by giving it empty
+$node->safe_psql('postgres', q{CREATE FUNCTION hook(job jsonb) RETURNS void LANGUAGE sql AS 'SELECT';
+	SELECT atomizer.alter_queue('held', on_dead => 'hook')});
+isnt($node->safe_psql('postgres', "SELECT on_dead FROM atomizer.queue WHERE name = 'held'"), '',
+	'(held has an on_dead hook)');
+($s, $b) = act($ops, '/api/queue/settings?name=held&rate_limit=100&rate_period=' . uri('1 minute') . '&on_dead=');
+is($s, 200, 'an admin sets a rate limit and removes a hook (given empty)') or diag(explain($b));
+is($node->safe_psql('postgres', q{SELECT concat_ws(' ', rate_limit, rate_period, coalesce(on_dead, 'none'))
+	FROM atomizer.queue WHERE name = 'held'}), '100 00:01:00 none', '... both act');
+($s, $b) = act($ops, '/api/queue/settings?name=held&rate_limit=0');
+is($node->safe_psql('postgres', "SELECT coalesce(rate_limit::text, 'none') FROM atomizer.queue WHERE name = 'held'"),
+	'none', 'a rate limit of 0 removes it');
 ($s, $b) = act($ops, '/api/queue/settings?name=held&backoff_jitter=2');
 is($s, 400, 'a setting alter_queue() refuses: 400');
 is($b->{error}, 'backoff_jitter must be between 0 and 1', '... with the SQL error\'s message');

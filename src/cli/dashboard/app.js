@@ -40,10 +40,10 @@ function when(ts) {
 	return ts ? new Date(ts).toLocaleString() : '';
 }
 
-async function api(path, params, post) {
+async function api(path, params, post, keepEmpty) {
 	const q = new URLSearchParams();
 	for (const [k, v] of Object.entries(params || {}))
-		if (v !== null && v !== undefined && v !== '') q.set(k, v);
+		if (v !== null && v !== undefined && (v !== '' || keepEmpty)) q.set(k, v);
 	const url = path + (q.toString() ? '?' + q : '');
 	const opts = post ? {method: 'POST', headers: {'X-CSRF-Token': session.csrf}} : {};
 	const r = await fetch(url, opts);
@@ -286,7 +286,9 @@ async function pageDead(main) {
 /* the settings the queues page edits (POST /api/queue/settings) */
 const QUEUE_SETTINGS = [
 	['concurrency', 'number'], ['max_attempts', 'number'], ['backoff_base', 'text'],
-	['backoff_cap', 'text'], ['backoff_jitter', 'text'], ['timeout', 'text'], ['retention', 'text']];
+	['backoff_cap', 'text'], ['backoff_jitter', 'text'], ['timeout', 'text'], ['retention', 'text'],
+	['rate_limit', 'number'], ['rate_period', 'text'], ['rate_partition', 'text'],
+	['before_run', 'text'], ['on_success', 'text'], ['on_failure', 'text'], ['on_dead', 'text']];
 
 async function pageQueues(main) {
 	const qs = await api('/api/queues');
@@ -312,7 +314,7 @@ async function pageQueues(main) {
 					if (input.value !== input.dataset.was) params[input.name] = input.value;
 				if (Object.keys(params).length === 1) { flash('nothing changed for ' + q.name, false); return; }
 				try {
-					await api('/api/queue/settings', params, true);
+					await api('/api/queue/settings', params, true, true);	/* empty: remove a hook */
 					flash('settings of ' + q.name + ' saved: ' + Object.keys(params).filter(k => k !== 'name').join(', '), false);
 				} catch (e) { flash(q.name + ': ' + e.message, true); }
 				route();
