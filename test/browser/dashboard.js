@@ -24,9 +24,11 @@ function check(cond, what) {
 
 async function show(page, hash, shot) {
 	await page.goto(base + '/' + hash, {waitUntil: 'load'});
-	// the page marks main[data-ready] once drawn; wait for this hash's
+	// the page marks main[data-ready] once drawn, and main[data-hash] says
+	// which page it drew: wait for this hash's (the previous page's main
+	// stays, ready, until the new one replaces it)
 	await page.waitForFunction(
-		h => { const m = document.querySelector('main[data-ready]'); return m && location.hash === h; },
+		h => { const m = document.querySelector('main[data-ready]'); return m && m.dataset.hash === h && location.hash === h; },
 		{timeout: 15000}, hash);
 	await page.waitForSelector('main[data-ready]', {timeout: 15000});
 	if (shot) await page.screenshot({path: out + '/' + shot + '.png'});

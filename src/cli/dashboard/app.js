@@ -363,7 +363,8 @@ async function route() {
 	const page = parts[0];
 	for (const a of document.querySelectorAll('#nav a'))
 		a.className = a.dataset.page === page ? 'current' : '';
-	const fresh = el('main', {id: 'main', 'data-page': page});
+	/* data-hash: which page this draw is of (tests wait for it) */
+	const fresh = el('main', {id: 'main', 'data-page': page, 'data-hash': location.hash});
 	try {
 		if (page === 'overview') await pageOverview(fresh);
 		else if (page === 'jobs') await pageJobs(fresh, new URLSearchParams(query || ''));
