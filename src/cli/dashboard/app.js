@@ -294,16 +294,16 @@ async function pageQueues(main) {
 	const qs = await api('/api/queues');
 	const admin = session.who.admin && !session.read_only;
 	main.append(el('h2', {}, 'Queues'));
-	main.append(table(['name', 'paused', 'external', ...QUEUE_SETTINGS.map(s => s[0]), ''], qs, (q, c) => {
-		const setting = QUEUE_SETTINGS.find(s => s[0] === c);
-		if (setting) {
-			if (!admin) return text(q[c]);
-			const input = el('input', {type: setting[1], name: c, class: 'setting', 'data-queue': q.name,
-				'aria-label': c + ' of ' + q.name, size: 8});
-			input.value = text(q[c]);
-			input.dataset.was = input.value;
-			return input;
-		}
+	main.append(table(['name', 'paused', 'external', 'settings', ''], qs, (q, c) => {
+		if (c === 'settings')
+			return el('div', {class: 'settings'}, ...QUEUE_SETTINGS.map(([name, type]) => {
+				if (!admin) return el('span', {class: 'field'}, el('small', {}, name), text(q[name]) || '–');
+				const input = el('input', {type: type, name: name, class: 'setting', 'data-queue': q.name,
+					'aria-label': name + ' of ' + q.name});
+				input.value = text(q[name]);
+				input.dataset.was = input.value;
+				return el('label', {class: 'field'}, el('small', {}, name), input);
+			}));
 		if (c !== '') return text(q[c]);
 		return el('span', {},
 			q.paused ? action('Resume', '/api/queue/resume', {name: q.name}) : action('Pause', '/api/queue/pause', {name: q.name}),
