@@ -533,31 +533,38 @@ api_queue_resume(DashRequest *r)
 
 /*
  * The queue settings the dashboard edits, in the order of the parameters
- * $2, $3, ... of DASHBOARD_SQL_QUEUE_SETTINGS; "integer" ones are checked
- * here, the others parsed by PostgreSQL (a bad one is a 400 with its
- * message), and alter_queue() checks them all.  A text setting given
- * empty is passed on empty (alter_queue() then removes the hook or the
- * rate partition); one not given is NULL (unchanged).
+ * $2, $3, ... of DASHBOARD_SQL_QUEUE_SETTINGS: integers are checked here,
+ * the others parsed by PostgreSQL (a bad one is a 400 with its message),
+ * and alter_queue() checks them all.  A text setting given empty is passed
+ * on empty (alter_queue() then removes the hook or the rate partition);
+ * any other given empty, or not given, is NULL (unchanged).
  */
+typedef enum SettingKind
+{
+	SETTING_INT,				/* checked here */
+	SETTING_VALUE,				/* parsed by PostgreSQL; empty: not given */
+	SETTING_TEXT				/* empty: removed (a hook, the partition) */
+} SettingKind;
+
 static const struct
 {
 	const char *name;
-	bool		integer;
+	SettingKind kind;
 }			queue_settings[] = {
-	{"concurrency", true},
-	{"max_attempts", true},
-	{"backoff_base", false},
-	{"backoff_cap", false},
-	{"backoff_jitter", false},
-	{"timeout", false},
-	{"retention", false},
-	{"rate_limit", true},
-	{"rate_period", false},
-	{"rate_partition", false},
-	{"before_run", false},
-	{"on_success", false},
-	{"on_failure", false},
-	{"on_dead", false},
+	{"concurrency", SETTING_INT},
+	{"max_attempts", SETTING_INT},
+	{"backoff_base", SETTING_VALUE},
+	{"backoff_cap", SETTING_VALUE},
+	{"backoff_jitter", SETTING_VALUE},
+	{"timeout", SETTING_VALUE},
+	{"retention", SETTING_VALUE},
+	{"rate_limit", SETTING_INT},
+	{"rate_period", SETTING_VALUE},
+	{"rate_partition", SETTING_TEXT},
+	{"before_run", SETTING_TEXT},
+	{"on_success", SETTING_TEXT},
+	{"on_failure", SETTING_TEXT},
+	{"on_dead", SETTING_TEXT},
 };
 
 #define NSETTINGS ((int) (sizeof(queue_settings) / sizeof(queue_settings[0])))
@@ -577,16 +584,20 @@ api_queue_settings(DashRequest *r)
 		return;
 	for (int i = 0; i < NSETTINGS; i++)
 	{
-		if (queue_settings[i].integer)
+		switch (queue_settings[i].kind)
 		{
-			if (!int_param(r, queue_settings[i].name, INT32_MIN, INT32_MAX, &v[1 + i]))
-				return;
-		}
-		else
-		{
-			/* given empty: alter_queue() removes a hook or the partition */
-			v[1 + i] = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND,
-												   queue_settings[i].name);
+			case SETTING_INT:
+				if (!int_param(r, queue_settings[i].name, INT32_MIN, INT32_MAX, &v[1 + i]))
+					return;
+				break;
+			case SETTING_VALUE:
+				v[1 + i] = param(r, queue_settings[i].name);
+				break;
+			case SETTING_TEXT:
+				/* given empty: alter_queue() removes the hook or partition */
+				v[1 + i] = MHD_lookup_connection_value(r->conn, MHD_GET_ARGUMENT_KIND,
+													   queue_settings[i].name);
+				break;
 		}
 		if (v[1 + i] != NULL)
 			given++;

@@ -350,9 +350,9 @@ isnt($node->safe_psql('postgres', "SELECT on_dead FROM atomizer.queue WHERE name
 is($s, 200, 'an admin sets a rate limit and removes a hook (given empty)') or diag(explain($b));
 is($node->safe_psql('postgres', q{SELECT concat_ws(' ', rate_limit, rate_period, coalesce(on_dead, 'none'))
 	FROM atomizer.queue WHERE name = 'held'}), '100 00:01:00 none', '... both act');
-($s, $b) = act($ops, '/api/queue/settings?name=held&rate_limit=0');
+($s, $b) = act($ops, '/api/queue/settings?name=held&rate_limit=0&rate_period=');
 is($node->safe_psql('postgres', "SELECT coalesce(rate_limit::text, 'none') FROM atomizer.queue WHERE name = 'held'"),
-	'none', 'a rate limit of 0 removes it');
+	'none', 'a rate limit of 0 removes it (an interval given empty is not given)');
 ($s, $b) = act($ops, '/api/queue/settings?name=held&backoff_jitter=2');
 is($s, 400, 'a setting alter_queue() refuses: 400');
 is($b->{error}, 'backoff_jitter must be between 0 and 1', '... with the SQL error\'s message');
