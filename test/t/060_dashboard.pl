@@ -543,6 +543,11 @@ ok(sse_until($alice_stream, qr/data: \{"queues": null\}/, 10), '... an event ("e
 close $_->{sock} for $ops_stream, $alice_stream;
 
 # ------------------------------------------------------------ /metrics
+# the scheduler's sample gives live_ext (jobs, none finished) its counters'
+# slot: wait for it, so that /metrics and atomizer.metrics below list the
+# same queues
+wait_until($node, 'postgres', q{SELECT count(*) FROM atomizer._gauges() WHERE queue = 'live_ext'},
+	'1', 'the sample has seen queue live_ext');
 ($s, $b, $r) = get($ops, '/metrics');
 is($s, 200, '/metrics');
 like($r->{headers}{'content-type'}, qr{^text/plain; version=0\.0\.4}, '... in the text format');
