@@ -313,7 +313,7 @@ const char *const DASHBOARD_SQL_DEAD_RETRY_BATCH =
 "                FROM batch b),"
 "  'last_id', (SELECT min(id) FROM batch))";
 
-/* queues and their settings */
+/* queues, their settings and their handler limits */
 const char *const DASHBOARD_SQL_QUEUES =
 "SELECT coalesce(json_agg(json_build_object("
 "  'name', q.name, 'paused', q.paused, 'external', q.external,"
@@ -324,7 +324,10 @@ const char *const DASHBOARD_SQL_QUEUES =
 "  'rate_limit', q.rate_limit, 'rate_period', q.rate_period,"
 "  'rate_partition', q.rate_partition, 'before_run', q.before_run,"
 "  'on_success', q.on_success, 'on_failure', q.on_failure,"
-"  'on_dead', q.on_dead) ORDER BY q.name), '[]')"
+"  'on_dead', q.on_dead,"
+"  'handler_limits', (SELECT coalesce(json_agg(json_build_object("
+"       'handler', l.handler, 'concurrency', l.concurrency) ORDER BY l.handler), '[]')"
+"     FROM atomizer.handler_limit l WHERE l.queue = q.name)) ORDER BY q.name), '[]')"
 "  FROM atomizer.queue q";
 const char *const DASHBOARD_SQL_PAUSE =
 "SELECT json_build_object('ok', true) FROM (SELECT atomizer.pause_queue(name => $1::text)) x";

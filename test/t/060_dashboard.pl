@@ -350,6 +350,12 @@ isnt($node->safe_psql('postgres', "SELECT on_dead FROM atomizer.queue WHERE name
 is($s, 200, 'an admin sets a rate limit and removes a hook (given empty)') or diag(explain($b));
 is($node->safe_psql('postgres', q{SELECT concat_ws(' ', rate_limit, rate_period, coalesce(on_dead, 'none'))
 	FROM atomizer.queue WHERE name = 'held'}), '100 00:01:00 none', '... both act');
+# handler limits are shown with the queue
+$node->safe_psql('postgres', q{SELECT atomizer.limit_handler('held', 'hook', 4)});
+($s, $b) = get($ops, '/api/queues');
+is_deeply((grep { $_->{name} eq 'held' } @$b)[0]{handler_limits},
+	[ { handler => 'public.hook', concurrency => 4 } ], 'GET /api/queues shows a queue\'s handler limits');
+$node->safe_psql('postgres', q{SELECT atomizer.limit_handler('held', 'hook', NULL)});
 ($s, $b) = act($ops, '/api/queue/settings?name=held&rate_limit=0&rate_period=');
 is($node->safe_psql('postgres', "SELECT coalesce(rate_limit::text, 'none') FROM atomizer.queue WHERE name = 'held'"),
 	'none', 'a rate limit of 0 removes it (an interval given empty is not given)');

@@ -294,7 +294,12 @@ async function pageQueues(main) {
 	const qs = await api('/api/queues');
 	const admin = session.who.admin && !session.read_only;
 	main.append(el('h2', {}, 'Queues'));
-	main.append(table(['name', 'paused', 'external', 'settings', ''], qs, (q, c) => {
+	main.append(table(['name', 'paused', 'external', 'settings', 'handler limits', ''], qs, (q, c) => {
+		if (c === 'handler limits')
+			return (q.handler_limits || []).length
+				? el('ul', {class: 'limits'}, ...q.handler_limits.map(l =>
+					el('li', {}, el('code', {}, text(l.handler)), ' at most ' + text(l.concurrency) + ' running')))
+				: el('span', {class: 'muted'}, 'none');
 		if (c === 'settings')
 			return el('div', {class: 'settings'}, ...QUEUE_SETTINGS.map(([name, type]) => {
 				if (!admin) return el('span', {class: 'field'}, el('small', {}, name), text(q[name]) || '–');
@@ -320,6 +325,7 @@ async function pageQueues(main) {
 				route();
 			}}, 'Save settings') : null);
 	}));
+	main.append(el('p', {class: 'muted'}, 'Handler limits are set with atomizer.limit_handler(queue, handler, concurrency).'));
 	if (!session.who.admin) main.append(el('p', {class: 'muted'}, 'Changing queues needs the atomizer_admin role.'));
 }
 
