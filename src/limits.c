@@ -202,7 +202,7 @@ limits_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_PREPARE:
-			if (own_reservations > 0)
+			if (own_reservations > 0 || holding)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot prepare a transaction that claimed jobs of a queue with limits"),
