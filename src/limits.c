@@ -14,41 +14,42 @@
  *	  the window per rate partition) with a fresh snapshot, adds what
  *	  other claims took and have not committed yet (their reservations,
  *	  below), claims at most what is left, and records its starts at one
- *	  time read under the lock.  Claims of the queue are so serialized,
- *	  each sees every earlier claim (committed, or reserved), and the
- *	  recorded start times grow: for any window of rate_period, every start
- *	  in it was counted by the claim of the last start in it, so no window
- *	  holds more than rate_limit.
+ *	  time read under the lock, which the jobs it claims get as their
+ *	  started_at.  Claims of the queue are so serialized, each sees every
+ *	  earlier claim (committed, or reserved), and the recorded start times
+ *	  grow: for any window of rate_period, every start in it was counted by
+ *	  the claim of the last start in it, so no window holds more than
+ *	  rate_limit, and the starts a user counts are the ones the limit
+ *	  counted.  A running job counts against its handler's limit until it
+ *	  stops running, whatever ends it (finish, failure, release, lease
+ *	  expiry, orphan recovery after a crash): the count is of atomizer.job's
+ *	  running rows (an internal job a claim under a handler limit marked
+ *	  with a lease of 0, job_limited_idx; an external job by its lease).
  *
  *	  Reservations.  A claim does not hold the lock to its commit (which
- *	  would serialize the claimers' commits, and their WAL flushes): before
- *	  it lets the lock go it writes what it took, per partition and per
- *	  limited handler, into shared memory, where it stays until the claim's
- *	  transaction has ended (the commit callback runs after the commit is
- *	  visible, so a claim is always counted once or twice, never not at
- *	  all; an abort drops it, and so does the abort of the subtransaction
- *	  it was made in).  The next claim copies the reservations when it
- *	  takes the lock, then takes the snapshot it reads the running jobs
- *	  and the rate window with, and counts a copied reservation only if
- *	  that snapshot does not see its claim committed: a claim is counted
- *	  once, in the tables or by its reservation, never twice and never not
- *	  at all (a reservation missed by the copy was gone, so its claim had
- *	  ended before the snapshot).  Without
- *	  shared memory (atomizer not preloaded), with every reservation slot
- *	  taken, or when the claim held jobs back or put them off (the queue
- *	  is at a limit; it wrote rows of atomizer.rate_reserve that the next
- *	  claim would wait for), the claim keeps the lock to its end instead.
- *	  A transaction that has written before its claim does not wait for
- *	  the lock (atomizer_limits_lock says why): its claim returns nothing
- *	  while another is under way.  A transaction that claimed from a limited queue cannot
- *	  be prepared (PREPARE TRANSACTION would end the reservation before
- *	  the commit).  The jobs a
- *	  claim takes get that time as their started_at, so the starts a user
- *	  counts are the starts the limit counted.  A running job stops
- *	  counting against its handler's limit when it stops running, whatever
- *	  ends it (finish, failure, release, lease expiry or orphan recovery
- *	  after a crash): the count is of atomizer.job's running rows.
+ *	  would serialize the claimers' commits, and their WAL flushes): once
+ *	  it has decided, it writes what it took, per partition and per limited
+ *	  handler, into shared memory, lets the lock go, and then writes its
+ *	  rows.  A reservation stays until the claim's transaction has ended
+ *	  (the commit callback runs after the commit is visible; an abort drops
+ *	  it, and so does the abort of the subtransaction it was made in).  The
+ *	  next claim copies the reservations when it takes the lock, then takes
+ *	  the snapshot it reads the tables with, and counts a copied
+ *	  reservation only if that snapshot does not see its claim's
+ *	  transaction as ended: so a claim is counted exactly once, in the
+ *	  tables or by its reservation (a reservation the copy missed was gone,
+ *	  so its claim had ended before the snapshot).
  *
+ *	  The claim keeps the lock to its end instead without shared memory
+ *	  (atomizer not preloaded), with every reservation slot taken, and when
+ *	  it held jobs back or put them off (the queue is at a limit; the times
+ *	  it promised are rows of atomizer.rate_reserve that the next claim
+ *	  would wait for).  A transaction that has written before its claim
+ *	  does not wait for the lock (atomizer_limits_lock says why): its claim
+ *	  returns nothing while another is under way.  A transaction that
+ *	  claimed from a limited queue cannot be prepared (PREPARE TRANSACTION
+ *	  would end the reservation before the commit).
+
  *	  The rate window is a table of starts, one row per claim and
  *	  partition (how many jobs), so a partition's window holds at most
  *	  rate_limit rows whatever the period; the scheduler prunes rows that
@@ -71,9 +72,9 @@
 #include "catalog/pg_type.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
-#include "nodes/parsenodes.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
 #include "storage/lock.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
