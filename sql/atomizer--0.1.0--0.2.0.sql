@@ -409,13 +409,8 @@ BEGIN
 	PERFORM atomizer._require_admin('create_queue', 'atomizer._create_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval)', 'create queues');
 	PERFORM atomizer._create_queue(name, concurrency, external, max_attempts, backoff_base, backoff_cap,
 		backoff_jitter, timeout, retention);
-	IF rate_limit IS NOT NULL OR rate_period IS NOT NULL OR rate_partition IS NOT NULL
-	   OR before_run IS NOT NULL OR on_success IS NOT NULL OR on_failure IS NOT NULL
-	   OR on_dead IS NOT NULL THEN
-		PERFORM atomizer._queue_options(name, rate_limit, rate_period, rate_partition,
-			atomizer._hook_arg('before_run', before_run), atomizer._hook_arg('on_success', on_success),
-			atomizer._hook_arg('on_failure', on_failure), atomizer._hook_arg('on_dead', on_dead));
-	END IF;
+	PERFORM atomizer._queue_options_given(name, rate_limit, rate_period, rate_partition,
+		before_run, on_success, on_failure, on_dead);
 END
 $$;
 
@@ -447,13 +442,8 @@ BEGIN
 	PERFORM atomizer._require_admin('alter_queue', 'atomizer._alter_queue(text, integer, boolean, integer, interval, interval, double precision, interval, interval)', 'change queues');
 	PERFORM atomizer._alter_queue(name, concurrency, external, max_attempts, backoff_base, backoff_cap,
 		backoff_jitter, timeout, retention);
-	IF rate_limit IS NOT NULL OR rate_period IS NOT NULL OR rate_partition IS NOT NULL
-	   OR before_run IS NOT NULL OR on_success IS NOT NULL OR on_failure IS NOT NULL
-	   OR on_dead IS NOT NULL THEN
-		PERFORM atomizer._queue_options(name, rate_limit, rate_period, rate_partition,
-			atomizer._hook_arg('before_run', before_run), atomizer._hook_arg('on_success', on_success),
-			atomizer._hook_arg('on_failure', on_failure), atomizer._hook_arg('on_dead', on_dead));
-	END IF;
+	PERFORM atomizer._queue_options_given(name, rate_limit, rate_period, rate_partition,
+		before_run, on_success, on_failure, on_dead);
 END
 $$;
 
@@ -987,6 +977,32 @@ $$;
 
 COMMENT ON FUNCTION atomizer._hook_arg(text, text) IS
 	'A hook function''s name resolved with the caller''s search_path, schema-qualified.';
+
+/*
+ * _queue_options_given: what create_queue() and alter_queue() do with the
+ * settings of issue 14, when any is given: resolve the hooks with the
+ * caller's search_path (so, like _hook_arg, no SET search_path) and hand
+ * them to _queue_options.
+ */
+CREATE FUNCTION atomizer._queue_options_given(
+	name text, rate_limit integer, rate_period interval, rate_partition text,
+	before_run text, on_success text, on_failure text, on_dead text)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+	IF rate_limit IS NOT NULL OR rate_period IS NOT NULL OR rate_partition IS NOT NULL
+	   OR before_run IS NOT NULL OR on_success IS NOT NULL OR on_failure IS NOT NULL
+	   OR on_dead IS NOT NULL THEN
+		PERFORM atomizer._queue_options(name, rate_limit, rate_period, rate_partition,
+			atomizer._hook_arg('before_run', before_run), atomizer._hook_arg('on_success', on_success),
+			atomizer._hook_arg('on_failure', on_failure), atomizer._hook_arg('on_dead', on_dead));
+	END IF;
+END
+$$;
+
+COMMENT ON FUNCTION atomizer._queue_options_given(text, integer, interval, text, text, text, text, text) IS
+	'The rate limit and hook settings of create_queue() and alter_queue(), when any is given.';
 
 /*
  * _queue_options: the settings of issue 14, after create_queue() or

@@ -562,9 +562,8 @@ extern Size atomizer_limits_shmem_size(void);
 extern void atomizer_limits_shmem_init(LWLock *lock);
 extern bool atomizer_limits_lock(const char *queue);
 extern struct SnapshotData *atomizer_limits_snapshot(void);
-extern void atomizer_limits_reserved(const char *queue, AtomizerLimitKind kind,
-									 char **keys, int nkeys, int64 *counts,
-									 struct SnapshotData *snap);
+extern void atomizer_limits_reserved(AtomizerLimitKind kind, char **keys, int nkeys,
+									 int64 *counts, struct SnapshotData *snap);
 extern void atomizer_limits_reserve_and_unlock(const char *queue,
 											   const AtomizerLimitKind *kinds,
 											   char **keys, const int *n, int nkeys,

@@ -1205,8 +1205,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 		/* what other claims in flight took counts as running */
 		int64	   *reserved = palloc0(sizeof(int64) * nh);
 
-		atomizer_limits_reserved(spec->queue, ATOMIZER_LIMIT_HANDLER, handlers, nh,
-								 reserved, snap);
+		atomizer_limits_reserved(ATOMIZER_LIMIT_HANDLER, handlers, nh, reserved, snap);
 		for (int h = 0; h < nh; h++)
 			room[h] = (int) Max(room[h] - reserved[h], 0);
 	}
@@ -1243,9 +1242,8 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 		if (rate && nparts > nparts_read)
 		{
 			/* what other claims in flight started, and the window */
-			atomizer_limits_reserved(spec->queue, ATOMIZER_LIMIT_RATE,
-									 parts + nparts_read, nparts - nparts_read,
-									 used + nparts_read, snap);
+			atomizer_limits_reserved(ATOMIZER_LIMIT_RATE, parts + nparts_read,
+									 nparts - nparts_read, used + nparts_read, snap);
 			atomizer_limits_rate_used(q, snap, now, parts + nparts_read,
 									  nparts - nparts_read, used + nparts_read,
 									  free_at + nparts_read);

@@ -296,13 +296,13 @@ atomizer_limits_snapshot(void)
  * atomizer_limits_reserved
  *		Add to counts[i] what claims of other sessions in flight took of
  *		keys[i] (nkeys of them, partitions or handlers as kind says) in the
- *		queue whose limit lock is held: those of the copy taken with the
+ *		queue whose limit lock this backend holds: those of the copy taken with the
  *		lock whose transaction snap does not see committed (the others are
  *		in the tables snap reads, or rolled back), so none is counted twice.
  */
 void
-atomizer_limits_reserved(const char *queue, AtomizerLimitKind kind,
-						 char **keys, int nkeys, int64 *counts, Snapshot snap)
+atomizer_limits_reserved(AtomizerLimitKind kind, char **keys, int nkeys,
+						 int64 *counts, Snapshot snap)
 {
 	for (int i = 0; i < nkeys && ninflight > 0; i++)
 	{
