@@ -17,6 +17,7 @@ use AtomizerTest;
 
 my $node = AtomizerTest::node('limits', conf => q{
 max_worker_processes = 32
+max_prepared_transactions = 2
 atomizer.max_workers = 8
 atomizer.poll_interval = 200
 });
@@ -47,7 +48,12 @@ $node->safe_psql('postgres', q{
 	CREATE FUNCTION slow(p jsonb) RETURNS void LANGUAGE sql AS 'SELECT pg_sleep(0.01)';
 });
 
-# 1. A rate limit on atomizer's own workers, over 10,000 jobs.
+# 1. A rate limit on atomizer's own workers, over 10,000 jobs.  The
+# database asks for REPEATABLE READ, in which a limited claim is refused:
+# the workers claim all the same, since atomizer's processes always run in
+# READ COMMITTED.
+$node->safe_psql('postgres',
+	q{ALTER DATABASE postgres SET default_transaction_isolation = 'repeatable read'});
 $node->safe_psql('postgres', q{
 	SELECT atomizer.create_queue('rl', concurrency => 4, rate_limit => 1000,
 								 rate_period => '1 second');
@@ -67,6 +73,9 @@ cmp_ok($starts, '<=', 1000, "rate limit: at most 1000 starts in any second ($sta
 cmp_ok($starts, '>=', 500, "rate limit: the limit was reached, so it was tested ($starts)");
 cmp_ok($took, '>=', 9, "rate limit: 10,000 jobs took at least 9 s ($took s)");
 note("rate limit overshoot: " . ($starts > 1000 ? $starts - 1000 : 0));
+is($node->safe_psql('postgres', q{SHOW default_transaction_isolation}), 'repeatable read',
+	'(a session of the database is in REPEATABLE READ)');
+$node->safe_psql('postgres', q{ALTER DATABASE postgres RESET default_transaction_isolation});
 
 # 2. A handler limit on atomizer's workers; the other handler's jobs behind
 # the held-back backlog run at once.
@@ -135,6 +144,17 @@ for my $c (@claimers)
 is($node->safe_psql('postgres',
 		q{SELECT count(*) FROM atomizer.jobs WHERE queue = 'ex' AND state = 'succeeded'}),
 	3000, 'external: every job ran once');
+# a transaction that claimed from a limited queue cannot be prepared
+$node->safe_psql('postgres', q{SELECT atomizer.enqueue('b', '{"customer": "z"}', queue => 'ex')});
+my ($rc, $out, $err) = $node->psql('postgres', q{
+	BEGIN;
+	SELECT count(*) FROM atomizer.claim('ex', 1, '1 minute', 'p');
+	PREPARE TRANSACTION 'claimed';});
+like($err, qr/cannot prepare a transaction that claimed jobs of a queue with limits/,
+	'PREPARE TRANSACTION after a limited claim is refused');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM pg_prepared_xacts}), 0,
+	'... and nothing was prepared');
+$node->safe_psql('postgres', q{SELECT atomizer.cancel(id) FROM atomizer.job WHERE queue = 'ex'});
 my $ext_starts = $node->safe_psql('postgres', q{SELECT max_starts('ex', '1 second', 'customer')});
 cmp_ok($ext_starts, '<=', 300, "external: at most 300 starts a second per customer ($ext_starts)");
 cmp_ok($ext_starts, '>=', 150, "external: the rate limit was reached ($ext_starts)");
