@@ -648,6 +648,16 @@ running_job_or_error(const char *fname)
 }
 
 /*
+ * atomizer_running_job_id
+ *		The id of the job whose handler calls fname, or an ERROR.
+ */
+int64
+atomizer_running_job_id(const char *fname)
+{
+	return running_job_or_error(fname)->id;
+}
+
+/*
  * atomizer.current_job() RETURNS TABLE (id, queue, handler, attempt,
  *		max_attempts, owner, created_at, run_at, schedule, tags)
  *		The job whose handler is running.
