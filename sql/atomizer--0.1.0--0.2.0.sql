@@ -1422,6 +1422,10 @@ CREATE TABLE atomizer.job_dependency (
 /* a finished job's dependents, for their release */
 CREATE INDEX job_dependency_depends_on_idx ON atomizer.job_dependency (depends_on);
 
+/* the jobs a failed job cancelled, for retry() */
+CREATE INDEX job_history_cancelled_by_idx ON atomizer.job_history (cancelled_by)
+	WHERE cancelled_by IS NOT NULL;
+
 COMMENT ON TABLE atomizer.job_dependency IS
 	'Which job waits for which (written by enqueue(…, depends_on); a dependent''s rows go when it is purged).';
 

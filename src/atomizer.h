@@ -301,7 +301,7 @@ extern bool atomizer_record_or_set_aside(AtomizerJob *job,
 extern bool atomizer_in_worker;
 extern int	atomizer_worker_slot;
 extern bool atomizer_in_handler(void);
-extern int64 atomizer_running_job_id(const char *fname);
+extern int64 atomizer_running_job_id(void);
 extern volatile sig_atomic_t atomizer_shutdown_pending;
 extern volatile TimestampTz atomizer_shutdown_deadline;
 

@@ -649,12 +649,12 @@ running_job_or_error(const char *fname)
 
 /*
  * atomizer_running_job_id
- *		The id of the job whose handler calls fname, or an ERROR.
+ *		The id of the job whose handler is running, or 0 outside one.
  */
 int64
-atomizer_running_job_id(const char *fname)
+atomizer_running_job_id(void)
 {
-	return running_job_or_error(fname)->id;
+	return running_job ? running_job->id : 0;
 }
 
 /*

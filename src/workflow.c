@@ -791,8 +791,13 @@ return_dependencies(FunctionCallInfo fcinfo, int64 id)
 Datum
 atomizer_dependencies(PG_FUNCTION_ARGS)
 {
-	int64		id = atomizer_running_job_id("atomizer.dependencies()");
+	int64		id = atomizer_running_job_id();
 
+	if (id == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("atomizer.dependencies() can only be called from a job's handler"),
+				 errhint("External workers name the job: atomizer.dependencies(job_id).")));
 	return return_dependencies(fcinfo, id);
 }
 
