@@ -343,6 +343,11 @@ typedef struct AtomizerNewJobs
 	bool		paused;			/* nobody to wake until resume_queue() */
 	Datum		tags;			/* text[] (0.2.0), if not tags_null */
 	bool		tags_null;
+	/* with dependencies (0.2.0; store_insert and store_insert_many only) */
+	bool		deps;			/* write the three below */
+	bool		blocked;		/* state 'blocked' (else 'available') */
+	int			blockers;
+	bool		deps_run;		/* on_dependency_failure 'run' (else 'cancel') */
 } AtomizerNewJobs;
 
 extern bool atomizer_store_jobs(const AtomizerNewJobs *jobs, Datum *payloads,
@@ -363,7 +368,8 @@ extern bool atomizer_deps_parse(FunctionCallInfo fcinfo, int deps_arg,
 								AtomizerDeps *deps);
 extern void atomizer_deps_lock(AtomizerDeps *deps, const char *owner);
 extern bool atomizer_deps_attach(const AtomizerDeps *deps, const int64 *ids,
-								 int n, const char *owner);
+								 int n, const char *owner, bool written);
+extern void atomizer_deps_preset(const AtomizerDeps *deps, AtomizerNewJobs *args);
 extern void atomizer_workflow_note_finished(int64 id, bool failed);
 extern void atomizer_workflow_retried(int64 id);
 

@@ -273,6 +273,10 @@ parse_enqueue_args(FunctionCallInfo fcinfo, EnqueueArgs *args)
 	args->owner = atomizer_role_name(caller);
 	args->tags = (Datum) 0;
 	args->tags_null = true;
+	args->deps = false;
+	args->blocked = false;
+	args->blockers = 0;
+	args->deps_run = false;
 }
 
 /*
@@ -420,7 +424,7 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 			notice_not_enqueued(id, args.queue, key, same_payload,
 								psprintf("the key makes a new job after %s",
 										 timestamptz_to_str(until)));
-		if (!(created && has_deps && atomizer_deps_attach(&deps, &id, 1, args.owner)))
+		if (!(created && has_deps && atomizer_deps_attach(&deps, &id, 1, args.owner, false)))
 			note_enqueued(&args, id);
 		PG_RETURN_INT64(id);
 	}
@@ -441,12 +445,14 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 		bool		created;
 		bool		same_payload;
 
+		if (has_deps)
+			atomizer_deps_preset(&deps, &args);
 		id = atomizer_store_insert(&args, JsonbPGetDatum(payload), key,
 								   &created, &same_payload);
 		if (!created)
 			notice_not_enqueued(id, args.queue, key, same_payload,
 								"the key is free again once that job has finished");
-		if (created && has_deps && atomizer_deps_attach(&deps, &id, 1, args.owner))
+		if (created && has_deps && atomizer_deps_attach(&deps, &id, 1, args.owner, true))
 			PG_RETURN_INT64(id);	/* blocked: nothing to wake */
 	}
 	note_enqueued(&args, id);
@@ -594,7 +600,7 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 			for (int i = 0; i < nelems; i++)
 				if (made[i])
 					new_ids[m++] = ids[i];
-			waits = atomizer_deps_attach(&deps, new_ids, m, args.owner);
+			waits = atomizer_deps_attach(&deps, new_ids, m, args.owner, false);
 		}
 		if (created < nelems)
 			ereport(NOTICE,
@@ -615,8 +621,10 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	}
 
+	if (has_deps)
+		atomizer_deps_preset(&deps, &args);
 	atomizer_store_insert_many(&args, payloads, nelems, ids);
-	if (!(has_deps && atomizer_deps_attach(&deps, ids, nelems, args.owner)))
+	if (!(has_deps && atomizer_deps_attach(&deps, ids, nelems, args.owner, true)))
 		note_enqueued(&args, ids[0]);
 
 	materialize_ids(rsinfo, ids, nelems);

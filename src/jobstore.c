@@ -270,13 +270,13 @@ int64
 atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 					  const char *key, bool *created, bool *same_payload)
 {
-	static SPIPlanPtr insert_plans[2] = {NULL, NULL};
+	static SPIPlanPtr insert_plans[3] = {NULL, NULL, NULL};
 	static SPIPlanPtr existing_plan = NULL;
-	int			tagged = args->tags_null ? 0 : 1;
+	int			tagged = args->deps ? 2 : args->tags_null ? 0 : 1;
 	SPIPlanPtr	insert_plan;
 	StoreCall	call;
-	Datum		values[10];
-	char		nulls[10];
+	Datum		values[13];
+	char		nulls[13];
 	int64		id = 0;
 	bool		done = false;
 
@@ -295,14 +295,21 @@ atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 	nulls[8] = key ? ' ' : 'n';
 	values[9] = args->tags;
 	nulls[9] = args->tags_null ? 'n' : ' ';
+	values[10] = CStringGetTextDatum(args->blocked ? "blocked" : "available");
+	values[11] = Int32GetDatum(args->blockers);
+	values[12] = CStringGetTextDatum(args->deps_run ? "run" : "cancel");
 
 	store_begin(&call);
 	{
-		Oid			types[10] = {TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
-		INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTOID, TEXTARRAYOID};
+		Oid			types[13] = {TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
+			INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTOID, TEXTARRAYOID,
+		TEXTOID, INT4OID, TEXTOID};
 		Oid			lookup_types[4] = {TEXTOID, TEXTOID, TEXTOID, JSONBOID};
 
-		/* tags: only 0.2.0's objects have the column, and only they pass any */
+		/*
+		 * tags: only 0.2.0's objects have the column, and only they pass
+		 * any; nor dependencies (plan 2: with the state they make)
+		 */
 		if (insert_plans[tagged] == NULL)
 			atomizer_prepare(&insert_plans[tagged],
 					 psprintf("INSERT INTO atomizer.job "
@@ -311,8 +318,11 @@ atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::name, $9%s) "
 							  "ON CONFLICT (queue, owner, idempotency_key) "
 							  "WHERE idempotency_key IS NOT NULL DO NOTHING "
-							  "RETURNING id", TAGS[tagged], tagged ? ", $10" : ""),
-					 tagged ? 10 : 9, types);
+							  "RETURNING id",
+							  tagged == 2 ? ", tags, state, blockers, on_dependency_failure" :
+							  TAGS[tagged],
+							  tagged == 2 ? ", $10, $11, $12, $13" : tagged ? ", $10" : ""),
+					 tagged == 2 ? 13 : tagged ? 10 : 9, types);
 		insert_plan = insert_plans[tagged];
 		/* keys are the enqueuing role's own: another role's are not seen */
 		atomizer_prepare(&existing_plan,
@@ -469,11 +479,11 @@ void
 atomizer_store_insert_many(const AtomizerNewJobs *args, ArrayType *payloads,
 						   int n, int64 *ids)
 {
-	static SPIPlanPtr plans[2] = {NULL, NULL};
-	int			tagged = args->tags_null ? 0 : 1;
+	static SPIPlanPtr plans[3] = {NULL, NULL, NULL};
+	int			tagged = args->deps ? 2 : args->tags_null ? 0 : 1;
 	StoreCall	call;
-	Datum		values[9];
-	char		nulls[9];
+	Datum		values[12];
+	char		nulls[12];
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(args->queue);
@@ -488,11 +498,15 @@ atomizer_store_insert_many(const AtomizerNewJobs *args, ArrayType *payloads,
 	values[7] = CStringGetTextDatum(args->owner);
 	values[8] = args->tags;
 	nulls[8] = args->tags_null ? 'n' : ' ';
+	values[9] = CStringGetTextDatum(args->blocked ? "blocked" : "available");
+	values[10] = Int32GetDatum(args->blockers);
+	values[11] = CStringGetTextDatum(args->deps_run ? "run" : "cancel");
 
 	store_begin(&call);
 	{
-		Oid			types[9] = {TEXTOID, TEXTOID, JSONBARRAYOID, TIMESTAMPTZOID,
-		INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTARRAYOID};
+		Oid			types[12] = {TEXTOID, TEXTOID, JSONBARRAYOID, TIMESTAMPTZOID,
+			INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTARRAYOID, TEXTOID, INT4OID,
+		TEXTOID};
 
 		if (plans[tagged] == NULL)
 			atomizer_prepare(&plans[tagged],
@@ -501,8 +515,11 @@ atomizer_store_insert_many(const AtomizerNewJobs *args, ArrayType *payloads,
 							  " max_attempts, timeout, owner%s) "
 							  "SELECT nextval('atomizer.job_id_seq'), $1, $2, p, $4, $5,"
 							  " $6, $7, $8::name%s FROM unnest($3) AS p "
-							  "RETURNING id", TAGS[tagged], tagged ? ", $9" : ""),
-					 tagged ? 9 : 8, types);
+							  "RETURNING id",
+							  tagged == 2 ? ", tags, state, blockers, on_dependency_failure" :
+							  TAGS[tagged],
+							  tagged == 2 ? ", $9, $10, $11, $12" : tagged ? ", $9" : ""),
+					 tagged == 2 ? 12 : tagged ? 9 : 8, types);
 	}
 	if (SPI_execute_plan(plans[tagged], values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != (uint64) n)
@@ -1649,7 +1666,10 @@ atomizer_finish_job(int64 id, const char *state, Datum result,
  * atomizer_finish_succeeded
  *		Move n succeeded jobs to the history at once, with their results
  *		(results[i] NULL for none).  One statement for a whole batch: the
- *		workers call it just before they commit the batch.
+ *		workers call it just before they commit the batch.  The rows are
+ *		deleted in id order, the order in which an enqueue locks the
+ *		dependencies it names (workflow.c), so that the two do not wait for
+ *		each other in a cycle.
  */
 void
 atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
@@ -1681,7 +1701,8 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 
 		if (plans[gen] == NULL)
 			atomizer_prepare(&plans[gen],
-					 psprintf("WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)), "
+					 psprintf("WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)"
+							  " ORDER BY id), "
 							  "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
 							  " RETURNING j.*, r.result AS new_result) "
 							  "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "

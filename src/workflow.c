@@ -296,8 +296,23 @@ atomizer_deps_lock(AtomizerDeps *deps, const char *owner)
 }
 
 /*
+ * atomizer_deps_preset
+ *		For a job store insert that writes the dependency columns itself:
+ *		the state, count and policy atomizer_deps_attach would set.
+ */
+void
+atomizer_deps_preset(const AtomizerDeps *deps, AtomizerNewJobs *args)
+{
+	args->deps = true;
+	args->blocked = deps->pending > 0 || (deps->failed_id != 0 && !deps->run);
+	args->blockers = deps->pending;
+	args->deps_run = deps->run;
+}
+
+/*
  * atomizer_deps_attach
  *		After the jobs ids[] (n of them, all new) are written: their edges,
+ *		and (unless written, by an insert atomizer_deps_preset set up)
  *		their policy and count of unfinished dependencies, and the state
  *		blocked if one is unfinished.  A job whose dependency already ended
  *		dead or cancelled, under 'cancel', is cancelled now.  Returns
@@ -306,7 +321,7 @@ atomizer_deps_lock(AtomizerDeps *deps, const char *owner)
  */
 bool
 atomizer_deps_attach(const AtomizerDeps *deps, const int64 *ids, int n,
-					 const char *owner)
+					 const char *owner, bool written)
 {
 	static SPIPlanPtr edge_plan = NULL;
 	static SPIPlanPtr set_plan = NULL;
@@ -340,7 +355,8 @@ atomizer_deps_attach(const AtomizerDeps *deps, const int64 *ids, int n,
 	values[1] = CStringGetTextDatum(deps->run ? "run" : "cancel");
 	values[2] = Int32GetDatum(deps->pending);
 	values[3] = BoolGetDatum(waits);
-	if (SPI_execute_plan(set_plan, values, NULL, false, 0) != SPI_OK_UPDATE)
+	if (!written &&
+		SPI_execute_plan(set_plan, values, NULL, false, 0) != SPI_OK_UPDATE)
 		elog(ERROR, "could not block the dependent jobs");
 	call_end(&call);
 
@@ -446,12 +462,13 @@ release_once(const int64 *ids, const bool *failed, int n)
 						 " WHERE c.state = 'blocked' AND c.id IN"
 						 " (SELECT d.job_id FROM atomizer.job_dependency d"
 						 "  WHERE d.depends_on = ANY ($1))"
-						 " ORDER BY c.id FOR NO KEY UPDATE", 1, lock_types);
+						 " ORDER BY c.id FOR NO KEY UPDATE OF c", 1, lock_types);
 		atomizer_prepare(&count_plan,
 						 "WITH f AS (SELECT * FROM unnest($1, $2) AS f(id, failed)),"
 						 " e AS (SELECT d.job_id, count(*)::int4 AS n,"
 						 "  min(f.id) FILTER (WHERE f.failed) AS failed_by"
 						 "  FROM atomizer.job_dependency d JOIN f ON f.id = d.depends_on"
+						 "  WHERE d.depends_on = ANY ($1)"	/* read through the index */
 						 "  GROUP BY d.job_id)"
 						 " SELECT c.id, e.n, e.failed_by, c.on_dependency_failure = 'run',"
 						 "  (SELECT h.state FROM atomizer.job_history h"

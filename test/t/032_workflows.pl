@@ -7,7 +7,10 @@
 #  (b) a chain 1,000 deep runs link after link through the workers, each
 #      released by the commit of the one before;
 #  (c) an internal job releases an external one, whose worker (a separate
-#      session, as an external worker is) releases an internal one.
+#      session, as an external worker is) releases an internal one;
+#  (d) a fan-out of 10,000 jobs with one fan-in callback: the callback runs
+#      once, after the last part, each part's finish counting it down by
+#      one (no statement reads all of its 10,000 dependencies).
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -166,6 +169,39 @@ $worker->query_safe("SELECT atomizer.complete($mail, '{\"sent\": true}')");
 $worker->quit;
 wait_until($node, 'postgres', q{SELECT count(*) FROM effects WHERE kind = 'archive'}, '1',
 	'the external job released the internal one, which ran');
+
+# ------------------------------------------------------------- (d) 10,000 parts, one callback
+$node->safe_psql('postgres', q{
+	TRUNCATE effects;
+	SELECT atomizer.pause_queue('wf');
+	SELECT atomizer.enqueue('part', '{"kind": "root", "grp": 1}', queue => 'wf') AS root \gset
+	SELECT array_agg(id) AS ids FROM atomizer.enqueue_many('part',
+		ARRAY(SELECT jsonb_build_object('kind', 'part', 'grp', 1) FROM generate_series(1, 10000)),
+		queue => 'wf', depends_on => ARRAY[:root]) AS id \gset
+	SELECT atomizer.enqueue('callback', '{"kind": "callback", "grp": 1}', queue => 'wf',
+		depends_on => :'ids', on_dependency_failure => 'run');
+});
+is($node->safe_psql('postgres', q{SELECT blockers FROM atomizer.jobs WHERE handler = 'public.callback' AND state = 'blocked'}),
+	'10000', 'the callback waits for 10,000 jobs');
+$t0 = time();
+$node->safe_psql('postgres', q{SELECT atomizer.resume_queue('wf')});
+wait_until($node, 'postgres', q{SELECT count(*) FROM effects WHERE kind = 'callback'}, '1',
+	'the callback of 10,000 parts ran');
+note(sprintf('10,000 parts and their callback took %.2f s', time() - $t0));
+is($node->safe_psql('postgres', q{
+	SELECT count(*) FILTER (WHERE kind = 'part'),
+		   count(*) FILTER (WHERE p.kind = 'part' AND p.seq > (SELECT seq FROM effects WHERE kind = 'callback'))
+	  FROM effects p}), '10000|0', 'all 10,000 parts ran before it, once each');
+is($node->safe_psql('postgres', q{
+	SELECT result->>'finished' FROM atomizer.jobs WHERE handler = 'public.callback' AND state = 'succeeded'
+	 ORDER BY id DESC LIMIT 1}), '10000', 'it saw all 10,000 succeeded');
+$fanin = $node->safe_psql('postgres', q{
+	SELECT round((extract(epoch FROM c.started_at - max(p.finished_at)) * 1000)::numeric, 2)
+	  FROM atomizer.jobs c JOIN atomizer.job_dependencies d ON d.job_id = c.id
+	  JOIN atomizer.jobs p ON p.id = d.depends_on
+	 WHERE c.id = (SELECT max(id) FROM atomizer.jobs WHERE handler = 'public.callback')
+	 GROUP BY c.started_at});
+note("fan-in of 10,000: the last part finished -> the callback started: $fanin ms");
 
 $node->stop;
 done_testing();
