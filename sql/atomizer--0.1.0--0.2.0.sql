@@ -1275,7 +1275,8 @@ CREATE POLICY metrics_readers ON atomizer.stats_hour FOR SELECT
 CREATE FUNCTION atomizer._gauges(
 	OUT queue text, OUT scheduled bigint, OUT available bigint,
 	OUT running bigint, OUT retrying bigint,
-	OUT oldest_available timestamptz, OUT sampled_at timestamptz)
+	OUT oldest_available timestamptz, OUT sampled_at timestamptz,
+	OUT blocked bigint)
 RETURNS SETOF record
 LANGUAGE C VOLATILE
 AS 'MODULE_PATHNAME', 'atomizer_gauges';
@@ -1368,7 +1369,8 @@ SELECT 'atomizer_jobs',
   FROM atomizer.queue q
   LEFT JOIN atomizer._gauges() g ON g.queue = q.name
  CROSS JOIN LATERAL (VALUES ('scheduled', g.scheduled), ('available', g.available),
-							('running', g.running), ('retrying', g.retrying)) x(state, n)
+							('running', g.running), ('retrying', g.retrying),
+							('blocked', g.blocked)) x(state, n)
 UNION ALL
 SELECT 'atomizer_oldest_available_seconds',
 	   pg_catalog.jsonb_build_object('queue', q.name),

@@ -2854,6 +2854,7 @@ atomizer_store_sample_unfinished(AtomizerGaugeSample **samples)
 					 " count(*) FILTER (WHERE w AND run_at <= now()),"
 					 " count(*) FILTER (WHERE state = 'running'),"
 					 " count(*) FILTER (WHERE w AND run_at > now() AND attempt > 0),"
+					 " count(*) FILTER (WHERE state = 'blocked'),"
 					 " min(run_at) FILTER (WHERE w AND run_at <= now())"
 					 " FROM (SELECT queue, state, run_at, attempt,"
 					 "  state NOT IN ('running', 'blocked') AS w FROM atomizer.job) j"
@@ -2874,7 +2875,7 @@ atomizer_store_sample_unfinished(AtomizerGaugeSample **samples)
 		text_to_cstring_buffer(DatumGetTextPP(d), sample->queue, NAMEDATALEN);
 		for (int g = 0; g < ATOMIZER_GAUGES; g++)
 			sample->n[g] = DatumGetInt64(SPI_getbinval(tup, desc, 2 + g, &isnull));
-		d = SPI_getbinval(tup, desc, 6, &isnull);
+		d = SPI_getbinval(tup, desc, 2 + ATOMIZER_GAUGES, &isnull);
 		sample->oldest_available = isnull ? 0 : DatumGetTimestampTz(d);
 	}
 	store_end(&call);
