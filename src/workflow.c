@@ -196,6 +196,22 @@ atomizer_deps_parse(FunctionCallInfo fcinfo, int deps_arg, AtomizerDeps *deps)
 }
 
 /*
+ * dep_of_row
+ *		The index in deps->ids of the job id in column 1 of SPI_tuptable's
+ *		row r, or -1.
+ */
+static int
+dep_of_row(const AtomizerDeps *deps, uint64 r)
+{
+	bool		isnull;
+	int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+	int64	   *hit = bsearch(&id, deps->ids, deps->n, sizeof(int64), compare_int64);
+
+	return hit ? (int) (hit - deps->ids) : -1;
+}
+
+/*
  * atomizer_deps_lock
  *		Before the job is written: lock the unfinished dependencies (FOR KEY
  *		SHARE, so none of them finishes until this transaction ends) and
@@ -244,16 +260,11 @@ atomizer_deps_lock(AtomizerDeps *deps, const char *owner)
 			elog(ERROR, "could not lock the dependencies");
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
-			bool		isnull;
-			int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-														 SPI_tuptable->tupdesc, 1,
-														 &isnull));
-			int64	   *hit = bsearch(&id, deps->ids, deps->n, sizeof(int64),
-									  compare_int64);
+			int			k = dep_of_row(deps, r);
 
-			if (hit && !seen[hit - deps->ids])
+			if (k >= 0 && !seen[k])
 			{
-				seen[hit - deps->ids] = true;
+				seen[k] = true;
 				deps->pending++;
 			}
 		}
@@ -261,22 +272,17 @@ atomizer_deps_lock(AtomizerDeps *deps, const char *owner)
 			elog(ERROR, "could not read the dependencies");
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
-			bool		isnull;
-			int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-														 SPI_tuptable->tupdesc, 1,
-														 &isnull));
+			int			k = dep_of_row(deps, r);
 			char	   *state = SPI_getvalue(SPI_tuptable->vals[r],
 											 SPI_tuptable->tupdesc, 2);
-			int64	   *hit = bsearch(&id, deps->ids, deps->n, sizeof(int64),
-									  compare_int64);
 
-			if (hit == NULL || seen[hit - deps->ids])
+			if (k < 0 || seen[k])
 				continue;
-			seen[hit - deps->ids] = true;
+			seen[k] = true;
 			if (strcmp(state, "succeeded") != 0 &&
-				(deps->failed_id == 0 || id < deps->failed_id))
+				(deps->failed_id == 0 || deps->ids[k] < deps->failed_id))
 			{
-				deps->failed_id = id;
+				deps->failed_id = deps->ids[k];
 				deps->failed_state = MemoryContextStrdup(caller_cxt, state);
 			}
 		}
