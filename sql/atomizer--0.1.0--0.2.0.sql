@@ -334,6 +334,11 @@ BEGIN
 			USING ERRCODE = 'dependent_objects_still_exist',
 				  HINT = 'Wait for them or cancel them, or drop the queue and its unfinished jobs with force => true.';
 	END IF;
+	/* their dependents in other queues count them as failed (workflows) */
+	PERFORM atomizer._jobs_deleted(ARRAY(
+		SELECT j.id FROM atomizer.job j WHERE j.queue = _drop_queue.name));
+	DELETE FROM atomizer.job_dependency d USING atomizer.job j
+	 WHERE d.job_id = j.id AND j.queue = _drop_queue.name;
 	DELETE FROM atomizer.job j WHERE j.queue = _drop_queue.name;
 	DELETE FROM atomizer.queue WHERE queue.name = _drop_queue.name;
 	PERFORM atomizer._queues_changed();
@@ -1481,6 +1486,16 @@ COMMENT ON FUNCTION atomizer.dependencies(bigint) IS
 	'The dependencies of a job (yours, or, for a member of atomizer_worker, one in an external queue), with their states, results and last errors.';
 
 GRANT EXECUTE ON FUNCTION atomizer.dependencies(), atomizer.dependencies(bigint) TO PUBLIC;
+
+CREATE FUNCTION atomizer._jobs_deleted(job_ids bigint[])
+RETURNS void
+LANGUAGE C STRICT
+AS 'MODULE_PATHNAME', 'atomizer_jobs_deleted';
+
+COMMENT ON FUNCTION atomizer._jobs_deleted(bigint[]) IS
+	'drop_queue(force => true): the unfinished jobs it deletes count as failed for the jobs that depend on them.';
+
+REVOKE ALL ON FUNCTION atomizer._jobs_deleted(bigint[]) FROM PUBLIC;
 
 CREATE OR REPLACE VIEW atomizer.jobs WITH (security_invoker = true) AS
 SELECT j.id, j.queue, j.handler, j.payload,

@@ -1775,7 +1775,9 @@ atomizer_store_cancel_dependents(int64 *ids, int64 *by, char **states, int n)
 					 "SELECT id, queue, handler, payload, 'cancelled', priority, run_at,"
 					 " attempt, max_attempts, timeout, owner, idempotency_key,"
 					 " created_at, started_at, clock_timestamp(), NULL,"
-					 " format('dependency %s ended %s', by, st), schedule_id, tags,"
+					 " CASE WHEN st = 'deleted'"
+					 "  THEN format('dependency %s was deleted with its queue', by)"
+					 "  ELSE format('dependency %s ended %s', by, st) END, schedule_id, tags,"
 					 " on_dependency_failure, by FROM d"
 					 " RETURNING queue, started_at, run_at, finished_at, id",
 					 3, types);
