@@ -4,7 +4,8 @@
  *	  The job store: the only code that reads or writes atomizer.job (the
  *	  hot table of waiting and running jobs), atomizer.job_history (finished
  *	  jobs) and atomizer.job_error (every failed attempt).  Every statement
- *	  on those tables is in this file; the rest of atomizer calls the
+ *	  on those tables is in this file but the workflow moves (workflow.c:
+ *	  blocked jobs and their release); the rest of atomizer calls the
  *	  functions below.  (store.c is its fast path for plain inserts, which
  *	  writes heap tuples without a statement.)
  *
