@@ -205,7 +205,8 @@ extern TimestampTz atomizer_expire_leases(void);
 extern void atomizer_notify_queue(const char *queue);
 
 /* schedule.c */
-extern int	atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake);
+extern int	atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake,
+									bool *more);
 
 /* privilege.c */
 typedef struct AtomizerPrivState
@@ -481,6 +482,11 @@ extern void atomizer_store_insert_many(const AtomizerNewJobs *args,
 									   ArrayType *payloads, int n, int64 *ids);
 extern int64 atomizer_store_insert_fire(int64 schedule_id, TimestampTz run_at);
 extern bool atomizer_store_schedule_busy(int64 schedule_id);
+extern int	atomizer_store_insert_fires(const int64 *schedule_ids,
+										const TimestampTz *run_ats, int n,
+										int64 *out_schedules, int64 *out_jobs);
+extern void atomizer_store_schedules_busy(const int64 *schedule_ids, int n,
+										  bool *busy);
 extern int	atomizer_store_claim(const AtomizerClaimSpec *spec, AtomizerJob **jobs);
 extern bool atomizer_queue_due(const char *queue, TimestampTz *next);
 extern int64 atomizer_store_release_held(const char *queue, const char *handler);

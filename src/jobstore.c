@@ -751,6 +751,111 @@ atomizer_store_schedule_busy(int64 schedule_id)
 	return busy;
 }
 
+/*
+ * atomizer_store_insert_fires
+ *		Insert the jobs of n fires at once: schedule schedule_ids[i] fires
+ *		at run_ats[i], each job as its schedule's owner set it up (as
+ *		atomizer_store_insert_fire does for one).  One statement; the jobs
+ *		lower their queues' floors at commit.  Fills out_schedules[] and
+ *		out_jobs[] (n each) with the schedules and their new jobs, in no
+ *		particular order, and returns how many were inserted.
+ */
+int
+atomizer_store_insert_fires(const int64 *schedule_ids, const TimestampTz *run_ats,
+							int n, int64 *out_schedules, int64 *out_jobs)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[2] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		values[2];
+	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *times = palloc(sizeof(Datum) * Max(n, 1));
+	int			done;
+
+	for (int i = 0; i < n; i++)
+	{
+		ids[i] = Int64GetDatum(schedule_ids[i]);
+		times[i] = TimestampTzGetDatum(run_ats[i]);
+	}
+	store_begin(&call);
+	atomizer_prepare(&plan,
+			"INSERT INTO atomizer.job (queue, handler, payload, run_at, priority,"
+			" max_attempts, timeout, owner, schedule_id) "
+			"SELECT s.queue, s.handler, s.payload, least(u.t, clock_timestamp()),"
+			" s.priority, s.max_attempts, s.timeout, s.owner, s.id"
+			" FROM unnest($1::int8[], $2::timestamptz[]) WITH ORDINALITY u(id, t, o)"
+			" JOIN atomizer.schedule s ON s.id = u.id ORDER BY u.o "
+			"RETURNING queue, priority::int4, run_at, id, schedule_id", 2, types);
+	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = PointerGetDatum(construct_array(times, n, TIMESTAMPTZOID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed > (uint64) n)
+		elog(ERROR, "could not enqueue the jobs of schedules");
+	done = (int) SPI_processed;
+	for (int i = 0; i < done; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		bool		isnull;
+
+		out_jobs[i] = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 4, &isnull));
+		out_schedules[i] = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 5,
+													   &isnull));
+	}
+	note_waiting_rows();
+	store_end(&call);
+	return done;
+}
+
+/*
+ * atomizer_store_schedules_busy
+ *		Which of the n schedules schedule_ids[] have a job waiting or
+ *		running (the overlap policy), in one statement: sets busy[i].
+ */
+void
+atomizer_store_schedules_busy(const int64 *schedule_ids, int n, bool *busy)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		arg;
+	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
+	int64	   *sorted = palloc(sizeof(int64) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+	{
+		ids[i] = Int64GetDatum(schedule_ids[i]);
+		busy[i] = false;
+	}
+	store_begin(&call);
+	atomizer_prepare(&plan,
+			"SELECT DISTINCT schedule_id FROM atomizer.job"
+			" WHERE schedule_id = ANY($1)", 1, types);
+	arg = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL,
+										  TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look at the jobs of schedules");
+	if (SPI_processed > 0)
+	{
+		/* the busy ones, sorted, looked up for each schedule */
+		int			nbusy = (int) SPI_processed;
+
+		for (int i = 0; i < nbusy; i++)
+		{
+			bool		isnull;
+
+			sorted[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+												   SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		qsort(sorted, nbusy, sizeof(int64), compare_int64);
+		for (int i = 0; i < n; i++)
+			busy[i] = bsearch(&schedule_ids[i], sorted, nbusy, sizeof(int64),
+							  compare_int64) != NULL;
+	}
+	store_end(&call);
+}
+
 /* ------------------------------------------------------------------------
  * Claim
  * ------------------------------------------------------------------------ */
