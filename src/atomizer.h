@@ -578,9 +578,17 @@ extern int	atomizer_limits_handlers(const char *queue, bool external,
 									 struct SnapshotData *snap, char ***handlers,
 									 int **room, bool **held);
 extern void atomizer_limits_rate_used(const AtomizerQueue *q, struct SnapshotData *snap,
-									  TimestampTz now,
-									  char **parts, int nparts, int64 *used,
-									  TimestampTz *free_at);
+									  TimestampTz now, char **parts, int nparts,
+									  int64 *used, TimestampTz *free_at,
+									  bool *seedable);
+extern TimestampTz atomizer_limits_window_start(const AtomizerQueue *q, TimestampTz now);
+extern bool atomizer_limits_rate_bound(const AtomizerQueue *q, TimestampTz now,
+									   TimestampTz window_start, const char *part,
+									   int64 *bound);
+extern void atomizer_limits_rate_note(const AtomizerQueue *q, TimestampTz now,
+									  TimestampTz window_start, char **parts,
+									  const int64 *exact, const bool *seedable,
+									  const int *started, int nparts);
 extern void atomizer_limits_put_off(const AtomizerQueue *q, TimestampTz now,
 									char **parts, const int *noff,
 									const TimestampTz *free_at, int nparts,

@@ -1230,6 +1230,58 @@ set_aside_candidates(Datum *ids, int n, TimestampTz *when)
 	}
 }
 
+/*
+ * rate_room
+ *		The starts in the rate windows of the nparts partitions parts[] that
+ *		end at now (window_start), counting other claims in flight, into
+ *		used[], and when each window frees room into free_at[].  A partition
+ *		whose bound in shared memory leaves room for max_jobs more gets the
+ *		bound (exact[] -1: no job of it can be put off); the others are read
+ *		from the reservations and the window (exact[] the count, seedable[]
+ *		whether it may make the partition's bound again).
+ */
+static void
+rate_room(const AtomizerQueue *q, int max_jobs, Snapshot snap, TimestampTz now,
+		  TimestampTz window_start, char **parts, int nparts, int64 *used,
+		  int64 *exact, TimestampTz *free_at, bool *seedable)
+{
+	char	  **xparts = palloc(sizeof(char *) * nparts);
+	int		   *xidx = palloc(sizeof(int) * nparts);
+	int64	   *xused = palloc0(sizeof(int64) * nparts);
+	TimestampTz *xfree = palloc(sizeof(TimestampTz) * nparts);
+	bool	   *xseed = palloc(sizeof(bool) * nparts);
+	int			nx = 0;
+
+	for (int p = 0; p < nparts; p++)
+	{
+		int64		bound;
+
+		exact[p] = -1;
+		seedable[p] = false;
+		if (atomizer_limits_rate_bound(q, now, window_start, parts[p], &bound) &&
+			bound + max_jobs <= q->rate_limit)
+		{
+			used[p] = bound;
+			free_at[p] = now;	/* not read: nothing of it is put off */
+			continue;
+		}
+		xidx[nx] = p;
+		xparts[nx++] = parts[p];
+	}
+	if (nx == 0)
+		return;
+	/* what other claims in flight started, and the window */
+	atomizer_limits_reserved(ATOMIZER_LIMIT_RATE, xparts, nx, xused, snap);
+	atomizer_limits_rate_used(q, snap, now, xparts, nx, xused, xfree, xseed);
+	for (int k = 0; k < nx; k++)
+	{
+		used[xidx[k]] = xused[k];
+		exact[xidx[k]] = xused[k];
+		free_at[xidx[k]] = xfree[k];
+		seedable[xidx[k]] = xseed[k];
+	}
+}
+
 /* Rounds of candidates a limited claim reads, at most, to fill a batch. */
 #define LIMITED_ROUNDS	8
 
@@ -1271,6 +1323,9 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	int			nparts = 0;
 	int			nparts_read = 0;	/* partitions whose window was read */
 	int64	   *used = palloc0(sizeof(int64) * cap);
+	int64	   *exact = palloc(sizeof(int64) * cap);
+	bool	   *seedable = palloc0(sizeof(bool) * cap);
+	TimestampTz wstart = 0;
 	TimestampTz *free_at = palloc0(sizeof(TimestampTz) * cap);
 	int		   *started = palloc0(sizeof(int) * cap);
 	int		   *noff = palloc0(sizeof(int) * cap);
@@ -1304,6 +1359,8 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	 * running at once than the limit allowed.
 	 */
 	now = GetCurrentTimestamp();
+	if (rate)
+		wstart = atomizer_limits_window_start(q, now);
 	took = palloc0(sizeof(int) * Max(nh, 1));
 	if (nh > 0)
 	{
@@ -1345,15 +1402,10 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 			qsort(cands, ncands, sizeof(Candidate), compare_candidates);
 		}
 		if (rate && nparts > nparts_read)
-		{
-			/* what other claims in flight started, and the window */
-			atomizer_limits_reserved(ATOMIZER_LIMIT_RATE, parts + nparts_read,
-									 nparts - nparts_read, used + nparts_read, snap);
-			atomizer_limits_rate_used(q, snap, now, parts + nparts_read,
-									  nparts - nparts_read, used + nparts_read,
-									  free_at + nparts_read);
-			nparts_read = nparts;
-		}
+			rate_room(q, spec->max_jobs, snap, now, wstart, parts + nparts_read,
+					  nparts - nparts_read, used + nparts_read, exact + nparts_read,
+					  free_at + nparts_read, seedable + nparts_read);
+		nparts_read = nparts;
 
 		/*
 		 * Walk in claim order.  The floor may pass a job this claim claimed,
@@ -1436,6 +1488,9 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 			keys[nkeys] = handlers[h];
 			counts[nkeys++] = took[h];
 		}
+		if (rate)
+			atomizer_limits_rate_note(q, now, wstart, parts, exact, seedable,
+									  started, nparts);
 		atomizer_limits_reserve_and_unlock(spec->queue, kinds, keys, counts, nkeys,
 										   noff_total > 0 || nhold > 0);
 	}
