@@ -108,10 +108,17 @@ if lim:
                  % ("a rate limit (not binding)" if name == "rate"
                     else "a handler limit of 8 (not binding)",
                     n(x["per_s"]), n(y["per_s"]), ratio(x["per_s"], y["per_s"])))
-    notes.append("3b: each drain with a limit runs beside the same drain without it, twice,"
-                 " alternating; the better run of each is shown. The limits' cost is the"
-                 " claim's per-queue lock and its reads and writes of the rate window or the"
-                 " running count.")
+    pairs = lim.get("pairs", [])
+    notes.append("3b: each drain with a limit runs beside the same drain without it, %s,"
+                 " alternating; the better run of each is shown. Every pair's ratio"
+                 " (throughput; workers' CPU per job, without ÷ with): %s. The limits' cost"
+                 " is the claim's per-queue lock, the handlers' running counts, and the record"
+                 " of the rate window's starts."
+                 % ("%d times" % max([p["rep"] for p in pairs] or [2]),
+                    "; ".join("%s %s (CPU %s)" % (p["limit"], ratio(p["limited_per_s"],
+                                                                     p["plain_per_s"]),
+                                                 ratio(p["cpu_us_plain"], p["cpu_us_limited"]))
+                              for p in pairs) or "?"))
 
 lat = r.get("latency")
 if lat:

@@ -50,6 +50,25 @@
  *	  claimed from a limited queue cannot be prepared (PREPARE TRANSACTION
  *	  would end the reservation before the commit).
 
+ *	  Bounds.  Reading the rate window costs a statement per claim, so a
+ *	  claim first asks shared memory for an upper bound of the starts in
+ *	  each partition's window, and reads the window only if the bound
+ *	  leaves less room than the claim's whole batch.  The bound of a
+ *	  partition is made from a claim's exact read (everything in its window,
+ *	  claims in flight too, put in the bucket of that claim's time), and
+ *	  every claim then adds the starts it decides, under the queue's limit
+ *	  lock, to the bucket of their start time (RATE_BUCKETS buckets, of
+ *	  rate_period / (RATE_BUCKETS - 2) each, so they hold the whole window).
+ *	  So the bound never counts less than the window holds: a start it
+ *	  misses would be one no claim added, and every claim adds its starts
+ *	  before it lets the lock go.  A claim that aborts stays counted (on the
+ *	  safe side).  There is no bound after a restart (shared memory is
+ *	  gone; the first claim of each partition reads the window and makes
+ *	  it again), for a rate_period other than the one it was made for, or
+ *	  when the clock is behind a start already decided (the bound is made
+ *	  again only once no start in the window lies in the future).  The
+ *	  handlers' running jobs are counted with index scans, not statements.
+ *
  *	  The rate window is a table of starts, one row per claim and
  *	  partition (how many jobs), so a partition's window holds at most
  *	  rate_limit rows whatever the period; the scheduler prunes rows that
@@ -827,8 +846,9 @@ handlers_by_scan(const char *queue, Snapshot snap, int *nout, char ***handlers,
 			*room = repalloc(*room, sizeof(int) * cap);
 			*held = repalloc(*held, sizeof(bool) * cap);
 		}
+		/* past the limit the count does not matter: no room */
 		running = count_handler_jobs(job_rel, idx_limited, snap, queue, handler,
-									 "running", true, INT_MAX);
+									 "running", true, Max(concurrency, 0));
 		(*handlers)[n] = MemoryContextStrdup(cxt, handler);
 		(*room)[n] = Max(concurrency - running, 0);
 		(*held)[n] = count_handler_jobs(job_rel, idx_held, snap, queue, handler,

@@ -8,7 +8,12 @@
  *	  A fire enqueues an ordinary job (with schedule_id set) and moves the
  *	  schedule's next_run on, in one transaction, on a row locked with
  *	  FOR UPDATE SKIP LOCKED: a fire happens once per (schedule, fire time)
- *	  whatever crashes, restarts or concurrent schedulers do.
+ *	  whatever crashes, restarts or concurrent schedulers do.  Due
+ *	  schedules fire in batches of up to FIRE_BATCH per transaction, with a
+ *	  handful of statements per batch (the overlap check, the INSERT of the
+ *	  jobs, the UPDATE of the schedules); a batch that fails is rolled back
+ *	  and its schedules fire one by one, each in a subtransaction, so that
+ *	  one bad schedule is found, disabled and logged, and the others fire.
  *
  *	  Policies, per schedule:
  *	  - overlap 'skip' (default): no fire while the previous run's job is
