@@ -108,10 +108,17 @@ if lim:
                  % ("a rate limit (not binding)" if name == "rate"
                     else "a handler limit of 8 (not binding)",
                     n(x["per_s"]), n(y["per_s"]), ratio(x["per_s"], y["per_s"])))
-    notes.append("3b: each drain with a limit runs beside the same drain without it, twice,"
-                 " alternating; the better run of each is shown. The limits' cost is the"
-                 " claim's per-queue lock and its reads and writes of the rate window or the"
-                 " running count.")
+    pairs = lim.get("pairs", [])
+    notes.append("3b: each drain with a limit runs beside the same drain without it, %s,"
+                 " alternating; the better run of each is shown. Every pair's ratio"
+                 " (throughput; workers' CPU per job, without ÷ with): %s. The limits' cost"
+                 " is the claim's per-queue lock, the handlers' running counts, and the record"
+                 " of the rate window's starts."
+                 % ("%d times" % max([p["rep"] for p in pairs] or [2]),
+                    "; ".join("%s %s (CPU %s)" % (p["limit"], ratio(p["limited_per_s"],
+                                                                     p["plain_per_s"]),
+                                                 ratio(p["cpu_us_plain"], p["cpu_us_limited"]))
+                              for p in pairs) or "?"))
 
 wf = r.get("workflow")
 if wf:
@@ -225,10 +232,13 @@ if cr:
              " | `enqueue_many()` of %s jobs in one statement | %s |"
              % (n(cr["jobs"]), ms(cr["last_enqueued_ms"], 0), ms(cr["enqueue_many_s"] * 1000, 0),
                 n(cr["schedules"]), ratio(cr["last_enqueued_ms"], cr["enqueue_many_s"] * 1000)))
-    S.append("| cron, %s schedules every minute: fire span / scheduler CPU | %s ms /"
-             " %.1f %% of a core | %s ms (enqueue_many) | %s |"
-             % (n(cr["schedules"]), ms(cr["last_enqueued_ms"], 0), cr["cpu_pct"],
-                ms(cr["enqueue_many_s"] * 1000, 0),
+    if cr.get("committed_ms") is not None:
+        T.append("| 7. … minute boundary → every fire committed (polled every 2 ms) | %s ms"
+                 " | | | |" % ms(cr["committed_ms"], 0))
+    S.append("| cron, %s schedules every minute: fire span (all committed) / scheduler CPU"
+             " | %s ms (%s ms) / %.1f %% of a core | %s ms (enqueue_many) | %s |"
+             % (n(cr["schedules"]), ms(cr["last_enqueued_ms"], 0), ms(cr.get("committed_ms"), 0),
+                cr["cpu_pct"], ms(cr["enqueue_many_s"] * 1000, 0),
                 ratio(cr["last_enqueued_ms"], cr["enqueue_many_s"] * 1000)))
     notes.append("7: %s of %s jobs seen, %s started. Firing delay includes the wait for a"
                  " worker of queue `default` (concurrency 10, but idle workers of the other"

@@ -205,7 +205,8 @@ extern TimestampTz atomizer_expire_leases(void);
 extern void atomizer_notify_queue(const char *queue);
 
 /* schedule.c */
-extern int	atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake);
+extern int	atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake,
+									bool *more);
 
 /* privilege.c */
 typedef struct AtomizerPrivState
@@ -508,6 +509,11 @@ extern void atomizer_store_insert_many(const AtomizerNewJobs *args,
 									   ArrayType *payloads, int n, int64 *ids);
 extern int64 atomizer_store_insert_fire(int64 schedule_id, TimestampTz run_at);
 extern bool atomizer_store_schedule_busy(int64 schedule_id);
+extern int	atomizer_store_insert_fires(const int64 *schedule_ids,
+										const TimestampTz *run_ats, int n,
+										int64 *out_schedules, int64 *out_jobs);
+extern void atomizer_store_schedules_busy(const int64 *schedule_ids, int n,
+										  bool *busy);
 extern int	atomizer_store_claim(const AtomizerClaimSpec *spec, AtomizerJob **jobs);
 extern bool atomizer_queue_due(const char *queue, TimestampTz *next);
 extern int64 atomizer_store_release_held(const char *queue, const char *handler);
@@ -602,9 +608,17 @@ extern int	atomizer_limits_handlers(const char *queue, bool external,
 									 struct SnapshotData *snap, char ***handlers,
 									 int **room, bool **held);
 extern void atomizer_limits_rate_used(const AtomizerQueue *q, struct SnapshotData *snap,
-									  TimestampTz now,
-									  char **parts, int nparts, int64 *used,
-									  TimestampTz *free_at);
+									  TimestampTz now, char **parts, int nparts,
+									  int64 *used, TimestampTz *free_at,
+									  bool *seedable);
+extern TimestampTz atomizer_limits_window_start(const AtomizerQueue *q, TimestampTz now);
+extern bool atomizer_limits_rate_bound(const AtomizerQueue *q, TimestampTz now,
+									   TimestampTz window_start, const char *part,
+									   int64 *bound);
+extern void atomizer_limits_rate_note(const AtomizerQueue *q, TimestampTz now,
+									  TimestampTz window_start, char **parts,
+									  const int64 *exact, const bool *seedable,
+									  const int *started, int nparts);
 extern void atomizer_limits_put_off(const AtomizerQueue *q, TimestampTz now,
 									char **parts, const int *noff,
 									const TimestampTz *free_at, int nparts,

@@ -785,6 +785,111 @@ atomizer_store_schedule_busy(int64 schedule_id)
 	return busy;
 }
 
+/*
+ * atomizer_store_insert_fires
+ *		Insert the jobs of n fires at once: schedule schedule_ids[i] fires
+ *		at run_ats[i], each job as its schedule's owner set it up (as
+ *		atomizer_store_insert_fire does for one).  One statement; the jobs
+ *		lower their queues' floors at commit.  Fills out_schedules[] and
+ *		out_jobs[] (n each) with the schedules and their new jobs, in no
+ *		particular order, and returns how many were inserted.
+ */
+int
+atomizer_store_insert_fires(const int64 *schedule_ids, const TimestampTz *run_ats,
+							int n, int64 *out_schedules, int64 *out_jobs)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[2] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID};
+	Datum		values[2];
+	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *times = palloc(sizeof(Datum) * Max(n, 1));
+	int			done;
+
+	for (int i = 0; i < n; i++)
+	{
+		ids[i] = Int64GetDatum(schedule_ids[i]);
+		times[i] = TimestampTzGetDatum(run_ats[i]);
+	}
+	store_begin(&call);
+	atomizer_prepare(&plan,
+			"INSERT INTO atomizer.job (queue, handler, payload, run_at, priority,"
+			" max_attempts, timeout, owner, schedule_id) "
+			"SELECT s.queue, s.handler, s.payload, least(u.t, clock_timestamp()),"
+			" s.priority, s.max_attempts, s.timeout, s.owner, s.id"
+			" FROM unnest($1::int8[], $2::timestamptz[]) WITH ORDINALITY u(id, t, o)"
+			" JOIN atomizer.schedule s ON s.id = u.id ORDER BY u.o "
+			"RETURNING queue, priority::int4, run_at, id, schedule_id", 2, types);
+	values[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = PointerGetDatum(construct_array(times, n, TIMESTAMPTZOID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING ||
+		SPI_processed > (uint64) n)
+		elog(ERROR, "could not enqueue the jobs of schedules");
+	done = (int) SPI_processed;
+	for (int i = 0; i < done; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		bool		isnull;
+
+		out_jobs[i] = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 4, &isnull));
+		out_schedules[i] = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc, 5,
+													   &isnull));
+	}
+	note_waiting_rows();
+	store_end(&call);
+	return done;
+}
+
+/*
+ * atomizer_store_schedules_busy
+ *		Which of the n schedules schedule_ids[] have a job waiting or
+ *		running (the overlap policy), in one statement: sets busy[i].
+ */
+void
+atomizer_store_schedules_busy(const int64 *schedule_ids, int n, bool *busy)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum		arg;
+	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
+	int64	   *sorted = palloc(sizeof(int64) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+	{
+		ids[i] = Int64GetDatum(schedule_ids[i]);
+		busy[i] = false;
+	}
+	store_begin(&call);
+	atomizer_prepare(&plan,
+			"SELECT DISTINCT schedule_id FROM atomizer.job"
+			" WHERE schedule_id = ANY($1)", 1, types);
+	arg = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL,
+										  TYPALIGN_DOUBLE));
+	if (SPI_execute_plan(plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look at the jobs of schedules");
+	if (SPI_processed > 0)
+	{
+		/* the busy ones, sorted, looked up for each schedule */
+		int			nbusy = (int) SPI_processed;
+
+		for (int i = 0; i < nbusy; i++)
+		{
+			bool		isnull;
+
+			sorted[i] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+												   SPI_tuptable->tupdesc, 1, &isnull));
+		}
+		qsort(sorted, nbusy, sizeof(int64), compare_int64);
+		for (int i = 0; i < n; i++)
+			busy[i] = bsearch(&schedule_ids[i], sorted, nbusy, sizeof(int64),
+							  compare_int64) != NULL;
+	}
+	store_end(&call);
+}
+
 /* ------------------------------------------------------------------------
  * Claim
  * ------------------------------------------------------------------------ */
@@ -1159,6 +1264,58 @@ set_aside_candidates(Datum *ids, int n, TimestampTz *when)
 	}
 }
 
+/*
+ * rate_room
+ *		The starts in the rate windows of the nparts partitions parts[] that
+ *		end at now (window_start), counting other claims in flight, into
+ *		used[], and when each window frees room into free_at[].  A partition
+ *		whose bound in shared memory leaves room for max_jobs more gets the
+ *		bound (exact[] -1: no job of it can be put off); the others are read
+ *		from the reservations and the window (exact[] the count, seedable[]
+ *		whether it may make the partition's bound again).
+ */
+static void
+rate_room(const AtomizerQueue *q, int max_jobs, Snapshot snap, TimestampTz now,
+		  TimestampTz window_start, char **parts, int nparts, int64 *used,
+		  int64 *exact, TimestampTz *free_at, bool *seedable)
+{
+	char	  **xparts = palloc(sizeof(char *) * nparts);
+	int		   *xidx = palloc(sizeof(int) * nparts);
+	int64	   *xused = palloc0(sizeof(int64) * nparts);
+	TimestampTz *xfree = palloc(sizeof(TimestampTz) * nparts);
+	bool	   *xseed = palloc(sizeof(bool) * nparts);
+	int			nx = 0;
+
+	for (int p = 0; p < nparts; p++)
+	{
+		int64		bound;
+
+		exact[p] = -1;
+		seedable[p] = false;
+		if (atomizer_limits_rate_bound(q, now, window_start, parts[p], &bound) &&
+			bound + max_jobs <= q->rate_limit)
+		{
+			used[p] = bound;
+			free_at[p] = now;	/* not read: nothing of it is put off */
+			continue;
+		}
+		xidx[nx] = p;
+		xparts[nx++] = parts[p];
+	}
+	if (nx == 0)
+		return;
+	/* what other claims in flight started, and the window */
+	atomizer_limits_reserved(ATOMIZER_LIMIT_RATE, xparts, nx, xused, snap);
+	atomizer_limits_rate_used(q, snap, now, xparts, nx, xused, xfree, xseed);
+	for (int k = 0; k < nx; k++)
+	{
+		used[xidx[k]] = xused[k];
+		exact[xidx[k]] = xused[k];
+		free_at[xidx[k]] = xfree[k];
+		seedable[xidx[k]] = xseed[k];
+	}
+}
+
 /* Rounds of candidates a limited claim reads, at most, to fill a batch. */
 #define LIMITED_ROUNDS	8
 
@@ -1200,6 +1357,9 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	int			nparts = 0;
 	int			nparts_read = 0;	/* partitions whose window was read */
 	int64	   *used = palloc0(sizeof(int64) * cap);
+	int64	   *exact = palloc(sizeof(int64) * cap);
+	bool	   *seedable = palloc0(sizeof(bool) * cap);
+	TimestampTz wstart = 0;
 	TimestampTz *free_at = palloc0(sizeof(TimestampTz) * cap);
 	int		   *started = palloc0(sizeof(int) * cap);
 	int		   *noff = palloc0(sizeof(int) * cap);
@@ -1233,6 +1393,8 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	 * running at once than the limit allowed.
 	 */
 	now = GetCurrentTimestamp();
+	if (rate)
+		wstart = atomizer_limits_window_start(q, now);
 	took = palloc0(sizeof(int) * Max(nh, 1));
 	if (nh > 0)
 	{
@@ -1274,15 +1436,10 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 			qsort(cands, ncands, sizeof(Candidate), compare_candidates);
 		}
 		if (rate && nparts > nparts_read)
-		{
-			/* what other claims in flight started, and the window */
-			atomizer_limits_reserved(ATOMIZER_LIMIT_RATE, parts + nparts_read,
-									 nparts - nparts_read, used + nparts_read, snap);
-			atomizer_limits_rate_used(q, snap, now, parts + nparts_read,
-									  nparts - nparts_read, used + nparts_read,
-									  free_at + nparts_read);
-			nparts_read = nparts;
-		}
+			rate_room(q, spec->max_jobs, snap, now, wstart, parts + nparts_read,
+					  nparts - nparts_read, used + nparts_read, exact + nparts_read,
+					  free_at + nparts_read, seedable + nparts_read);
+		nparts_read = nparts;
 
 		/*
 		 * Walk in claim order.  The floor may pass a job this claim claimed,
@@ -1365,6 +1522,9 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 			keys[nkeys] = handlers[h];
 			counts[nkeys++] = took[h];
 		}
+		if (rate)
+			atomizer_limits_rate_note(q, now, wstart, parts, exact, seedable,
+									  started, nparts);
 		atomizer_limits_reserve_and_unlock(spec->queue, kinds, keys, counts, nkeys,
 										   noff_total > 0 || nhold > 0);
 	}

@@ -50,6 +50,25 @@
  *	  claimed from a limited queue cannot be prepared (PREPARE TRANSACTION
  *	  would end the reservation before the commit).
 
+ *	  Bounds.  Reading the rate window costs a statement per claim, so a
+ *	  claim first asks shared memory for an upper bound of the starts in
+ *	  each partition's window, and reads the window only if the bound
+ *	  leaves less room than the claim's whole batch.  The bound of a
+ *	  partition is made from a claim's exact read (everything in its window,
+ *	  claims in flight too, put in the bucket of that claim's time), and
+ *	  every claim then adds the starts it decides, under the queue's limit
+ *	  lock, to the bucket of their start time (RATE_BUCKETS buckets, of
+ *	  rate_period / (RATE_BUCKETS - 2) each, so they hold the whole window).
+ *	  So the bound never counts less than the window holds: a start it
+ *	  misses would be one no claim added, and every claim adds its starts
+ *	  before it lets the lock go.  A claim that aborts stays counted (on the
+ *	  safe side).  There is no bound after a restart (shared memory is
+ *	  gone; the first claim of each partition reads the window and makes
+ *	  it again), for a rate_period other than the one it was made for, or
+ *	  when the clock is behind a start already decided (the bound is made
+ *	  again only once no start in the window lies in the future).  The
+ *	  handlers' running jobs are counted with index scans, not statements.
+ *
  *	  The rate window is a table of starts, one row per claim and
  *	  partition (how many jobs), so a partition's window holds at most
  *	  rate_limit rows whatever the period; the scheduler prunes rows that
@@ -67,6 +86,11 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/skey.h"
+#include "access/stratnum.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
@@ -80,7 +104,9 @@
 #include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -105,11 +131,33 @@ typedef struct Reservation
 	TransactionId xid;			/* the claimer's top transaction */
 } Reservation;
 
+/*
+ * Upper bounds of rate windows, in shared memory (see "Bounds" in the
+ * header): per queue and partition, the starts claims decided, in
+ * RATE_BUCKETS buckets of time.
+ */
+#define RATE_BOUNDS		512
+#define RATE_BUCKETS	16
+
+typedef struct RateBound
+{
+	Oid			dboid;			/* InvalidOid: free */
+	char		queue[NAMEDATALEN];
+	uint64		key;			/* hash of the partition */
+	Interval	period;			/* the rate_period it was made for */
+	int64		width;			/* of a bucket, microseconds */
+	TimestampTz last;			/* the latest start added */
+	int64		bucket_no[RATE_BUCKETS];	/* time / width */
+	int64		count[RATE_BUCKETS];
+} RateBound;
+
 typedef struct ReservationsShared
 {
 	LWLock	   *lock;
 	int			high;			/* entries [0, high) may be in use */
+	TimestampTz latest_start;	/* the latest start any claim decided */
 	Reservation entries[RESERVATIONS];
+	RateBound	bounds[RATE_BOUNDS];
 } ReservationsShared;
 
 static ReservationsShared *reservations = NULL;
@@ -164,6 +212,24 @@ key_hash(AtomizerLimitKind kind, const char *key)
 {
 	return DatumGetUInt64(hash_any_extended((const unsigned char *) key,
 											strlen(key), (uint64) kind + 1));
+}
+
+/*
+ * attnum_of
+ *		The attribute number of column name in desc (ERROR if none).
+ */
+static AttrNumber
+attnum_of(TupleDesc desc, const char *name)
+{
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return att->attnum;
+	}
+	elog(ERROR, "column \"%s\" not found", name);
+	return InvalidAttrNumber;	/* keep the compiler quiet */
 }
 
 /*
@@ -312,6 +378,159 @@ atomizer_limits_reserved(AtomizerLimitKind kind, char **keys, int nkeys,
 			if (inflight_keys[e] == h && XidInMVCCSnapshot(inflight_xid[e], snap))
 				counts[i] += inflight_n[e];
 	}
+}
+
+/*
+ * floor_div
+ *		a / b rounded down (b > 0).
+ */
+static inline int64
+floor_div(int64 a, int64 b)
+{
+	return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+
+/*
+ * find_bound
+ *		The bound of partition key (hashed) of queue, or NULL; with
+ *		create, a free or idle slot made into an empty one (or NULL if there
+ *		is none).  Under reservations->lock, exclusive with create.
+ */
+static RateBound *
+find_bound(const char *queue, uint64 key, bool create, TimestampTz now)
+{
+	RateBound  *spare = NULL;
+
+	for (int i = 0; i < RATE_BOUNDS; i++)
+	{
+		RateBound  *b = &reservations->bounds[i];
+
+		if (b->dboid == MyDatabaseId && b->key == key &&
+			strcmp(b->queue, queue) == 0)
+			return b;
+		if (spare == NULL &&
+			(b->dboid == InvalidOid ||
+			 now - b->last > (int64) RATE_BUCKETS * b->width || now < b->last))
+			spare = b;			/* free, or nothing in any window of it */
+	}
+	if (!create || spare == NULL)
+		return NULL;
+	memset(spare, 0, sizeof(RateBound));
+	spare->dboid = MyDatabaseId;
+	strlcpy(spare->queue, queue, NAMEDATALEN);
+	spare->key = key;
+	return spare;
+}
+
+/*
+ * atomizer_limits_rate_bound
+ *		An upper bound of the starts in partition part's window of queue q
+ *		that ends at now (started_at > window_start), counting claims in
+ *		flight, into *bound; false if there is none to be had (no shared
+ *		memory, no bound kept for the partition yet, or one made for
+ *		another rate_period, or the clock went back).  Under the queue's
+ *		limit lock.
+ */
+bool
+atomizer_limits_rate_bound(const AtomizerQueue *q, TimestampTz now,
+						   TimestampTz window_start, const char *part,
+						   int64 *bound)
+{
+	RateBound  *b;
+	bool		ok = false;
+
+	if (reservations == NULL || !holding)
+		return false;
+	LWLockAcquire(reservations->lock, LW_SHARED);
+	b = find_bound(q->name, key_hash(ATOMIZER_LIMIT_RATE, part), false, now);
+	if (b != NULL && b->width > 0 &&
+		memcmp(&b->period, &q->rate_period, sizeof(Interval)) == 0 &&
+		now >= reservations->latest_start && now >= b->last)
+	{
+		int64		lo = floor_div(window_start, b->width);
+		int64		hi = floor_div(now, b->width);
+
+		/* the buckets must hold the whole window */
+		if (hi - lo < RATE_BUCKETS)
+		{
+			*bound = 0;
+			for (int i = 0; i < RATE_BUCKETS; i++)
+				if (b->bucket_no[i] >= lo)
+					*bound += b->count[i];
+			ok = true;
+		}
+	}
+	LWLockRelease(reservations->lock);
+	return ok;
+}
+
+/*
+ * atomizer_limits_rate_note
+ *		Add what this claim started at now (started[i] jobs of partition
+ *		parts[i], nparts) to the bounds, under the queue's limit lock,
+ *		before the lock goes.  A partition whose window was read exactly
+ *		(exact[i] >= 0: the starts in it, in flight ones too; seedable[i]:
+ *		none of them later than now) gets its bound made again from that
+ *		count, the tightest bound there is.
+ */
+void
+atomizer_limits_rate_note(const AtomizerQueue *q, TimestampTz now,
+						  TimestampTz window_start, char **parts,
+						  const int64 *exact, const bool *seedable,
+						  const int *started, int nparts)
+{
+	int64		width;
+
+	if (reservations == NULL || !holding)
+		return;
+	width = Max((now - window_start) / (RATE_BUCKETS - 2), 1);
+	LWLockAcquire(reservations->lock, LW_EXCLUSIVE);
+	if (now > reservations->latest_start)
+		reservations->latest_start = now;
+	for (int i = 0; i < nparts; i++)
+	{
+		uint64		key = key_hash(ATOMIZER_LIMIT_RATE, parts[i]);
+		bool		reseed = exact[i] >= 0 && seedable[i] &&
+			now >= reservations->latest_start;
+		RateBound  *b = find_bound(q->name, key, reseed, now);
+		int64		no;
+		int			slot;
+
+		if (b == NULL)
+			continue;
+		if (reseed)
+		{
+			/* everything in the window so far, as if started now */
+			memset(b->bucket_no, 0, sizeof(b->bucket_no));
+			memset(b->count, 0, sizeof(b->count));
+			b->period = q->rate_period;
+			b->width = width;
+			b->last = now;
+			no = floor_div(now, width);
+			slot = (int) (no - floor_div(no, RATE_BUCKETS) * RATE_BUCKETS);
+			b->bucket_no[slot] = no;
+			b->count[slot] = exact[i];
+		}
+		else if (b->width == 0 || now < b->last ||
+				 memcmp(&b->period, &q->rate_period, sizeof(Interval)) != 0)
+		{
+			/* not a bound any more: made again at the next exact read */
+			b->dboid = InvalidOid;
+			continue;
+		}
+		if (started[i] == 0)
+			continue;
+		no = floor_div(now, b->width);
+		slot = (int) (no - floor_div(no, RATE_BUCKETS) * RATE_BUCKETS);
+		if (b->bucket_no[slot] != no)
+		{
+			b->bucket_no[slot] = no;
+			b->count[slot] = 0;
+		}
+		b->count[slot] += started[i];
+		b->last = now;
+	}
+	LWLockRelease(reservations->lock);
 }
 
 /*
@@ -484,6 +703,169 @@ atomizer_limits_held_with_room(const char *queue, bool external)
 	" FROM atomizer.handler_limit l WHERE l.queue = $1" \
 	" ORDER BY l.handler"
 
+/*
+ * text_keys
+ *		Scan keys for the first nkeys columns of index idx equal to the
+ *		texts vals[] (heap attribute numbers, as systable_beginscan wants
+ *		them; the index's own collations).
+ */
+static void
+text_keys(Relation idx, const char *const *vals, int nkeys, ScanKeyData *keys)
+{
+	for (int k = 0; k < nkeys; k++)
+		ScanKeyEntryInitialize(&keys[k], 0, idx->rd_index->indkey.values[k],
+							   BTEqualStrategyNumber, InvalidOid,
+							   idx->rd_indcollation[k], F_TEXTEQ,
+							   CStringGetTextDatum(vals[k]));
+}
+
+/* A text column of a heap tuple as a C string, or NULL. */
+static char *
+text_attr(HeapTuple tup, TupleDesc desc, AttrNumber attno)
+{
+	bool		isnull;
+	Datum		d = heap_getattr(tup, attno, desc, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+/*
+ * count_handler_jobs
+ *		How many of handler's jobs of queue the index scan of idx finds
+ *		visible to snap in state (and, with zero_lease, with a lease of 0),
+ *		stopping at stop_at.
+ */
+static int
+count_handler_jobs(Relation job, Relation idx, Snapshot snap, const char *queue,
+				   const char *handler, const char *state, bool zero_lease,
+				   int stop_at)
+{
+	const char *vals[2] = {queue, handler};
+	ScanKeyData keys[2];
+	TupleDesc	desc = RelationGetDescr(job);
+	AttrNumber	state_att = attnum_of(desc, "state");
+	AttrNumber	lease_att = attnum_of(desc, "lease");
+	SysScanDesc scan;
+	HeapTuple	tup;
+	int			n = 0;
+
+	text_keys(idx, vals, 2, keys);
+	scan = systable_beginscan(job, RelationGetRelid(idx), true, snap, 2, keys);
+	while (n < stop_at && HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		char	   *st = text_attr(tup, desc, state_att);
+		bool		isnull;
+		Datum		lease;
+
+		/* the index's predicate, checked again on the row seen */
+		if (st == NULL || strcmp(st, state) != 0)
+			continue;
+		if (zero_lease)
+		{
+			Interval   *iv;
+
+			lease = heap_getattr(tup, lease_att, desc, &isnull);
+			if (isnull)
+				continue;
+			iv = DatumGetIntervalP(lease);
+			if (iv->time != 0 || iv->day != 0 || iv->month != 0)
+				continue;
+		}
+		n++;
+	}
+	systable_endscan(scan);
+	return n;
+}
+
+/*
+ * handlers_by_scan
+ *		atomizer_limits_handlers for an internal queue without the
+ *		executor: the queue's rows of atomizer.handler_limit (its primary
+ *		key), and per handler its running jobs that a claim under the limit
+ *		marked (job_limited_idx) and whether it has held jobs (job_held_idx),
+ *		read with index scans under snap.  False (nothing done) if one of
+ *		these is missing.
+ */
+static bool
+handlers_by_scan(const char *queue, Snapshot snap, int *nout, char ***handlers,
+				 int **room, bool **held)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Oid			ns = get_namespace_oid(ATOMIZER_SCHEMA, true);
+	Oid			limit_relid,
+				limit_pkey,
+				job_relid,
+				limited_idx,
+				held_idx;
+	Relation	limit_rel,
+				job_rel,
+				idx_pkey,
+				idx_limited,
+				idx_held;
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	int			n = 0;
+	int			cap = 8;
+
+	if (!OidIsValid(ns) ||
+		!OidIsValid(limit_relid = get_relname_relid("handler_limit", ns)) ||
+		!OidIsValid(limit_pkey = get_relname_relid("handler_limit_pkey", ns)) ||
+		!OidIsValid(job_relid = get_relname_relid("job", ns)) ||
+		!OidIsValid(limited_idx = get_relname_relid("job_limited_idx", ns)) ||
+		!OidIsValid(held_idx = get_relname_relid("job_held_idx", ns)))
+		return false;
+
+	limit_rel = table_open(limit_relid, AccessShareLock);
+	job_rel = table_open(job_relid, AccessShareLock);
+	idx_pkey = index_open(limit_pkey, AccessShareLock);
+	idx_limited = index_open(limited_idx, AccessShareLock);
+	idx_held = index_open(held_idx, AccessShareLock);
+
+	*handlers = MemoryContextAlloc(cxt, sizeof(char *) * cap);
+	*room = MemoryContextAlloc(cxt, sizeof(int) * cap);
+	*held = MemoryContextAlloc(cxt, sizeof(bool) * cap);
+	text_keys(idx_pkey, &queue, 1, &key);
+	scan = systable_beginscan(limit_rel, limit_pkey, true, snap, 1, &key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+	{
+		TupleDesc	desc = RelationGetDescr(limit_rel);
+		bool		isnull;
+		char	   *handler = text_attr(tup, desc, attnum_of(desc, "handler"));
+		int			concurrency = DatumGetInt32(heap_getattr(tup, attnum_of(desc, "concurrency"),
+															 desc, &isnull));
+		int			running;
+
+		CHECK_FOR_INTERRUPTS();
+		if (handler == NULL || isnull)
+			continue;
+		if (n == cap)
+		{
+			cap *= 2;
+			*handlers = repalloc(*handlers, sizeof(char *) * cap);
+			*room = repalloc(*room, sizeof(int) * cap);
+			*held = repalloc(*held, sizeof(bool) * cap);
+		}
+		/* past the limit the count does not matter: no room */
+		running = count_handler_jobs(job_rel, idx_limited, snap, queue, handler,
+									 "running", true, Max(concurrency, 0));
+		(*handlers)[n] = MemoryContextStrdup(cxt, handler);
+		(*room)[n] = Max(concurrency - running, 0);
+		(*held)[n] = count_handler_jobs(job_rel, idx_held, snap, queue, handler,
+										"held", false, 1) > 0;
+		n++;
+	}
+	systable_endscan(scan);
+
+	index_close(idx_held, NoLock);
+	index_close(idx_limited, NoLock);
+	index_close(idx_pkey, NoLock);
+	table_close(job_rel, NoLock);
+	table_close(limit_rel, NoLock);
+	*nout = n;
+	return true;
+}
+
 int
 atomizer_limits_handlers(const char *queue, bool external, Snapshot snap,
 						 char ***handlers, int **room, bool **held)
@@ -498,6 +880,8 @@ atomizer_limits_handlers(const char *queue, bool external, Snapshot snap,
 	MemoryContext cxt = CurrentMemoryContext;
 	int			n;
 
+	if (!external && handlers_by_scan(queue, snap, &n, handlers, room, held))
+		return n;
 	plan = atomizer_prepare_opts(&plans[external], queries[external], 1, types,
 								 CURSOR_OPT_GENERIC_PLAN);
 	if (SPI_execute_snapshot(plan, &arg, NULL, snap, InvalidSnapshot, false,
@@ -523,8 +907,8 @@ atomizer_limits_handlers(const char *queue, bool external, Snapshot snap,
  * window_start
  *		The start of the rate window that ends at now: now - rate_period.
  */
-static TimestampTz
-window_start(const AtomizerQueue *q, TimestampTz now)
+TimestampTz
+atomizer_limits_window_start(const AtomizerQueue *q, TimestampTz now)
 {
 	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_mi_interval,
 												   TimestampTzGetDatum(now),
@@ -541,11 +925,11 @@ window_start(const AtomizerQueue *q, TimestampTz now)
 void
 atomizer_limits_rate_used(const AtomizerQueue *q, Snapshot snap, TimestampTz now,
 						  char **parts, int nparts, int64 *used,
-						  TimestampTz *free_at)
+						  TimestampTz *free_at, bool *seedable)
 {
 	static SPIPlanPtr plan = NULL;
-	Oid			types[3] = {TEXTOID, TEXTARRAYOID, TIMESTAMPTZOID};
-	Datum		values[3];
+	Oid			types[4] = {TEXTOID, TEXTARRAYOID, TIMESTAMPTZOID, TIMESTAMPTZOID};
+	Datum		values[4];
 	Datum	   *elems = palloc(sizeof(Datum) * Max(nparts, 1));
 
 	/* an empty window is full, if at all, of this claim's starts */
@@ -557,16 +941,19 @@ atomizer_limits_rate_used(const AtomizerQueue *q, Snapshot snap, TimestampTz now
 	{
 		elems[i] = CStringGetTextDatum(parts[i]);
 		free_at[i] = after_now;
+		seedable[i] = true;
 	}
 	atomizer_prepare_opts(&plan,
-					 "SELECT part, sum(n)::int8, min(started_at) FROM atomizer.rate_start"
+					 "SELECT part, sum(n)::int8, min(started_at), max(started_at) <= $4"
+					 " FROM atomizer.rate_start"
 					 " WHERE queue = $1 AND part = ANY($2) AND started_at > $3"
-					 " GROUP BY part", 3, types,
+					 " GROUP BY part", 4, types,
 						  CURSOR_OPT_GENERIC_PLAN);
 	values[0] = CStringGetTextDatum(q->name);
 	values[1] = PointerGetDatum(construct_array(elems, nparts, TEXTOID, -1,
 												false, TYPALIGN_INT));
-	values[2] = TimestampTzGetDatum(window_start(q, now));
+	values[2] = TimestampTzGetDatum(atomizer_limits_window_start(q, now));
+	values[3] = TimestampTzGetDatum(now);
 	if (SPI_execute_snapshot(plan, values, NULL, snap, InvalidSnapshot, false,
 							 false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the rate window of queue \"%s\"", q->name);
@@ -585,6 +972,7 @@ atomizer_limits_rate_used(const AtomizerQueue *q, Snapshot snap, TimestampTz now
 			free_at[i] = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
 																 SPI_getbinval(tup, desc, 3, &isnull),
 																 IntervalPGetDatum(&q->rate_period)));
+			seedable[i] = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
 			break;
 		}
 	}

@@ -8,7 +8,12 @@
  *	  A fire enqueues an ordinary job (with schedule_id set) and moves the
  *	  schedule's next_run on, in one transaction, on a row locked with
  *	  FOR UPDATE SKIP LOCKED: a fire happens once per (schedule, fire time)
- *	  whatever crashes, restarts or concurrent schedulers do.
+ *	  whatever crashes, restarts or concurrent schedulers do.  Due
+ *	  schedules fire in batches of up to FIRE_BATCH per transaction, with a
+ *	  handful of statements per batch (the overlap check, the INSERT of the
+ *	  jobs, the UPDATE of the schedules); a batch that fails is rolled back
+ *	  and its schedules fire one by one, each in a subtransaction, so that
+ *	  one bad schedule is found, disabled and logged, and the others fire.
  *
  *	  Policies, per schedule:
  *	  - overlap 'skip' (default): no fire while the previous run's job is
@@ -37,6 +42,7 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
+#include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/memutils.h"
 #include "utils/resowner.h"
@@ -57,7 +63,7 @@ StaticAssertDecl(INTERVAL_SPEC_MAX_SECS == ATOMIZER_MAX_DELAY_SECS,
 				 "a schedule's longest interval is atomizer's longest delay");
 /* first key of the advisory lock schedule() takes on (owner, name) */
 #define SCHEDULE_LOCK_CLASS	1635020653
-#define FIRE_BATCH			1000
+#define FIRE_BATCH			2500
 
 /* The clock of the previous firing pass of this process. */
 static TimestampTz last_pass_now = 0;
@@ -718,25 +724,308 @@ disable_failed(void *arg)
 }
 
 /*
+ * The fire checks of one firing pass, cached: many schedules share a
+ * handler and an owner, and a check is a subtransaction.
+ */
+typedef struct FireCheckEntry
+{
+	char		key[3 * NAMEDATALEN + 8];	/* external, owner, handler */
+	char	   *reason;			/* NULL: may fire */
+} FireCheckEntry;
+
+static char *
+fire_check_cached(HTAB *cache, const char *handler, const char *owner,
+				  bool external)
+{
+	char		key[3 * NAMEDATALEN + 8];
+	FireCheckEntry *entry;
+	bool		found;
+
+	if (snprintf(key, sizeof(key), "%d|%s|%s", external, owner, handler) >= (int) sizeof(key))
+		return fire_check(handler, owner, external);	/* too long to cache */
+	entry = hash_search(cache, key, HASH_ENTER, &found);
+	if (!found)
+		entry->reason = fire_check(handler, owner, external);
+	return entry->reason;
+}
+
+/*
+ * One due schedule of a batch, decided before the batch's statements: the
+ * same decisions fire_one makes, in the same order.
+ */
+typedef struct DueFire
+{
+	int64		id;
+	char	   *queue;
+	TimestampTz fire_time;
+	TimestampTz next;			/* not finite: never again */
+	bool		skip_overlap;
+	bool		fire;
+	bool		alone;			/* to be fired (or disabled) by fire_one */
+	int64		job_id;
+} DueFire;
+
+/*
+ * decide_fire
+ *		Fill *d from the due row tup: whether its spec, time zone, queue,
+ *		owner and handler are still usable (if not, it is left to fire_one,
+ *		which disables it), whether the misfire policy skips it, and its
+ *		next run.  The overlap policy is looked up for the whole batch.
+ */
+static void
+decide_fire(HeapTuple tup, TupleDesc desc, TimestampTz now, HTAB *checks,
+			DueFire *d)
+{
+	bool		isnull;
+	char	   *spec = SPI_getvalue(tup, desc, 3);
+	char	   *tz_name = SPI_getvalue(tup, desc, 6);
+	Datum		external_d = SPI_getbinval(tup, desc, 11, &isnull);
+	bool		queue_missing = isnull;
+	bool		skip_misfire = strcmp(SPI_getvalue(tup, desc, 9), "skip") == 0;
+	AtomizerCron cron;
+	char	   *reason = NULL;
+	pg_tz	   *tz = NULL;
+	TimestampTz following;
+
+	memset(d, 0, sizeof(DueFire));
+	d->id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+	d->queue = SPI_getvalue(tup, desc, 5);
+	d->fire_time = DatumGetTimestampTz(SPI_getbinval(tup, desc, 10, &isnull));
+	d->skip_overlap = strcmp(SPI_getvalue(tup, desc, 8), "skip") == 0;
+	if (!atomizer_cron_parse(spec, &cron, &reason) ||
+		(tz = pg_tzset(tz_name)) == NULL || !pg_tz_acceptable(tz) ||
+		queue_missing ||
+		fire_check_cached(checks, SPI_getvalue(tup, desc, 4), SPI_getvalue(tup, desc, 7),
+						  DatumGetBool(external_d)) != NULL)
+	{
+		d->alone = true;
+		return;
+	}
+	d->fire = true;
+	following = atomizer_cron_next(&cron, d->fire_time, tz);
+	if (!TIMESTAMP_NOT_FINITE(following) && following <= now && skip_misfire)
+		d->fire = false;
+	d->next = atomizer_cron_next(&cron, Max(d->fire_time, now), tz);
+}
+
+/* A batch of due schedules, for fire_batch. */
+typedef struct FireBatch
+{
+	DueFire    *due;
+	int			n;
+	int			fired;
+} FireBatch;
+
+static int
+compare_due_id(const void *a, const void *b)
+{
+	int64		x = (*(DueFire *const *) a)->id;
+	int64		y = (*(DueFire *const *) b)->id;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * fire_batch
+ *		Fire the due schedules of b that fire_one need not take alone, with
+ *		a handful of statements for all of them: which are busy (overlap
+ *		'skip'), the jobs of those that fire, and every schedule's next run
+ *		and counters.  The caller is connected to SPI as the owner, and
+ *		runs this in a subtransaction: if any of it fails, none of it stays.
+ */
+static void
+fire_batch(void *arg)
+{
+	static SPIPlanPtr update_plan = NULL;
+	FireBatch  *b = (FireBatch *) arg;
+	int			n = 0;
+	int			nlook = 0;
+	int			nfire = 0;
+	DueFire   **mine = palloc(sizeof(DueFire *) * Max(b->n, 1));
+	int64	   *ids = palloc(sizeof(int64) * Max(b->n, 1));
+	TimestampTz *times = palloc(sizeof(TimestampTz) * Max(b->n, 1));
+	bool	   *busy = palloc(sizeof(bool) * Max(b->n, 1));
+	int64	   *out_schedules = palloc(sizeof(int64) * Max(b->n, 1));
+	int64	   *out_jobs = palloc(sizeof(int64) * Max(b->n, 1));
+	int			inserted;
+
+	b->fired = 0;
+	for (int i = 0; i < b->n; i++)
+		if (!b->due[i].alone)
+			mine[n++] = &b->due[i];
+	if (n == 0)
+		return;
+
+	/* the overlap policy: no fire while a job of the schedule waits or runs */
+	for (int i = 0; i < n; i++)
+		if (mine[i]->fire && mine[i]->skip_overlap)
+			ids[nlook++] = mine[i]->id;
+	if (nlook > 0)
+	{
+		int			k = 0;
+
+		atomizer_store_schedules_busy(ids, nlook, busy);
+		for (int i = 0; i < n; i++)
+			if (mine[i]->fire && mine[i]->skip_overlap && busy[k++])
+				mine[i]->fire = false;
+	}
+
+	/* the jobs, in the order the schedules came due */
+	for (int i = 0; i < n; i++)
+	{
+		if (!mine[i]->fire)
+			continue;
+		ids[nfire] = mine[i]->id;
+		times[nfire++] = mine[i]->fire_time;
+		atomizer_note_enqueue(mine[i]->queue);
+	}
+	inserted = nfire > 0 ?
+		atomizer_store_insert_fires(ids, times, nfire, out_schedules, out_jobs) : 0;
+	if (inserted != nfire)
+		elog(ERROR, "could not enqueue the jobs of %d schedules (%d enqueued)",
+			 nfire, inserted);
+	qsort(mine, n, sizeof(DueFire *), compare_due_id);
+	for (int i = 0; i < inserted; i++)
+	{
+		DueFire		key = {.id = out_schedules[i]};
+		DueFire    *keyp = &key;
+		DueFire   **d = bsearch(&keyp, mine, n, sizeof(DueFire *), compare_due_id);
+
+		if (d == NULL)
+			elog(ERROR, "a job was enqueued for a schedule that was not due");
+		(*d)->job_id = out_jobs[i];
+	}
+
+	/* every schedule's next run and counters, in one statement */
+	{
+		Oid			types[6] = {INT8ARRAYOID, TIMESTAMPTZARRAYOID, TIMESTAMPTZARRAYOID,
+		INT8ARRAYOID, INT4ARRAYOID, INT4ARRAYOID};
+		Datum		values[6];
+		Datum	   *cols[6];
+		bool	   *nulls[3];
+		int			dims[1] = {n};
+		int			lbs[1] = {1};
+
+		for (int c = 0; c < 6; c++)
+			cols[c] = palloc(sizeof(Datum) * n);
+		for (int c = 0; c < 3; c++)
+			nulls[c] = palloc0(sizeof(bool) * n);
+		for (int i = 0; i < n; i++)
+		{
+			DueFire    *d = mine[i];
+
+			cols[0][i] = Int64GetDatum(d->id);
+			cols[1][i] = TimestampTzGetDatum(d->next);
+			nulls[0][i] = TIMESTAMP_NOT_FINITE(d->next);
+			cols[2][i] = TimestampTzGetDatum(d->fire_time);
+			nulls[1][i] = !d->fire;
+			cols[3][i] = Int64GetDatum(d->job_id);
+			nulls[2][i] = !d->fire;
+			cols[4][i] = Int32GetDatum(d->fire ? 1 : 0);
+			cols[5][i] = Int32GetDatum(d->fire ? 0 : 1);
+			if (d->fire)
+				b->fired++;
+		}
+		values[0] = PointerGetDatum(construct_array(cols[0], n, INT8OID, 8,
+													FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		values[1] = PointerGetDatum(construct_md_array(cols[1], nulls[0], 1, dims, lbs,
+													   TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
+													   TYPALIGN_DOUBLE));
+		values[2] = PointerGetDatum(construct_md_array(cols[2], nulls[1], 1, dims, lbs,
+													   TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
+													   TYPALIGN_DOUBLE));
+		values[3] = PointerGetDatum(construct_md_array(cols[3], nulls[2], 1, dims, lbs,
+													   INT8OID, 8, FLOAT8PASSBYVAL,
+													   TYPALIGN_DOUBLE));
+		values[4] = PointerGetDatum(construct_array(cols[4], n, INT4OID, 4, true,
+													TYPALIGN_INT));
+		values[5] = PointerGetDatum(construct_array(cols[5], n, INT4OID, 4, true,
+													TYPALIGN_INT));
+		atomizer_prepare(&update_plan,
+				"UPDATE atomizer.schedule s SET next_run = u.next_run,"
+				" last_run = coalesce(u.last_run, s.last_run),"
+				" last_job_id = coalesce(u.job_id, s.last_job_id),"
+				" fires = s.fires + u.fired, skipped = s.skipped + u.skipped"
+				" FROM unnest($1::int8[], $2::timestamptz[], $3::timestamptz[],"
+				"  $4::int8[], $5::int4[], $6::int4[])"
+				"  u(id, next_run, last_run, job_id, fired, skipped)"
+				" WHERE s.id = u.id", 6, types);
+		if (SPI_execute_plan(update_plan, values, NULL, false, 0) != SPI_OK_UPDATE ||
+			SPI_processed != (uint64) n)
+			elog(ERROR, "could not update %d schedules", n);
+	}
+}
+
+/*
+ * fire_alone
+ *		Fire (or skip, or disable) the due row tup by itself, in a
+ *		subtransaction of its own: one whose job cannot be inserted (a
+ *		trigger raises, its queue's settings fail) is disabled with the
+ *		error as its last_error.  Returns 1 if it fired.
+ */
+static int
+fire_alone(HeapTuple tup, TupleDesc desc, TimestampTz now)
+{
+	FireArgs	args;
+	ErrorData  *edata;
+	bool		isnull;
+
+	args.tup = tup;
+	args.desc = desc;
+	args.now = now;
+	args.fired = 0;
+	edata = atomizer_try(fire_one, &args);
+	if (edata != NULL)
+	{
+		char	   *name = SPI_getvalue(tup, desc, 2);
+		DisableArgs dargs;
+		ErrorData  *again;
+
+		dargs.id = SPI_getbinval(tup, desc, 1, &isnull);
+		dargs.error = psprintf("could not fire: %s", edata->message);
+		again = atomizer_try(disable_failed, &dargs);
+		if (again != NULL)
+			ReThrowError(again);
+		ereport(LOG,
+				(errcode(edata->sqlerrcode),
+				 errmsg("atomizer: schedule \"%s\" disabled: it could not fire: %s",
+						name, edata->message),
+				 edata->context ? errcontext_msg("%s", edata->context) : 0,
+				 errhint("Fix the cause, then run atomizer.enable_schedule('%s').",
+						 name)));
+		FreeErrorData(edata);
+	}
+	return args.fired;
+}
+
+/*
  * atomizer_fire_schedules
- *		One firing pass at clock "now", in the current transaction.  Each
- *		schedule fires in a subtransaction of its own: one whose job cannot
- *		be inserted (a trigger raises, its queue's settings fail) is
- *		disabled with the error as its last_error, and the others fire.
- *		Returns the number of jobs enqueued; *next_wake is the earliest
- *		next_run left (DT_NOEND if none).
+ *		One firing pass at clock "now", in the current transaction, of up
+ *		to FIRE_BATCH due schedules (*more: there may be more due).  They
+ *		fire as a batch, with a handful of statements for all of them, in a
+ *		subtransaction; if the batch fails, each fires again alone, in a
+ *		subtransaction of its own, so that one whose job cannot be inserted
+ *		(a trigger raises, its queue's settings fail) is disabled with the
+ *		error as its last_error, and the others fire.  A schedule whose
+ *		spec, time zone, queue, owner or handler is unusable is disabled
+ *		alone too.  Returns the number of jobs enqueued; *next_wake is the
+ *		earliest next_run left (DT_NOEND if none).
  */
 int
-atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake)
+atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake, bool *more)
 {
 	static SPIPlanPtr due_plan = NULL;
 	static SPIPlanPtr wake_plan = NULL;
 	AtomizerPrivState priv;
 	SPITupleTable *due;
 	uint64		n;
-	FireArgs	args;
-	Datum		arg = TimestampTzGetDatum(now);
+	FireBatch	batch;
+	ErrorData  *edata;
+	HTAB	   *checks;
+	HASHCTL		ctl;
+	int			fired = 0;
 	bool		isnull;
+	Datum		arg = TimestampTzGetDatum(now);
 
 	atomizer_become_owner(&priv);
 	SPI_connect();
@@ -764,37 +1053,39 @@ atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake)
 		elog(ERROR, "could not list due schedules");
 	due = SPI_tuptable;
 	n = SPI_processed;
+	if (more)
+		*more = n == FIRE_BATCH;
 
-	args.desc = due->tupdesc;
-	args.now = now;
-	args.fired = 0;
+	/* decide each one; the usable ones fire together */
+	ctl.keysize = 3 * NAMEDATALEN + 8;
+	ctl.entrysize = sizeof(FireCheckEntry);
+	ctl.hcxt = CurrentMemoryContext;
+	checks = hash_create("atomizer fire checks", 16, &ctl,
+						 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	batch.due = palloc(sizeof(DueFire) * Max(n, 1));
+	batch.n = (int) n;
+	batch.fired = 0;
 	for (uint64 i = 0; i < n; i++)
 	{
-		ErrorData  *edata;
-
 		CHECK_FOR_INTERRUPTS();
-		args.tup = due->vals[i];
-		edata = atomizer_try(fire_one, &args);
-		if (edata != NULL)
-		{
-			char	   *name = SPI_getvalue(args.tup, args.desc, 2);
-			DisableArgs dargs;
-			ErrorData  *again;
-
-			dargs.id = SPI_getbinval(args.tup, args.desc, 1, &isnull);
-			dargs.error = psprintf("could not fire: %s", edata->message);
-			again = atomizer_try(disable_failed, &dargs);
-			if (again != NULL)
-				ReThrowError(again);
-			ereport(LOG,
-					(errcode(edata->sqlerrcode),
-					 errmsg("atomizer: schedule \"%s\" disabled: it could not fire: %s",
-							name, edata->message),
-					 edata->context ? errcontext_msg("%s", edata->context) : 0,
-					 errhint("Fix the cause, then run atomizer.enable_schedule('%s').",
-							 name)));
-			FreeErrorData(edata);
-		}
+		decide_fire(due->vals[i], due->tupdesc, now, checks, &batch.due[i]);
+	}
+	edata = atomizer_try(fire_batch, &batch);
+	if (edata == NULL)
+		fired = batch.fired;
+	else
+	{
+		ereport(DEBUG1,
+				(errmsg_internal("atomizer: a batch of %d schedules could not fire together, firing each alone: %s",
+								 batch.n, edata->message)));
+		FreeErrorData(edata);
+	}
+	for (uint64 i = 0; i < n; i++)
+	{
+		if (edata == NULL && !batch.due[i].alone)
+			continue;
+		CHECK_FOR_INTERRUPTS();
+		fired += fire_alone(due->vals[i], due->tupdesc, now);
 	}
 
 	*next_wake = DT_NOEND;
@@ -809,7 +1100,7 @@ atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake)
 	}
 	SPI_finish();
 	atomizer_restore_caller(&priv);
-	return args.fired;
+	return fired;
 }
 
 /*
@@ -825,5 +1116,5 @@ atomizer_tick(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("now must not be null")));
-	PG_RETURN_INT32(atomizer_fire_schedules(PG_GETARG_TIMESTAMPTZ(0), &next_wake));
+	PG_RETURN_INT32(atomizer_fire_schedules(PG_GETARG_TIMESTAMPTZ(0), &next_wake, NULL));
 }

@@ -70,6 +70,8 @@
 #define PRUNE_BATCH			10000
 /* A scheduler pass runs at most this often, however many commits wake it. */
 #define MIN_PASS_MS			5
+/* batches of due schedules fired in one pass, at most (schedule.c) */
+#define FIRE_ROUNDS			20
 /* After a worker exits on an error, no new worker before this. */
 #define WORKER_FAILURE_PAUSE_MS	5000
 /* State samples: at most once a second, at most 2% of the time. */
@@ -743,6 +745,7 @@ typedef struct PassState
 {
 	bool		orphans_again;	/* a dead worker's rows were still locked */
 	bool		notify_all;		/* the last notification duty failed */
+	bool		more_fires;		/* the cron duty fired a full batch */
 	long		sleep_ms;		/* until something is due */
 } PassState;
 
@@ -771,10 +774,12 @@ duty_notify(void *arg)
 static void
 duty_schedules(void *arg)
 {
+	PassState  *ps = (PassState *) arg;
 	TimestampTz next_fire;
 
-	(void) atomizer_fire_schedules(GetCurrentTimestamp(), &next_fire);
-	sleep_until((PassState *) arg, next_fire);
+	(void) atomizer_fire_schedules(GetCurrentTimestamp(), &next_fire,
+								   &ps->more_fires);
+	sleep_until(ps, next_fire);
 }
 
 static void
@@ -1049,7 +1054,15 @@ atomizer_scheduler_main(Datum arg)
 				pg_atomic_write_u32(&db->orphans_pending, 1);
 		}
 		ps.notify_all = !run_duty(DUTY_NOTIFY, dbname, duty_notify, &ps);
-		(void) run_duty(DUTY_SCHEDULES, dbname, duty_schedules, &ps);
+		/* due schedules fire a batch per transaction, up to FIRE_ROUNDS */
+		for (int round = 0; round < FIRE_ROUNDS; round++)
+		{
+			ps.more_fires = false;
+			if (!run_duty(DUTY_SCHEDULES, dbname, duty_schedules, &ps) ||
+				!ps.more_fires)
+				break;
+			CHECK_FOR_INTERRUPTS();
+		}
 		(void) run_duty(DUTY_LEASES, dbname, duty_leases, &ps);
 		(void) run_duty(DUTY_WORKERS, dbname, duty_workers, &ps);
 		if (last_prune == 0 || TimestampDifferenceExceeds(last_prune, now, PRUNE_MS))

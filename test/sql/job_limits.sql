@@ -131,6 +131,31 @@ SELECT part, sum(n) FROM atomizer.rate_start WHERE queue = 'p' GROUP BY part ORD
 SELECT atomizer.alter_queue('p', rate_partition => '');
 SELECT count(*) AS window_rows FROM atomizer.rate_start WHERE queue = 'p';
 
+-- the shared-memory bound of a window: claims of 2 while it leaves room
+-- (10 starts an hour) take 2 each without reading the window; the claim
+-- the bound cannot vouch for reads it and finds it full, and a job it
+-- cannot take is put off, never started over the limit
+SELECT atomizer.create_queue('b', external => true, rate_limit => 10,
+                             rate_period => '1 hour');
+SELECT count(atomizer.enqueue('call', jsonb_build_object('n', i), queue => 'b'))
+  FROM generate_series(1, 14) i;
+SELECT count(*) AS claimed FROM atomizer.claim('b', 2, '1 minute', 'w1');
+SELECT count(*) AS claimed FROM atomizer.claim('b', 2, '1 minute', 'w1');
+SELECT count(*) AS claimed FROM atomizer.claim('b', 2, '1 minute', 'w1');
+SELECT count(*) AS claimed FROM atomizer.claim('b', 2, '1 minute', 'w1');
+SELECT count(*) AS claimed FROM atomizer.claim('b', 2, '1 minute', 'w1');
+SELECT count(*) AS claimed FROM atomizer.claim('b', 2, '1 minute', 'w1');
+SELECT state, count(*) FROM atomizer.jobs WHERE queue = 'b' GROUP BY 1 ORDER BY 1;
+SELECT sum(n) AS starts_in_window FROM atomizer.rate_start WHERE queue = 'b';
+-- a new period makes the bound again from the window (still 10 in it)
+SELECT atomizer.alter_queue('b', rate_limit => 12, rate_period => '2 hours');
+UPDATE atomizer.job SET run_at = now() - interval '1 second'
+ WHERE queue = 'b' AND state = 'available';
+SELECT count(*) AS claimed FROM atomizer.claim('b', 1, '1 minute', 'w1');
+SELECT count(*) AS claimed FROM atomizer.claim('b', 1, '1 minute', 'w1');
+SELECT count(*) AS claimed FROM atomizer.claim('b', 1, '1 minute', 'w1');
+SELECT sum(n) AS starts_in_window FROM atomizer.rate_start WHERE queue = 'b';
+
 -- dropping a queue drops its handler limits
 SELECT atomizer.drop_queue('ext', force => true);
 SELECT count(*) AS limits_left FROM atomizer.handler_limit WHERE queue = 'ext';

@@ -194,5 +194,28 @@ pass('crash: after recovery both jobs ran');
 is($node->safe_psql('postgres', q{SELECT max_running('hang', 'public.stuck')}), 1,
 	'crash: never two of the limited handler at once');
 
+# The rate window's bound lives in shared memory: after a restart (and
+# after an immediate stop, a crash's recovery) it is gone, and the first
+# claim reads the window from the table, so the starts before the restart
+# still count.  Three of five starts an hour before; two after.
+$node->safe_psql('postgres', q{
+	SELECT atomizer.create_queue('rr', external => true, rate_limit => 5,
+								 rate_period => '1 hour');
+	SELECT count(atomizer.enqueue('t', jsonb_build_object('n', i), queue => 'rr'))
+	  FROM generate_series(1, 10) i;
+	SELECT count(*) FROM atomizer.claim('rr', 3, '1 hour', 'w');
+});
+$node->restart;
+is($node->safe_psql('postgres', q{SELECT count(*) FROM atomizer.claim('rr', 3, '1 hour', 'w')}),
+	2, 'restart: the rate window still counts the starts before it');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM atomizer.claim('rr', 3, '1 hour', 'w')}),
+	0, 'restart: and the window is full');
+$node->stop('immediate');
+$node->start;
+is($node->safe_psql('postgres', q{SELECT count(*) FROM atomizer.claim('rr', 3, '1 hour', 'w')}),
+	0, 'crash: the window is still full after an immediate stop');
+is($node->safe_psql('postgres', q{SELECT sum(n) FROM atomizer.rate_start WHERE queue = 'rr'}),
+	5, 'restart and crash: five starts in the window, never more');
+
 $node->stop;
 done_testing();
