@@ -29,11 +29,11 @@
  *	  after the enqueue's commit and sees its edges.  Every job finished
  *	  in a transaction is noted (jobstore.c calls
  *	  atomizer_workflow_note_finished); just before the commit (and
- *	  before PREPARE TRANSACTION), one pass locks the blocked dependents
- *	  of all of them in id order, with a fresh snapshot, and counts them
- *	  down.  Two transactions finishing dependencies of the same job lock
- *	  it in turn, and the second counts from the first's result: the job
- *	  is released once.  The release commits with the finish, or neither
+ *	  before PREPARE TRANSACTION), one pass counts their blocked
+ *	  dependents down, with a fresh snapshot, locking first, in id order,
+ *	  those that wait for more than one job.  Two transactions finishing
+ *	  dependencies of the same job lock it in turn, and the second counts
+ *	  from the first's result: the job is released once.  The release commits with the finish, or neither
  *	  happens.  While atomizer.job_dependency has no pages (no job has ever
  *	  depended on another, or every edge was purged and vacuumed away), the
  *	  pass costs one relation size look-up.
@@ -428,33 +428,56 @@ run_latest(SPIPlanPtr plan, Datum *values, const char *nulls)
 }
 
 /*
+ * The dependents of the jobs finished so far ($1: their ids, $2: whether
+ * each failed), with how many of those each one waits for and the first
+ * that failed; a job that is back in the hot table (retried in the same
+ * transaction) is not counted.  The edges are read through their index.
+ */
+#define FINISHED_EDGES \
+	"WITH f AS MATERIALIZED (SELECT * FROM unnest($1, $2) AS f(id, failed)" \
+	"  WHERE NOT EXISTS (SELECT 1 FROM atomizer.job p WHERE p.id = f.id))," \
+	" e AS (SELECT d.job_id, count(*)::int4 AS n," \
+	"  min(f.id) FILTER (WHERE f.failed) AS failed_by" \
+	"  FROM atomizer.job_dependency d JOIN f ON f.id = d.depends_on" \
+	"  WHERE d.depends_on = ANY ($1)" \
+	"  GROUP BY d.job_id) "
+
+/*
  * release_once
- *		One pass over the jobs finished so far (ids[], failed[]): lock their
- *		blocked dependents in id order, count them down, make those whose
- *		last dependency finished available (and wake whoever runs their
- *		queue at commit), and cancel those a failure cancels (which notes
- *		them finished, for the next pass).
+ *		One pass over the jobs finished so far (ids[], failed[]): count
+ *		their blocked dependents down, make those whose last dependency
+ *		finished available (and wake whoever runs their queue at commit),
+ *		and cancel those a failure cancels (which notes them finished, for
+ *		the next pass).
+ *
+ *		A dependent that waits for more than one job may be counted down by
+ *		other transactions at the same time: those are locked first, in id
+ *		order, so that two passes never wait for each other in a cycle.  One
+ *		that waits for one job only (a fan-out's parts) can be counted down
+ *		by no one else, and is not locked separately: the update locks it.
+ *		Every statement reads with a snapshot taken now; in READ COMMITTED a
+ *		row updated meanwhile is counted from its latest version.
  */
 static void
 release_once(const int64 *ids, const bool *failed, int n)
 {
 	static SPIPlanPtr lock_plan = NULL;
-	static SPIPlanPtr count_plan = NULL;
+	static SPIPlanPtr cancel_plan = NULL;
 	static SPIPlanPtr release_plan = NULL;
 	WorkflowCall call;
 	Datum		values[2];
 	Datum	   *failed_d = palloc(sizeof(Datum) * n);
-	int64	   *cancel_ids;
-	int64	   *cancel_by;
-	char	  **cancel_states;
+	bool		any_failed = false;
+	int64	   *cancel_ids = NULL;
+	int64	   *cancel_by = NULL;
+	char	  **cancel_states = NULL;
 	int			ncancel = 0;
-	int64	   *down_ids;
-	int64	   *down_n;
-	int			ndown = 0;
-	uint64		nrows;
 
 	for (int i = 0; i < n; i++)
+	{
 		failed_d[i] = BoolGetDatum(failed[i]);
+		any_failed |= failed[i];
+	}
 	values[0] = int8_array(ids, n);
 	values[1] = PointerGetDatum(construct_array(failed_d, n, BOOLOID, 1, true,
 												TYPALIGN_CHAR));
@@ -466,107 +489,78 @@ release_once(const int64 *ids, const bool *failed, int n)
 
 		atomizer_prepare(&lock_plan,
 						 "SELECT c.id FROM atomizer.job c"
-						 " WHERE c.state = 'blocked' AND c.id IN"
+						 " WHERE c.state = 'blocked' AND c.blockers > 1 AND c.id IN"
 						 " (SELECT d.job_id FROM atomizer.job_dependency d"
 						 "  WHERE d.depends_on = ANY ($1))"
 						 " ORDER BY c.id FOR NO KEY UPDATE OF c", 1, lock_types);
-		atomizer_prepare(&count_plan,
-						 "WITH f AS (SELECT * FROM unnest($1, $2) AS f(id, failed)"
-						 "  WHERE NOT EXISTS (SELECT 1 FROM atomizer.job p WHERE p.id = f.id)),"
-						 " e AS (SELECT d.job_id, count(*)::int4 AS n,"
-						 "  min(f.id) FILTER (WHERE f.failed) AS failed_by"
-						 "  FROM atomizer.job_dependency d JOIN f ON f.id = d.depends_on"
-						 "  WHERE d.depends_on = ANY ($1)"	/* read through the index */
-						 "  GROUP BY d.job_id)"
-						 " SELECT c.id, e.n, e.failed_by, c.on_dependency_failure = 'run',"
+		atomizer_prepare(&cancel_plan,
+						 FINISHED_EDGES
+						 "SELECT c.id, e.failed_by,"
 						 "  (SELECT h.state FROM atomizer.job_history h"
 						 "   WHERE h.id = e.failed_by)"
 						 " FROM atomizer.job c JOIN e ON e.job_id = c.id"
-						 " WHERE c.state = 'blocked' ORDER BY c.id", 2, types);
+						 " WHERE c.state = 'blocked' AND e.failed_by IS NOT NULL"
+						 " AND c.on_dependency_failure = 'cancel' ORDER BY c.id",
+						 2, types);
+		atomizer_prepare(&release_plan,
+						 FINISHED_EDGES
+						 "UPDATE atomizer.job c SET blockers = c.blockers - e.n,"
+						 " state = CASE WHEN c.blockers - e.n > 0 THEN 'blocked'"
+						 "  ELSE 'available' END"
+						 " FROM e WHERE c.id = e.job_id AND c.state = 'blocked'"
+						 " AND (e.failed_by IS NULL OR c.on_dependency_failure = 'run')"
+						 " RETURNING c.queue, c.priority::int4, c.run_at, c.id, c.state",
+						 2, types);
 	}
 	if (run_latest(lock_plan, values, NULL) != SPI_OK_SELECT)
 		elog(ERROR, "could not lock the dependent jobs");
-	if (SPI_processed == 0)
+
+	if (any_failed)
 	{
-		call_end(&call);
-		return;
-	}
-	if (run_latest(count_plan, values, NULL) != SPI_OK_SELECT)
-		elog(ERROR, "could not count the dependent jobs down");
-	nrows = SPI_processed;
-	cancel_ids = palloc(sizeof(int64) * nrows);
-	cancel_by = palloc(sizeof(int64) * nrows);
-	cancel_states = palloc(sizeof(char *) * nrows);
-	down_ids = palloc(sizeof(int64) * nrows);
-	down_n = palloc(sizeof(int64) * nrows);
-	for (uint64 r = 0; r < nrows; r++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[r];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		bool		by_null;
-		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
-		int32		k = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-		Datum		by = SPI_getbinval(tup, desc, 3, &by_null);
-		bool		run = DatumGetBool(SPI_getbinval(tup, desc, 4, &isnull));
-
-		if (!by_null && !run)
-		{
-			char	   *state = SPI_getvalue(tup, desc, 5);
-
-			cancel_ids[ncancel] = id;
-			cancel_by[ncancel] = DatumGetInt64(by);
-			/* not in the history: deleted by drop_queue(force => true) */
-			cancel_states[ncancel] = state ? state : "deleted";
-			ncancel++;
-		}
-		else
-		{
-			down_ids[ndown] = id;
-			down_n[ndown] = k;
-			ndown++;
-		}
-	}
-
-	if (ndown > 0)
-	{
-		Oid			types[2] = {INT8ARRAYOID, INT8ARRAYOID};
-		Datum		dvalues[2];
-
-		atomizer_prepare(&release_plan,
-						 "UPDATE atomizer.job c SET blockers = c.blockers - u.n,"
-						 " state = CASE WHEN c.blockers - u.n > 0 THEN 'blocked'"
-						 "  ELSE 'available' END"
-						 " FROM unnest($1, $2) AS u(id, n) WHERE c.id = u.id"
-						 " RETURNING c.queue, c.priority::int4, c.run_at, c.id, c.state",
-						 2, types);
-		dvalues[0] = int8_array(down_ids, ndown);
-		dvalues[1] = int8_array(down_n, ndown);
-		if (run_latest(release_plan, dvalues, NULL) != SPI_OK_UPDATE_RETURNING)
-			elog(ERROR, "could not release the dependent jobs");
-		for (uint64 r = 0; r < SPI_processed; r++)
+		if (run_latest(cancel_plan, values, NULL) != SPI_OK_SELECT)
+			elog(ERROR, "could not read the dependents of failed jobs");
+		ncancel = (int) SPI_processed;
+		cancel_ids = palloc(sizeof(int64) * Max(ncancel, 1));
+		cancel_by = palloc(sizeof(int64) * Max(ncancel, 1));
+		cancel_states = palloc(sizeof(char *) * Max(ncancel, 1));
+		for (int r = 0; r < ncancel; r++)
 		{
 			HeapTuple	tup = SPI_tuptable->vals[r];
 			TupleDesc	desc = SPI_tuptable->tupdesc;
-			char	   *state = SPI_getvalue(tup, desc, 5);
-			char	   *queue = SPI_getvalue(tup, desc, 1);
-			AtomizerClaimKey key;
-			AtomizerQueue q;
 			bool		isnull;
+			char	   *state = SPI_getvalue(tup, desc, 3);
 
-			if (strcmp(state, "available") != 0)
-				continue;
-			key.priority = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-			key.run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
-			key.id = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
-			atomizer_note_waiting(queue, &key);
-			if (!atomizer_lookup_queue(queue, &q) || q.paused)
-				continue;
-			if (q.external)
-				atomizer_note_external(queue);
-			else
-				atomizer_note_enqueue(queue);
+			cancel_ids[r] = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+			cancel_by[r] = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
+			/* not in the history: deleted by drop_queue(force => true) */
+			cancel_states[r] = state ? state : "deleted";
 		}
+	}
+
+	if (run_latest(release_plan, values, NULL) != SPI_OK_UPDATE_RETURNING)
+		elog(ERROR, "could not release the dependent jobs");
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		char	   *state = SPI_getvalue(tup, desc, 5);
+		char	   *queue = SPI_getvalue(tup, desc, 1);
+		AtomizerClaimKey key;
+		AtomizerQueue q;
+		bool		isnull;
+
+		if (strcmp(state, "available") != 0)
+			continue;
+		key.priority = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		key.run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
+		key.id = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+		atomizer_note_waiting(queue, &key);
+		if (!atomizer_lookup_queue(queue, &q) || q.paused)
+			continue;
+		if (q.external)
+			atomizer_note_external(queue);
+		else
+			atomizer_note_enqueue(queue);
 	}
 	call_end(&call);
 
