@@ -257,6 +257,52 @@ class Bench:
             sys.exit("%s: %d jobs succeeded, %d left (expected %d succeeded)"
                      % (what, ok, left, n))
 
+    def ext_client(self, n, mode):
+        """Drain n jobs of queue ext with 2 threads, each a psycopg2
+        connection claiming 100 jobs at a time; mode "complete_many" reports
+        each batch with complete_many(), "one_call" passes it to the next
+        claim() (completed => ...), one round trip and one commit a batch."""
+        self.ext_fill(n)
+
+        def client(stats):
+            conn = self.connect()
+            c = conn.cursor()
+            done = 0
+            ids, atts = None, None
+            while True:
+                if mode == "one_call":
+                    c.execute("SELECT id, attempt FROM atomizer.claim('ext', 100, '1 minute',"
+                              " completed => %s::bigint[], completed_attempts => %s::int[])",
+                              (ids, atts))
+                else:
+                    c.execute("SELECT id, attempt FROM atomizer.claim('ext', 100, '1 minute')")
+                rows = c.fetchall()
+                if not rows:
+                    break
+                if mode == "one_call":
+                    ids, atts = [x[0] for x in rows], [x[1] for x in rows]
+                else:
+                    c.execute("SELECT atomizer.complete_many(%s::bigint[])",
+                              ([x[0] for x in rows],))
+                done += len(rows)
+            stats.append(done)
+            conn.close()
+
+        stats = []
+        ts = [threading.Thread(target=client, args=(stats,)) for _ in range(2)]
+        t0 = time.time()
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        t1 = time.time()
+        self.ext_check(n, "python client (%s)" % mode)
+        log("  Python client (2 connections, claim 100 + %s): %d jobs in %.2f s, %.0f jobs/s"
+            % ("complete_many" if mode == "complete_many" else "completed => in the next claim",
+               n, t1 - t0, n / (t1 - t0)))
+        return dict(jobs=n, wall_s=t1 - t0, per_s=n / (t1 - t0), clients=2, mode=mode,
+                    per_client=stats)
+
     def external(self):
         cur = self.cur
         r = {}
@@ -297,42 +343,15 @@ class Bench:
             r["cli"] = dict(jobs=n, wall_s=t1 - t0, per_s=n / (t1 - t0), drain_flag=has_drain)
             log("  CLI (atomizer work -c 2 -- true): %d jobs in %.2f s, %.0f jobs/s"
                 % (n, t1 - t0, n / (t1 - t0)))
-        # (b) a batch-claiming Python client, 2 connections
+        # (b) batch-claiming Python clients, 2 connections each, between two
+        # runs of the baseline (the naive queue, same number of jobs)
         n = self.a.ext_jobs
-        self.ext_fill(n)
-
-        def client(stats):
-            conn = self.connect()
-            c = conn.cursor()
-            done = 0
-            while True:
-                c.execute("SELECT id, attempt FROM atomizer.claim('ext', 100, '1 minute')")
-                rows = c.fetchall()
-                if not rows:
-                    break
-                c.execute("SELECT atomizer.complete_many(%s::bigint[])", ([x[0] for x in rows],))
-                done += len(rows)
-            stats.append(done)
-            conn.close()
-
-        stats = []
-        ts = [threading.Thread(target=client, args=(stats,)) for _ in range(2)]
-        t0 = time.time()
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        t1 = time.time()
-        self.ext_check(n, "python client")
-        r["client"] = dict(jobs=n, wall_s=t1 - t0, per_s=n / (t1 - t0), clients=2,
-                           per_client=stats)
-        log("  Python client (2 connections, claim 100 + complete_many): %d jobs in %.2f s,"
-            " %.0f jobs/s" % (n, t1 - t0, n / (t1 - t0)))
-        # baseline: the naive queue, same number of jobs
         a = argparse.Namespace(jobs=n, timeout=300, host=self.a.host, port=self.a.port,
                                db=self.a.db, pgbench=self.a.pgbench,
                                naive_script=os.path.join(BENCH, "naive_drain.sql"))
         r["naive"] = drain.drain_naive(a, cur)
+        r["client"] = self.ext_client(n, "complete_many")
+        r["client_one_call"] = self.ext_client(n, "one_call")
         r["naive2"] = drain.drain_naive(a, cur)
         cur.execute("SELECT atomizer.purge()")
         # (c) notification latency

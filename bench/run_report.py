@@ -152,6 +152,16 @@ if e:
                 ratio(c["per_s"], naive["per_s"])))
     S.append("| external client, claim 100 + complete_many, 2 connections | %s jobs/s | %s |"
              " %s |" % (n(c["per_s"]), n(naive["per_s"]), ratio(c["per_s"], naive["per_s"])))
+    c = e.get("client_one_call")
+    if c:
+        T.append("| 5b. Python client, 2 connections, `claim(…, 100, completed => the last"
+                 " batch)`, one call a batch, drain of %s jobs | %s jobs/s | %s rows/s |"
+                 " naive SKIP LOCKED queue | %s |"
+                 % (n(c["jobs"]), n(c["per_s"]), n(naive["per_s"]),
+                    ratio(c["per_s"], naive["per_s"])))
+        S.append("| external client, claim 100 with `completed =>`, 2 connections | %s jobs/s"
+                 " | %s | %s |" % (n(c["per_s"]), n(naive["per_s"]),
+                                   ratio(c["per_s"], naive["per_s"])))
     nt = e["notify"]
     base = lat["insert_p50"] if lat else None
     T.append("| 5c. enqueue commit returned → NOTIFY on `atomizer_ext` received, %d samples,"

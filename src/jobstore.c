@@ -2488,6 +2488,107 @@ atomizer_store_lock_leased(int64 job_id, bool attempt_given, int attempt,
 	store_end(&call);
 }
 
+/* qsort comparator of indexes into lock_many_ids, by id */
+static const int64 *lock_many_ids;
+
+static int
+compare_by_id(const void *a, const void *b)
+{
+	int64		x = lock_many_ids[*(const int *) a];
+	int64		y = lock_many_ids[*(const int *) b];
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * atomizer_store_lock_leased_many
+ *		The set-based atomizer_store_lock_leased, for complete_many() and
+ *		claim(completed => ...): lock the n distinct jobs ids in one
+ *		statement, in id order.  True when every one of them is running
+ *		under a live lease of an external worker (and of attempts[i], where
+ *		attempts is not NULL and attempts_null[i] is false); *queues and
+ *		*nqueues get the distinct queues of the jobs.  False when any is
+ *		not: the caller then locks them one by one, which says exactly what
+ *		is wrong (an ERROR) with the first such job.
+ */
+bool
+atomizer_store_lock_leased_many(const int64 *ids, const int32 *attempts,
+								const bool *attempts_null, int n,
+								char ***queues, int *nqueues)
+{
+	static SPIPlanPtr plan = NULL;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	StoreCall	call;
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum	   *id_datums;
+	Datum		arg;
+	TimestampTz now = GetCurrentTimestamp();
+	bool		ok = true;
+	int			nq = 0;
+	char	  **qs;
+	int		   *order;
+
+	id_datums = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+		id_datums[i] = Int64GetDatum(ids[i]);
+	arg = PointerGetDatum(construct_array(id_datums, n, INT8OID, 8,
+										  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	qs = palloc(sizeof(char *) * n);
+	order = palloc(sizeof(int) * n);
+	for (int i = 0; i < n; i++)
+		order[i] = i;
+	lock_many_ids = ids;
+	qsort(order, n, sizeof(int), compare_by_id);
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+			"SELECT j.id, j.state = 'running', j.attempt, j.lease_until, j.worker,"
+			" j.queue FROM atomizer.job j WHERE j.id = ANY($1)"
+			" ORDER BY j.id FOR UPDATE OF j", 1, types);
+	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up %d jobs", n);
+	if (SPI_processed != (uint64) n)
+		ok = false;
+	for (uint64 r = 0; ok && r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		bool		lease_null;
+		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		bool		running = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+		int32		attempt = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		TimestampTz lease_until = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4,
+																	&lease_null));
+		char	   *worker = SPI_getvalue(tup, desc, 5);
+		char	   *queue = SPI_getvalue(tup, desc, 6);
+		int			i;
+
+		if (!running || lease_null || lease_until < now ||
+			atomizer_worker_id_reserved(worker))
+		{
+			ok = false;
+			break;
+		}
+		/* rows come in id order, as order[] has the arguments */
+		i = order[r];
+		if (ids[i] != id ||
+			(attempts != NULL && !attempts_null[i] && attempts[i] != attempt))
+		{
+			ok = false;
+			break;
+		}
+		for (i = 0; i < nq && strcmp(qs[i], queue) != 0; i++)
+			;
+		if (i == nq)
+			qs[nq++] = MemoryContextStrdup(caller_cxt, queue);
+	}
+	store_end(&call);
+	*queues = qs;
+	*nqueues = nq;
+	return ok;
+}
+
 /*
  * atomizer_store_extend_lease
  *		A heartbeat: the lease of a running job ends "lease" from now (NULL:
