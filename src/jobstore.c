@@ -38,6 +38,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -860,7 +861,7 @@ mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
 		Datum		mvalues[4];
 		char		mnulls[4] = {' ', ' ', ' ', ' '};
 
-		atomizer_prepare(&mark_plan,
+		atomizer_prepare_opts(&mark_plan,
 						 "UPDATE atomizer.job j SET state = 'running',"
 						 " attempt = j.attempt + 1,"
 						 " started_at = coalesce($4, clock_timestamp()), worker = $2,"
@@ -868,7 +869,8 @@ mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
 						 " lease_until = coalesce($4, clock_timestamp()) + nullif($3, interval '0') "
 						 "FROM atomizer.queue q "
 						 "WHERE j.id = ANY($1) AND q.name = j.queue "
-						 CLAIM_RETURNING, 4, types);
+						 CLAIM_RETURNING, 4, types,
+							  CURSOR_OPT_GENERIC_PLAN);
 		mvalues[0] = PointerGetDatum(construct_array(ids, nids, INT8OID, 8,
 													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 		if (spec->worker_id != NULL)
@@ -987,12 +989,13 @@ lock_candidates(const AtomizerClaimSpec *spec, const AtomizerClaimKey *floor,
 	atomizer_note_job_locks();
 	if (held == NULL)
 	{
-		atomizer_prepare(&plan, CLAIM_CANDIDATES, 8, types);
+		atomizer_prepare_opts(&plan, CLAIM_CANDIDATES, 8, types,
+							  CURSOR_OPT_GENERIC_PLAN);
 		if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not claim jobs of queue \"%s\"", spec->queue);
 		return;
 	}
-	atomizer_prepare(&held_plan,
+	atomizer_prepare_opts(&held_plan,
 					 CLAIM_CANDIDATE_COLUMNS
 					 " FROM atomizer.job"
 					 " WHERE queue = $1 AND state = 'held' AND handler = ANY($9)"
@@ -1001,7 +1004,8 @@ lock_candidates(const AtomizerClaimSpec *spec, const AtomizerClaimKey *floor,
 					 "  WHERE q.name = $1 AND NOT q.paused"
 					 "  AND q.external = $7)"
 					 " ORDER BY priority, run_at, id LIMIT $2"
-					 " FOR UPDATE SKIP LOCKED", 9, types);
+					 " FOR UPDATE SKIP LOCKED", 9, types,
+							  CURSOR_OPT_GENERIC_PLAN);
 	if (SPI_execute_plan(held_plan, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim jobs of queue \"%s\"", spec->queue);
 }
@@ -1580,7 +1584,7 @@ finish_one(int64 id, const char *state, Datum result, bool result_isnull,
 	SPIPlanPtr	plan;
 
 	if (plans[gen] == NULL)
-		atomizer_prepare(&plans[gen],
+		atomizer_prepare_opts(&plans[gen],
 				 psprintf("WITH d AS (DELETE FROM atomizer.job WHERE id = $1 RETURNING *) "
 						  "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "
 						  "SELECT id, queue, handler, payload, $2, priority, run_at, attempt,"
@@ -1588,7 +1592,8 @@ finish_one(int64 id, const char *state, Datum result, bool result_isnull,
 						  " started_at, clock_timestamp(), $3, coalesce($4, last_error),"
 						  " schedule_id%s "
 						  "FROM d RETURNING queue, started_at, run_at, finished_at",
-						  TAGS[gen], TAGS[gen]), 4, types);
+						  TAGS[gen], TAGS[gen]), 4, types,
+							  CURSOR_OPT_GENERIC_PLAN);
 	plan = plans[gen];
 
 	values[0] = Int64GetDatum(id);
@@ -1662,7 +1667,7 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 		Oid			types[2] = {INT8ARRAYOID, JSONBARRAYOID};
 
 		if (plans[gen] == NULL)
-			atomizer_prepare(&plans[gen],
+			atomizer_prepare_opts(&plans[gen],
 					 psprintf("WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)), "
 							  "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
 							  " RETURNING j.*, r.result AS new_result) "
@@ -1672,7 +1677,8 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 							  " idempotency_key, created_at, started_at, clock_timestamp(),"
 							  " new_result, last_error, schedule_id%s FROM d"
 							  " RETURNING queue, started_at, run_at, finished_at",
-							  TAGS[gen], TAGS[gen]), 2, types);
+							  TAGS[gen], TAGS[gen]), 2, types,
+							  CURSOR_OPT_GENERIC_PLAN);
 		plan = plans[gen];
 	}
 	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
@@ -2416,11 +2422,12 @@ atomizer_store_lock_leased(int64 job_id, bool attempt_given, int attempt,
 	TimestampTz lease_until;
 
 	store_begin(&call);
-	atomizer_prepare(&plan,
+	atomizer_prepare_opts(&plan,
 			"SELECT j.state, j.attempt, coalesce(j.max_attempts, q.max_attempts, 1),"
 			" j.lease_until, j.worker, j.queue"
 			" FROM atomizer.job j LEFT JOIN atomizer.queue q ON q.name = j.queue"
-			" WHERE j.id = $1 FOR UPDATE OF j", 1, types);
+			" WHERE j.id = $1 FOR UPDATE OF j", 1, types,
+							  CURSOR_OPT_GENERIC_PLAN);
 	atomizer_prepare(&history_plan,
 			"SELECT state FROM atomizer.job_history WHERE id = $1", 1, types);
 
@@ -2541,10 +2548,11 @@ atomizer_store_lock_leased_many(const int64 *ids, const int32 *attempts,
 	qsort(order, n, sizeof(int), compare_by_id);
 
 	store_begin(&call);
-	atomizer_prepare(&plan,
+	atomizer_prepare_opts(&plan,
 			"SELECT j.id, j.state = 'running', j.attempt, j.lease_until, j.worker,"
 			" j.queue FROM atomizer.job j WHERE j.id = ANY($1)"
-			" ORDER BY j.id FOR UPDATE OF j", 1, types);
+			" ORDER BY j.id FOR UPDATE OF j", 1, types,
+							  CURSOR_OPT_GENERIC_PLAN);
 	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up %d jobs", n);
 	if (SPI_processed != (uint64) n)
