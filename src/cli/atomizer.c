@@ -12,7 +12,8 @@
  *	                    LISTEN/NOTIFY between claims; reconnects after a
  *	                    server restart and reports again what it could not
  *	                    report; releases its jobs on SIGTERM after a grace
- *	                    period.
+ *	                    period.  With --persistent, one long-running process
+ *	                    per slot takes the jobs as JSON lines instead.
  *	  atomizer enqueue  enqueues one job and prints its id.
  *	  atomizer stats    prints a table of the queues.
  *
@@ -25,7 +26,9 @@
  *
  *	  Files: atomizer.c (this: main and the manual), common.c (helpers,
  *	  connecting), work.c (the work loop and its SQL), command.c (running
- *	  one command: fork/exec, pipes, outcome), admin.c (enqueue, stats).
+ *	  one command: fork/exec, pipes, outcome), persist.c (--persistent: its
+ *	  loop, processes and line protocol), json.c (JSON checks), admin.c
+ *	  (enqueue, stats).
  *
  *	  src/cli/atomizer.c
  *
