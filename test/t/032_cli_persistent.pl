@@ -6,8 +6,9 @@
 # the middle of a job fails that job and is started again; a job cancelled
 # while it runs stops its process and nothing is reported for it; SIGTERM
 # lets the grace pass, then stops the processes and releases their jobs
-# (attempt not counted); the reference workers of examples/ (Python and C)
-# work as documented.
+# (attempt not counted); a line that is not an answer fails its job; a
+# broken connection is ridden out; the reference workers of examples/
+# (Python and C) work as documented.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -44,6 +45,9 @@ for line in sys.stdin:
         time.sleep(p["sleep"])
     if "exit" in p:
         os._exit(p["exit"])
+    if "garbage" in p:
+        print("this is not an answer", flush=True)
+        continue
     if "fail" in p:
         a = {"id": job["id"], "error": p["fail"]}
         if "retry" in p:
@@ -248,6 +252,46 @@ my $dsn = $node->connstr('postgres');
 		'the log says so');
 	$node->safe_psql('postgres', "SELECT atomizer.cancel($long)");
 	$node->safe_psql('postgres', "SELECT atomizer.cancel($behind)");
+}
+
+# ------------------------------------------------------------- invalid answers
+{
+	my $bad = $node->safe_psql('postgres',
+		q{SELECT atomizer.enqueue('g', '{"garbage": true}', queue => 'once')});
+	my $next = $node->safe_psql('postgres',
+		q{SELECT atomizer.enqueue('g', '{"n": 11}', queue => 'once')});
+	my ($h, $log) = start_worker($dsn, '-q', 'once', '--persistent', '--drain',
+		'--', $python, $worker);
+	is(finish_worker($h), 0, 'the worker exits 0') or diag(slurp_file($log));
+	like($node->safe_psql('postgres', "SELECT state || ': ' || last_error FROM atomizer.jobs WHERE id = $bad"),
+		qr/^dead: invalid answer from the worker process \(not a JSON object: .*\): this is not an answer$/,
+		'a line that is not an answer fails its job, with the line in the error');
+	is($node->safe_psql('postgres', "SELECT state FROM atomizer.jobs WHERE id = $next"),
+		'succeeded', 'the same process goes on with the next job');
+}
+
+# ------------------------------------------------------------- the connection breaks
+# The worker's backend is terminated while jobs are with the processes: it
+# reconnects, reports what it could not, and every job succeeds; a job
+# whose claim was lost with the connection comes back when its 2 s lease
+# expires.
+{
+	$node->safe_psql('postgres', q{
+		SELECT count(*) FROM atomizer.enqueue_many('r',
+			(SELECT array_agg(jsonb_build_object('n', i, 'sleep', 0.01)) FROM generate_series(1, 300) i),
+			queue => 'flaky')});
+	my ($h, $log) = start_worker($dsn, '-q', 'flaky', '--persistent', '-c', '2',
+		'--pipeline', '4', '--lease', '2s', '--poll', '200ms', '--', $python, $worker);
+	wait_until($node, 'postgres', q{SELECT count(*) >= 50 FROM atomizer.jobs
+		WHERE handler = 'r' AND state = 'succeeded'}, 't', 'the drain is under way');
+	is($node->safe_psql('postgres', q{SELECT count(pg_terminate_backend(pid))
+		FROM pg_stat_activity WHERE application_name = 'atomizer work'}), '1',
+		"the worker's backend is terminated");
+	wait_until($node, 'postgres', q{SELECT count(*) FROM atomizer.jobs
+		WHERE handler = 'r' AND state = 'succeeded'}, '300', 'every job succeeded');
+	like(slurp_file($log), qr/reconnected/, 'the worker reconnected');
+	$h->signal('TERM');
+	is(finish_worker($h), 0, 'the worker exits 0 on SIGTERM');
 }
 
 # ------------------------------------------------------------- the reference workers
