@@ -862,14 +862,14 @@ mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
 		char		mnulls[4] = {' ', ' ', ' ', ' '};
 
 		atomizer_prepare_opts(&mark_plan,
-						 "UPDATE atomizer.job j SET state = 'running',"
-						 " attempt = j.attempt + 1,"
-						 " started_at = coalesce($4, clock_timestamp()), worker = $2,"
-						 " lease = $3,"
-						 " lease_until = coalesce($4, clock_timestamp()) + nullif($3, interval '0') "
-						 "FROM atomizer.queue q "
-						 "WHERE j.id = ANY($1) AND q.name = j.queue "
-						 CLAIM_RETURNING, 4, types,
+							  "UPDATE atomizer.job j SET state = 'running',"
+							  " attempt = j.attempt + 1,"
+							  " started_at = coalesce($4, clock_timestamp()), worker = $2,"
+							  " lease = $3,"
+							  " lease_until = coalesce($4, clock_timestamp()) + nullif($3, interval '0') "
+							  "FROM atomizer.queue q "
+							  "WHERE j.id = ANY($1) AND q.name = j.queue "
+							  CLAIM_RETURNING, 4, types,
 							  CURSOR_OPT_GENERIC_PLAN);
 		mvalues[0] = PointerGetDatum(construct_array(ids, nids, INT8OID, 8,
 													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
@@ -996,16 +996,16 @@ lock_candidates(const AtomizerClaimSpec *spec, const AtomizerClaimKey *floor,
 		return;
 	}
 	atomizer_prepare_opts(&held_plan,
-					 CLAIM_CANDIDATE_COLUMNS
-					 " FROM atomizer.job"
-					 " WHERE queue = $1 AND state = 'held' AND handler = ANY($9)"
-					 " AND ($3::name IS NULL OR owner = $3::name)"
-					 " AND EXISTS (SELECT 1 FROM atomizer.queue q"
-					 "  WHERE q.name = $1 AND NOT q.paused"
-					 "  AND q.external = $7)"
-					 " ORDER BY priority, run_at, id LIMIT $2"
-					 " FOR UPDATE SKIP LOCKED", 9, types,
-							  CURSOR_OPT_GENERIC_PLAN);
+						  CLAIM_CANDIDATE_COLUMNS
+						  " FROM atomizer.job"
+						  " WHERE queue = $1 AND state = 'held' AND handler = ANY($9)"
+						  " AND ($3::name IS NULL OR owner = $3::name)"
+						  " AND EXISTS (SELECT 1 FROM atomizer.queue q"
+						  "  WHERE q.name = $1 AND NOT q.paused"
+						  "  AND q.external = $7)"
+						  " ORDER BY priority, run_at, id LIMIT $2"
+						  " FOR UPDATE SKIP LOCKED", 9, types,
+						  CURSOR_OPT_GENERIC_PLAN);
 	if (SPI_execute_plan(held_plan, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim jobs of queue \"%s\"", spec->queue);
 }
@@ -1585,14 +1585,14 @@ finish_one(int64 id, const char *state, Datum result, bool result_isnull,
 
 	if (plans[gen] == NULL)
 		atomizer_prepare_opts(&plans[gen],
-				 psprintf("WITH d AS (DELETE FROM atomizer.job WHERE id = $1 RETURNING *) "
-						  "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "
-						  "SELECT id, queue, handler, payload, $2, priority, run_at, attempt,"
-						  " max_attempts, timeout, owner, idempotency_key, created_at,"
-						  " started_at, clock_timestamp(), $3, coalesce($4, last_error),"
-						  " schedule_id%s "
-						  "FROM d RETURNING queue, started_at, run_at, finished_at",
-						  TAGS[gen], TAGS[gen]), 4, types,
+							  psprintf("WITH d AS (DELETE FROM atomizer.job WHERE id = $1 RETURNING *) "
+									   "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "
+									   "SELECT id, queue, handler, payload, $2, priority, run_at, attempt,"
+									   " max_attempts, timeout, owner, idempotency_key, created_at,"
+									   " started_at, clock_timestamp(), $3, coalesce($4, last_error),"
+									   " schedule_id%s "
+									   "FROM d RETURNING queue, started_at, run_at, finished_at",
+									   TAGS[gen], TAGS[gen]), 4, types,
 							  CURSOR_OPT_GENERIC_PLAN);
 	plan = plans[gen];
 
@@ -1668,17 +1668,17 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 
 		if (plans[gen] == NULL)
 			atomizer_prepare_opts(&plans[gen],
-					 psprintf("WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)), "
-							  "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
-							  " RETURNING j.*, r.result AS new_result) "
-							  "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "
-							  "SELECT id, queue, handler, payload, 'succeeded', priority,"
-							  " run_at, attempt, max_attempts, timeout, owner,"
-							  " idempotency_key, created_at, started_at, clock_timestamp(),"
-							  " new_result, last_error, schedule_id%s FROM d"
-							  " RETURNING queue, started_at, run_at, finished_at",
-							  TAGS[gen], TAGS[gen]), 2, types,
-							  CURSOR_OPT_GENERIC_PLAN);
+								  psprintf("WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)), "
+										   "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
+										   " RETURNING j.*, r.result AS new_result) "
+										   "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "
+										   "SELECT id, queue, handler, payload, 'succeeded', priority,"
+										   " run_at, attempt, max_attempts, timeout, owner,"
+										   " idempotency_key, created_at, started_at, clock_timestamp(),"
+										   " new_result, last_error, schedule_id%s FROM d"
+										   " RETURNING queue, started_at, run_at, finished_at",
+										   TAGS[gen], TAGS[gen]), 2, types,
+								  CURSOR_OPT_GENERIC_PLAN);
 		plan = plans[gen];
 	}
 	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
@@ -2423,11 +2423,11 @@ atomizer_store_lock_leased(int64 job_id, bool attempt_given, int attempt,
 
 	store_begin(&call);
 	atomizer_prepare_opts(&plan,
-			"SELECT j.state, j.attempt, coalesce(j.max_attempts, q.max_attempts, 1),"
-			" j.lease_until, j.worker, j.queue"
-			" FROM atomizer.job j LEFT JOIN atomizer.queue q ON q.name = j.queue"
-			" WHERE j.id = $1 FOR UPDATE OF j", 1, types,
-							  CURSOR_OPT_GENERIC_PLAN);
+						  "SELECT j.state, j.attempt, coalesce(j.max_attempts, q.max_attempts, 1),"
+						  " j.lease_until, j.worker, j.queue"
+						  " FROM atomizer.job j LEFT JOIN atomizer.queue q ON q.name = j.queue"
+						  " WHERE j.id = $1 FOR UPDATE OF j", 1, types,
+						  CURSOR_OPT_GENERIC_PLAN);
 	atomizer_prepare(&history_plan,
 			"SELECT state FROM atomizer.job_history WHERE id = $1", 1, types);
 
@@ -2549,10 +2549,10 @@ atomizer_store_lock_leased_many(const int64 *ids, const int32 *attempts,
 
 	store_begin(&call);
 	atomizer_prepare_opts(&plan,
-			"SELECT j.id, j.state = 'running', j.attempt, j.lease_until, j.worker,"
-			" j.queue FROM atomizer.job j WHERE j.id = ANY($1)"
-			" ORDER BY j.id FOR UPDATE OF j", 1, types,
-							  CURSOR_OPT_GENERIC_PLAN);
+						  "SELECT j.id, j.state = 'running', j.attempt, j.lease_until, j.worker,"
+						  " j.queue FROM atomizer.job j WHERE j.id = ANY($1)"
+						  " ORDER BY j.id FOR UPDATE OF j", 1, types,
+						  CURSOR_OPT_GENERIC_PLAN);
 	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look up %d jobs", n);
 	if (SPI_processed != (uint64) n)

@@ -106,7 +106,7 @@ typedef struct PReport
 	ReportKindP kind;
 	char		id[24];
 	char		attempt[16];
-	char	   *text;			/* complete: result JSON or NULL; fail: error JSON */
+	char	   *text;			/* result JSON (or NULL), or error JSON */
 	bool		retry;
 	char		retry_in[48];	/* "" none */
 } PReport;
