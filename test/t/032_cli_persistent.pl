@@ -107,6 +107,22 @@ sub started
 	return undef;
 }
 
+# the manual, and usage errors
+{
+	my ($out, $err) = ('', '');
+	IPC::Run::run([ $cli, 'help', 'work' ], '<', \undef, '>', \$out, '2>', \$err);
+	like($out, qr/PERSISTENT MODE.*"ok":true.*"error".*--pipeline N/s,
+		'help work documents the persistent mode and its line protocol');
+	for my $u ([ [ '--pipeline', '4' ], '--pipeline without --persistent' ],
+		[ [ '--persistent', '--pipeline', '0' ], 'a --pipeline of 0' ],
+		[ [ '--persistent', '--pipeline', '1001' ], 'a --pipeline over 1000' ])
+	{
+		IPC::Run::run([ $cli, 'work', '-q', 'p', @{ $u->[0] }, '--', 'true' ],
+			'<', \undef, '>', \$out, '2>', \$err);
+		is($? >> 8, 2, "usage error exits 2: $u->[1]");
+	}
+}
+
 my $node = AtomizerTest::node('persistent');
 $node->safe_psql('postgres', q{
 	CREATE EXTENSION atomizer;
