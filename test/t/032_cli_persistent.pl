@@ -8,7 +8,7 @@
 # lets the grace pass, then stops the processes and releases their jobs
 # (attempt not counted); a line that is not an answer fails its job; a
 # broken connection is ridden out; the reference workers of examples/
-# (Python and C) work as documented.
+# (Python, C, and Node when it is installed) work as documented.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -316,7 +316,11 @@ my $dsn = $node->connstr('postgres');
 	IPC::Run::run([ 'cc', '-O2', '-Wall', '-Werror', '-o', $cworker, "$examples/worker.c" ],
 		'>', \my $ccout, '2>', \my $ccerr);
 	is($?, 0, 'examples/worker.c compiles without warnings') or diag($ccerr);
-	for my $w ([ 'python', $python, "$examples/worker.py" ], [ 'c', $cworker ])
+	my ($node_js) = grep { -x $_ } ('/usr/bin/node', '/usr/bin/nodejs', '/usr/local/bin/node');
+	my @workers = ([ 'python', $python, "$examples/worker.py" ], [ 'c', $cworker ]);
+	push @workers, [ 'node', $node_js, "$examples/worker.js" ] if $node_js;
+	note('node not installed: examples/worker.js not tried') unless $node_js;
+	for my $w (@workers)
 	{
 		my ($name, @cmd) = @$w;
 		$node->safe_psql('postgres', qq{
@@ -334,6 +338,10 @@ my $dsn = $node->connstr('postgres');
 	is($node->safe_psql('postgres', q{
 		SELECT result FROM atomizer.jobs WHERE handler = 'ref-python' AND payload->>'n' = '1'}),
 		'{"echo": {"n": 1}, "task": "ref-python"}', 'the Python worker answers its result');
+	is($node->safe_psql('postgres', q{
+		SELECT result FROM atomizer.jobs WHERE handler = 'ref-node' AND payload->>'n' = '1'}),
+		'{"echo": {"n": 1}, "task": "ref-node"}', 'the Node worker answers its result')
+	  if $node_js;
 }
 
 done_testing();
