@@ -27,8 +27,8 @@
  *	  Files: atomizer.c (this: main and the manual), common.c (helpers,
  *	  connecting), work.c (the work loop and its SQL), command.c (running
  *	  one command: fork/exec, pipes, outcome), persist.c (--persistent: its
- *	  loop, processes and line protocol), json.c (JSON checks), admin.c
- *	  (enqueue, stats).
+ *	  loop and its SQL), proc.c (--persistent: the processes and the line
+ *	  protocol), json.c (JSON checks), admin.c (enqueue, stats).
  *
  *	  src/cli/atomizer.c
  *

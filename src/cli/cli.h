@@ -3,8 +3,8 @@
  * cli.h
  *	  Declarations shared by the files of the atomizer command-line tool:
  *	  helpers (common.c), the JSON check (json.c), the worker's state
- *	  (work.c, command.c, persist.c), the subcommands (work.c, admin.c)
- *	  and the manual (atomizer.c).
+ *	  (work.c, command.c; persist.c and proc.c share persist.h too), the
+ *	  subcommands (work.c, admin.c) and the manual (atomizer.c).
  *
  *	  src/cli/cli.h
  *
