@@ -32,7 +32,8 @@ OBJS = \
 	src/stats.o \
 	src/rollup.o \
 	src/wait.o \
-	src/visibility.o
+	src/visibility.o \
+	src/workflow.o
 
 # The version this library's SQL objects are: the control file's default.
 # sql/atomizer--$(EXTVERSION).sql, the full install script, is made from the

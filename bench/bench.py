@@ -12,6 +12,8 @@ Workloads (--only picks some, comma-separated):
   many         enqueue_many() of 1,000, vs INSERT ... SELECT of 1,000
   drain        drain of N pre-enqueued jobs by the workers, 4 handlers,
                vs a naive SKIP LOCKED queue drained by pgbench -c 2
+  workflow     drain of a workflow of N jobs (a fan-out/fan-in per 100: a
+               root, 98 parts, a callback) vs the plain drain of N jobs
   latency      enqueue commit -> handler start (bench/latency.py)
   external     atomizer CLI (a process per job, and --persistent), batch-claiming
                Python clients (complete_many, and claim(completed => ...)),
@@ -221,6 +223,90 @@ class Bench:
         unlimited()
         drain.clean(cur)
         self.res["limits"] = res
+        self.save()
+
+    # 3c -----------------------------------------------------------------
+    def workflow_drain(self, a, cur):
+        """Enqueue N jobs as N/100 workflows (a root; 98 parts that depend on
+        it; a callback that depends on the 98 parts, on_dependency_failure
+        'run'), with the queue paused; then drain them with the workers."""
+        groups = a.jobs // 100
+        drain.set_batch(cur, 64)
+        drain.clean(cur)
+        cur.execute("VACUUM atomizer.job_dependency")
+        cur.execute("SELECT atomizer.pause_queue('drain')")
+        t = time.time()
+        for g in range(groups):
+            cur.execute("""
+                WITH r AS (SELECT atomizer.enqueue('noop', queue => 'drain') AS id),
+                     p AS (SELECT array_agg(x) AS ids FROM r, atomizer.enqueue_many('noop',
+                             array_fill('{}'::jsonb, ARRAY[98]), queue => 'drain',
+                             depends_on => ARRAY[r.id]) AS x)
+                SELECT atomizer.enqueue('noop', queue => 'drain', depends_on => p.ids,
+                                        on_dependency_failure => 'run') FROM p""")
+        enqueue_s = time.time() - t
+        edges = q1(cur, "SELECT count(*) FROM atomizer.job_dependency")[0]
+        cur.execute("CHECKPOINT")
+        cur.execute("SELECT atomizer.resume_queue('drain')")
+        t0 = time.time()
+        while q1(cur, "SELECT EXISTS (SELECT FROM atomizer.job WHERE queue = 'drain')")[0]:
+            if time.time() - t0 > a.timeout:
+                sys.exit("workflow: jobs still unfinished after %ds" % a.timeout)
+            time.sleep(0.01)
+        wall = time.time() - t0
+        ok, n = q1(cur, "SELECT count(*) FILTER (WHERE state = 'succeeded'), count(*)"
+                        " FROM atomizer.job_history WHERE queue = 'drain'")
+        if ok != groups * 100 or n != ok:
+            sys.exit("workflow: %d of %d jobs succeeded" % (ok, n))
+        cur.execute("ANALYZE atomizer.job_dependency, atomizer.job_history")
+        late = q1(cur, """
+            SELECT count(*) FROM (
+                SELECT c.id FROM atomizer.job_dependency d
+                  JOIN atomizer.job_history c ON c.id = d.job_id
+                  JOIN atomizer.job_history p ON p.id = d.depends_on
+                 GROUP BY c.id, c.started_at
+                HAVING c.started_at < max(p.finished_at)) x""")[0]
+        if late:
+            sys.exit("workflow: %d jobs started before a dependency finished" % late)
+        r = dict(jobs=ok, edges=edges, wall_s=wall, per_s=ok / wall,
+                 enqueue_s=enqueue_s, enqueue_per_s=ok / enqueue_s)
+        print("  workflow %d jobs, %d edges: %6.2f s  %7.0f jobs/s  (enqueue %.0f jobs/s)"
+              % (ok, edges, wall, r["per_s"], r["enqueue_per_s"]), flush=True)
+        drain.clean(cur)
+        cur.execute("VACUUM atomizer.job_dependency")
+        return r
+
+    def workflow(self):
+        """The cost of dependencies: a 100,000-job workflow against the plain
+        drain of 100,000 jobs (no-op handler, batch 64), alternating
+        plain, workflow, workflow, plain; the better run of each kept.  The
+        cost per edge is the difference of the two drains (and of the two
+        enqueues) over the number of edges."""
+        a = argparse.Namespace(jobs=self.a.drain_jobs, chunk=1000, timeout=600, host=self.a.host,
+                               port=self.a.port, db=self.a.db, pgbench=self.a.pgbench,
+                               naive_script=os.path.join(BENCH, "naive_drain.sql"))
+        cur = self.cur
+        drain.warm_up(a, cur)
+        res = {}
+        for rep, name in enumerate(("plain", "workflow", "workflow", "plain")):
+            if name == "plain":
+                r = drain.drain_atomizer(a, cur, "noop", 64)
+                r["enqueue_s"] = a.jobs / r["enqueue_per_s"]
+            else:
+                r = self.workflow_drain(a, cur)
+            if name not in res or r["per_s"] > res[name]["per_s"]:
+                res[name] = dict(r, rep=rep)
+        p, w = res["plain"], res["workflow"]
+        res["ratio"] = w["per_s"] / p["per_s"]
+        res["drain_us_per_edge"] = (w["wall_s"] - p["wall_s"] * w["jobs"] / p["jobs"]) \
+            * 1e6 / w["edges"]
+        res["enqueue_us_per_edge"] = (w["enqueue_s"] - p["enqueue_s"] * w["jobs"] / p["jobs"]) \
+            * 1e6 / w["edges"]
+        log("  workflow: %.0f jobs/s vs plain %.0f jobs/s (ratio %.2f); per edge %.1f us"
+            " to drain, %.1f us to enqueue" % (w["per_s"], p["per_s"], res["ratio"],
+                                               res["drain_us_per_edge"],
+                                               res["enqueue_us_per_edge"]))
+        self.res["workflow"] = res
         self.save()
 
     # 8 ------------------------------------------------------------------
@@ -628,7 +714,8 @@ def main():
     ap.add_argument("--bindir", default="/usr/lib/postgresql/15/bin")
     ap.add_argument("--pgbench", default=shutil.which("pgbench") or "pgbench")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--only", default="enqueue,many,drain,limits,latency,external,steady,cron,dashboard")
+    ap.add_argument("--only", default="enqueue,many,drain,limits,workflow,latency,external,"
+                    "steady,cron,dashboard")
     ap.add_argument("--seconds", type=int, default=15, help="pgbench -T")
     ap.add_argument("--drain-jobs", type=int, default=100000)
     ap.add_argument("--lat-n", type=int, default=1000)

@@ -1391,6 +1391,184 @@ COMMENT ON FUNCTION atomizer.cron_describe(text) IS
 CREATE INDEX job_history_schedule_idx ON atomizer.job_history (schedule_id, id)
 	WHERE schedule_id IS NOT NULL;
 
+/* ------------------------------------------------------------------------
+ * Workflows (issue 15): jobs that wait for other jobs
+ *
+ * enqueue(…, depends_on, on_dependency_failure) makes a job that waits, in
+ * the stored state 'blocked', until its dependencies have finished.  Its
+ * edges are rows of atomizer.job_dependency, written with the job; the
+ * number of its dependencies not yet finished is job.blockers.  The
+ * transaction that finishes a job's last dependency makes it available (or
+ * scheduled, by its run_at) at its commit: src/workflow.c does it just
+ * before the commit, for every job the transaction finished, children in
+ * id order.  A dependency that ends dead or cancelled cancels the jobs
+ * with on_dependency_failure 'cancel' (and theirs, transitively; the
+ * history's cancelled_by names the dependency), and counts as finished for
+ * those with 'run'.  An enqueue locks its dependencies (FOR KEY SHARE), so
+ * a dependency cannot finish unseen while its dependent is being made.
+ * ------------------------------------------------------------------------ */
+ALTER TABLE atomizer.job ADD COLUMN blockers integer,
+	ADD COLUMN on_dependency_failure text;
+ALTER TABLE atomizer.job_history ADD COLUMN on_dependency_failure text,
+	ADD COLUMN cancelled_by bigint;
+
+CREATE TABLE atomizer.job_dependency (
+	job_id		bigint NOT NULL,
+	depends_on	bigint NOT NULL,
+	owner		name NOT NULL,
+	PRIMARY KEY (job_id, depends_on)
+);
+
+/* a finished job's dependents, for their release */
+CREATE INDEX job_dependency_depends_on_idx ON atomizer.job_dependency (depends_on);
+
+/* the jobs a failed job cancelled, for retry() */
+CREATE INDEX job_history_cancelled_by_idx ON atomizer.job_history (cancelled_by)
+	WHERE cancelled_by IS NOT NULL;
+
+COMMENT ON TABLE atomizer.job_dependency IS
+	'Which job waits for which (written by enqueue(…, depends_on); a dependent''s rows go when it is purged).';
+
+REVOKE ALL ON atomizer.job_dependency FROM PUBLIC;
+GRANT SELECT ON atomizer.job_dependency TO PUBLIC;
+ALTER TABLE atomizer.job_dependency ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_jobs ON atomizer.job_dependency FOR SELECT
+	USING (owner = CURRENT_USER
+		   OR (SELECT pg_catalog.pg_has_role('atomizer_admin', 'USAGE')));
+CREATE POLICY database_owner_reads ON atomizer.job_dependency FOR SELECT
+	USING ((SELECT pg_catalog.pg_has_role(d.datdba, 'USAGE')
+			  FROM pg_catalog.pg_database d
+			 WHERE d.datname = pg_catalog.current_database()));
+SELECT pg_catalog.pg_extension_config_dump('atomizer.job_dependency', '');
+
+DROP FUNCTION atomizer.enqueue(text, jsonb, text, timestamptz, integer, integer, interval, text, interval, text[]);
+CREATE FUNCTION atomizer.enqueue(
+	handler text,
+	payload jsonb DEFAULT '{}',
+	queue text DEFAULT 'default',
+	run_at timestamptz DEFAULT pg_catalog.now(),
+	priority integer DEFAULT 0,
+	max_attempts integer DEFAULT NULL,
+	timeout interval DEFAULT NULL,
+	idempotency_key text DEFAULT NULL,
+	unique_for interval DEFAULT NULL,
+	tags text[] DEFAULT NULL,
+	depends_on bigint[] DEFAULT NULL,
+	on_dependency_failure text DEFAULT 'cancel')
+RETURNS bigint
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_enqueue';
+
+COMMENT ON FUNCTION atomizer.enqueue(text, jsonb, text, timestamptz, integer, integer, interval, text, interval, text[], bigint[], text) IS
+	'Enqueue one job in the current transaction; returns its id (or, for an idempotency_key the same role repeats in the same queue, the id of its unfinished job that has it; with unique_for, of the job it made within that window, finished or not).  With depends_on, the job is blocked until those jobs have finished; on_dependency_failure (''cancel'' or ''run'') says what a dead or cancelled dependency does to it.';
+
+DROP FUNCTION atomizer.enqueue_many(text, jsonb[], text, timestamptz, integer, integer, interval, text[], text[]);
+CREATE FUNCTION atomizer.enqueue_many(
+	handler text,
+	payloads jsonb[],
+	queue text DEFAULT 'default',
+	run_at timestamptz DEFAULT pg_catalog.now(),
+	priority integer DEFAULT 0,
+	max_attempts integer DEFAULT NULL,
+	timeout interval DEFAULT NULL,
+	idempotency_keys text[] DEFAULT NULL,
+	tags text[] DEFAULT NULL,
+	depends_on bigint[] DEFAULT NULL,
+	on_dependency_failure text DEFAULT 'cancel')
+RETURNS SETOF bigint
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_enqueue_many';
+
+COMMENT ON FUNCTION atomizer.enqueue_many(text, jsonb[], text, timestamptz, integer, integer, interval, text[], text[], bigint[], text) IS
+	'Enqueue one job per payload with one statement, all with the given tags and dependencies; returns the ids in the order of payloads (for a payload whose idempotency key an unfinished job of yours in the queue has, that job''s id).';
+
+CREATE FUNCTION atomizer.dependencies(
+	OUT job_id bigint, OUT state text, OUT result jsonb, OUT last_error text)
+RETURNS SETOF record
+LANGUAGE C STABLE PARALLEL RESTRICTED
+AS 'MODULE_PATHNAME', 'atomizer_dependencies';
+
+COMMENT ON FUNCTION atomizer.dependencies() IS
+	'In a handler: the dependencies of the job it runs, with their states, results and last errors.';
+
+CREATE FUNCTION atomizer.dependencies(job_id bigint,
+	OUT job_id bigint, OUT state text, OUT result jsonb, OUT last_error text)
+RETURNS SETOF record
+LANGUAGE C STABLE STRICT PARALLEL RESTRICTED
+AS 'MODULE_PATHNAME', 'atomizer_dependencies_of';
+
+COMMENT ON FUNCTION atomizer.dependencies(bigint) IS
+	'The dependencies of a job (yours, or, for a member of atomizer_worker, one in an external queue), with their states, results and last errors.';
+
+GRANT EXECUTE ON FUNCTION atomizer.dependencies(), atomizer.dependencies(bigint) TO PUBLIC;
+
+CREATE OR REPLACE VIEW atomizer.jobs WITH (security_invoker = true) AS
+SELECT j.id, j.queue, j.handler, j.payload,
+	   CASE WHEN j.state = 'running' THEN 'running'
+			WHEN j.state = 'blocked' THEN 'blocked'
+			WHEN j.run_at > pg_catalog.now() AND j.attempt > 0 THEN 'retrying'
+			WHEN j.run_at > pg_catalog.now() THEN 'scheduled'
+			ELSE 'available' END AS state,
+	   j.priority::integer AS priority, j.run_at, j.attempt,
+	   COALESCE(j.max_attempts, q.max_attempts) AS max_attempts,
+	   COALESCE(j.timeout, NULLIF(q.timeout, interval '0')) AS timeout,
+	   j.owner, j.idempotency_key, j.created_at, j.started_at,
+	   NULL::timestamptz AS finished_at, NULL::jsonb AS result, j.last_error,
+	   j.worker, j.lease_until, j.tags,
+	   CASE WHEN j.on_dependency_failure IS NOT NULL THEN
+		   ARRAY(SELECT d.depends_on FROM atomizer.job_dependency d
+				  WHERE d.job_id = j.id ORDER BY d.depends_on) END AS depends_on,
+	   j.blockers
+  FROM atomizer.job j
+  LEFT JOIN atomizer.queue q ON q.name = j.queue
+UNION ALL
+SELECT h.id, h.queue, h.handler, h.payload, h.state,
+	   h.priority::integer, h.run_at, h.attempt,
+	   COALESCE(h.max_attempts, q.max_attempts),
+	   COALESCE(h.timeout, NULLIF(q.timeout, interval '0')),
+	   h.owner, h.idempotency_key, h.created_at, h.started_at,
+	   h.finished_at, h.result, h.last_error, NULL::text, NULL::timestamptz,
+	   h.tags,
+	   CASE WHEN h.on_dependency_failure IS NOT NULL THEN
+		   ARRAY(SELECT d.depends_on FROM atomizer.job_dependency d
+				  WHERE d.job_id = h.id ORDER BY d.depends_on) END,
+	   NULL::integer
+  FROM atomizer.job_history h
+  LEFT JOIN atomizer.queue q ON q.name = h.queue;
+
+CREATE VIEW atomizer.job_dependencies WITH (security_invoker = true) AS
+SELECT d.job_id, d.depends_on, p.state
+  FROM atomizer.job_dependency d
+  LEFT JOIN atomizer.jobs p ON p.id = d.depends_on;
+
+COMMENT ON VIEW atomizer.job_dependencies IS
+	'Which of your jobs waits for which, and the state of the job waited for (NULL once it is purged, or if it is not yours).';
+
+GRANT SELECT ON atomizer.job_dependencies TO PUBLIC;
+
+CREATE OR REPLACE VIEW atomizer.queue_stats WITH (security_invoker = true) AS
+SELECT q.name AS queue,
+	   q.paused,
+	   q.external,
+	   q.concurrency,
+	   COALESCE(w.scheduled, pg_catalog.count(j.id) FILTER (WHERE j.state = 'scheduled')) AS scheduled,
+	   COALESCE(w.available, pg_catalog.count(j.id) FILTER (WHERE j.state = 'available')) AS available,
+	   COALESCE(w.running, pg_catalog.count(j.id) FILTER (WHERE j.state = 'running')) AS running,
+	   COALESCE(w.retrying, pg_catalog.count(j.id) FILTER (WHERE j.state = 'retrying')) AS retrying,
+	   COALESCE(w.succeeded, pg_catalog.count(j.id) FILTER (WHERE j.state = 'succeeded')) AS succeeded,
+	   COALESCE(w.cancelled, pg_catalog.count(j.id) FILTER (WHERE j.state = 'cancelled')) AS cancelled,
+	   COALESCE(w.dead, pg_catalog.count(j.id) FILTER (WHERE j.state = 'dead')) AS dead,
+	   CASE WHEN w.queue IS NOT NULL THEN w.oldest_available
+			ELSE pg_catalog.min(j.run_at) FILTER (WHERE j.state = 'available')
+	   END AS oldest_available,
+	   pg_catalog.count(j.id) FILTER (WHERE j.state = 'blocked') AS blocked
+  FROM atomizer.queue q
+  LEFT JOIN atomizer.jobs j ON j.queue = q.name
+  LEFT JOIN atomizer._worker_queue_counts() w ON w.queue = q.name
+ GROUP BY q.name, q.paused, q.external, q.concurrency, w.queue, w.scheduled,
+		  w.available, w.running, w.retrying, w.succeeded, w.cancelled,
+		  w.dead, w.oldest_available;
+
 /*
  * Fewer round trips for external workers (issue 16): claim() may first
  * complete the jobs the worker has done (completed, with their results and

@@ -301,6 +301,7 @@ extern bool atomizer_record_or_set_aside(AtomizerJob *job,
 extern bool atomizer_in_worker;
 extern int	atomizer_worker_slot;
 extern bool atomizer_in_handler(void);
+extern int64 atomizer_running_job_id(void);
 extern volatile sig_atomic_t atomizer_shutdown_pending;
 extern volatile TimestampTz atomizer_shutdown_deadline;
 
@@ -342,10 +343,35 @@ typedef struct AtomizerNewJobs
 	bool		paused;			/* nobody to wake until resume_queue() */
 	Datum		tags;			/* text[] (0.2.0), if not tags_null */
 	bool		tags_null;
+	/* with dependencies (0.2.0; store_insert and store_insert_many only) */
+	bool		deps;			/* write the three below */
+	bool		blocked;		/* state 'blocked' (else 'available') */
+	int			blockers;
+	bool		deps_run;		/* on_dependency_failure 'run' (else 'cancel') */
 } AtomizerNewJobs;
 
 extern bool atomizer_store_jobs(const AtomizerNewJobs *jobs, Datum *payloads,
 								int n, int64 *ids);
+
+/* workflow.c */
+typedef struct AtomizerDeps
+{
+	int			n;				/* dependencies, sorted, each once */
+	int64	   *ids;
+	bool		run;			/* on_dependency_failure 'run' (else 'cancel') */
+	int			pending;		/* unfinished, locked (atomizer_deps_lock) */
+	int64		failed_id;		/* the first dead or cancelled one, or 0 */
+	char	   *failed_state;
+} AtomizerDeps;
+
+extern bool atomizer_deps_parse(FunctionCallInfo fcinfo, int deps_arg,
+								AtomizerDeps *deps);
+extern void atomizer_deps_lock(AtomizerDeps *deps, const char *owner);
+extern bool atomizer_deps_attach(const AtomizerDeps *deps, const int64 *ids,
+								 int n, const char *owner, bool written);
+extern void atomizer_deps_preset(const AtomizerDeps *deps, AtomizerNewJobs *args);
+extern void atomizer_workflow_note_finished(int64 id, bool failed);
+extern void atomizer_workflow_retried(int64 id);
 
 /* jobs.c */
 struct _SPI_plan;
@@ -471,7 +497,7 @@ extern int64 atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 								   bool *same_payload);
 extern int	atomizer_store_insert_many_keyed(const AtomizerNewJobs *args,
 											 ArrayType *payloads, ArrayType *keys,
-											 int n, int64 *ids);
+											 int n, int64 *ids, bool *made);
 extern int64 atomizer_store_insert_unique(const AtomizerNewJobs *args,
 										  Datum payload, const char *key,
 										  const Interval *unique_for,
@@ -536,6 +562,9 @@ typedef struct AtomizerJobOutcome
 extern bool atomizer_store_job_outcome(int64 id, const char *owner,
 									   AtomizerJobOutcome *out);
 extern bool atomizer_store_cancel(int64 job_id, const char *owner);
+extern int	atomizer_store_cancel_dependents(int64 *ids, int64 *by, char **states,
+											 int n);
+extern bool atomizer_store_job_owner(int64 id, char **owner, char **queue);
 extern bool atomizer_store_retry(int64 job_id, const char *owner);
 extern int64 atomizer_store_purge(const Interval *older_than, const char *queue,
 								  const char *owner);

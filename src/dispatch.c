@@ -648,6 +648,16 @@ running_job_or_error(const char *fname)
 }
 
 /*
+ * atomizer_running_job_id
+ *		The id of the job whose handler is running, or 0 outside one.
+ */
+int64
+atomizer_running_job_id(void)
+{
+	return running_job ? running_job->id : 0;
+}
+
+/*
  * atomizer.current_job() RETURNS TABLE (id, queue, handler, attempt,
  *		max_attempts, owner, created_at, run_at, schedule, tags)
  *		The job whose handler is running.

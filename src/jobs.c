@@ -29,6 +29,8 @@
 
 #include "atomizer.h"
 
+static char *caller_filter(void);
+
 PG_FUNCTION_INFO_V1(atomizer_enqueue);
 PG_FUNCTION_INFO_V1(atomizer_enqueue_many);
 PG_FUNCTION_INFO_V1(atomizer_cancel);
@@ -271,6 +273,10 @@ parse_enqueue_args(FunctionCallInfo fcinfo, EnqueueArgs *args)
 	args->owner = atomizer_role_name(caller);
 	args->tags = (Datum) 0;
 	args->tags_null = true;
+	args->deps = false;
+	args->blocked = false;
+	args->blockers = 0;
+	args->deps_run = false;
 }
 
 /*
@@ -369,6 +375,8 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 	Jsonb	   *payload;
 	char	   *key = NULL;
 	int64		id = 0;
+	AtomizerDeps deps;
+	bool		has_deps;
 
 	parse_enqueue_args(fcinfo, &args);
 	if (PG_ARGISNULL(1))
@@ -379,6 +387,7 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 	payload = PG_GETARG_JSONB_P(1);
 	atomizer_check_payload(payload, 0);
 	parse_tags(fcinfo, 9, &args);
+	has_deps = atomizer_deps_parse(fcinfo, 10, &deps);
 	if (!PG_ARGISNULL(7))
 	{
 		key = text_to_cstring(PG_GETARG_TEXT_PP(7));
@@ -388,6 +397,10 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 					 errmsg("idempotency_key must not be empty"),
 					 errhint("Pass NULL for a job without an idempotency key.")));
 	}
+
+	/* dependencies (0.2.0): locked before the job is written */
+	if (has_deps)
+		atomizer_deps_lock(&deps, caller_filter());
 
 	/* unique_for (0.2.0): the key makes one job per window */
 	if (PG_NARGS() > 8 && !PG_ARGISNULL(8))
@@ -411,12 +424,13 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 			notice_not_enqueued(id, args.queue, key, same_payload,
 								psprintf("the key makes a new job after %s",
 										 timestamptz_to_str(until)));
-		note_enqueued(&args, id);
+		if (!(created && has_deps && atomizer_deps_attach(&deps, &id, 1, args.owner, false)))
+			note_enqueued(&args, id);
 		PG_RETURN_INT64(id);
 	}
 
 	/* Without a key (or tags) there is no conflict to handle: write directly. */
-	if (key == NULL && args.tags_null)
+	if (key == NULL && args.tags_null && !has_deps)
 	{
 		Datum		payload_datum = JsonbPGetDatum(payload);
 
@@ -431,11 +445,15 @@ atomizer_enqueue(PG_FUNCTION_ARGS)
 		bool		created;
 		bool		same_payload;
 
+		if (has_deps)
+			atomizer_deps_preset(&deps, &args);
 		id = atomizer_store_insert(&args, JsonbPGetDatum(payload), key,
 								   &created, &same_payload);
 		if (!created)
 			notice_not_enqueued(id, args.queue, key, same_payload,
 								"the key is free again once that job has finished");
+		if (created && has_deps && atomizer_deps_attach(&deps, &id, 1, args.owner, true))
+			PG_RETURN_INT64(id);	/* blocked: nothing to wake */
 	}
 	note_enqueued(&args, id);
 
@@ -497,10 +515,13 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 	int			nelems;
 	int64	   *ids;
 	ArrayType  *keys = NULL;
+	AtomizerDeps deps;
+	bool		has_deps;
 
 	parse_enqueue_args(fcinfo, &args);
 	require_arg(fcinfo, 1, "payloads");
 	parse_tags(fcinfo, 8, &args);
+	has_deps = atomizer_deps_parse(fcinfo, 9, &deps);
 
 	payloads = PG_GETARG_ARRAYTYPE_P(1);
 	if (ARR_NDIM(payloads) > 1)
@@ -558,26 +579,41 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 		materialize_ids(rsinfo, NULL, 0);
 		return (Datum) 0;
 	}
+	if (has_deps)
+		atomizer_deps_lock(&deps, caller_filter());
 
 	ids = MemoryContextAlloc(caller_cxt, sizeof(int64) * nelems);
 	if (keys != NULL)
 	{
 		int			created;
+		bool	   *made = palloc0(sizeof(bool) * nelems);
+		bool		waits = false;
 
 		/* ids in payload order, a key's existing job's id in its place */
 		created = atomizer_store_insert_many_keyed(&args, payloads, keys,
-												   nelems, ids);
+												   nelems, ids, made);
+		if (has_deps && created > 0)
+		{
+			int64	   *new_ids = palloc(sizeof(int64) * created);
+			int			m = 0;
+
+			for (int i = 0; i < nelems; i++)
+				if (made[i])
+					new_ids[m++] = ids[i];
+			waits = atomizer_deps_attach(&deps, new_ids, m, args.owner, false);
+		}
 		if (created < nelems)
 			ereport(NOTICE,
 					(errmsg("%d of the %d jobs were not enqueued: jobs of queue \"%s\" already have their idempotency keys",
 							nelems - created, nelems, args.queue),
 					 errhint("Those jobs' ids are returned in their places.")));
-		if (created > 0)
+		if (created > 0 && !waits)
 			note_enqueued(&args, ids[0]);
 		materialize_ids(rsinfo, ids, nelems);
 		return (Datum) 0;
 	}
-	if (args.tags_null && atomizer_store_jobs(&args, elems, nelems, ids))
+	if (args.tags_null && !has_deps &&
+		atomizer_store_jobs(&args, elems, nelems, ids))
 	{
 		/* ids ascend: drawn in payload order */
 		note_enqueued(&args, ids[0]);
@@ -585,8 +621,11 @@ atomizer_enqueue_many(PG_FUNCTION_ARGS)
 		return (Datum) 0;
 	}
 
+	if (has_deps)
+		atomizer_deps_preset(&deps, &args);
 	atomizer_store_insert_many(&args, payloads, nelems, ids);
-	note_enqueued(&args, ids[0]);
+	if (!(has_deps && atomizer_deps_attach(&deps, ids, nelems, args.owner, true)))
+		note_enqueued(&args, ids[0]);
 
 	materialize_ids(rsinfo, ids, nelems);
 	return (Datum) 0;

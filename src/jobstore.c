@@ -76,6 +76,19 @@ schema_gen(void)
 
 static const char *const TAGS[2] = {"", ", tags"};
 
+/*
+ * Purge and prune keep a finished job while an unfinished job depends on it
+ * (its dependencies() read it), and take a purged job's own edges along.
+ */
+static const char *const KEEP_DEPENDED[2] = {"",
+	" AND NOT EXISTS (SELECT 1 FROM atomizer.job_dependency x"
+	" JOIN atomizer.job c ON c.id = x.job_id WHERE x.depends_on = h.id)"};
+static const char *const DROP_EDGES[2] = {"",
+	", f AS (DELETE FROM atomizer.job_dependency x USING d WHERE x.job_id = d.id)"};
+
+/* The columns every move between atomizer.job and the history copies. */
+static const char *const MOVED[2] = {"", ", tags, on_dependency_failure"};
+
 /* What a claim returns, and how a claimed job is read back. */
 #define CLAIM_RETURNING \
 	"RETURNING j.id, j.handler, j.payload, j.attempt," \
@@ -258,13 +271,13 @@ int64
 atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 					  const char *key, bool *created, bool *same_payload)
 {
-	static SPIPlanPtr insert_plans[2] = {NULL, NULL};
+	static SPIPlanPtr insert_plans[3] = {NULL, NULL, NULL};
 	static SPIPlanPtr existing_plan = NULL;
-	int			tagged = args->tags_null ? 0 : 1;
+	int			tagged = args->deps ? 2 : args->tags_null ? 0 : 1;
 	SPIPlanPtr	insert_plan;
 	StoreCall	call;
-	Datum		values[10];
-	char		nulls[10];
+	Datum		values[13];
+	char		nulls[13];
 	int64		id = 0;
 	bool		done = false;
 
@@ -283,14 +296,21 @@ atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 	nulls[8] = key ? ' ' : 'n';
 	values[9] = args->tags;
 	nulls[9] = args->tags_null ? 'n' : ' ';
+	values[10] = CStringGetTextDatum(args->blocked ? "blocked" : "available");
+	values[11] = Int32GetDatum(args->blockers);
+	values[12] = CStringGetTextDatum(args->deps_run ? "run" : "cancel");
 
 	store_begin(&call);
 	{
-		Oid			types[10] = {TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
-		INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTOID, TEXTARRAYOID};
+		Oid			types[13] = {TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID,
+			INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTOID, TEXTARRAYOID,
+		TEXTOID, INT4OID, TEXTOID};
 		Oid			lookup_types[4] = {TEXTOID, TEXTOID, TEXTOID, JSONBOID};
 
-		/* tags: only 0.2.0's objects have the column, and only they pass any */
+		/*
+		 * tags: only 0.2.0's objects have the column, and only they pass
+		 * any; nor dependencies (plan 2: with the state they make)
+		 */
 		if (insert_plans[tagged] == NULL)
 			atomizer_prepare(&insert_plans[tagged],
 					 psprintf("INSERT INTO atomizer.job "
@@ -299,8 +319,11 @@ atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 							  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8::name, $9%s) "
 							  "ON CONFLICT (queue, owner, idempotency_key) "
 							  "WHERE idempotency_key IS NOT NULL DO NOTHING "
-							  "RETURNING id", TAGS[tagged], tagged ? ", $10" : ""),
-					 tagged ? 10 : 9, types);
+							  "RETURNING id",
+							  tagged == 2 ? ", tags, state, blockers, on_dependency_failure" :
+							  TAGS[tagged],
+							  tagged == 2 ? ", $10, $11, $12, $13" : tagged ? ", $10" : ""),
+					 tagged == 2 ? 13 : tagged ? 10 : 9, types);
 		insert_plan = insert_plans[tagged];
 		/* keys are the enqueuing role's own: another role's are not seen */
 		atomizer_prepare(&existing_plan,
@@ -457,11 +480,11 @@ void
 atomizer_store_insert_many(const AtomizerNewJobs *args, ArrayType *payloads,
 						   int n, int64 *ids)
 {
-	static SPIPlanPtr plans[2] = {NULL, NULL};
-	int			tagged = args->tags_null ? 0 : 1;
+	static SPIPlanPtr plans[3] = {NULL, NULL, NULL};
+	int			tagged = args->deps ? 2 : args->tags_null ? 0 : 1;
 	StoreCall	call;
-	Datum		values[9];
-	char		nulls[9];
+	Datum		values[12];
+	char		nulls[12];
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(args->queue);
@@ -476,11 +499,15 @@ atomizer_store_insert_many(const AtomizerNewJobs *args, ArrayType *payloads,
 	values[7] = CStringGetTextDatum(args->owner);
 	values[8] = args->tags;
 	nulls[8] = args->tags_null ? 'n' : ' ';
+	values[9] = CStringGetTextDatum(args->blocked ? "blocked" : "available");
+	values[10] = Int32GetDatum(args->blockers);
+	values[11] = CStringGetTextDatum(args->deps_run ? "run" : "cancel");
 
 	store_begin(&call);
 	{
-		Oid			types[9] = {TEXTOID, TEXTOID, JSONBARRAYOID, TIMESTAMPTZOID,
-		INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTARRAYOID};
+		Oid			types[12] = {TEXTOID, TEXTOID, JSONBARRAYOID, TIMESTAMPTZOID,
+			INT4OID, INT4OID, INTERVALOID, TEXTOID, TEXTARRAYOID, TEXTOID, INT4OID,
+		TEXTOID};
 
 		if (plans[tagged] == NULL)
 			atomizer_prepare(&plans[tagged],
@@ -489,8 +516,11 @@ atomizer_store_insert_many(const AtomizerNewJobs *args, ArrayType *payloads,
 							  " max_attempts, timeout, owner%s) "
 							  "SELECT nextval('atomizer.job_id_seq'), $1, $2, p, $4, $5,"
 							  " $6, $7, $8::name%s FROM unnest($3) AS p "
-							  "RETURNING id", TAGS[tagged], tagged ? ", $9" : ""),
-					 tagged ? 9 : 8, types);
+							  "RETURNING id",
+							  tagged == 2 ? ", tags, state, blockers, on_dependency_failure" :
+							  TAGS[tagged],
+							  tagged == 2 ? ", $9, $10, $11, $12" : tagged ? ", $9" : ""),
+					 tagged == 2 ? 12 : tagged ? 9 : 8, types);
 	}
 	if (SPI_execute_plan(plans[tagged], values, nulls, false, 0) != SPI_OK_INSERT_RETURNING ||
 		SPI_processed != (uint64) n)
@@ -512,11 +542,12 @@ atomizer_store_insert_many(const AtomizerNewJobs *args, ArrayType *payloads,
  *		(keys: a text[] of n elements, NULL entries for none): a payload
  *		whose key an unfinished job of the same owner and queue already has
  *		(or an earlier payload of the same call) makes no job, and ids[] has
- *		that job's id in its place.  Returns how many jobs were created.
+ *		that job's id in its place.  Returns how many jobs were created;
+ *		made[i] (if not NULL, all false on entry) says which.
  */
 int
 atomizer_store_insert_many_keyed(const AtomizerNewJobs *args, ArrayType *payloads,
-								 ArrayType *keys, int n, int64 *ids)
+								 ArrayType *keys, int n, int64 *ids, bool *made)
 {
 	static SPIPlanPtr draw_plan = NULL;
 	static SPIPlanPtr insert_plan = NULL;
@@ -643,6 +674,8 @@ atomizer_store_insert_many_keyed(const AtomizerNewJobs *args, ArrayType *payload
 				{
 					ids[i] = id;
 					resolved[i] = true;
+					if (made)
+						made[i] = true;
 					created++;
 					left--;
 					break;
@@ -1591,8 +1624,8 @@ finish_one(int64 id, const char *state, Datum result, bool result_isnull,
 									   " max_attempts, timeout, owner, idempotency_key, created_at,"
 									   " started_at, clock_timestamp(), $3, coalesce($4, last_error),"
 									   " schedule_id%s "
-									   "FROM d RETURNING queue, started_at, run_at, finished_at",
-									   TAGS[gen], TAGS[gen]), 4, types,
+									   "FROM d RETURNING queue, started_at, run_at, finished_at, id",
+									   MOVED[gen], MOVED[gen]), 4, types,
 							  CURSOR_OPT_GENERIC_PLAN);
 	plan = plans[gen];
 
@@ -1610,6 +1643,8 @@ finish_one(int64 id, const char *state, Datum result, bool result_isnull,
 	note_outcome(strcmp(state, "succeeded") == 0 ? ATOMIZER_OUTCOME_SUCCEEDED :
 				 strcmp(state, "dead") == 0 ? ATOMIZER_OUTCOME_DEAD :
 				 ATOMIZER_OUTCOME_CANCELLED, 0, 1);
+	if (gen > 0)
+		atomizer_workflow_note_finished(id, strcmp(state, "succeeded") != 0);
 	return true;
 }
 
@@ -1636,7 +1671,10 @@ atomizer_finish_job(int64 id, const char *state, Datum result,
  * atomizer_finish_succeeded
  *		Move n succeeded jobs to the history at once, with their results
  *		(results[i] NULL for none).  One statement for a whole batch: the
- *		workers call it just before they commit the batch.
+ *		workers call it just before they commit the batch.  The rows are
+ *		deleted in id order, the order in which an enqueue locks the
+ *		dependencies it names (workflow.c), so that the two do not wait for
+ *		each other in a cycle.
  */
 void
 atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
@@ -1668,7 +1706,8 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 
 		if (plans[gen] == NULL)
 			atomizer_prepare_opts(&plans[gen],
-								  psprintf("WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)), "
+								  psprintf("WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)"
+										   " ORDER BY id), "
 										   "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
 										   " RETURNING j.*, r.result AS new_result) "
 										   "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "
@@ -1676,16 +1715,99 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 										   " run_at, attempt, max_attempts, timeout, owner,"
 										   " idempotency_key, created_at, started_at, clock_timestamp(),"
 										   " new_result, last_error, schedule_id%s FROM d"
-										   " RETURNING queue, started_at, run_at, finished_at",
-										   TAGS[gen], TAGS[gen]), 2, types,
+										   " RETURNING queue, started_at, run_at, finished_at, id",
+										   MOVED[gen], MOVED[gen]), 2, types,
 								  CURSOR_OPT_GENERIC_PLAN);
 		plan = plans[gen];
 	}
 	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not record %d succeeded jobs", n);
 	for (uint64 i = 0; i < SPI_processed; i++)
+	{
 		note_outcome(ATOMIZER_OUTCOME_SUCCEEDED, i, 1);
+		if (gen > 0)
+		{
+			bool		isnull;
+
+			atomizer_workflow_note_finished(DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+																		SPI_tuptable->tupdesc,
+																		5, &isnull)),
+											false);
+		}
+	}
 	store_end(&call);
+}
+
+/*
+ * atomizer_store_cancel_dependents
+ *		Cancel the n blocked jobs ids[], each because its dependency by[i]
+ *		ended in state states[i] (dead or cancelled): to the history, with
+ *		cancelled_by and a last error that say so.  workflow.c calls it at
+ *		pre-commit; the jobs cancelled are noted finished in turn, so their
+ *		own dependents follow.  Returns how many were cancelled.
+ */
+int
+atomizer_store_cancel_dependents(int64 *ids, int64 *by, char **states, int n)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Datum	   *id_d = palloc(sizeof(Datum) * n);
+	Datum	   *by_d = palloc(sizeof(Datum) * n);
+	Datum	   *st_d = palloc(sizeof(Datum) * n);
+	Datum		values[3];
+	Oid			types[3] = {INT8ARRAYOID, INT8ARRAYOID, TEXTARRAYOID};
+	int			done;
+
+	for (int i = 0; i < n; i++)
+	{
+		id_d[i] = Int64GetDatum(ids[i]);
+		by_d[i] = Int64GetDatum(by[i]);
+		st_d[i] = CStringGetTextDatum(states[i]);
+	}
+	values[0] = PointerGetDatum(construct_array(id_d, n, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[1] = PointerGetDatum(construct_array(by_d, n, INT8OID, 8,
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[2] = PointerGetDatum(construct_array(st_d, n, TEXTOID, -1, false,
+												TYPALIGN_INT));
+	store_begin(&call);
+	atomizer_prepare(&plan,
+					 "WITH c AS (SELECT * FROM unnest($1, $2, $3) AS c(id, by, st)), "
+					 "d AS (DELETE FROM atomizer.job j USING c"
+					 " WHERE j.id = c.id AND j.state = 'blocked'"
+					 " RETURNING j.*, c.by, c.st) "
+					 "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS ", tags,"
+					 " on_dependency_failure, cancelled_by) "
+					 "SELECT id, queue, handler, payload, 'cancelled', priority, run_at,"
+					 " attempt, max_attempts, timeout, owner, idempotency_key,"
+					 " created_at, started_at, clock_timestamp(), NULL,"
+					 " format('dependency %s ended %s', by, st), schedule_id, tags,"
+					 " on_dependency_failure, by FROM d"
+					 " RETURNING queue, started_at, run_at, finished_at, id",
+					 3, types);
+	/* with a snapshot taken now: see atomizer_workflow_note_finished */
+	{
+		Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+		int			rc = SPI_execute_snapshot(plan, values, NULL, snap,
+											  InvalidSnapshot, false, false, 0);
+
+		UnregisterSnapshot(snap);
+		if (rc != SPI_OK_INSERT_RETURNING)
+			elog(ERROR, "could not cancel the dependents of failed jobs");
+	}
+	done = (int) SPI_processed;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		bool		isnull;
+
+		note_outcome(ATOMIZER_OUTCOME_CANCELLED, i, 1);
+		atomizer_workflow_note_finished(DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[i],
+																	SPI_tuptable->tupdesc,
+																	5, &isnull)),
+										true);
+	}
+	store_end(&call);
+	return done;
 }
 
 /*
@@ -2160,7 +2282,7 @@ atomizer_store_cancel(int64 job_id, const char *owner)
 	store_begin(&call);
 	atomizer_prepare(&plan,
 					 "SELECT state, worker, lease_until IS NOT NULL FROM atomizer.job"
-					 " WHERE id = $1 AND state IN ('available', 'held', 'running')"
+					 " WHERE id = $1 AND state IN ('available', 'held', 'blocked', 'running')"
 					 " AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
 					 2, types);
 	atomizer_note_job_locks();
@@ -2203,9 +2325,47 @@ atomizer_store_cancel(int64 job_id, const char *owner)
 }
 
 /*
+ * atomizer_store_job_owner
+ *		The owner and queue of job id, unfinished or in the history; false
+ *		if there is no such job.
+ */
+bool
+atomizer_store_job_owner(int64 id, char **owner, char **queue)
+{
+	static SPIPlanPtr plan = NULL;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	StoreCall	call;
+	Oid			types[1] = {INT8OID};
+	Datum		arg = Int64GetDatum(id);
+	bool		found;
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+					 "SELECT owner::text, queue FROM atomizer.job WHERE id = $1"
+					 " UNION ALL "
+					 "SELECT owner::text, queue FROM atomizer.job_history WHERE id = $1",
+					 1, types);
+	if (SPI_execute_plan(plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up job " INT64_FORMAT, id);
+	found = SPI_processed == 1;
+	if (found)
+	{
+		*owner = MemoryContextStrdup(caller_cxt,
+									 SPI_getvalue(SPI_tuptable->vals[0],
+												  SPI_tuptable->tupdesc, 1));
+		*queue = MemoryContextStrdup(caller_cxt,
+									 SPI_getvalue(SPI_tuptable->vals[0],
+												  SPI_tuptable->tupdesc, 2));
+	}
+	store_end(&call);
+	return found;
+}
+
+/*
  * atomizer_store_retry
  *		Send a dead or cancelled job (owner's, unless owner is NULL) back to
- *		its queue, available now, attempts counted from zero again.  False if
+ *		its queue, available now (blocked, if a dependency is unfinished:
+ *		workflow.c), attempts counted from zero again.  False if
  *		there is no such job; an ERROR if its queue is gone or another
  *		unfinished job of its owner has its idempotency key.
  */
@@ -2252,7 +2412,7 @@ atomizer_store_retry(int64 job_id, const char *owner)
 							  " now(), 0, max_attempts, timeout, owner, idempotency_key,"
 							  " created_at, last_error, schedule_id%s FROM d"
 							  " RETURNING queue, priority::int4, run_at, id",
-							  TAGS[gen], TAGS[gen]), 1, types);
+							  MOVED[gen], MOVED[gen]), 1, types);
 		move_plan = move_plans[gen];
 	}
 	if (SPI_execute_plan(find_plan, values, nulls, false, 0) != SPI_OK_SELECT)
@@ -2297,6 +2457,8 @@ atomizer_store_retry(int64 job_id, const char *owner)
 		if (retried)
 		{
 			note_waiting_rows();
+			if (gen > 0)
+				atomizer_workflow_retried(job_id);
 			if (q.external)
 				atomizer_note_external(queue);
 			else
@@ -2312,12 +2474,14 @@ atomizer_store_retry(int64 job_id, const char *owner)
  *		Delete finished jobs (succeeded, dead, cancelled) that finished at
  *		least older_than ago (NULL: any), of queue (NULL: all), of owner
  *		(NULL: every role's), with their error history.  Returns how many.
+ *		A job an unfinished job still depends on is kept.
  */
 int64
 atomizer_store_purge(const Interval *older_than, const char *queue,
 					 const char *owner)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+	int			gen = schema_gen();
 	StoreCall	call;
 	Oid			types[3] = {INTERVALOID, TEXTOID, TEXTOID};
 	Datum		values[3];
@@ -2333,15 +2497,17 @@ atomizer_store_purge(const Interval *older_than, const char *queue,
 	nulls[2] = owner ? ' ' : 'n';
 
 	store_begin(&call);
-	atomizer_prepare(&plan,
-				 "WITH d AS (DELETE FROM atomizer.job_history"
-				 " WHERE finished_at <= now() - coalesce($1, interval '0')"
-				 " AND ($2::text IS NULL OR queue = $2)"
-				 " AND ($3::name IS NULL OR owner = $3::name) RETURNING id), "
-				 "e AS (DELETE FROM atomizer.job_error e USING d"
-				 " WHERE e.job_id = d.id) "
-				 "SELECT count(*) FROM d", 3, types);
-	count = DatumGetInt64(run_one(plan, values, nulls, false, SPI_OK_SELECT,
+	if (plans[gen] == NULL)
+		atomizer_prepare(&plans[gen],
+				 psprintf("WITH d AS (DELETE FROM atomizer.job_history h"
+						  " WHERE finished_at <= now() - coalesce($1, interval '0')"
+						  " AND ($2::text IS NULL OR queue = $2)"
+						  " AND ($3::name IS NULL OR owner = $3::name)%s RETURNING id), "
+						  "e AS (DELETE FROM atomizer.job_error e USING d"
+						  " WHERE e.job_id = d.id)%s "
+						  "SELECT count(*) FROM d", KEEP_DEPENDED[gen],
+						  DROP_EDGES[gen]), 3, types);
+	count = DatumGetInt64(run_one(plans[gen], values, nulls, false, SPI_OK_SELECT,
 								  "purge jobs", 1, &isnull));
 	store_end(&call);
 	return count;
@@ -2350,12 +2516,14 @@ atomizer_store_purge(const Interval *older_than, const char *queue,
 /*
  * atomizer_store_prune
  *		The scheduler's pruning: delete up to limit finished jobs (not dead
- *		ones) older than their queue's retention, with their errors.
+ *		ones) older than their queue's retention, with their errors; not
+ *		one an unfinished job still depends on.
  */
 int64
 atomizer_store_prune(int limit)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+	int			gen = schema_gen();
 	StoreCall	call;
 	Oid			types[1] = {INT4OID};
 	Datum		arg = Int32GetDatum(limit);
@@ -2363,17 +2531,19 @@ atomizer_store_prune(int limit)
 	int64		count;
 
 	store_begin(&call);
-	atomizer_prepare(&plan,
-					 "WITH d AS (DELETE FROM atomizer.job_history h"
-					 " WHERE h.id IN (SELECT h2.id FROM atomizer.job_history h2"
-					 "  JOIN atomizer.queue q ON q.name = h2.queue"
-					 "  WHERE h2.state <> 'dead'"
-					 "  AND h2.finished_at < now() - q.retention LIMIT $1)"
-					 " RETURNING h.id), "
-					 "e AS (DELETE FROM atomizer.job_error e USING d"
-					 " WHERE e.job_id = d.id) "
-					 "SELECT count(*) FROM d", 1, types);
-	count = DatumGetInt64(run_one(plan, &arg, NULL, false, SPI_OK_SELECT,
+	if (plans[gen] == NULL)
+		atomizer_prepare(&plans[gen],
+					 psprintf("WITH d AS (DELETE FROM atomizer.job_history h"
+							  " WHERE h.id IN (SELECT h.id FROM atomizer.job_history h"
+							  "  JOIN atomizer.queue q ON q.name = h.queue"
+							  "  WHERE h.state <> 'dead'"
+							  "  AND h.finished_at < now() - q.retention%s LIMIT $1)"
+							  " RETURNING h.id), "
+							  "e AS (DELETE FROM atomizer.job_error e USING d"
+							  " WHERE e.job_id = d.id)%s "
+							  "SELECT count(*) FROM d", KEEP_DEPENDED[gen],
+							  DROP_EDGES[gen]), 1, types);
+	count = DatumGetInt64(run_one(plans[gen], &arg, NULL, false, SPI_OK_SELECT,
 								  "prune finished jobs", 1, &isnull));
 
 	/* unique_for windows that have passed (0.2.0's objects only) */
@@ -2789,12 +2959,14 @@ atomizer_store_sample_unfinished(AtomizerGaugeSample **samples)
 	store_begin(&call);
 	atomizer_prepare(&plan,
 					 "SELECT queue,"
-					 " count(*) FILTER (WHERE state <> 'running' AND run_at > now() AND attempt = 0),"
-					 " count(*) FILTER (WHERE state <> 'running' AND run_at <= now()),"
+					 " count(*) FILTER (WHERE w AND run_at > now() AND attempt = 0),"
+					 " count(*) FILTER (WHERE w AND run_at <= now()),"
 					 " count(*) FILTER (WHERE state = 'running'),"
-					 " count(*) FILTER (WHERE state <> 'running' AND run_at > now() AND attempt > 0),"
-					 " min(run_at) FILTER (WHERE state <> 'running' AND run_at <= now())"
-					 " FROM atomizer.job GROUP BY queue", 0, NULL);
+					 " count(*) FILTER (WHERE w AND run_at > now() AND attempt > 0),"
+					 " min(run_at) FILTER (WHERE w AND run_at <= now())"
+					 " FROM (SELECT queue, state, run_at, attempt,"
+					 "  state NOT IN ('running', 'blocked') AS w FROM atomizer.job) j"
+					 " GROUP BY queue", 0, NULL);
 	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not count unfinished jobs");
 	n = (int) SPI_processed;

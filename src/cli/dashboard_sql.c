@@ -240,12 +240,25 @@ JOBS_BULK_BATCH("atomizer.retry(job_id => b.id)");
 const char *const DASHBOARD_SQL_JOBS_CANCEL_BATCH =
 JOBS_BULK_BATCH("atomizer.cancel(job_id => b.id)");
 
-/* one job: the row, every failed attempt, and its timeline ($1: id) */
+/*
+ * one job: the row, every failed attempt, its timeline, the jobs it waits
+ * for and (the first 500 of) the jobs that wait for it ($1: id)
+ */
 const char *const DASHBOARD_SQL_JOB =
 "SELECT CASE WHEN j.id IS NULL THEN NULL ELSE json_build_object("
 "  'job', to_jsonb(j),"
 "  'errors', (SELECT coalesce(json_agg(e ORDER BY e.attempt, e.failed_at), '[]')"
 "               FROM atomizer.job_errors e WHERE e.job_id = j.id),"
+"  'dependencies', (SELECT coalesce(json_agg(json_build_object('id', d.depends_on,"
+"                     'state', d.state) ORDER BY d.depends_on), '[]')"
+"                     FROM atomizer.job_dependencies d WHERE d.job_id = j.id),"
+"  'dependents', (SELECT coalesce(json_agg(json_build_object('id', c.id, 'state', c.state)"
+"                   ORDER BY c.id), '[]')"
+"                   FROM (SELECT c.id, c.state FROM atomizer.job_dependency d"
+"                         JOIN atomizer.jobs c ON c.id = d.job_id"
+"                         WHERE d.depends_on = j.id ORDER BY c.id LIMIT 500) c),"
+"  'dependents_total', (SELECT count(*) FROM atomizer.job_dependency d"
+"                       WHERE d.depends_on = j.id),"
 "  'timeline', (SELECT json_agg(t ORDER BY t.at NULLS LAST, t.ord)"
 "                 FROM (SELECT 1 AS ord, 'enqueued' AS event, j.created_at AS at, NULL::int AS attempt"
 "                       UNION ALL"

@@ -122,13 +122,13 @@ async function clickInRow(page, col, name, action) {
 		const clicked = await clickInRow(page, 'name', queue, 'Pause');
 		check(clicked, 'a Pause button for ' + queue);
 		const paused = await page.waitForFunction(q => [...document.querySelectorAll('main[data-ready] tbody tr')].some(tr =>
-			tr.querySelector('td[data-col="name"]').textContent === q &&
-			tr.querySelector('td[data-col="paused"]').textContent === 'true'), {timeout: 15000}, queue).then(() => true, () => false);
+			tr.querySelector('td[data-col="name"]')?.textContent === q &&
+			tr.querySelector('td[data-col="paused"]')?.textContent === 'true'), {timeout: 15000}, queue).then(() => true, () => false);
 		check(paused, 'the queues page shows ' + queue + ' paused');
 		try {
 			await watcher.waitForFunction(q => [...document.querySelectorAll('main[data-ready] tbody tr')].some(tr =>
-				tr.querySelector('td[data-col="queue"]').textContent === q &&
-				tr.querySelector('td[data-col="paused"]').textContent === 'true'), {timeout: 15000, polling: 200}, queue);
+				tr.querySelector('td[data-col="queue"]')?.textContent === q &&
+				tr.querySelector('td[data-col="paused"]')?.textContent === 'true'), {timeout: 15000, polling: 200}, queue);
 			check(true, 'the watching tab\'s overview shows ' + queue + ' paused, without a reload');
 		} catch (e) {
 			check(false, 'the watching tab\'s overview shows ' + queue + ' paused, without a reload: ' + e.message);
@@ -140,7 +140,7 @@ async function clickInRow(page, col, name, action) {
 		await show(page, '#/queues', null);
 		const edited = await page.evaluate(q => {
 			for (const tr of document.querySelectorAll('main[data-ready] tbody tr')) {
-				if (tr.querySelector('td[data-col="name"]').textContent !== q) continue;
+				if (tr.querySelector('td[data-col="name"]')?.textContent !== q) continue;
 				const input = tr.querySelector('input[name="max_attempts"]');
 				const save = tr.querySelector('button[data-action="Save settings"]');
 				if (!input || !save) return false;

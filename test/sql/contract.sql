@@ -14,19 +14,21 @@ CREATE FUNCTION argnames(fn regprocedure) RETURNS text[] LANGUAGE sql AS $$
 	SELECT proargnames::text[] FROM pg_proc WHERE oid = fn
 $$;
 
-SELECT plan(56);
+SELECT plan(60);
 
-SELECT is(argnames('atomizer.enqueue(text,jsonb,text,timestamptz,int,int,interval,text,interval,text[])'),
-	ARRAY['handler','payload','queue','run_at','priority','max_attempts','timeout','idempotency_key','unique_for','tags'],
+SELECT is(argnames('atomizer.enqueue(text,jsonb,text,timestamptz,int,int,interval,text,interval,text[],bigint[],text)'),
+	ARRAY['handler','payload','queue','run_at','priority','max_attempts','timeout','idempotency_key','unique_for','tags',
+		  'depends_on','on_dependency_failure'],
 	'enqueue parameters');
 SELECT function_returns('atomizer', 'enqueue',
-	ARRAY['text','jsonb','text','timestamp with time zone','integer','integer','interval','text','interval','text[]'],
+	ARRAY['text','jsonb','text','timestamp with time zone','integer','integer','interval','text','interval','text[]','bigint[]','text'],
 	'bigint', 'enqueue returns bigint');
-SELECT is(argnames('atomizer.enqueue_many(text,jsonb[],text,timestamptz,int,int,interval,text[],text[])'),
-	ARRAY['handler','payloads','queue','run_at','priority','max_attempts','timeout','idempotency_keys','tags'],
+SELECT is(argnames('atomizer.enqueue_many(text,jsonb[],text,timestamptz,int,int,interval,text[],text[],bigint[],text)'),
+	ARRAY['handler','payloads','queue','run_at','priority','max_attempts','timeout','idempotency_keys','tags',
+		  'depends_on','on_dependency_failure'],
 	'enqueue_many parameters');
 SELECT function_returns('atomizer', 'enqueue_many',
-	ARRAY['text','jsonb[]','text','timestamp with time zone','integer','integer','interval','text[]','text[]'],
+	ARRAY['text','jsonb[]','text','timestamp with time zone','integer','integer','interval','text[]','text[]','bigint[]','text'],
 	'setof bigint', 'enqueue_many returns setof bigint');
 SELECT is(argnames('atomizer.cancel(bigint)'), ARRAY['job_id'], 'cancel parameters');
 SELECT function_returns('atomizer', 'cancel', ARRAY['bigint'], 'boolean', 'cancel returns boolean');
@@ -68,12 +70,18 @@ SELECT is(atomizer.retry(job_id => 2), true, 'retry named');
 SELECT has_view('atomizer', 'jobs', 'view jobs');
 SELECT columns_are('atomizer', 'jobs', ARRAY['id','queue','handler','payload','state','priority',
 	'run_at','attempt','max_attempts','timeout','owner','idempotency_key','created_at',
-	'started_at','finished_at','result','last_error','worker','lease_until','tags'], 'jobs columns');
+	'started_at','finished_at','result','last_error','worker','lease_until','tags',
+	'depends_on','blockers'], 'jobs columns');
 SELECT has_view('atomizer', 'dead_jobs', 'view dead_jobs');
 SELECT has_view('atomizer', 'queue_stats', 'view queue_stats');
 SELECT columns_are('atomizer', 'queue_stats', ARRAY['queue','paused','external','concurrency',
 	'scheduled','available','running','retrying','succeeded','cancelled','dead',
-	'oldest_available'], 'queue_stats: a count column per state');
+	'oldest_available','blocked'], 'queue_stats: a count column per state');
+SELECT has_view('atomizer', 'job_dependencies', 'view job_dependencies');
+SELECT columns_are('atomizer', 'job_dependencies', ARRAY['job_id','depends_on','state'],
+	'job_dependencies columns');
+SELECT has_function('atomizer', 'dependencies', ARRAY[]::text[], 'dependencies()');
+SELECT has_function('atomizer', 'dependencies', ARRAY['bigint'], 'dependencies(job_id)');
 SELECT has_view('atomizer', 'job_errors', 'view job_errors');
 SELECT results_eq($$SELECT queue FROM atomizer.queue_stats$$, ARRAY['default'],
 	'queue default exists from the start, one row per queue');
@@ -85,7 +93,7 @@ SELECT has_role('atomizer_admin', 'role atomizer_admin exists');
 SELECT ok(NOT (SELECT rolcanlogin FROM pg_roles WHERE rolname = 'atomizer_admin'), 'atomizer_admin cannot log in');
 SELECT is((SELECT array_agg(c.relname::text ORDER BY c.relname) FROM pg_extension e,
 		unnest(e.extconfig) cfg JOIN pg_class c ON c.oid = cfg WHERE e.extname = 'atomizer'),
-	ARRAY['handler_limit','job','job_error','job_history','job_id_seq','job_unique','queue','schedule','schedule_id_seq'],
+	ARRAY['handler_limit','job','job_dependency','job_error','job_history','job_id_seq','job_unique','queue','schedule','schedule_id_seq'],
 	'pg_dump keeps the job store and the schedules');
 
 -- cron

@@ -748,6 +748,22 @@ is($b->{who}{role}, $me, '... every visitor is that role');
 $anon->{csrf} = $b->{csrf};
 ($s, $b) = act($anon, '/api/queue/resume?name=mail');
 is($s, 200, '... and acts with the session\'s token');
+
+# a job's dependencies and dependents
+$node->safe_psql('postgres', q{
+	SELECT atomizer.create_queue('flow');
+	SELECT atomizer.pause_queue('flow')});
+my $parent = $node->safe_psql('postgres', q{SELECT atomizer.enqueue('ok', queue => 'flow')});
+my $child = $node->safe_psql('postgres',
+	"SELECT atomizer.enqueue('ok', queue => 'flow', depends_on => ARRAY[$parent])");
+($s, $b) = get($anon, "/api/job?id=$child");
+is($b->{job}{state}, 'blocked', 'a job waiting for another is blocked');
+is_deeply($b->{dependencies}, [ { id => $parent, state => 'available' } ], '... and shows what it waits for');
+($s, $b) = get($anon, "/api/job?id=$parent");
+is_deeply($b->{dependents}, [ { id => $child, state => 'blocked' } ], 'a job shows what waits for it');
+is($b->{dependents_total}, 1, '... and how many');
+($s, $b) = get($anon, '/api/jobs?state=blocked');
+is_deeply([ map { $_->{id} } @{ $b->{jobs} } ], [ $child ], 'the jobs page filters blocked jobs');
 $dash->signal('TERM');
 $dash->finish;
 

@@ -92,7 +92,7 @@ function jobLink(id) {
 	return el('a', {href: '#/job/' + id}, '#' + id);
 }
 
-const STATES = ['scheduled', 'available', 'running', 'retrying', 'succeeded', 'dead', 'cancelled'];
+const STATES = ['scheduled', 'available', 'blocked', 'running', 'retrying', 'succeeded', 'dead', 'cancelled'];
 const UNFINISHED = ['scheduled', 'available', 'running', 'retrying'];
 
 /* seconds, shortly: 850 ms, 2.5 s, 10 min */
@@ -256,7 +256,7 @@ async function pageJob(main, id) {
 	main.append(el('h2', {}, 'Job #' + j.id + ' ', el('span', {class: 'state state-' + j.state, id: 'job-state'}, j.state)));
 	const acts = el('p', {});
 	if (j.state === 'dead' || j.state === 'cancelled') acts.append(action('Retry', '/api/job/retry', {id: j.id}));
-	if (['scheduled', 'available', 'retrying', 'running'].includes(j.state)) acts.append(action('Cancel', '/api/job/cancel', {id: j.id}, 'Cancel job #' + j.id + '?'));
+	if (['scheduled', 'available', 'blocked', 'retrying', 'running'].includes(j.state)) acts.append(action('Cancel', '/api/job/cancel', {id: j.id}, 'Cancel job #' + j.id + '?'));
 	main.append(acts);
 	const fields = ['queue', 'handler', 'owner', 'tags', 'priority', 'attempt', 'max_attempts', 'run_at', 'created_at', 'started_at', 'finished_at', 'worker', 'idempotency_key', 'last_error'];
 	main.append(el('dl', {}, ...fields.flatMap(f => [el('dt', {}, f),
@@ -267,6 +267,14 @@ async function pageJob(main, id) {
 		d.errors.length ? table(['attempt', 'failed_at', 'sqlstate', 'message', 'detail', 'hint', 'context'], d.errors,
 			(e, c) => c === 'failed_at' ? when(e[c]) : text(e[c])) : el('p', {}, 'None.'));
 	main.append(el('h3', {}, 'Timeline'), table(['at', 'event'], d.timeline || [], (t, c) => c === 'at' ? when(t.at) : text(t[c])));
+	const links = (jobs, id) => jobs.length
+		? el('ul', {class: 'links', id}, ...jobs.map(x => el('li', {}, jobLink(x.id), ' ',
+			el('span', {class: 'state state-' + x.state}, x.state || 'purged'))))
+		: el('p', {id}, 'None.');
+	main.append(el('h3', {}, 'Waits for'), links(d.dependencies || [], 'dependencies'));
+	main.append(el('h3', {}, 'Waited for by' + (d.dependents_total > (d.dependents || []).length
+		? ' (the first ' + d.dependents.length + ' of ' + d.dependents_total + ')' : '')),
+		links(d.dependents || [], 'dependents'));
 }
 
 async function pageDead(main) {
