@@ -426,10 +426,11 @@ typedef enum AtomizerGauge
 	ATOMIZER_GAUGE_SCHEDULED,
 	ATOMIZER_GAUGE_AVAILABLE,
 	ATOMIZER_GAUGE_RUNNING,
-	ATOMIZER_GAUGE_RETRYING
+	ATOMIZER_GAUGE_RETRYING,
+	ATOMIZER_GAUGE_BLOCKED
 } AtomizerGauge;
 
-#define ATOMIZER_GAUGES	4
+#define ATOMIZER_GAUGES	5
 
 /* one queue's unfinished jobs, as the scheduler samples them */
 typedef struct AtomizerGaugeSample

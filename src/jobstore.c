@@ -4,7 +4,8 @@
  *	  The job store: the only code that reads or writes atomizer.job (the
  *	  hot table of waiting and running jobs), atomizer.job_history (finished
  *	  jobs) and atomizer.job_error (every failed attempt).  Every statement
- *	  on those tables is in this file; the rest of atomizer calls the
+ *	  on those tables is in this file but the workflow moves (workflow.c:
+ *	  blocked jobs and their release); the rest of atomizer calls the
  *	  functions below.  (store.c is its fast path for plain inserts, which
  *	  writes heap tuples without a statement.)
  *
@@ -1781,7 +1782,9 @@ atomizer_store_cancel_dependents(int64 *ids, int64 *by, char **states, int n)
 					 "SELECT id, queue, handler, payload, 'cancelled', priority, run_at,"
 					 " attempt, max_attempts, timeout, owner, idempotency_key,"
 					 " created_at, started_at, clock_timestamp(), NULL,"
-					 " format('dependency %s ended %s', by, st), schedule_id, tags,"
+					 " CASE WHEN st = 'deleted'"
+					 "  THEN format('dependency %s was deleted with its queue', by)"
+					 "  ELSE format('dependency %s ended %s', by, st) END, schedule_id, tags,"
 					 " on_dependency_failure, by FROM d"
 					 " RETURNING queue, started_at, run_at, finished_at, id",
 					 3, types);
@@ -2963,6 +2966,7 @@ atomizer_store_sample_unfinished(AtomizerGaugeSample **samples)
 					 " count(*) FILTER (WHERE w AND run_at <= now()),"
 					 " count(*) FILTER (WHERE state = 'running'),"
 					 " count(*) FILTER (WHERE w AND run_at > now() AND attempt > 0),"
+					 " count(*) FILTER (WHERE state = 'blocked'),"
 					 " min(run_at) FILTER (WHERE w AND run_at <= now())"
 					 " FROM (SELECT queue, state, run_at, attempt,"
 					 "  state NOT IN ('running', 'blocked') AS w FROM atomizer.job) j"
@@ -2983,7 +2987,7 @@ atomizer_store_sample_unfinished(AtomizerGaugeSample **samples)
 		text_to_cstring_buffer(DatumGetTextPP(d), sample->queue, NAMEDATALEN);
 		for (int g = 0; g < ATOMIZER_GAUGES; g++)
 			sample->n[g] = DatumGetInt64(SPI_getbinval(tup, desc, 2 + g, &isnull));
-		d = SPI_getbinval(tup, desc, 6, &isnull);
+		d = SPI_getbinval(tup, desc, 2 + ATOMIZER_GAUGES, &isnull);
 		sample->oldest_available = isnull ? 0 : DatumGetTimestampTz(d);
 	}
 	store_end(&call);

@@ -591,8 +591,8 @@ atomizer_gauges(PG_FUNCTION_ARGS)
 	for (int i = 0; i < STATS_SLOTS; i++)
 	{
 		StatsSlot  *slot = &stats->slots[i];
-		Datum		values[7];
-		bool		nulls[7] = {0};
+		Datum		values[8];
+		bool		nulls[8] = {0};
 		int64		g[ATOMIZER_GAUGES];
 		TimestampTz oldest;
 		TimestampTz at;
@@ -608,11 +608,13 @@ atomizer_gauges(PG_FUNCTION_ARGS)
 		if (at == 0)
 			continue;			/* never sampled (no scheduler yet) */
 		values[0] = CStringGetTextDatum(slot->queue);
-		for (int k = 0; k < ATOMIZER_GAUGES; k++)
+		for (int k = 0; k <= ATOMIZER_GAUGE_RETRYING; k++)
 			values[1 + k] = Int64GetDatum(g[k]);
 		values[5] = TimestampTzGetDatum(oldest);
 		nulls[5] = (oldest == 0);
 		values[6] = TimestampTzGetDatum(at);
+		/* blocked (workflows) came last: the column is the function's last */
+		values[7] = Int64GetDatum(g[ATOMIZER_GAUGE_BLOCKED]);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

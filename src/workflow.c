@@ -61,6 +61,7 @@
 #include "atomizer.h"
 
 PG_FUNCTION_INFO_V1(atomizer_dependencies);
+PG_FUNCTION_INFO_V1(atomizer_jobs_deleted);
 PG_FUNCTION_INFO_V1(atomizer_dependencies_of);
 
 /* a job waits for at most this many others (a fan-in callback of a batch) */
@@ -196,6 +197,22 @@ atomizer_deps_parse(FunctionCallInfo fcinfo, int deps_arg, AtomizerDeps *deps)
 }
 
 /*
+ * dep_of_row
+ *		The index in deps->ids of the job id in column 1 of SPI_tuptable's
+ *		row r, or -1.
+ */
+static int
+dep_of_row(const AtomizerDeps *deps, uint64 r)
+{
+	bool		isnull;
+	int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+	int64	   *hit = bsearch(&id, deps->ids, deps->n, sizeof(int64), compare_int64);
+
+	return hit ? (int) (hit - deps->ids) : -1;
+}
+
+/*
  * atomizer_deps_lock
  *		Before the job is written: lock the unfinished dependencies (FOR KEY
  *		SHARE, so none of them finishes until this transaction ends) and
@@ -244,16 +261,11 @@ atomizer_deps_lock(AtomizerDeps *deps, const char *owner)
 			elog(ERROR, "could not lock the dependencies");
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
-			bool		isnull;
-			int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-														 SPI_tuptable->tupdesc, 1,
-														 &isnull));
-			int64	   *hit = bsearch(&id, deps->ids, deps->n, sizeof(int64),
-									  compare_int64);
+			int			k = dep_of_row(deps, r);
 
-			if (hit && !seen[hit - deps->ids])
+			if (k >= 0 && !seen[k])
 			{
-				seen[hit - deps->ids] = true;
+				seen[k] = true;
 				deps->pending++;
 			}
 		}
@@ -261,22 +273,17 @@ atomizer_deps_lock(AtomizerDeps *deps, const char *owner)
 			elog(ERROR, "could not read the dependencies");
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
-			bool		isnull;
-			int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-														 SPI_tuptable->tupdesc, 1,
-														 &isnull));
+			int			k = dep_of_row(deps, r);
 			char	   *state = SPI_getvalue(SPI_tuptable->vals[r],
 											 SPI_tuptable->tupdesc, 2);
-			int64	   *hit = bsearch(&id, deps->ids, deps->n, sizeof(int64),
-									  compare_int64);
 
-			if (hit == NULL || seen[hit - deps->ids])
+			if (k < 0 || seen[k])
 				continue;
-			seen[hit - deps->ids] = true;
+			seen[k] = true;
 			if (strcmp(state, "succeeded") != 0 &&
-				(deps->failed_id == 0 || id < deps->failed_id))
+				(deps->failed_id == 0 || deps->ids[k] < deps->failed_id))
 			{
-				deps->failed_id = id;
+				deps->failed_id = deps->ids[k];
 				deps->failed_state = MemoryContextStrdup(caller_cxt, state);
 			}
 		}
@@ -464,7 +471,8 @@ release_once(const int64 *ids, const bool *failed, int n)
 						 "  WHERE d.depends_on = ANY ($1))"
 						 " ORDER BY c.id FOR NO KEY UPDATE OF c", 1, lock_types);
 		atomizer_prepare(&count_plan,
-						 "WITH f AS (SELECT * FROM unnest($1, $2) AS f(id, failed)),"
+						 "WITH f AS (SELECT * FROM unnest($1, $2) AS f(id, failed)"
+						 "  WHERE NOT EXISTS (SELECT 1 FROM atomizer.job p WHERE p.id = f.id)),"
 						 " e AS (SELECT d.job_id, count(*)::int4 AS n,"
 						 "  min(f.id) FILTER (WHERE f.failed) AS failed_by"
 						 "  FROM atomizer.job_dependency d JOIN f ON f.id = d.depends_on"
@@ -508,7 +516,8 @@ release_once(const int64 *ids, const bool *failed, int n)
 
 			cancel_ids[ncancel] = id;
 			cancel_by[ncancel] = DatumGetInt64(by);
-			cancel_states[ncancel] = state ? state : "cancelled";
+			/* not in the history: deleted by drop_queue(force => true) */
+			cancel_states[ncancel] = state ? state : "deleted";
 			ncancel++;
 		}
 		else
@@ -701,6 +710,15 @@ atomizer_workflow_retried(int64 id)
 	Datum		arg = Int64GetDatum(id);
 	int64	   *frontier = palloc(sizeof(int64));
 	int			nfrontier = 1;
+	bool		pending = false;
+
+	/*
+	 * Finished earlier in this transaction: its dependents have not been
+	 * counted down for it yet, and will not be while it is unfinished at
+	 * the commit (the release skips a job that is back in the hot table).
+	 */
+	for (int i = 0; i < nfinished && !pending; i++)
+		pending = (finished[i].id == id);
 
 	atomizer_prepare(&self_plan,
 					 "UPDATE atomizer.job j SET state = 'blocked', blockers = b.n"
@@ -737,7 +755,8 @@ atomizer_workflow_retried(int64 id)
 					 " FROM m RETURNING id", 1, arr_types);
 
 	if (SPI_execute_plan(self_plan, &arg, NULL, false, 0) != SPI_OK_UPDATE ||
-		SPI_execute_plan(up_plan, &arg, NULL, false, 0) != SPI_OK_UPDATE)
+		(!pending &&
+		 SPI_execute_plan(up_plan, &arg, NULL, false, 0) != SPI_OK_UPDATE))
 		elog(ERROR, "could not retry the dependencies of job " INT64_FORMAT, id);
 	frontier[0] = id;
 	while (nfrontier > 0)
@@ -758,6 +777,28 @@ atomizer_workflow_retried(int64 id)
 													  &isnull));
 		}
 	}
+}
+
+/*
+ * atomizer._jobs_deleted(job_ids bigint[]) RETURNS void
+ *		drop_queue(force => true) deletes these unfinished jobs: for the jobs
+ *		that depend on them they count as failed, at this commit.  Only the
+ *		extension's owner may call it (EXECUTE is revoked from PUBLIC).
+ */
+Datum
+atomizer_jobs_deleted(PG_FUNCTION_ARGS)
+{
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(0);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	deconstruct_array(arr, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE,
+					  &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (!nulls[i])
+			atomizer_workflow_note_finished(DatumGetInt64(elems[i]), true);
+	PG_RETURN_VOID();
 }
 
 /* ------------------------------------------------------------------------

@@ -45,16 +45,18 @@ const char *const DASHBOARD_SQL_WHOAMI =
 " unfinished AS (" \
 "  SELECT q.name AS queue, coalesce(g.scheduled, 0) AS scheduled," \
 "         coalesce(g.available, 0) AS available, coalesce(g.running, 0) AS running," \
-"         coalesce(g.retrying, 0) AS retrying, g.oldest_available, g.sampled_at" \
+"         coalesce(g.retrying, 0) AS retrying, g.oldest_available, g.sampled_at," \
+"         coalesce(g.blocked, 0) AS blocked" \
 "    FROM atomizer.queue q LEFT JOIN atomizer._gauges() g ON g.queue = q.name" \
 "   WHERE (SELECT shared FROM vis)" \
 "  UNION ALL" \
 "  SELECT q.name," \
-"         count(j.id) FILTER (WHERE j.state <> 'running' AND j.run_at > now() AND j.attempt = 0)," \
-"         count(j.id) FILTER (WHERE j.state <> 'running' AND j.run_at <= now())," \
+"         count(j.id) FILTER (WHERE j.state NOT IN ('running', 'blocked') AND j.run_at > now() AND j.attempt = 0)," \
+"         count(j.id) FILTER (WHERE j.state NOT IN ('running', 'blocked') AND j.run_at <= now())," \
 "         count(j.id) FILTER (WHERE j.state = 'running')," \
-"         count(j.id) FILTER (WHERE j.state <> 'running' AND j.run_at > now() AND j.attempt > 0)," \
-"         min(j.run_at) FILTER (WHERE j.state <> 'running' AND j.run_at <= now()), now()" \
+"         count(j.id) FILTER (WHERE j.state NOT IN ('running', 'blocked') AND j.run_at > now() AND j.attempt > 0)," \
+"         min(j.run_at) FILTER (WHERE j.state NOT IN ('running', 'blocked') AND j.run_at <= now()), now()," \
+"         count(j.id) FILTER (WHERE j.state = 'blocked')" \
 "    FROM atomizer.queue q LEFT JOIN atomizer.job j ON j.queue = q.name" \
 "   WHERE NOT (SELECT shared FROM vis)" \
 "   GROUP BY q.name)"
@@ -125,7 +127,7 @@ UNFINISHED_CTE ","
 "                'queue', q.name, 'paused', q.paused, 'external', q.external,"
 "                'concurrency', q.concurrency,"
 "                'scheduled', u.scheduled, 'available', u.available,"
-"                'running', u.running, 'retrying', u.retrying,"
+"                'running', u.running, 'retrying', u.retrying, 'blocked', u.blocked,"
 "                'oldest_available', u.oldest_available, 'sampled_at', u.sampled_at,"
 "                'total', CASE WHEN (SELECT shared FROM vis) THEN json_build_object("
 "                   'succeeded', coalesce(t.succeeded, 0), 'failed', coalesce(t.failed, 0),"
@@ -437,7 +439,8 @@ UNFINISHED_CTE
 "SELECT 'jobs', u.queue, x.state, x.n::float8"
 "  FROM unfinished u"
 "  CROSS JOIN LATERAL (VALUES ('scheduled', u.scheduled), ('available', u.available),"
-"                             ('running', u.running), ('retrying', u.retrying)) x(state, n)"
+"                             ('running', u.running), ('retrying', u.retrying),"
+"                             ('blocked', u.blocked)) x(state, n)"
 " UNION ALL "
 "SELECT 'oldest', u.queue, NULL,"
 "       coalesce(extract(epoch FROM now() - u.oldest_available), 0)::float8"

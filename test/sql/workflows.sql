@@ -193,6 +193,37 @@ SELECT array_agg(id) AS ks FROM atomizer.enqueue_many('step',
 SELECT id = :k AS old_job, state, depends_on = ARRAY[:p]::bigint[] AS depends_on_p
   FROM atomizer.jobs WHERE id = ANY (:'ks') ORDER BY id;
 
+-- finished and retried in one transaction: the dependents are counted once
+SELECT atomizer.enqueue('step', '{"name": "t1"}', queue => 'wf', run_at => now() + interval '1 hour') AS t1 \gset
+SELECT atomizer.enqueue('step', '{"name": "t2"}', queue => 'wf', depends_on => ARRAY[:t1]) AS t2 \gset
+BEGIN;
+SELECT atomizer.cancel(:t1);
+SELECT atomizer.retry(:t1);
+COMMIT;
+SELECT id, state, blockers FROM atomizer.jobs WHERE id IN (:t1, :t2) ORDER BY id;
+BEGIN;
+SELECT atomizer.cancel(:t1);
+SAVEPOINT s;
+SELECT atomizer.retry(:t1);
+ROLLBACK TO SAVEPOINT s;
+COMMIT;
+SELECT id, state, blockers, last_error FROM atomizer.jobs WHERE id IN (:t1, :t2) ORDER BY id;
+
+-- drop_queue(force => true) deletes unfinished jobs: their dependents in
+-- other queues count them as failed
+SELECT atomizer.create_queue('doomed');
+SELECT atomizer.enqueue('step', '{"name": "d1"}', queue => 'doomed') AS d1 \gset
+SELECT atomizer.enqueue('step', '{"name": "d2"}', queue => 'doomed', depends_on => ARRAY[:d1]) AS d2 \gset
+SELECT atomizer.enqueue('step', '{"name": "after_doom"}', queue => 'wf', depends_on => ARRAY[:d1]) AS ad \gset
+SELECT atomizer.enqueue('step', '{"name": "sweep_doom"}', queue => 'wf', depends_on => ARRAY[:d2],
+						on_dependency_failure => 'run') AS sd \gset
+SELECT atomizer.drop_queue('doomed', force => true);
+SELECT id, state, blockers, last_error FROM atomizer.jobs WHERE id IN (:ad, :sd) ORDER BY id;
+SELECT count(*) AS edges_of_dropped_jobs FROM atomizer.job_dependency WHERE job_id IN (:d1, :d2);
+SET ROLE regress_wf_user;
+SELECT code, message FROM try($$SELECT atomizer._jobs_deleted(ARRAY[1]::bigint[])$$);
+RESET ROLE;
+
 -- a chain 1,000 deep: cancelling its head cancels all of it, in one pass each
 SELECT atomizer.enqueue('step', '{"name": "head"}', queue => 'wf', run_at => now() + interval '1 hour') AS head \gset
 DO $$

@@ -66,6 +66,9 @@ note(sprintf('enqueued %d jobs with %d edges in %.2f s', $total,
 	$groups * ($parts * 2) + $groups, time() - $t0));
 is($node->safe_psql('postgres', q{SELECT state, count(*) FROM atomizer.jobs GROUP BY state ORDER BY state}),
 	"available|$groups\nblocked|" . ($total - $groups), 'the roots are available, the rest blocked');
+wait_until($node, 'postgres', q{SELECT sum(value)::bigint FROM atomizer.metrics
+	WHERE name = 'atomizer_jobs' AND labels->>'state' = 'blocked' AND labels->>'queue' = 'wf'},
+	$total - $groups, 'the metric atomizer_jobs{state="blocked"} counts them');
 
 $node->safe_psql('postgres', q{SELECT atomizer.resume_queue('wf')});
 my $started = 0;

@@ -114,10 +114,20 @@ note("$ran README blocks run, $skipped marked not run");
 cmp_ok($ran, '>', $skipped, 'most of the README\'s examples run');
 
 # What the examples promised happened (they leave these behind).
-# (a job an example discards on purpose ends dead with "discarded: ...")
+# (a job an example discards on purpose ends dead with "discarded: ...";
+# the workflow example's first step fails on purpose, in queue checkout)
 is($node->safe_psql('app', q{SELECT count(*) FROM atomizer.jobs
-	WHERE state IN ('retrying', 'dead') AND last_error NOT LIKE 'discarded: %'}), '0',
+	WHERE state IN ('retrying', 'dead') AND last_error NOT LIKE 'discarded: %'
+	  AND NOT (queue = 'checkout' AND payload ? 'fail')}), '0',
 	'no example left a job failing or dead');
+is($node->safe_psql('app', q{SELECT string_agg(payload->>'step' || ' ' || state, ', ' ORDER BY id)
+	FROM atomizer.jobs WHERE queue = 'checkout' AND payload->>'step' NOT LIKE 'resize %'}),
+	'charge dead, ship cancelled, notify cancelled, gallery succeeded',
+	'the workflow examples: the chain stopped at its failure, the fan-in ran');
+is($node->safe_psql('app', q{SELECT count(*) FILTER (WHERE state = 'succeeded'),
+	max(finished_at) <= (SELECT started_at FROM atomizer.jobs WHERE payload->>'step' = 'gallery')
+	FROM atomizer.jobs WHERE queue = 'checkout' AND payload->>'step' LIKE 'resize %'}),
+	'20|t', '... after its twenty parts');
 is($node->safe_psql('app', q{SELECT string_agg(payload::text || ' ' || state, ', ' ORDER BY id)
 	FROM atomizer.jobs WHERE handler = 'public.charge'}),
 	'{"account": "closed"} dead, {"bank": "busy"} scheduled, {"account": "open"} succeeded',

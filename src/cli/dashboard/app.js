@@ -93,7 +93,7 @@ function jobLink(id) {
 }
 
 const STATES = ['scheduled', 'available', 'blocked', 'running', 'retrying', 'succeeded', 'dead', 'cancelled'];
-const UNFINISHED = ['scheduled', 'available', 'running', 'retrying'];
+const UNFINISHED = ['scheduled', 'available', 'blocked', 'running', 'retrying'];
 
 /* seconds, shortly: 850 ms, 2.5 s, 10 min */
 function secs(v) {
