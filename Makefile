@@ -139,7 +139,7 @@ DASHBOARD_GEN = src/cli/dashboard/assets.gen.c
 $(DASHBOARD_GEN): $(DASHBOARD_ASSETS) src/cli/dashboard/embed.sh
 	sh src/cli/dashboard/embed.sh $(DASHBOARD_ASSETS) > $@.tmp && mv $@.tmp $@
 
-src/cli/atomizer: $(CLI_SRCS) $(DASHBOARD_GEN) src/cli/cli.h src/cli/dashboard.h $(BUILD_STAMP) atomizer.control
+src/cli/atomizer: $(CLI_SRCS) $(DASHBOARD_GEN) src/cli/cli.h src/cli/dashboard.h src/cli/persist.h $(BUILD_STAMP) atomizer.control
 	$(CC) $(CFLAGS) -Wall -Werror -I$(CLI_INCLUDEDIR) -Isrc/cli $(MHD_CFLAGS) \
 		-DATOMIZER_VERSION='"$(EXTVERSION)"' -o $@ $(CLI_SRCS) $(DASHBOARD_GEN) \
 		-L$(CLI_LIBDIR) -lpq $(MHD_LIBS) -lpthread

@@ -176,6 +176,40 @@ if e:
                 ratio(c["per_s"], naive["per_s"])))
     S.append("| external client, claim 100 + complete_many, 2 connections | %s jobs/s | %s |"
              " %s |" % (n(c["per_s"]), n(naive["per_s"]), ratio(c["per_s"], naive["per_s"])))
+    c = e.get("client_one_call")
+    if c:
+        T.append("| 5b. Python client, 2 connections, `claim(…, 100, completed => the last"
+                 " batch)`, one call a batch, drain of %s jobs | %s jobs/s | %s rows/s |"
+                 " naive SKIP LOCKED queue | %s |"
+                 % (n(c["jobs"]), n(c["per_s"]), n(naive["per_s"]),
+                    ratio(c["per_s"], naive["per_s"])))
+        S.append("| external client, claim 100 with `completed =>`, 2 connections | %s jobs/s"
+                 " | %s | %s |" % (n(c["per_s"]), n(naive["per_s"]),
+                                   ratio(c["per_s"], naive["per_s"])))
+    for key, what in (("persistent", "no-op C worker (examples/worker.c)"),
+                      ("persistent_py", "Python worker (examples/worker.py)")):
+        c = e.get(key)
+        if not c:
+            continue
+        T.append("| 5d. `atomizer work --persistent --concurrency 2 --pipeline 100`, %s,"
+                 " drain of %s jobs | %s jobs/s | %s rows/s | naive SKIP LOCKED queue | %s |"
+                 % (what, n(c["jobs"]), n(c["per_s"]), n(naive["per_s"]),
+                    ratio(c["per_s"], naive["per_s"])))
+        S.append("| external CLI worker, `--persistent`, %s, concurrency 2 | %s jobs/s"
+                 " | %s | %s |" % (what, n(c["per_s"]), n(naive["per_s"]),
+                                   ratio(c["per_s"], naive["per_s"])))
+    if len(e.get("rounds", [])) > 1:
+        def rr(x, key):
+            b = max(x["naive"]["per_s"], x["naive2"]["per_s"])
+            return "?" if not x.get(key) else "%.2f" % (x[key]["per_s"] / b)
+        notes.append("5b/5d: %d rounds, each beside its own two naive runs (the table shows the"
+                     " round of the median one-call ratio); ratios per round:"
+                     " complete_many %s; completed => %s; --persistent C %s; --persistent"
+                     " Python %s." % (len(e["rounds"]),
+                                      " / ".join(rr(x, "client") for x in e["rounds"]),
+                                      " / ".join(rr(x, "client_one_call") for x in e["rounds"]),
+                                      " / ".join(rr(x, "persistent") for x in e["rounds"]),
+                                      " / ".join(rr(x, "persistent_py") for x in e["rounds"])))
     nt = e["notify"]
     base = lat["insert_p50"] if lat else None
     T.append("| 5c. enqueue commit returned → NOTIFY on `atomizer_ext` received, %d samples,"

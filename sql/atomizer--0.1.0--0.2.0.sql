@@ -1542,6 +1542,42 @@ COMMENT ON VIEW atomizer.job_dependencies IS
 GRANT SELECT ON atomizer.job_dependencies TO PUBLIC;
 
 /*
+ * Fewer round trips for external workers (issue 16): claim() may first
+ * complete the jobs the worker has done (completed, with their results and
+ * attempts), so that one call and one commit report a batch and claim the
+ * next; complete_many() takes results and attempts.  Both complete a batch
+ * with two statements, not two per job.
+ */
+DROP FUNCTION atomizer.claim(text, integer, interval, text);
+CREATE FUNCTION atomizer.claim(queue text, max_jobs integer DEFAULT 1,
+							   lease interval DEFAULT '5 minutes',
+							   worker text DEFAULT NULL,
+							   completed bigint[] DEFAULT NULL,
+							   results jsonb[] DEFAULT NULL,
+							   completed_attempts integer[] DEFAULT NULL)
+RETURNS TABLE (id bigint, handler text, payload jsonb, attempt integer,
+			   lease_until timestamptz)
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_claim';
+
+COMMENT ON FUNCTION atomizer.claim(text, integer, interval, text, bigint[], jsonb[], integer[]) IS
+	'External workers: complete the jobs in completed (as complete_many does), then lock up to max_jobs due jobs of an external queue (FOR UPDATE SKIP LOCKED), count the attempt, and lease them.';
+
+DROP FUNCTION atomizer.complete_many(bigint[]);
+CREATE FUNCTION atomizer.complete_many(job_ids bigint[],
+									   results jsonb[] DEFAULT NULL,
+									   attempts integer[] DEFAULT NULL)
+RETURNS integer
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_complete_many';
+
+COMMENT ON FUNCTION atomizer.complete_many(bigint[], jsonb[], integer[]) IS
+	'External workers: many leased jobs succeeded, with their results (element i for job i) and the attempts claim returned; all or none.';
+
+GRANT EXECUTE ON FUNCTION atomizer.claim(text, integer, interval, text, bigint[], jsonb[], integer[]),
+	atomizer.complete_many(bigint[], jsonb[], integer[]) TO PUBLIC;
+
+/*
  * Last: the schedulers of a server running the 0.2.0 library leave a
  * database with the 0.1.0 objects alone; wake the launcher at commit so that
  * this database's scheduler starts at once.

@@ -578,6 +578,10 @@ extern int64 atomizer_store_purge(const Interval *older_than, const char *queue,
 extern int64 atomizer_store_prune(int limit);
 extern void atomizer_store_lock_leased(int64 job_id, bool attempt_given,
 									   int attempt, AtomizerJob *job);
+extern bool atomizer_store_lock_leased_many(const int64 *ids,
+											const int32 *attempts,
+											const bool *attempts_null, int n,
+											char ***queues, int *nqueues);
 extern TimestampTz atomizer_store_extend_lease(int64 job_id, const Interval *lease);
 extern int	atomizer_store_expired_leases(AtomizerJob **jobs, char ***reasons,
 										  TimestampTz *next_end);

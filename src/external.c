@@ -51,6 +51,13 @@ PG_FUNCTION_INFO_V1(atomizer_heartbeat);
 PG_FUNCTION_INFO_V1(atomizer_release);
 PG_FUNCTION_INFO_V1(atomizer_snooze_job);
 
+static int	complete_jobs(int n, int64 *ids, Datum *results, bool *results_null,
+						  int32 *attempts, bool *attempts_null);
+static int	completions_arg(FunctionCallInfo fcinfo, int ids_arg,
+							const char *ids_name, int64 **ids, Datum **results,
+							bool **results_null, int32 **attempts,
+							bool **attempts_null);
+
 #define ATOMIZER_WORKER_ROLE	"atomizer_worker"
 #define CLAIM_MAX				1000
 #define DEFAULT_LEASE_MS		(5 * 60 * 1000)
@@ -118,8 +125,11 @@ before_run(AtomizerJob *job, const char *hook)
 }
 
 /*
- * atomizer.claim(queue, max_jobs, lease, worker)
+ * atomizer.claim(queue, max_jobs, lease, worker, completed, results,
+ *				  completed_attempts)
  *		RETURNS TABLE (id, handler, payload, attempt, lease_until)
+ *		With completed (0.2.0), first completes those jobs, as
+ *		complete_many(completed, results, completed_attempts) does.
  */
 Datum
 atomizer_claim(PG_FUNCTION_ARGS)
@@ -166,6 +176,26 @@ atomizer_claim(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("queue \"%s\" is not external", queue_name),
 				 errhint("Its jobs are run by atomizer's own workers; create external queues with atomizer.create_queue(name, external => true).")));
+
+	/*
+	 * completed => (0.2.0): finish the jobs a worker has done first, in this
+	 * transaction, so that a worker reports a batch and claims the next one
+	 * in one round trip and one commit.
+	 */
+	if (PG_NARGS() > 4)
+	{
+		int64	   *ids;
+		Datum	   *results;
+		bool	   *results_null;
+		int32	   *attempts;
+		bool	   *attempts_null;
+		int			ndone;
+
+		ndone = completions_arg(fcinfo, 4, "completed", &ids, &results,
+								&results_null, &attempts, &attempts_null);
+		(void) complete_jobs(ndone, ids, results, results_null, attempts,
+							 attempts_null);
+	}
 
 	InitMaterializedSRF(fcinfo, 0);
 
@@ -271,38 +301,181 @@ atomizer_complete(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* qsort comparator of int64 */
+static int
+compare_int64(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return (x > y) - (x < y);
+}
+
 /*
- * atomizer.complete_many(job_ids bigint[]) RETURNS integer
- *		All or nothing: one job not under a live lease fails the call.
- *		Returns the number of jobs completed: all of them, less those whose
- *		on_success hook failed (their attempts failed instead).
+ * complete_jobs
+ *		Complete n leased jobs, all or nothing, with their results
+ *		(results NULL: none) and attempts (attempts NULL: not checked);
+ *		the number completed, less those whose on_success hook failed.
+ *
+ *		The common case costs two statements for the whole batch: one locks
+ *		and checks every job (jobstore.c), one moves them to the history.
+ *		Jobs of a queue with an on_success hook, a repeated id, or any job
+ *		not under its live lease take the path of complete(), job by job:
+ *		it runs the hooks, and raises the exact error of the first job that
+ *		is wrong (which rolls back the whole call).
+ */
+static int
+complete_jobs(int n, int64 *ids, Datum *results, bool *results_null,
+			  int32 *attempts, bool *attempts_null)
+{
+	int64	   *sorted;
+	bool		one_by_one = false;
+	int			completed = 0;
+
+	if (n == 0)
+		return 0;
+	sorted = palloc(sizeof(int64) * n);
+	memcpy(sorted, ids, sizeof(int64) * n);
+	qsort(sorted, n, sizeof(int64), compare_int64);
+	for (int i = 1; i < n && !one_by_one; i++)
+		if (sorted[i] == sorted[i - 1])
+			one_by_one = true;
+	if (!one_by_one)
+	{
+		char	  **queues;
+		int			nqueues;
+
+		if (!atomizer_store_lock_leased_many(ids, attempts, attempts_null, n,
+											 &queues, &nqueues))
+			one_by_one = true;
+		for (int q = 0; q < nqueues && !one_by_one; q++)
+		{
+			AtomizerQueue queue;
+
+			if (atomizer_lookup_queue(queues[q], &queue) &&
+				queue.hooks[ATOMIZER_HOOK_ON_SUCCESS] != NULL)
+				one_by_one = true;
+		}
+	}
+	if (!one_by_one)
+	{
+		bool	   *nulls = results_null;
+
+		if (results == NULL)
+		{
+			results = palloc0(sizeof(Datum) * n);
+			nulls = palloc(sizeof(bool) * n);
+			memset(nulls, true, sizeof(bool) * n);
+		}
+		atomizer_finish_succeeded(ids, results, nulls, n);
+		return n;
+	}
+	for (int i = 0; i < n; i++)
+	{
+		CHECK_FOR_INTERRUPTS();
+		if (complete_one(ids[i], attempts != NULL && !attempts_null[i],
+						 attempts != NULL ? attempts[i] : 0,
+						 results != NULL ? results[i] : (Datum) 0,
+						 results == NULL || results_null[i]))
+			completed++;
+	}
+	return completed;
+}
+
+/*
+ * completions_arg
+ *		Read the arguments (job_ids bigint[], results jsonb[], attempts
+ *		int[]) at argument numbers ids_arg, ids_arg + 1, ids_arg + 2 (each
+ *		may be absent, for 0.1.0's signatures, or NULL): the number of jobs,
+ *		and the arrays complete_jobs() takes.  ERROR on nulls among the ids
+ *		or arrays of different lengths.
+ */
+static int
+completions_arg(FunctionCallInfo fcinfo, int ids_arg, const char *ids_name,
+				int64 **ids, Datum **results, bool **results_null,
+				int32 **attempts, bool **attempts_null)
+{
+	Datum	   *datums;
+	bool	   *nulls;
+	int			n;
+	int			nres;
+	int			natt;
+
+	*ids = NULL;
+	*results = NULL;
+	*results_null = NULL;
+	*attempts = NULL;
+	*attempts_null = NULL;
+	if (PG_ARGISNULL(ids_arg))
+		return 0;
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(ids_arg), INT8OID, 8, FLOAT8PASSBYVAL,
+					  TYPALIGN_DOUBLE, &datums, &nulls, &n);
+	*ids = palloc(sizeof(int64) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("%s must not contain nulls", ids_name)));
+		(*ids)[i] = DatumGetInt64(datums[i]);
+	}
+	if (PG_NARGS() > ids_arg + 1 && !PG_ARGISNULL(ids_arg + 1))
+	{
+		deconstruct_array(PG_GETARG_ARRAYTYPE_P(ids_arg + 1), JSONBOID, -1, false,
+						  TYPALIGN_INT, results, results_null, &nres);
+		if (nres != n)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("results must have one element per job"),
+					 errdetail("%d jobs were given, and %d results.", n, nres),
+					 errhint("Pass NULL as the result of a job that has none.")));
+	}
+	if (PG_NARGS() > ids_arg + 2 && !PG_ARGISNULL(ids_arg + 2))
+	{
+		Datum	   *att;
+
+		deconstruct_array(PG_GETARG_ARRAYTYPE_P(ids_arg + 2), INT4OID, 4, true,
+						  TYPALIGN_INT, &att, attempts_null, &natt);
+		if (natt != n)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("attempts must have one element per job"),
+					 errdetail("%d jobs were given, and %d attempts.", n, natt),
+					 errhint("Pass the attempts claim() returned, in the order of the jobs, or NULL for one not to check.")));
+		*attempts = palloc(sizeof(int32) * Max(n, 1));
+		for (int i = 0; i < n; i++)
+			(*attempts)[i] = (*attempts_null)[i] ? 0 : DatumGetInt32(att[i]);
+	}
+	return n;
+}
+
+/*
+ * atomizer.complete_many(job_ids bigint[], results jsonb[], attempts int[])
+ *		RETURNS integer
+ *		All or nothing: one job not under a live lease (of its attempt, if
+ *		given) fails the call.  Returns the number of jobs completed: all of
+ *		them, less those whose on_success hook failed (their attempts
+ *		failed instead).
  */
 Datum
 atomizer_complete_many(PG_FUNCTION_ARGS)
 {
-	Datum	   *ids;
-	bool	   *nulls;
+	int64	   *ids;
+	Datum	   *results;
+	bool	   *results_null;
+	int32	   *attempts;
+	bool	   *attempts_null;
 	int			n;
-	int			completed = 0;
 
 	check_worker_role();
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("job_ids must not be null")));
-	deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), INT8OID, 8, FLOAT8PASSBYVAL,
-					  TYPALIGN_DOUBLE, &ids, &nulls, &n);
-	for (int i = 0; i < n; i++)
-	{
-		CHECK_FOR_INTERRUPTS();
-		if (nulls[i])
-			ereport(ERROR,
-					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("job_ids must not contain nulls")));
-		if (complete_one(DatumGetInt64(ids[i]), false, 0, (Datum) 0, true))
-			completed++;
-	}
-	PG_RETURN_INT32(completed);
+	n = completions_arg(fcinfo, 0, "job_ids", &ids, &results, &results_null,
+						&attempts, &attempts_null);
+	PG_RETURN_INT32(complete_jobs(n, ids, results, results_null, attempts,
+								  attempts_null));
 }
 
 /*

@@ -39,6 +39,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "nodes/parsenodes.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -999,15 +1000,16 @@ mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
 		Datum		mvalues[4];
 		char		mnulls[4] = {' ', ' ', ' ', ' '};
 
-		atomizer_prepare(&mark_plan,
-						 "UPDATE atomizer.job j SET state = 'running',"
-						 " attempt = j.attempt + 1,"
-						 " started_at = coalesce($4, clock_timestamp()), worker = $2,"
-						 " lease = $3,"
-						 " lease_until = coalesce($4, clock_timestamp()) + nullif($3, interval '0') "
-						 "FROM atomizer.queue q "
-						 "WHERE j.id = ANY($1) AND q.name = j.queue "
-						 CLAIM_RETURNING, 4, types);
+		atomizer_prepare_opts(&mark_plan,
+							  "UPDATE atomizer.job j SET state = 'running',"
+							  " attempt = j.attempt + 1,"
+							  " started_at = coalesce($4, clock_timestamp()), worker = $2,"
+							  " lease = $3,"
+							  " lease_until = coalesce($4, clock_timestamp()) + nullif($3, interval '0') "
+							  "FROM atomizer.queue q "
+							  "WHERE j.id = ANY($1) AND q.name = j.queue "
+							  CLAIM_RETURNING, 4, types,
+							  CURSOR_OPT_GENERIC_PLAN);
 		mvalues[0] = PointerGetDatum(construct_array(ids, nids, INT8OID, 8,
 													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 		if (spec->worker_id != NULL)
@@ -1126,21 +1128,23 @@ lock_candidates(const AtomizerClaimSpec *spec, const AtomizerClaimKey *floor,
 	atomizer_note_job_locks();
 	if (held == NULL)
 	{
-		atomizer_prepare(&plan, CLAIM_CANDIDATES, 8, types);
+		atomizer_prepare_opts(&plan, CLAIM_CANDIDATES, 8, types,
+							  CURSOR_OPT_GENERIC_PLAN);
 		if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not claim jobs of queue \"%s\"", spec->queue);
 		return;
 	}
-	atomizer_prepare(&held_plan,
-					 CLAIM_CANDIDATE_COLUMNS
-					 " FROM atomizer.job"
-					 " WHERE queue = $1 AND state = 'held' AND handler = ANY($9)"
-					 " AND ($3::name IS NULL OR owner = $3::name)"
-					 " AND EXISTS (SELECT 1 FROM atomizer.queue q"
-					 "  WHERE q.name = $1 AND NOT q.paused"
-					 "  AND q.external = $7)"
-					 " ORDER BY priority, run_at, id LIMIT $2"
-					 " FOR UPDATE SKIP LOCKED", 9, types);
+	atomizer_prepare_opts(&held_plan,
+						  CLAIM_CANDIDATE_COLUMNS
+						  " FROM atomizer.job"
+						  " WHERE queue = $1 AND state = 'held' AND handler = ANY($9)"
+						  " AND ($3::name IS NULL OR owner = $3::name)"
+						  " AND EXISTS (SELECT 1 FROM atomizer.queue q"
+						  "  WHERE q.name = $1 AND NOT q.paused"
+						  "  AND q.external = $7)"
+						  " ORDER BY priority, run_at, id LIMIT $2"
+						  " FOR UPDATE SKIP LOCKED", 9, types,
+						  CURSOR_OPT_GENERIC_PLAN);
 	if (SPI_execute_plan(held_plan, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not claim jobs of queue \"%s\"", spec->queue);
 }
@@ -1774,15 +1778,16 @@ finish_one(int64 id, const char *state, Datum result, bool result_isnull,
 	SPIPlanPtr	plan;
 
 	if (plans[gen] == NULL)
-		atomizer_prepare(&plans[gen],
-				 psprintf("WITH d AS (DELETE FROM atomizer.job WHERE id = $1 RETURNING *) "
-						  "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "
-						  "SELECT id, queue, handler, payload, $2, priority, run_at, attempt,"
-						  " max_attempts, timeout, owner, idempotency_key, created_at,"
-						  " started_at, clock_timestamp(), $3, coalesce($4, last_error),"
-						  " schedule_id%s "
-						  "FROM d RETURNING queue, started_at, run_at, finished_at, id",
-						  MOVED[gen], MOVED[gen]), 4, types);
+		atomizer_prepare_opts(&plans[gen],
+							  psprintf("WITH d AS (DELETE FROM atomizer.job WHERE id = $1 RETURNING *) "
+									   "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "
+									   "SELECT id, queue, handler, payload, $2, priority, run_at, attempt,"
+									   " max_attempts, timeout, owner, idempotency_key, created_at,"
+									   " started_at, clock_timestamp(), $3, coalesce($4, last_error),"
+									   " schedule_id%s "
+									   "FROM d RETURNING queue, started_at, run_at, finished_at, id",
+									   MOVED[gen], MOVED[gen]), 4, types,
+							  CURSOR_OPT_GENERIC_PLAN);
 	plan = plans[gen];
 
 	values[0] = Int64GetDatum(id);
@@ -1861,18 +1866,19 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 		Oid			types[2] = {INT8ARRAYOID, JSONBARRAYOID};
 
 		if (plans[gen] == NULL)
-			atomizer_prepare(&plans[gen],
-					 psprintf("WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)"
-							  " ORDER BY id), "
-							  "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
-							  " RETURNING j.*, r.result AS new_result) "
-							  "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "
-							  "SELECT id, queue, handler, payload, 'succeeded', priority,"
-							  " run_at, attempt, max_attempts, timeout, owner,"
-							  " idempotency_key, created_at, started_at, clock_timestamp(),"
-							  " new_result, last_error, schedule_id%s FROM d"
-							  " RETURNING queue, started_at, run_at, finished_at, id",
-							  MOVED[gen], MOVED[gen]), 2, types);
+			atomizer_prepare_opts(&plans[gen],
+								  psprintf("WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)"
+										   " ORDER BY id), "
+										   "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
+										   " RETURNING j.*, r.result AS new_result) "
+										   "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "
+										   "SELECT id, queue, handler, payload, 'succeeded', priority,"
+										   " run_at, attempt, max_attempts, timeout, owner,"
+										   " idempotency_key, created_at, started_at, clock_timestamp(),"
+										   " new_result, last_error, schedule_id%s FROM d"
+										   " RETURNING queue, started_at, run_at, finished_at, id",
+										   MOVED[gen], MOVED[gen]), 2, types,
+								  CURSOR_OPT_GENERIC_PLAN);
 		plan = plans[gen];
 	}
 	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
@@ -2749,11 +2755,12 @@ atomizer_store_lock_leased(int64 job_id, bool attempt_given, int attempt,
 	TimestampTz lease_until;
 
 	store_begin(&call);
-	atomizer_prepare(&plan,
-			"SELECT j.state, j.attempt, coalesce(j.max_attempts, q.max_attempts, 1),"
-			" j.lease_until, j.worker, j.queue"
-			" FROM atomizer.job j LEFT JOIN atomizer.queue q ON q.name = j.queue"
-			" WHERE j.id = $1 FOR UPDATE OF j", 1, types);
+	atomizer_prepare_opts(&plan,
+						  "SELECT j.state, j.attempt, coalesce(j.max_attempts, q.max_attempts, 1),"
+						  " j.lease_until, j.worker, j.queue"
+						  " FROM atomizer.job j LEFT JOIN atomizer.queue q ON q.name = j.queue"
+						  " WHERE j.id = $1 FOR UPDATE OF j", 1, types,
+						  CURSOR_OPT_GENERIC_PLAN);
 	atomizer_prepare(&history_plan,
 			"SELECT state FROM atomizer.job_history WHERE id = $1", 1, types);
 
@@ -2819,6 +2826,108 @@ atomizer_store_lock_leased(int64 job_id, bool attempt_given, int attempt,
 						job_id, timestamptz_to_str(lease_until)),
 				 errhint("Send atomizer.heartbeat() more often than the lease lasts, or claim with a longer lease.")));
 	store_end(&call);
+}
+
+/* qsort comparator of indexes into lock_many_ids, by id */
+static const int64 *lock_many_ids;
+
+static int
+compare_by_id(const void *a, const void *b)
+{
+	int64		x = lock_many_ids[*(const int *) a];
+	int64		y = lock_many_ids[*(const int *) b];
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * atomizer_store_lock_leased_many
+ *		The set-based atomizer_store_lock_leased, for complete_many() and
+ *		claim(completed => ...): lock the n distinct jobs ids in one
+ *		statement, in id order.  True when every one of them is running
+ *		under a live lease of an external worker (and of attempts[i], where
+ *		attempts is not NULL and attempts_null[i] is false); *queues and
+ *		*nqueues get the distinct queues of the jobs.  False when any is
+ *		not: the caller then locks them one by one, which says exactly what
+ *		is wrong (an ERROR) with the first such job.
+ */
+bool
+atomizer_store_lock_leased_many(const int64 *ids, const int32 *attempts,
+								const bool *attempts_null, int n,
+								char ***queues, int *nqueues)
+{
+	static SPIPlanPtr plan = NULL;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	StoreCall	call;
+	Oid			types[1] = {INT8ARRAYOID};
+	Datum	   *id_datums;
+	Datum		arg;
+	TimestampTz now = GetCurrentTimestamp();
+	bool		ok = true;
+	int			nq = 0;
+	char	  **qs;
+	int		   *order;
+
+	id_datums = palloc(sizeof(Datum) * n);
+	for (int i = 0; i < n; i++)
+		id_datums[i] = Int64GetDatum(ids[i]);
+	arg = PointerGetDatum(construct_array(id_datums, n, INT8OID, 8,
+										  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	qs = palloc(sizeof(char *) * n);
+	order = palloc(sizeof(int) * n);
+	for (int i = 0; i < n; i++)
+		order[i] = i;
+	lock_many_ids = ids;
+	qsort(order, n, sizeof(int), compare_by_id);
+
+	store_begin(&call);
+	atomizer_prepare_opts(&plan,
+						  "SELECT j.id, j.state = 'running', j.attempt, j.lease_until, j.worker,"
+						  " j.queue FROM atomizer.job j WHERE j.id = ANY($1)"
+						  " ORDER BY j.id FOR UPDATE OF j", 1, types,
+						  CURSOR_OPT_GENERIC_PLAN);
+	if (SPI_execute_plan(plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up %d jobs", n);
+	if (SPI_processed != (uint64) n)
+		ok = false;
+	for (uint64 r = 0; ok && r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		bool		lease_null;
+		int64		id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
+		bool		running = DatumGetBool(SPI_getbinval(tup, desc, 2, &isnull));
+		int32		attempt = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
+		TimestampTz lease_until = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4,
+																	&lease_null));
+		char	   *worker = SPI_getvalue(tup, desc, 5);
+		char	   *queue = SPI_getvalue(tup, desc, 6);
+		int			i;
+
+		if (!running || lease_null || lease_until < now ||
+			atomizer_worker_id_reserved(worker))
+		{
+			ok = false;
+			break;
+		}
+		/* rows come in id order, as order[] has the arguments */
+		i = order[r];
+		if (ids[i] != id ||
+			(attempts != NULL && !attempts_null[i] && attempts[i] != attempt))
+		{
+			ok = false;
+			break;
+		}
+		for (i = 0; i < nq && strcmp(qs[i], queue) != 0; i++)
+			;
+		if (i == nq)
+			qs[nq++] = MemoryContextStrdup(caller_cxt, queue);
+	}
+	store_end(&call);
+	*queues = qs;
+	*nqueues = nq;
+	return ok;
 }
 
 /*

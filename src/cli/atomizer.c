@@ -12,7 +12,8 @@
  *	                    LISTEN/NOTIFY between claims; reconnects after a
  *	                    server restart and reports again what it could not
  *	                    report; releases its jobs on SIGTERM after a grace
- *	                    period.
+ *	                    period.  With --persistent, one long-running process
+ *	                    per slot takes the jobs as JSON lines instead.
  *	  atomizer enqueue  enqueues one job and prints its id.
  *	  atomizer stats    prints a table of the queues.
  *
@@ -25,7 +26,9 @@
  *
  *	  Files: atomizer.c (this: main and the manual), common.c (helpers,
  *	  connecting), work.c (the work loop and its SQL), command.c (running
- *	  one command: fork/exec, pipes, outcome), admin.c (enqueue, stats).
+ *	  one command: fork/exec, pipes, outcome), persist.c (--persistent: its
+ *	  loop and its SQL), proc.c (--persistent: the processes and the line
+ *	  protocol), json.c (JSON checks), admin.c (enqueue, stats).
  *
  *	  src/cli/atomizer.c
  *
@@ -82,7 +85,7 @@ static const char *help_work =
 "    atomizer work [--dsn DSN] --queue Q [--concurrency N] [--lease DUR]\n"
 "                  [--batch N] [--grace DUR] [--timeout DUR]\n"
 "                  [--heartbeat DUR] [--poll DUR] [--drain] [--verbose]\n"
-"                  -- COMMAND [ARGS...]\n"
+"                  [--persistent [--pipeline N]] -- COMMAND [ARGS...]\n"
 "\n"
 "DESCRIPTION\n"
 "    Claims jobs of queue Q (created with atomizer.create_queue(Q,\n"
@@ -137,6 +140,38 @@ static const char *help_work =
 "    their jobs (available again at once, the attempt not counted), and\n"
 "    exit 0.  A second signal ends the grace at once.\n"
 "\n"
+"PERSISTENT MODE\n"
+"    With --persistent, COMMAND is started once per slot (N processes) and\n"
+"    kept running; each job is one line of JSON on its stdin:\n"
+"        {\"id\":42,\"task\":\"resize\",\"attempt\":1,\"queue\":\"images\",\"payload\":{...}}\n"
+"    and it answers each job with one line of JSON on its stdout (flushed):\n"
+"        {\"id\":42,\"ok\":true,\"result\":{...}}     success (result optional)\n"
+"        {\"id\":42,\"error\":\"why\"}               failure, retried with backoff\n"
+"    with \"retry\":false for a failure that can never succeed (dead at once)\n"
+"    and \"retry_in\":SECONDS to choose the delay.  \"id\" may be left out: the\n"
+"    answer is then for the oldest job not answered.  A line that is not\n"
+"    such an answer fails the job it answers.  stderr is atomizer work's.\n"
+"    End of stdin asks the process to exit.  The environment has\n"
+"    ATOMIZER_QUEUE and ATOMIZER_SLOT (0 to N-1).\n"
+"\n"
+"    Up to --pipeline jobs (default 1) are sent ahead to each process: for\n"
+"    short jobs, 16 to 100 let claims and reports go in batches (one call\n"
+"    to the server reports the batch done and claims the next).\n"
+"\n"
+"    Leases are renewed while jobs are with a process.  --timeout counts\n"
+"    from when a job is written to the process (with --pipeline, that\n"
+"    includes waiting behind the others): a job past it stops the process\n"
+"    and fails.  A process that exits (or dies) while it has jobs fails the\n"
+"    oldest of them (\"worker process exited with status S while running\n"
+"    the job\") and is started again (at once if it had answered a job,\n"
+"    else after 100 ms doubling up to 10 s); its other jobs are released,\n"
+"    uncounted.  A job cancelled or whose lease is lost stops its process\n"
+"    (at the next heartbeat), nothing is reported for it, and the\n"
+"    process's other jobs are released.  On SIGTERM, idle processes get end\n"
+"    of input; the others have --grace to answer, then are stopped and\n"
+"    their jobs released.  Jobs are released only once their process is\n"
+"    gone.\n"
+"\n"
 "OPTIONS\n"
 "    --dsn DSN          connection string or URI (default: environment)\n"
 "    -q, --queue Q      the queue to work on (required)\n"
@@ -145,7 +180,8 @@ static const char *help_work =
 "    --lease DUR        lease asked for at each claim and heartbeat\n"
 "                       (default 5m)\n"
 "    --batch N          jobs claimed per claim call, at most the free\n"
-"                       slots (default: the concurrency)\n"
+"                       slots (default: the concurrency, times --pipeline\n"
+"                       with --persistent; at most 1000)\n"
 "    --grace DUR        how long running commands may finish after SIGTERM\n"
 "                       (default 30s)\n"
 "    --timeout DUR      stop a command running longer (SIGTERM to its\n"
@@ -158,6 +194,10 @@ static const char *help_work =
 "    --drain            exit 0 as soon as the queue has no due job and no\n"
 "                       command is running (batch use, benchmarks)\n"
 "    -v, --verbose      log every job claimed and finished\n"
+"    --persistent       one long-running COMMAND per slot, jobs as JSON\n"
+"                       lines (see PERSISTENT MODE)\n"
+"    --pipeline N       jobs sent ahead to each persistent process\n"
+"                       (default 1, at most 1000)\n"
 "\n"
 "    DUR is a number with a unit: 500ms, 30s, 5m, 1h (no unit: seconds).\n"
 "\n"
@@ -176,7 +216,14 @@ static const char *help_work =
 "\n"
 "    A command reads the payload from stdin:\n"
 "        #!/bin/sh\n"
-"        jq -r .url | xargs curl -fsS -o /dev/null && echo '{\"ok\": true}'\n";
+"        jq -r .url | xargs curl -fsS -o /dev/null && echo '{\"ok\": true}'\n"
+"\n"
+"    A persistent worker in Python (examples/worker.py is a fuller one):\n"
+"        import json, sys\n"
+"        for line in sys.stdin:\n"
+"            job = json.loads(line)\n"
+"            print(json.dumps({\"id\": job[\"id\"], \"ok\": True}), flush=True)\n"
+"    atomizer work -q images --persistent -c 2 --pipeline 32 -- python3 w.py\n";
 
 static const char *help_enqueue =
 "NAME\n"

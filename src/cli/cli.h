@@ -3,8 +3,8 @@
  * cli.h
  *	  Declarations shared by the files of the atomizer command-line tool:
  *	  helpers (common.c), the JSON check (json.c), the worker's state
- *	  (work.c, command.c), the subcommands (work.c, admin.c) and the
- *	  manual (atomizer.c).
+ *	  (work.c, command.c; persist.c and proc.c share persist.h too), the
+ *	  subcommands (work.c, admin.c) and the manual (atomizer.c).
  *
  *	  src/cli/cli.h
  *
@@ -18,6 +18,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <signal.h>
 #include <sys/types.h>
 
 #include "libpq-fe.h"
@@ -99,6 +100,8 @@ typedef struct Worker
 	int64_t		poll_ms;
 	bool		drain;
 	bool		verbose;
+	bool		persistent;		/* --persistent: one process per slot */
+	int			pipeline;		/* --pipeline: jobs sent ahead per process */
 	char	  **command;
 
 	/* state */
@@ -117,7 +120,15 @@ typedef struct Worker
 	Slot	   *slots;
 	long		done_ok;
 	long		done_failed;
+	struct Persist *persist;	/* --persistent mode's state (persist.c) */
 } Worker;
+
+typedef enum SqlResult
+{
+	SQL_OK,
+	SQL_ERROR,					/* the statement failed, connection is fine */
+	SQL_LOST					/* the connection is gone */
+} SqlResult;
 
 extern const char *progname;
 
@@ -144,6 +155,22 @@ extern PGconn *connect_db(const char *dsn, const char *appname, char *err,
 /* json.c */
 extern bool json_check(const char *text, bool *container, char *err,
 					   size_t errlen);
+extern bool json_member(const char *text, const char *key, const char **value,
+						size_t *len);
+
+/* work.c: the connection and the signals, shared with persist.c */
+extern int	sig_pipe[2];
+extern volatile sig_atomic_t sig_count;
+extern bool worker_connect(Worker *w);
+extern void worker_disconnect(Worker *w, const char *why);
+extern void drain_notifies(Worker *w);
+extern SqlResult run_prepared(Worker *w, const char *stmt, int n,
+							  const char *const *vals, PGresult **res,
+							  char *sqlstate, char *msg, size_t msglen);
+
+/* persist.c: --persistent mode */
+extern int	persist_loop(Worker *w);
+extern void persist_connected(Worker *w);
 
 /* command.c */
 typedef enum StartResult

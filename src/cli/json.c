@@ -225,3 +225,52 @@ json_check(const char *text, bool *container, char *err, size_t errlen)
 				 (int) (j.p - j.start) + 1, j.p);
 	return false;
 }
+
+/*
+ * The value of member key of the JSON object text, which json_check has
+ * passed: *value points at it in text, *len is its length.  False when
+ * text is not an object or has no such member (a key is compared as it is
+ * written, so a key spelled with escapes does not match).
+ */
+bool
+json_member(const char *text, const char *key, const char **value, size_t *len)
+{
+	JsonCheck	j = {text, text, NULL};
+	size_t		klen = strlen(key);
+
+	json_skip_space(&j);
+	if (*j.p != '{')
+		return false;
+	j.p++;
+	for (;;)
+	{
+		const char *k;
+		bool		match;
+
+		json_skip_space(&j);
+		if (*j.p != '"')
+			return false;
+		k = j.p + 1;
+		if (!json_string(&j))
+			return false;
+		match = (size_t) (j.p - 1 - k) == klen && strncmp(k, key, klen) == 0;
+		json_skip_space(&j);
+		if (*j.p != ':')
+			return false;
+		j.p++;
+		json_skip_space(&j);
+		k = j.p;
+		if (!json_value(&j, 1))
+			return false;
+		if (match)
+		{
+			*value = k;
+			*len = j.p - k;
+			return true;
+		}
+		json_skip_space(&j);
+		if (*j.p != ',')
+			return false;
+		j.p++;
+	}
+}

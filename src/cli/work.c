@@ -33,8 +33,8 @@
 
 
 
-static int	sig_pipe[2] = {-1, -1};
-static volatile sig_atomic_t sig_count = 0;
+int			sig_pipe[2] = {-1, -1};
+volatile sig_atomic_t sig_count = 0;
 
 static void
 handle_stop_signal(int signo)
@@ -66,7 +66,7 @@ handle_sigchld(int signo)
 
 
 
-static void
+void
 worker_disconnect(Worker *w, const char *why)
 {
 	char		line[512];
@@ -82,7 +82,7 @@ worker_disconnect(Worker *w, const char *why)
 }
 
 /* Note the notifications libpq has read; any of ours means claim again. */
-static void
+void
 drain_notifies(Worker *w)
 {
 	PGnotify   *n;
@@ -94,19 +94,12 @@ drain_notifies(Worker *w)
 	}
 }
 
-typedef enum SqlResult
-{
-	SQL_OK,
-	SQL_ERROR,					/* the statement failed, connection is fine */
-	SQL_LOST					/* the connection is gone */
-} SqlResult;
-
 /*
  * Run a prepared statement.  On SQL_OK *res holds the result (caller
  * clears it); on SQL_ERROR sqlstate and msg describe the error.  SQL_LOST
  * closes the connection and schedules the reconnect.
  */
-static SqlResult
+SqlResult
 run_prepared(Worker *w, const char *stmt, int n, const char *const *vals,
 			 PGresult **res, char *sqlstate, char *msg, size_t msglen)
 {
@@ -142,8 +135,11 @@ run_prepared(Worker *w, const char *stmt, int n, const char *const *vals,
 	return SQL_ERROR;
 }
 
-/* Try to connect: LISTEN and prepare the statements.  False on failure. */
-static bool
+/*
+ * Try to connect: LISTEN and prepare the statements (in --persistent
+ * mode also those of 0.2.0 that it uses).  False on failure.
+ */
+bool
 worker_connect(Worker *w)
 {
 	char		err[1024];
@@ -160,7 +156,17 @@ worker_connect(Worker *w)
 		{"fail", "SELECT atomizer.fail($1::bigint, $2, NULL, $3::integer)"},
 		{"heartbeat", "SELECT atomizer.heartbeat($1::bigint, $2::interval, $3::integer)"},
 		{"release", "SELECT atomizer.release($1::bigint, $2::integer)"},
+		/* --persistent only (0.2.0) */
+		{"claim_done",
+			"SELECT id, handler, payload, attempt FROM atomizer.claim($1, $2::integer, $3::interval, $4,"
+		" completed => $5::bigint[], results => $6::jsonb[], completed_attempts => $7::integer[])"},
+		{"complete_done",
+		"SELECT atomizer.complete_many($1::bigint[], $2::jsonb[], $3::integer[])"},
+		{"fail_answer",
+			"SELECT atomizer.fail($1::bigint, $2::jsonb #>> '{}', $3::interval, $4::integer,"
+		" retry => $5::boolean)"},
 	};
+	size_t		nstmts = sizeof(stmts) / sizeof(stmts[0]) - (w->persistent ? 0 : 3);
 
 	w->conn = connect_db(w->dsn, "atomizer work", err, sizeof(err));
 	if (w->conn == NULL)
@@ -190,7 +196,7 @@ worker_connect(Worker *w)
 	}
 	PQclear(r);
 
-	for (size_t i = 0; i < sizeof(stmts) / sizeof(stmts[0]); i++)
+	for (size_t i = 0; i < nstmts; i++)
 	{
 		r = PQprepare(w->conn, stmts[i][0], stmts[i][1], 0, NULL);
 		if (PQresultStatus(r) != PGRES_COMMAND_OK)
@@ -203,7 +209,8 @@ worker_connect(Worker *w)
 			if (state && (strcmp(state, "42883") == 0 || strcmp(state, "3F000") == 0 ||
 						  strcmp(state, "42501") == 0))
 			{
-				logmsg("is the atomizer extension (0.1.0 or later) installed in this database, and may this role use it?");
+				logmsg("is the atomizer extension (%s or later) installed in this database, and may this role use it?",
+					   w->persistent ? "0.2.0" : "0.1.0");
 				exit(1);
 			}
 			PQclear(r);
@@ -217,17 +224,20 @@ worker_connect(Worker *w)
 	if (w->ever_connected)
 		logmsg("reconnected");
 	else
-		logmsg("working on queue \"%s\" with concurrency %d, connected to database \"%s\" as \"%s\" (%s:%s); command: %s",
-			   w->queue, w->concurrency, PQdb(w->conn), PQuser(w->conn),
+		logmsg("working on queue \"%s\" with concurrency %d%s, connected to database \"%s\" as \"%s\" (%s:%s); command: %s",
+			   w->queue, w->concurrency, w->persistent ? " (persistent processes)" : "",
+			   PQdb(w->conn), PQuser(w->conn),
 			   PQhost(w->conn), PQport(w->conn), w->command[0]);
 	w->ever_connected = true;
 	w->backoff_ms = RECONNECT_MIN_MS;
 	w->maybe_jobs = true;
 
 	/* the leases of running jobs may be near their end: renew them now */
-	for (int i = 0; i < w->concurrency; i++)
+	for (int i = 0; w->slots && i < w->concurrency; i++)
 		if (w->slots[i].state == SLOT_RUNNING)
 			w->slots[i].next_hb = 0;
+	if (w->persistent)
+		persist_connected(w);
 	return true;
 }
 
@@ -819,6 +829,8 @@ cmd_work(int argc, char **argv)
 		{"heartbeat", required_argument, NULL, 'H'},
 		{"poll", required_argument, NULL, 'P'},
 		{"drain", no_argument, NULL, 'D'},
+		{"persistent", no_argument, NULL, 'p'},
+		{"pipeline", required_argument, NULL, 'L'},
 		{"verbose", no_argument, NULL, 'v'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0}
@@ -873,6 +885,14 @@ cmd_work(int argc, char **argv)
 			case 'D':
 				w.drain = true;
 				break;
+			case 'p':
+				w.persistent = true;
+				break;
+			case 'L':
+				w.pipeline = parse_positive("work ", "--pipeline", optarg, 1);
+				if (w.pipeline > 1000)
+					usage_error("work ", "--pipeline must be at most 1000");
+				break;
 			case 'v':
 				w.verbose = true;
 				break;
@@ -891,8 +911,19 @@ cmd_work(int argc, char **argv)
 		usage_error("work ", "no command given (put it after \"--\")");
 	w.command = &argv[optind];
 	check_command(w.command[0]);
-	if (w.batch == 0 || w.batch > w.concurrency)
-		w.batch = w.concurrency;
+	if (w.pipeline > 0 && !w.persistent)
+		usage_error("work ", "--pipeline needs --persistent");
+	if (w.pipeline == 0)
+		w.pipeline = 1;
+	{
+		/* a claim asks for at most the places free, and at most 1000 jobs */
+		int			places = w.persistent ? w.concurrency * w.pipeline : w.concurrency;
+
+		if (places > 1000)
+			places = 1000;
+		if (w.batch == 0 || w.batch > places)
+			w.batch = places;
+	}
 	if (!hb_set)
 		w.hb_ms = w.lease_ms / 2;
 	snprintf(w.lease_text, sizeof(w.lease_text), "%" PRId64 " milliseconds", w.lease_ms);
@@ -918,5 +949,5 @@ cmd_work(int argc, char **argv)
 	sigaction(SIGCHLD, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
-	return work_loop(&w);
+	return w.persistent ? persist_loop(&w) : work_loop(&w);
 }

@@ -10,7 +10,9 @@ protocol is plain SQL:
             doing each job and reporting it with the attempt claim returned:
             complete(id, result, attempt) / fail(id, error, NULL, attempt),
             heartbeat(id, lease, attempt) while a slow job runs,
-            or, with --complete-many, complete_many(ids) for a whole batch;
+            or, with --complete-many, complete_many(ids) for a whole batch,
+            or, with --one-call, the batch's successes (ids, results,
+            attempts) passed to the next claim(completed => ...);
         wait for a notification on the connection, or --poll seconds.
 
 On SIGTERM/SIGINT it stops claiming, releases the jobs of its batch that
@@ -58,6 +60,8 @@ def main():
     ap.add_argument("--fail-task", help="this task fails its first attempt")
     ap.add_argument("--complete-many", action="store_true",
                     help="report a batch of successes with complete_many(ids)")
+    ap.add_argument("--one-call", action="store_true",
+                    help="report a batch of successes with the next claim (completed =>)")
     ap.add_argument("--drain", action="store_true",
                     help="exit once a claim returns nothing")
     ap.add_argument("--stats", action="store_true",
@@ -82,11 +86,21 @@ def main():
     out = open(args.out, "a") if args.out else None
     done = 0
     first = None
+    # --one-call: successes not reported yet, for the next claim
+    pending = ([], [], [])
 
     while not stopping:
-        cur.execute("SELECT id, handler, payload, attempt"
-                    "  FROM atomizer.claim(%s, %s, %s::interval, %s)",
-                    (args.queue, args.batch, lease, me))
+        if args.one_call:
+            cur.execute("SELECT id, handler, payload, attempt"
+                        "  FROM atomizer.claim(%s, %s, %s::interval, %s,"
+                        "    completed => %s::bigint[], results => %s::jsonb[],"
+                        "    completed_attempts => %s::int[])",
+                        (args.queue, args.batch, lease, me) + pending)
+            pending = ([], [], [])
+        else:
+            cur.execute("SELECT id, handler, payload, attempt"
+                        "  FROM atomizer.claim(%s, %s, %s::interval, %s)",
+                        (args.queue, args.batch, lease, me))
         jobs = cur.fetchall()
         if first is None and jobs:
             first = time.time()
@@ -122,7 +136,11 @@ def main():
                 cur.execute("SELECT atomizer.fail(%s, %s, NULL, %s)",
                             (job_id, "boom from python (attempt %d)" % attempt, attempt))
                 continue
-            if args.complete_many:
+            if args.one_call:
+                pending[0].append(job_id)
+                pending[1].append(json.dumps({"by": "python", "attempt": attempt}))
+                pending[2].append(attempt)
+            elif args.complete_many:
                 succeeded.append(job_id)
             else:
                 try:
@@ -140,6 +158,8 @@ def main():
             if cur.fetchone()[0] != len(succeeded):
                 log("complete_many completed fewer jobs than given")
 
+    if pending[0]:
+        cur.execute("SELECT atomizer.complete_many(%s::bigint[], %s::jsonb[], %s::int[])", pending)
     if args.stats:
         print("%d %.3f" % (done, (time.time() - first) if first else 0.0))
     log("stopped after %d job(s)" % done)

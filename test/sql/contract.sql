@@ -110,17 +110,17 @@ SELECT is(atomizer.cron_next(expr => '0 12 * * *', after => '2030-06-01 00:00+00
 SELECT has_view('atomizer', 'schedules', 'view schedules');
 
 -- external workers
-SELECT is(argnames('atomizer.claim(text,int,interval,text)'),
-	ARRAY['queue','max_jobs','lease','worker','id','handler','payload','attempt','lease_until'],
+SELECT is(argnames('atomizer.claim(text,int,interval,text,bigint[],jsonb[],int[])'),
+	ARRAY['queue','max_jobs','lease','worker','completed','results','completed_attempts','id','handler','payload','attempt','lease_until'],
 	'claim parameters and columns');
 SELECT is((argnames('atomizer.complete(bigint,jsonb,int)'))[1:2], ARRAY['job_id','result'], 'complete parameters');
-SELECT is(argnames('atomizer.complete_many(bigint[])'), ARRAY['job_ids'], 'complete_many parameters');
+SELECT is(argnames('atomizer.complete_many(bigint[],jsonb[],int[])'), ARRAY['job_ids','results','attempts'], 'complete_many parameters');
 SELECT is((argnames('atomizer.fail(bigint,text,interval,int,boolean)'))[1:3], ARRAY['job_id','error','retry_in'], 'fail parameters');
 SELECT is((argnames('atomizer.heartbeat(bigint,interval,int)'))[1:2], ARRAY['job_id','lease'], 'heartbeat parameters');
 SELECT has_role('atomizer_worker', 'role atomizer_worker exists');
 -- (every role may call claim(); it refuses, with SQLSTATE 42501 and a hint
 -- naming atomizer_worker, roles that are not members: test/sql/external.sql)
-SELECT ok(has_function_privilege('atomizer_worker', 'atomizer.claim(text,int,interval,text)', 'EXECUTE'),
+SELECT ok(has_function_privilege('atomizer_worker', 'atomizer.claim(text,int,interval,text,bigint[],jsonb[],int[])', 'EXECUTE'),
 	'atomizer_worker (and admins) may claim');
 
 SELECT * FROM finish();

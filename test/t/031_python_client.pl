@@ -5,7 +5,9 @@
 # time with complete/fail, the other claiming batches of 25 and reporting
 # with complete_many, drain N jobs enqueued after they started listening
 # (so NOTIFY wakes them: their poll is 60 s): every job completes exactly
-# once, and a failing job is retried and then succeeds.  A slow job keeps
+# once, and a failing job is retried and then succeeds.  A worker that
+# reports each batch with the next claim (claim(completed => ...)) stores
+# every result, each job once.  A slow job keeps
 # its 2 s lease alive with heartbeats for 5 s.  SIGTERM releases the jobs
 # of a batch not started yet.
 use strict;
@@ -73,6 +75,7 @@ $node->safe_psql('postgres', q{
 		backoff_base => '100ms', backoff_cap => '200ms');
 	SELECT atomizer.create_queue('slow', external => true);
 	SELECT atomizer.create_queue('stop', external => true);
+	SELECT atomizer.create_queue('batched', external => true);
 	CREATE ROLE pyworker LOGIN IN ROLE atomizer_worker;
 });
 my $dsn = $node->connstr('postgres') . ' user=pyworker';
@@ -144,6 +147,27 @@ is($node->safe_psql('postgres', q{
 		  FROM atomizer.jobs WHERE queue = 'py'}),
 	't|t|' . ($n + 1),
 	'complete() stored its results, complete_many() none');
+
+# ------------------------------------------------------------- one call a batch
+# --one-call reports each batch's successes, with their results and
+# attempts, in the next claim (claim(completed => ...)), and the last batch
+# with complete_many(ids, results, attempts)
+{
+	$node->safe_psql('postgres', q{
+		SELECT count(*) FROM atomizer.enqueue_many('batched',
+			ARRAY(SELECT jsonb_build_object('n', g) FROM generate_series(1, 95) g),
+			queue => 'batched')});
+	my ($h, $log) = start_py('--dsn', $dsn, '--queue', 'batched', '--batch', '20',
+		'--one-call', '--drain', '--out', "$tmp/batched");
+	is(finish_py($h, 60), 0, '--one-call: the worker exits 0') or diag(slurp_file($log));
+	is($node->safe_psql('postgres', q{
+			SELECT count(*) FILTER (WHERE state = 'succeeded' AND attempt = 1
+			                          AND result = '{"by": "python", "attempt": 1}'),
+			       count(*)
+			  FROM atomizer.jobs WHERE handler = 'batched'}),
+		'95|95', 'every job succeeded once, with its result');
+	is(scalar(split /\n/, slurp_file("$tmp/batched")), 95, 'each job ran once');
+}
 
 # ------------------------------------------------------------- heartbeat
 {
