@@ -224,6 +224,15 @@ SET ROLE regress_wf_user;
 SELECT code, message FROM try($$SELECT atomizer._jobs_deleted(ARRAY[1]::bigint[])$$);
 RESET ROLE;
 
+-- with unique_for: the job made in the window waits; a repeat adds nothing
+SELECT atomizer.enqueue('step', '{"name": "u"}', queue => 'wf', idempotency_key => 'u',
+						unique_for => '1 hour', depends_on => ARRAY[:p]) AS u \gset
+SET client_min_messages = warning;	-- (the NOTICE names the window's end)
+SELECT atomizer.enqueue('step', '{"name": "u"}', queue => 'wf', idempotency_key => 'u',
+						unique_for => '1 hour', depends_on => ARRAY[:t1]) = :u AS same_job;
+RESET client_min_messages;
+SELECT state, blockers, depends_on = ARRAY[:p]::bigint[] AS waits_for_p FROM atomizer.jobs WHERE id = :u;
+
 -- a chain 1,000 deep: cancelling its head cancels all of it, in one pass each
 SELECT atomizer.enqueue('step', '{"name": "head"}', queue => 'wf', run_at => now() + interval '1 hour') AS head \gset
 DO $$
