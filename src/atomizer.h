@@ -452,6 +452,7 @@ extern void atomizer_stats_set_gauges(const AtomizerGaugeSample *samples, int n,
 									  TimestampTz sampled_at);
 extern int	atomizer_stats_take_unflushed(AtomizerStatsDelta **deltas);
 extern void atomizer_stats_mark_flushed(void);
+extern uint64 atomizer_stats_finished_total(void);
 extern bool atomizer_may_read_metrics(Oid roleid);
 extern double atomizer_stats_bucket_le(int b);
 

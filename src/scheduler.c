@@ -22,6 +22,10 @@
  *	  - notifies the listeners of external queues and expires their leases;
 	  - once a minute writes the counters' rollup, and at most once a second
 		samples the unfinished jobs' states for the dashboard (rollup.c);
+ *	  - vacuums the hot table itself after every VACUUM_EVERY_JOBS outcomes
+ *		(at most every VACUUM_MIN_MS), so that a busy queue's dead row
+ *		versions are reused within seconds rather than at autovacuum's
+ *		next visit (run_vacuum);
  *
  *	  each of these duties in a transaction of its own (run_duty), so that
  *	  one that fails is logged and retried with backoff while the others go
@@ -43,6 +47,7 @@
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
+#include "commands/vacuum.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -57,6 +62,7 @@
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
 #include "nodes/value.h"
+#include "parser/parser.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
@@ -653,6 +659,15 @@ static SchedulerDuty duties[NUM_DUTIES] = {
 	[DUTY_GAUGES] = {"state sampling"},
 };
 
+/*
+ * The scheduler's own vacuum of the hot table (run_vacuum): after this many
+ * outcomes, at most this often, and never sooner than VACUUM_COST_FACTOR
+ * times the last one's duration after it.
+ */
+#define VACUUM_EVERY_JOBS	50000
+#define VACUUM_MIN_MS		5000
+#define VACUUM_COST_FACTOR	20
+
 #define DUTY_BACKOFF_MIN_MS	1000
 #define DUTY_BACKOFF_MAX_MS	60000
 
@@ -869,6 +884,71 @@ run_sampling(const char *dbname, PassState *ps)
 }
 
 /*
+ * run_vacuum
+ *		VACUUM (SKIP_LOCKED, TRUNCATE false) atomizer.job after every VACUUM_EVERY_JOBS
+ *		outcomes counted in this database, at most every VACUUM_MIN_MS and
+ *		VACUUM_COST_FACTOR times its last duration (a vacuum that cannot
+ *		remove much, behind a transaction held open, still reads the whole
+ *		table: it takes the scheduler at most a twentieth of its time).
+ *		Every finished job leaves dead row versions behind (its claim is an
+ *		update, its finish a delete); autovacuum visits a database once a
+ *		naptime (a minute by default), in which time a busy queue leaves a
+ *		million of them and the table grows to hold them.  VACUUM runs in
+ *		transactions of its own, as at the top level; an error (or a table
+ *		autovacuum is working on: skipped) is logged and the next one comes
+ *		after the same interval.
+ */
+static void
+run_vacuum(const char *dbname)
+{
+	static uint64 last_total = 0;
+	static TimestampTz next_at = 0;
+	MemoryContext cxt = CurrentMemoryContext;
+	uint64		total = atomizer_stats_finished_total();
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (total < last_total)
+		last_total = total;		/* counters start again at a restart */
+	if (total - last_total < VACUUM_EVERY_JOBS || now < next_at)
+		return;
+	last_total = total;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		List	   *parsed = raw_parser("VACUUM (SKIP_LOCKED, TRUNCATE false) atomizer.job",
+										RAW_PARSE_DEFAULT);
+		RawStmt    *raw = linitial_node(RawStmt, parsed);
+
+		pgstat_report_activity(STATE_RUNNING, "vacuum of atomizer.job");
+		ExecVacuum(make_parsestate(NULL), (VacuumStmt *) raw->stmt, true);
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(LOG,
+				(errcode(edata->sqlerrcode),
+				 errmsg("atomizer: the scheduler's vacuum of atomizer.job failed in database \"%s\": %s",
+						dbname, edata->message),
+				 errhint("Autovacuum still vacuums it; the scheduler tries again after %d jobs.",
+						 VACUUM_EVERY_JOBS)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	next_at = now + Max((int64) VACUUM_MIN_MS * 1000,
+						(int64) (GetCurrentTimestamp() - now) * VACUUM_COST_FACTOR);
+}
+
+/*
  * scheduler_detach
  *		before_shmem_exit: this database has no scheduler any more.
  */
@@ -1072,6 +1152,7 @@ atomizer_scheduler_main(Datum arg)
 		}
 		run_rollup(dbname, &ps);
 		run_sampling(dbname, &ps);
+		run_vacuum(dbname);
 		orphans_again = ps.orphans_again;
 		sleep_ms = duty_pause_ms(ps.sleep_ms);
 

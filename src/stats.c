@@ -541,6 +541,33 @@ atomizer_stats_take_unflushed(AtomizerStatsDelta **deltas)
 }
 
 /*
+ * atomizer_stats_finished_total
+ *		Outcomes (jobs finished, attempts failed) counted in this database
+ *		since the server started, all queues; 0 without shared memory.
+ */
+uint64
+atomizer_stats_finished_total(void)
+{
+	uint64		n = 0;
+
+	if (stats == NULL)
+		return 0;
+	for (int i = 0; i < STATS_SLOTS; i++)
+	{
+		StatsSlot  *slot = &stats->slots[i];
+
+		if (slot->dboid != MyDatabaseId)
+			continue;
+		pg_read_barrier();
+		SpinLockAcquire(&slot->mutex);
+		for (int k = 0; k < ATOMIZER_OUTCOMES; k++)
+			n += slot->counts.outcome[k];
+		SpinLockRelease(&slot->mutex);
+	}
+	return n;
+}
+
+/*
  * atomizer_stats_mark_flushed
  *		The rollup committed: what it took is in the table now.
  */
