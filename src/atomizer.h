@@ -53,6 +53,7 @@ extern char *atomizer_databases;
 extern int	atomizer_max_workers;
 extern int	atomizer_shutdown_timeout;
 extern int	atomizer_poll_interval;
+extern int	atomizer_vacuum_after_jobs;
 extern int	atomizer_worker_idle_timeout;
 extern int	atomizer_log_failures;
 

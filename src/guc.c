@@ -35,6 +35,9 @@ int			atomizer_poll_interval = 10000;
 /* Milliseconds an idle worker waits for work before it exits. */
 int			atomizer_worker_idle_timeout = 60000;
 
+/* Outcomes after which the scheduler vacuums atomizer.job (0: never). */
+int			atomizer_vacuum_after_jobs = 50000;
+
 /* atomizer.log_failures: which failures get a line in the server log */
 int			atomizer_log_failures = ATOMIZER_LOG_FAILURES_DEAD;
 
@@ -98,6 +101,15 @@ atomizer_guc_init(void)
 								PGC_POSTMASTER,
 								0,
 								NULL, NULL, NULL);
+
+	DefineCustomIntVariable("atomizer.vacuum_after_jobs",
+							"Jobs finished (or attempts failed) in a database after which its scheduler vacuums atomizer.job.",
+							"At most every 5 s and a twentieth of the scheduler's time; 0 leaves the table to autovacuum alone.",
+							&atomizer_vacuum_after_jobs,
+							50000, 0, INT_MAX,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("atomizer.shutdown_timeout",
 							"Time a stopping worker gives its running job to finish.",

@@ -22,7 +22,7 @@
  *	  - notifies the listeners of external queues and expires their leases;
 	  - once a minute writes the counters' rollup, and at most once a second
 		samples the unfinished jobs' states for the dashboard (rollup.c);
- *	  - vacuums the hot table itself after every VACUUM_EVERY_JOBS outcomes
+ *	  - vacuums the hot table itself after every atomizer.vacuum_after_jobs outcomes
  *		(at most every VACUUM_MIN_MS), so that a busy queue's dead row
  *		versions are reused within seconds rather than at autovacuum's
  *		next visit (run_vacuum);
@@ -660,11 +660,10 @@ static SchedulerDuty duties[NUM_DUTIES] = {
 };
 
 /*
- * The scheduler's own vacuum of the hot table (run_vacuum): after this many
- * outcomes, at most this often, and never sooner than VACUUM_COST_FACTOR
- * times the last one's duration after it.
+ * The scheduler's own vacuum of the hot table (run_vacuum): after
+ * atomizer.vacuum_after_jobs outcomes, at most this often, and never sooner
+ * than VACUUM_COST_FACTOR times the last one's duration after it.
  */
-#define VACUUM_EVERY_JOBS	50000
 #define VACUUM_MIN_MS		5000
 #define VACUUM_COST_FACTOR	20
 
@@ -885,8 +884,9 @@ run_sampling(const char *dbname, PassState *ps)
 
 /*
  * run_vacuum
- *		VACUUM (SKIP_LOCKED, TRUNCATE false) atomizer.job after every VACUUM_EVERY_JOBS
- *		outcomes counted in this database, at most every VACUUM_MIN_MS and
+ *		VACUUM (SKIP_LOCKED, TRUNCATE false) atomizer.job after every
+ *		atomizer.vacuum_after_jobs outcomes counted in this database (never
+ *		with 0), at most every VACUUM_MIN_MS and
  *		VACUUM_COST_FACTOR times its last duration (a vacuum that cannot
  *		remove much, behind a transaction held open, still reads the whole
  *		table: it takes the scheduler at most a twentieth of its time).
@@ -903,19 +903,24 @@ run_vacuum(const char *dbname)
 {
 	static uint64 last_total = 0;
 	static TimestampTz next_at = 0;
-	MemoryContext cxt = CurrentMemoryContext;
+	MemoryContext cxt = CurrentMemoryContext;	/* the pass's, reset each pass */
+	MemoryContext saved_portal_cxt;
 	uint64		total = atomizer_stats_finished_total();
 	TimestampTz now = GetCurrentTimestamp();
 
 	if (total < last_total)
 		last_total = total;		/* counters start again at a restart */
-	if (total - last_total < VACUUM_EVERY_JOBS || now < next_at)
+	if (atomizer_vacuum_after_jobs <= 0 ||
+		total - last_total < (uint64) atomizer_vacuum_after_jobs || now < next_at)
 		return;
 	last_total = total;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	MemoryContextSwitchTo(cxt);
+	/* vacuum keeps its cross-transaction memory under PortalContext */
+	saved_portal_cxt = PortalContext;
+	PortalContext = cxt;
 	PG_TRY();
 	{
 		List	   *parsed = raw_parser("VACUUM (SKIP_LOCKED, TRUNCATE false) atomizer.job",
@@ -939,10 +944,11 @@ run_vacuum(const char *dbname)
 				 errmsg("atomizer: the scheduler's vacuum of atomizer.job failed in database \"%s\": %s",
 						dbname, edata->message),
 				 errhint("Autovacuum still vacuums it; the scheduler tries again after %d jobs.",
-						 VACUUM_EVERY_JOBS)));
+						 atomizer_vacuum_after_jobs)));
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
+	PortalContext = saved_portal_cxt;
 	MemoryContextSwitchTo(cxt);
 	next_at = now + Max((int64) VACUUM_MIN_MS * 1000,
 						(int64) (GetCurrentTimestamp() - now) * VACUUM_COST_FACTOR);

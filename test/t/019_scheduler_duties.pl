@@ -103,5 +103,40 @@ wait_until($node, 'postgres', q{SELECT count(*) FROM atomizer.jobs WHERE state =
 ok(scalar log_lines_mentioning($node, q{the scheduler's pruning works again}, $offset),
 	'and the log says the duty works again');
 
+# the scheduler vacuums the hot table itself after atomizer.vacuum_after_jobs
+# outcomes (here 200), in the same process, without an error
+$offset = -s $node->logfile;
+my $vacuums = $node->safe_psql('postgres',
+	q{SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'atomizer.job'::regclass});
+$node->append_conf('postgresql.conf', "atomizer.vacuum_after_jobs = 200\n");
+$node->reload;
+$node->safe_psql('postgres', q{
+	SELECT atomizer.create_queue('vac');
+	SELECT count(*) FROM atomizer.enqueue_many('tick', queue => 'vac', payloads =>
+		ARRAY(SELECT jsonb_build_object('tag', 'vacuum', 'n', i) FROM generate_series(1, 500) i))});
+wait_until($node, 'postgres', q{SELECT count(*) FROM atomizer.jobs WHERE payload->>'tag' = 'vacuum' AND state = 'succeeded'},
+	'500', '500 more jobs ran');
+wait_until($node, 'postgres', qq{SELECT vacuum_count > $vacuums FROM pg_stat_user_tables
+	WHERE relid = 'atomizer.job'::regclass}, 't', 'the scheduler vacuumed atomizer.job');
+is(scalar log_lines_mentioning($node, 'vacuum of atomizer.job failed', $offset), 0,
+	'without an error');
+is($node->safe_psql('postgres',
+	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'atomizer scheduler'}),
+	$scheduler, 'in the same scheduler process');
+# 0 turns it off: no more vacuums by the scheduler
+$node->append_conf('postgresql.conf', "atomizer.vacuum_after_jobs = 0\n");
+$node->reload;
+sleep 1;
+$vacuums = $node->safe_psql('postgres',
+	q{SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'atomizer.job'::regclass});
+$node->safe_psql('postgres', q{
+	SELECT count(*) FROM atomizer.enqueue_many('tick', queue => 'vac', payloads =>
+		ARRAY(SELECT jsonb_build_object('tag', 'novacuum', 'n', i) FROM generate_series(1, 500) i))});
+wait_until($node, 'postgres', q{SELECT count(*) FROM atomizer.jobs WHERE payload->>'tag' = 'novacuum' AND state = 'succeeded'},
+	'500', '500 more jobs ran with atomizer.vacuum_after_jobs = 0');
+sleep 6;
+is($node->safe_psql('postgres', q{SELECT vacuum_count FROM pg_stat_user_tables
+	WHERE relid = 'atomizer.job'::regclass}), $vacuums, 'and no vacuum by the scheduler');
+
 $node->stop;
 done_testing();
