@@ -161,6 +161,7 @@ extern bool json_member(const char *text, const char *key, const char **value,
 /* work.c: the connection and the signals, shared with persist.c */
 extern int	sig_pipe[2];
 extern volatile sig_atomic_t sig_count;
+extern void take_signals(Worker *w, int64_t now, int busy, const char *what);
 extern bool worker_connect(Worker *w);
 extern void worker_disconnect(Worker *w, const char *why);
 extern void drain_notifies(Worker *w);

@@ -501,27 +501,9 @@ persist_loop(Worker *w)
 		int64_t		wake;
 		int			np = 0;
 		int			running = 0;
-		char		tmp[64];
 		int64_t		batch_wake = 0;
 
-		while (read(sig_pipe[0], tmp, sizeof(tmp)) > 0)
-			;
-		if (sig_count > 0 && !w->stopping)
-		{
-			char		dur[32];
-
-			format_duration(w->grace_ms, dur, sizeof(dur));
-			w->stopping = true;
-			w->grace_end = now + w->grace_ms;
-			if (P->inflight > 0)
-				logmsg("stopping: no more claims; waiting up to %s for %d job(s) in flight",
-					   dur, P->inflight);
-		}
-		if (sig_count > 1 && w->grace_end > now)
-		{
-			logmsg("second signal: ending the grace period now");
-			w->grace_end = now;
-		}
+		take_signals(w, now, P->inflight, "job(s) in flight");
 		reap_processes(w);
 		timers(w, now);
 

@@ -36,6 +36,37 @@
 int			sig_pipe[2] = {-1, -1};
 volatile sig_atomic_t sig_count = 0;
 
+/*
+ * take_signals
+ *		Empty the signal pipe; the first SIGTERM/SIGINT stops claiming and
+ *		starts the grace period for the busy jobs (what they are, for the
+ *		log), a second one ends the grace period now.
+ */
+void
+take_signals(Worker *w, int64_t now, int busy, const char *what)
+{
+	char		tmp[64];
+
+	while (read(sig_pipe[0], tmp, sizeof(tmp)) > 0)
+		;
+	if (sig_count > 0 && !w->stopping)
+	{
+		char		dur[32];
+
+		format_duration(w->grace_ms, dur, sizeof(dur));
+		w->stopping = true;
+		w->grace_end = now + w->grace_ms;
+		if (busy > 0)
+			logmsg("stopping: no more claims; waiting up to %s for %d %s",
+				   dur, busy, what);
+	}
+	if (sig_count > 1 && w->grace_end > now)
+	{
+		logmsg("second signal: ending the grace period now");
+		w->grace_end = now;
+	}
+}
+
 static void
 handle_stop_signal(int signo)
 {
@@ -642,29 +673,7 @@ work_loop(Worker *w)
 		int			np = 0;
 		int			rc;
 
-		/* signals */
-		{
-			char		tmp[64];
-
-			while (read(sig_pipe[0], tmp, sizeof(tmp)) > 0)
-				;
-		}
-		if (sig_count > 0 && !w->stopping)
-		{
-			char		dur[32];
-
-			format_duration(w->grace_ms, dur, sizeof(dur));
-			w->stopping = true;
-			w->grace_end = now + w->grace_ms;
-			if (w->busy > 0)
-				logmsg("stopping: no more claims; waiting up to %s for %d running command(s)",
-					   dur, w->busy);
-		}
-		if (sig_count > 1 && w->grace_end > now)
-		{
-			logmsg("second signal: ending the grace period now");
-			w->grace_end = now;
-		}
+		take_signals(w, now, w->busy, "running command(s)");
 		reap_children(w);
 		do_timers(w, now);
 

@@ -762,6 +762,15 @@ is_deeply($b->{dependencies}, [ { id => $parent, state => 'available' } ], '... 
 ($s, $b) = get($anon, "/api/job?id=$parent");
 is_deeply($b->{dependents}, [ { id => $child, state => 'blocked' } ], 'a job shows what waits for it');
 is($b->{dependents_total}, 1, '... and how many');
+my $blocked_seen;
+for (1 .. 50)
+{
+	($s, $b) = get($anon, '/api/overview');
+	($blocked_seen) = map { $_->{blocked} } grep { $_->{queue} eq 'flow' } @{ $b->{queues} };
+	last if ($blocked_seen // 0) == 1;
+	usleep(200_000);
+}
+is($blocked_seen, 1, 'the overview counts the blocked job (from the scheduler\'s sample)');
 ($s, $b) = get($anon, '/api/jobs?state=blocked');
 is_deeply([ map { $_->{id} } @{ $b->{jobs} } ], [ $child ], 'the jobs page filters blocked jobs');
 $dash->signal('TERM');
