@@ -878,18 +878,6 @@ CREATE TABLE atomizer.rate_reserve (
 
 REVOKE ALL ON atomizer.rate_start, atomizer.rate_reserve FROM PUBLIC;
 
-/*
- * The running jobs of limited handlers, what a handler limit counts.  A
- * claim under a handler limit marks an internal queue's job with a lease
- * of 0 (atomizer's workers hold no lease: lease_until stays NULL), so that
- * only those jobs enter this index: an index of every running job would
- * cost every claim of every queue an entry, a fifth of the drain.  An
- * external queue's running jobs are counted through their leases
- * (job_lease_idx).
- */
-CREATE INDEX job_limited_idx ON atomizer.job (queue, handler)
-	WHERE state = 'running' AND lease = interval '0';
-
 /* Jobs held back by a handler limit, in claim order per handler. */
 CREATE INDEX job_held_idx ON atomizer.job (queue, handler, priority, run_at, id)
 	WHERE state = 'held';

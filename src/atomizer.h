@@ -632,6 +632,13 @@ extern void atomizer_limits_put_off(const AtomizerQueue *q, TimestampTz now,
 extern void atomizer_limits_record_starts(const AtomizerQueue *q, TimestampTz now,
 										  char **parts, const int *counts, int nparts);
 extern bool atomizer_limits_held_with_room(const char *queue, bool external);
+extern void atomizer_limits_attach(void);
+extern uint64 atomizer_limits_trust_gen(void);
+extern void atomizer_limits_trust(uint64 gen);
+extern void atomizer_limits_fill_holds(const char *queue, char **handlers,
+									   const int *took, int nh, const Datum *ids,
+									   const int *id_h, int nids);
+extern void atomizer_limits_job_done(int64 id);
 extern int64 atomizer_limits_prune(void);
 
 #endif							/* ATOMIZER_H */

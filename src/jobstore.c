@@ -978,7 +978,7 @@ floor_check(const char *queue, const AtomizerClaimKey *floor,
  *		The claim's second statement: mark the nids locked jobs ids[]
  *		running, attempt counted, with the worker's identity or name and an
  *		external worker's lease (or, limited, the lease 0 that marks an
- *		internal job a handler limit counts: job_limited_idx), started at
+ *		internal job a handler limit counts, see limits.c), started at
  *		started_at (0: now, each at its own clock_timestamp()), and read
  *		them back into a palloc'd array in
  *		caller_cxt, in claim order.  Connected to SPI.
@@ -1368,6 +1368,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	int		   *started = palloc0(sizeof(int) * cap);
 	int		   *noff = palloc0(sizeof(int) * cap);
 	Datum	   *ids = palloc(sizeof(Datum) * cap);
+	int		   *id_h = palloc(sizeof(int) * cap);	/* their limited handler */
 	Datum	   *hold_ids = palloc(sizeof(Datum) * cap);
 	Datum	   *off_ids = palloc(sizeof(Datum) * cap);
 	int		   *off_parts = palloc(sizeof(int) * cap);
@@ -1484,6 +1485,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 			}
 			else
 			{
+				id_h[nids] = c->handler;
 				ids[nids++] = Int64GetDatum(c->key.id);
 				started[c->part]++;
 				if (c->handler >= 0)
@@ -1520,7 +1522,11 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 			keys[nkeys] = parts[p];
 			counts[nkeys++] = started[p];
 		}
-		for (int h = 0; h < nh; h++)
+		/* an internal queue's handlers: held until their outcomes commit */
+		if (!q->external)
+			atomizer_limits_fill_holds(spec->queue, handlers, took, nh, ids,
+									   id_h, nids);
+		for (int h = 0; q->external && h < nh; h++)
 		{
 			kinds[nkeys] = ATOMIZER_LIMIT_HANDLER;
 			keys[nkeys] = handlers[h];
@@ -1822,6 +1828,8 @@ atomizer_finish_job(int64 id, const char *state, Datum result,
 	StoreCall	call;
 	bool		done;
 
+	atomizer_limits_job_done(id);
+
 	store_begin(&call);
 	done = finish_one(id, state, result, result_isnull, error);
 	store_end(&call);
@@ -1851,6 +1859,8 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 
 	if (n == 0)
 		return;
+	for (int i = 0; i < n; i++)
+		atomizer_limits_job_done(ids[i]);
 	id_datums = palloc(sizeof(Datum) * n);
 	for (int i = 0; i < n; i++)
 		id_datums[i] = Int64GetDatum(ids[i]);
@@ -2020,6 +2030,8 @@ atomizer_store_fail_attempt(const AtomizerJob *job, const AtomizerOutcome *outco
 	Datum		values[6];
 	char		nulls[6];
 
+	atomizer_limits_job_done(job->id);
+
 	store_begin(&call);
 	{
 		Oid			types[6] = {INT8OID, TEXTOID, TEXTOID, TEXTOID,
@@ -2109,6 +2121,8 @@ atomizer_release_job(int64 id, bool solo)
 	Oid			types[2] = {INT8OID, BOOLOID};
 	Datum		values[2];
 
+	atomizer_limits_job_done(id);
+
 	store_begin(&call);
 	atomizer_prepare(&plan,
 					 "UPDATE atomizer.job SET state = 'available',"
@@ -2173,6 +2187,8 @@ atomizer_store_snooze(int64 id, int64 delay_ms)
 	Datum		values[2];
 	bool		isnull;
 	TimestampTz when;
+
+	atomizer_limits_job_done(id);
 
 	store_begin(&call);
 	atomizer_prepare(&plan,

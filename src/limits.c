@@ -22,9 +22,9 @@
  *	  rate_limit, and the starts a user counts are the ones the limit
  *	  counted.  A running job counts against its handler's limit until it
  *	  stops running, whatever ends it (finish, failure, release, lease
- *	  expiry, orphan recovery after a crash): the count is of atomizer.job's
- *	  running rows (an internal job a claim under a handler limit marked
- *	  with a lease of 0, job_limited_idx; an external job by its lease).
+ *	  expiry, orphan recovery after a crash): an internal queue's running
+ *	  jobs are counted by the holds of the backends that run them (below),
+ *	  an external queue's by their leases in atomizer.job.
  *
  *	  Reservations.  A claim does not hold the lock to its commit (which
  *	  would serialize the claimers' commits, and their WAL flushes): once
@@ -66,8 +66,7 @@
  *	  gone; the first claim of each partition reads the window and makes
  *	  it again), for a rate_period other than the one it was made for, or
  *	  when the clock is behind a start already decided (the bound is made
- *	  again only once no start in the window lies in the future).  The
- *	  handlers' running jobs are counted with index scans, not statements.
+ *	  again only once no start in the window lies in the future).
  *
  *	  The rate window is a table of starts, one row per claim and
  *	  partition (how many jobs), so a partition's window holds at most
@@ -99,12 +98,14 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "storage/ipc.h"
 #include "storage/lock.h"
 #include "storage/lwlock.h"
 #include "storage/shmem.h"
 #include "utils/builtins.h"
 #include "utils/datetime.h"
 #include "utils/fmgroids.h"
+#include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -129,7 +130,16 @@ typedef struct Reservation
 	uint64		key;			/* hash of the kind and partition or handler */
 	int32		n;
 	TransactionId xid;			/* the claimer's top transaction */
+	bool		hold;			/* a hold (see "Holds"): kept past the commit */
+	bool		committed;		/* a hold whose claim has committed */
 } Reservation;
+
+/* Per database: the trust generation its holds were last found whole at. */
+typedef struct TrustedDb
+{
+	Oid			dboid;			/* InvalidOid: free */
+	uint64		gen;
+} TrustedDb;
 
 /*
  * Upper bounds of rate windows, in shared memory (see "Bounds" in the
@@ -156,6 +166,8 @@ typedef struct ReservationsShared
 	LWLock	   *lock;
 	int			high;			/* entries [0, high) may be in use */
 	TimestampTz latest_start;	/* the latest start any claim decided */
+	uint64		trust_gen;		/* bumped when a backend leaves holds behind */
+	TrustedDb	trusted[ATOMIZER_MAX_DATABASES];
 	Reservation entries[RESERVATIONS];
 	RateBound	bounds[RATE_BOUNDS];
 } ReservationsShared;
@@ -233,16 +245,187 @@ attnum_of(TupleDesc desc, const char *name)
 }
 
 /*
+ * Holds: the running jobs of an internal queue's limited handlers.
+ *
+ * A claim of an internal queue under a handler limit makes one
+ * reservation per limited handler (before it decides, so that it never
+ * claims what it could not record), and keeps it past its commit as a hold
+ * of the jobs it claimed of that handler.  The backend that claimed a job
+ * is the one that runs it and records its outcome (a worker, or
+ * run_pending()); the commit of that outcome (whatever it is: success,
+ * failure, snooze, cancel, release) takes the job off the hold.  So the
+ * holds of a handler count exactly the jobs that are running, claimed and
+ * not yet recorded, in flight or committed, and a claim needs no statement
+ * and no index to count them (an index of the running limited jobs cost
+ * every limited claim an index entry and a scan).
+ *
+ * The holds are whole only while every running job they should count has a
+ * live holder.  A backend that exits with holds of committed claims (a
+ * worker terminated or failing in the middle of a batch) leaves orphans
+ * that still count as running until the scheduler recovers them, and after
+ * a restart shared memory is new.  So trust_gen is bumped when holds are
+ * left behind, and a database's holds are trusted only at the generation
+ * at which its scheduler last finished an orphan recovery that found no
+ * orphan left (atomizer_limits_trust); until then a claim counts the
+ * running jobs marked with a lease of 0 in atomizer.job (one statement),
+ * plus the reservations of claims in flight, as before holds existed.
+ */
+typedef struct HeldJob
+{
+	int64		id;				/* the hash key */
+	uint32		queue;
+	uint64		key;
+	int			level;			/* the claim's (sub)transaction level */
+	bool		committed;
+	int			released;		/* level its outcome was recorded at; 0: not */
+} HeldJob;
+
+static HTAB *held_jobs = NULL;
+static int	nheld = 0;			/* entries of held_jobs */
+static int	own_committed = 0;	/* this backend's committed holds */
+static int *prehold = NULL;		/* entries reserved for the claim under way */
+static int	nprehold = 0;
+static bool claim_trusted = false;	/* its handler counts came from holds */
+static bool exit_registered = false;
+
+/* Free entry e of this backend; under reservations->lock, exclusive. */
+static inline void
+free_entry(Reservation *r)
+{
+	if (r->hold && r->committed)
+		own_committed--;
+	r->pid = 0;
+	r->hold = false;
+	r->committed = false;
+	own_reservations--;
+}
+
+static void
+shrink_high(void)
+{
+	while (reservations->high > 0 &&
+		   reservations->entries[reservations->high - 1].pid == 0)
+		reservations->high--;
+}
+
+/*
  * drop_reservations
  *		Free this backend's reservations made at (sub)transaction level
- *		min_level or deeper (all with min_level 0).
+ *		min_level or deeper (all with min_level 0), but not its committed
+ *		holds, and forget the jobs claimed at those levels.
  */
 static void
 drop_reservations(int min_level)
 {
-	int			left = 0;
+	if (nheld > 0)
+	{
+		HASH_SEQ_STATUS st;
+		HeldJob    *h;
 
-	if (own_reservations == 0 || reservations == NULL)
+		hash_seq_init(&st, held_jobs);
+		while ((h = hash_seq_search(&st)) != NULL)
+		{
+			if (!h->committed && h->level >= min_level)
+			{
+				(void) hash_search(held_jobs, &h->id, HASH_REMOVE, NULL);
+				nheld--;
+			}
+			else if (h->released >= min_level)
+				h->released = 0;	/* its outcome was rolled back */
+		}
+	}
+	if (min_level <= 1)
+		nprehold = 0;
+	if (own_reservations == own_committed || reservations == NULL)
+		return;
+	LWLockAcquire(reservations->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < reservations->high; i++)
+	{
+		Reservation *r = &reservations->entries[i];
+
+		if (r->pid == MyProcPid && !r->committed && r->level >= min_level)
+			free_entry(r);
+	}
+	shrink_high();
+	LWLockRelease(reservations->lock);
+}
+
+/*
+ * commit_reservations
+ *		At commit: free the reservations, make the holds committed, and take
+ *		the jobs whose outcome this transaction recorded off them.
+ */
+static void
+commit_reservations(void)
+{
+	nprehold = 0;
+	if (own_reservations == 0 && nheld == 0)
+		return;
+	if (reservations == NULL)
+	{
+		own_reservations = 0;
+		return;
+	}
+	LWLockAcquire(reservations->lock, LW_EXCLUSIVE);
+	for (int i = 0; i < reservations->high; i++)
+	{
+		Reservation *r = &reservations->entries[i];
+
+		if (r->pid != MyProcPid || r->committed)
+			continue;
+		if (!r->hold || r->n == 0)
+			free_entry(r);
+		else
+		{
+			r->committed = true;
+			own_committed++;
+		}
+	}
+	if (nheld > 0)
+	{
+		HASH_SEQ_STATUS st;
+		HeldJob    *h;
+
+		hash_seq_init(&st, held_jobs);
+		while ((h = hash_seq_search(&st)) != NULL)
+		{
+			if (h->released == 0)
+			{
+				h->committed = true;
+				continue;
+			}
+			for (int i = 0; i < reservations->high; i++)
+			{
+				Reservation *r = &reservations->entries[i];
+
+				if (r->pid == MyProcPid && r->committed && r->queue == h->queue &&
+					r->key == h->key && r->n > 0)
+				{
+					if (--r->n == 0)
+						free_entry(r);
+					break;
+				}
+			}
+			(void) hash_search(held_jobs, &h->id, HASH_REMOVE, NULL);
+			nheld--;
+		}
+	}
+	shrink_high();
+	LWLockRelease(reservations->lock);
+}
+
+/*
+ * limits_exit
+ *		before_shmem_exit: free this backend's entries.  Holds of committed
+ *		claims left behind are orphans' now: no database's holds are whole
+ *		until its scheduler has recovered them.
+ */
+static void
+limits_exit(int code, Datum arg)
+{
+	bool		left = false;
+
+	if (reservations == NULL || own_reservations == 0)
 		return;
 	LWLockAcquire(reservations->lock, LW_EXCLUSIVE);
 	for (int i = 0; i < reservations->high; i++)
@@ -251,16 +434,244 @@ drop_reservations(int min_level)
 
 		if (r->pid != MyProcPid)
 			continue;
-		if (r->level >= min_level)
-			r->pid = 0;
-		else
-			left++;
+		if (r->hold && r->committed && r->n > 0)
+			left = true;
+		free_entry(r);
 	}
-	while (reservations->high > 0 &&
-		   reservations->entries[reservations->high - 1].pid == 0)
-		reservations->high--;
+	if (left)
+		reservations->trust_gen++;
+	shrink_high();
 	LWLockRelease(reservations->lock);
-	own_reservations = left;
+}
+
+/*
+ * atomizer_limits_attach
+ *		Free this backend's holds when it exits.  A worker calls it before it
+ *		registers the release of its worker slot, so that its slot is free
+ *		(its jobs orphans to the scheduler) before its holds go.
+ */
+void
+atomizer_limits_attach(void)
+{
+	if (exit_registered)
+		return;
+	before_shmem_exit(limits_exit, (Datum) 0);
+	exit_registered = true;
+}
+
+/* Whether this database's holds are whole; under reservations->lock. */
+static bool
+trusted_locked(void)
+{
+	for (int i = 0; i < ATOMIZER_MAX_DATABASES; i++)
+		if (reservations->trusted[i].dboid == MyDatabaseId)
+			return reservations->trusted[i].gen == reservations->trust_gen;
+	return false;
+}
+
+/*
+ * atomizer_limits_trust_gen / atomizer_limits_trust
+ *		For the scheduler's orphan recovery: the trust generation before a
+ *		recovery, and, after one that committed and left no orphan, trust
+ *		this database's holds if no backend has left holds behind since.
+ */
+uint64
+atomizer_limits_trust_gen(void)
+{
+	uint64		gen;
+
+	if (reservations == NULL)
+		return 0;
+	LWLockAcquire(reservations->lock, LW_SHARED);
+	gen = reservations->trust_gen;
+	LWLockRelease(reservations->lock);
+	return gen;
+}
+
+void
+atomizer_limits_trust(uint64 gen)
+{
+	TrustedDb  *spare = NULL;
+
+	if (reservations == NULL)
+		return;
+	LWLockAcquire(reservations->lock, LW_EXCLUSIVE);
+	if (reservations->trust_gen == gen)
+	{
+		for (int i = 0; i < ATOMIZER_MAX_DATABASES; i++)
+		{
+			TrustedDb  *t = &reservations->trusted[i];
+
+			if (t->dboid == MyDatabaseId)
+			{
+				spare = t;
+				break;
+			}
+			if (spare == NULL && (t->dboid == InvalidOid || t->gen != gen))
+				spare = t;		/* free, or trusted at an older generation */
+		}
+		if (spare != NULL)
+		{
+			spare->dboid = MyDatabaseId;
+			spare->gen = gen;
+		}
+	}
+	LWLockRelease(reservations->lock);
+}
+
+/*
+ * sum_holds
+ *		Into running[h], the jobs held of handlers[h] (nh) of queue hash qh
+ *		in this database, by every backend; under reservations->lock.
+ */
+static void
+sum_holds(uint32 qh, char **handlers, int nh, int64 *running)
+{
+	for (int h = 0; h < nh; h++)
+	{
+		uint64		k = key_hash(ATOMIZER_LIMIT_HANDLER, handlers[h]);
+
+		running[h] = 0;
+		for (int e = 0; e < reservations->high; e++)
+		{
+			Reservation *r = &reservations->entries[e];
+
+			if (r->pid != 0 && r->hold && r->dboid == MyDatabaseId &&
+				r->queue == qh && r->key == k)
+				running[h] += r->n;
+		}
+	}
+}
+
+/*
+ * take_holds
+ *		Under the queue's limit lock: reserve one entry per limited handler
+ *		for the holds of the claim under way, and, if this database's holds
+ *		are whole, count each handler's running jobs from them.  Returns -1
+ *		if there are not enough free entries (the claim takes no job of a
+ *		limited handler), 1 with running[] filled, 0 when the running jobs
+ *		must be counted from the table.
+ */
+static int
+take_holds(const char *queue, char **handlers, int nh, int64 *running)
+{
+	uint32		qh = queue_hash(queue);
+	TransactionId xid;
+	int			level = GetCurrentTransactionNestLevel();
+	int			got = 0;
+	int			result;
+
+	if (reservations == NULL)
+		return 0;
+	if (prehold == NULL)
+		prehold = MemoryContextAlloc(TopMemoryContext, sizeof(int) * RESERVATIONS);
+	if (held_jobs == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(int64);
+		ctl.entrysize = sizeof(HeldJob);
+		held_jobs = hash_create("atomizer held jobs", 64, &ctl,
+								HASH_ELEM | HASH_BLOBS);
+	}
+	atomizer_limits_attach();
+	xid = GetTopTransactionId();
+	nprehold = 0;
+	LWLockAcquire(reservations->lock, LW_EXCLUSIVE);
+	for (int e = 0; got < nh && e < RESERVATIONS; e++)
+	{
+		Reservation *r = &reservations->entries[e];
+
+		if (r->pid != 0)
+			continue;
+		memset(r, 0, sizeof(Reservation));
+		r->pid = MyProcPid;
+		r->level = level;
+		r->dboid = MyDatabaseId;
+		r->queue = qh;
+		r->key = key_hash(ATOMIZER_LIMIT_HANDLER, handlers[got]);
+		r->xid = xid;
+		r->hold = true;
+		if (e >= reservations->high)
+			reservations->high = e + 1;
+		own_reservations++;
+		prehold[nprehold++] = e;
+		got++;
+	}
+	if (got < nh)
+	{
+		for (int i = 0; i < nprehold; i++)
+			free_entry(&reservations->entries[prehold[i]]);
+		nprehold = 0;
+		shrink_high();
+		result = -1;
+	}
+	else if (trusted_locked())
+	{
+		sum_holds(qh, handlers, nh, running);
+		result = 1;
+	}
+	else
+		result = 0;
+	LWLockRelease(reservations->lock);
+	return result;
+}
+
+/*
+ * atomizer_limits_fill_holds
+ *		The decision of a claim of an internal queue: took[h] jobs of each
+ *		limited handler (nh, in the order atomizer_limits_handlers gave),
+ *		and the jobs claimed, ids[i] of handler id_h[i] (-1: not limited).
+ *		Call before the limit lock goes.
+ */
+void
+atomizer_limits_fill_holds(const char *queue, char **handlers, const int *took,
+						   int nh, const Datum *ids, const int *id_h, int nids)
+{
+	uint32		qh = queue_hash(queue);
+	int			level = GetCurrentTransactionNestLevel();
+
+	if (reservations == NULL || nprehold != nh)
+		return;
+	LWLockAcquire(reservations->lock, LW_EXCLUSIVE);
+	for (int h = 0; h < nh; h++)
+		reservations->entries[prehold[h]].n = took[h];
+	LWLockRelease(reservations->lock);
+	nprehold = 0;
+	for (int i = 0; i < nids; i++)
+	{
+		int64		id = DatumGetInt64(ids[i]);
+		HeldJob    *j;
+		bool		found;
+
+		if (id_h[i] < 0)
+			continue;
+		j = hash_search(held_jobs, &id, HASH_ENTER, &found);
+		if (!found)
+			nheld++;
+		j->queue = qh;
+		j->key = key_hash(ATOMIZER_LIMIT_HANDLER, handlers[id_h[i]]);
+		j->level = level;
+		j->committed = false;
+		j->released = 0;
+	}
+}
+
+/*
+ * atomizer_limits_job_done
+ *		This transaction records the outcome of job id: if this backend
+ *		holds it, the hold lets it go when the transaction commits.
+ */
+void
+atomizer_limits_job_done(int64 id)
+{
+	HeldJob    *j;
+
+	if (nheld == 0)
+		return;
+	j = hash_search(held_jobs, &id, HASH_FIND, NULL);
+	if (j != NULL && j->released == 0)
+		j->released = GetCurrentTransactionNestLevel();
 }
 
 static void
@@ -269,7 +680,7 @@ limits_xact_callback(XactEvent event, void *arg)
 	switch (event)
 	{
 		case XACT_EVENT_PRE_PREPARE:
-			if (own_reservations > 0 || holding)
+			if (own_reservations > own_committed || holding)
 				ereport(ERROR,
 						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 						 errmsg("cannot prepare a transaction that claimed jobs of a queue with limits"),
@@ -277,9 +688,12 @@ limits_xact_callback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
+			/* after the commit is visible: counted in the tables now */
+			commit_reservations();
+			holding = false;
+			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
-			/* after the commit is visible: counted in the tables now */
 			drop_reservations(0);
 			holding = false;
 			break;
@@ -294,18 +708,34 @@ limits_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 {
 	int			level = GetCurrentTransactionNestLevel();
 
-	if (own_reservations == 0)
+	if (own_reservations == own_committed && nheld == 0)
 		return;
 	if (event == SUBXACT_EVENT_ABORT_SUB)
 		drop_reservations(level);
 	else if (event == SUBXACT_EVENT_COMMIT_SUB)
 	{
+		if (nheld > 0)
+		{
+			HASH_SEQ_STATUS st;
+			HeldJob    *h;
+
+			hash_seq_init(&st, held_jobs);
+			while ((h = hash_seq_search(&st)) != NULL)
+			{
+				if (!h->committed && h->level >= level)
+					h->level = level - 1;
+				if (h->released >= level)
+					h->released = level - 1;
+			}
+		}
+		if (own_reservations == own_committed)
+			return;
 		LWLockAcquire(reservations->lock, LW_EXCLUSIVE);
 		for (int i = 0; i < reservations->high; i++)
 		{
 			Reservation *r = &reservations->entries[i];
 
-			if (r->pid == MyProcPid && r->level >= level)
+			if (r->pid == MyProcPid && !r->committed && r->level >= level)
 				r->level = level - 1;
 		}
 		LWLockRelease(reservations->lock);
@@ -370,6 +800,8 @@ void
 atomizer_limits_reserved(AtomizerLimitKind kind, char **keys, int nkeys,
 						 int64 *counts, Snapshot snap)
 {
+	if (kind == ATOMIZER_LIMIT_HANDLER && claim_trusted)
+		return;					/* the holds counted them */
 	for (int i = 0; i < nkeys && ninflight > 0; i++)
 	{
 		uint64		h = key_hash(kind, keys[i]);
@@ -588,6 +1020,8 @@ atomizer_limits_reserve_and_unlock(const char *queue, const AtomizerLimitKind *k
 		r->key = key_hash(kinds[done], keys[done]);
 		r->n = n[done];
 		r->xid = xid;
+		r->hold = false;
+		r->committed = false;
 		if (e >= reservations->high)
 			reservations->high = e + 1;
 		own_reservations++;
@@ -643,48 +1077,118 @@ atomizer_limits_lock(const char *queue)
 }
 
 /*
- * How many jobs of handler h of queue q are running: an internal queue's
- * that a claim under the limit marked (lease 0, job_limited_idx), an
- * external queue's under a lease (job_lease_idx).
+ * How many jobs of handler h of queue q are running, counted in the table:
+ * an internal queue's that a claim under the limit marked with a lease of
+ * 0 (without an index: this count is only made while the holds are not
+ * whole, see "Holds"), an external queue's under a lease (job_lease_idx).
  */
-#define HANDLER_RUNNING(q, h) \
-	"(SELECT count(*) FROM atomizer.job j" \
-	"  WHERE j.queue = " q " AND j.handler = " h \
-	"  AND j.state = 'running' AND j.lease = interval '0')"
 #define HANDLER_RUNNING_LEASED(q, h) \
 	"(SELECT count(*) FROM atomizer.job j" \
 	"  WHERE j.queue = " q " AND j.handler = " h \
 	"  AND j.state = 'running' AND j.lease_until IS NOT NULL)"
 
 /*
+ * count_marked
+ *		Into running[h], the running jobs of handlers[h] (nh) of internal
+ *		queue that a claim under a handler limit marked, visible to snap
+ *		(InvalidSnapshot: the current one).  Connected to SPI.
+ */
+static void
+count_marked(const char *queue, Snapshot snap, char **handlers, int nh,
+			 int64 *running)
+{
+	static SPIPlanPtr plan = NULL;
+	Oid			types[1] = {TEXTOID};
+	Datum		arg = CStringGetTextDatum(queue);
+
+	atomizer_prepare_opts(&plan,
+						  "SELECT j.handler, count(*)::int8 FROM atomizer.job j"
+						  " WHERE j.queue = $1 AND j.state = 'running'"
+						  " AND j.lease = interval '0' GROUP BY j.handler",
+						  1, types, CURSOR_OPT_GENERIC_PLAN);
+	if (SPI_execute_snapshot(plan, &arg, NULL, snap, InvalidSnapshot, true,
+							 false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not count the running jobs of queue \"%s\"", queue);
+	for (int h = 0; h < nh; h++)
+		running[h] = 0;
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		char	   *handler = SPI_getvalue(tup, SPI_tuptable->tupdesc, 1);
+		bool		isnull;
+
+		for (int h = 0; h < nh; h++)
+			if (handler != NULL && strcmp(handlers[h], handler) == 0)
+				running[h] = DatumGetInt64(SPI_getbinval(tup, SPI_tuptable->tupdesc,
+														 2, &isnull));
+	}
+}
+
+/*
  * atomizer_limits_held_with_room
  *		Whether queue has jobs a handler limit held back whose handler has
  *		room again (a job of it stopped running).  Connected to SPI.
  */
-#define HELD_WITH_ROOM(running) \
-	"SELECT 1 FROM atomizer.handler_limit l" \
+#define HELD_HANDLERS \
+	"SELECT l.handler, l.concurrency FROM atomizer.handler_limit l" \
 	" WHERE l.queue = $1" \
 	" AND EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = $1" \
-	"  AND j.handler = l.handler AND j.state = 'held')" \
-	" AND l.concurrency > " running("l.queue", "l.handler") \
+	"  AND j.handler = l.handler AND j.state = 'held')"
+#define HELD_WITH_ROOM_LEASED \
+	HELD_HANDLERS " AND l.concurrency > " HANDLER_RUNNING_LEASED("l.queue", "l.handler") \
 	" LIMIT 1"
 
 bool
 atomizer_limits_held_with_room(const char *queue, bool external)
 {
 	static SPIPlanPtr plans[2] = {NULL, NULL};
-	static const char *const queries[2] = {
-		HELD_WITH_ROOM(HANDLER_RUNNING), HELD_WITH_ROOM(HANDLER_RUNNING_LEASED)
-	};
+	static const char *const queries[2] = {HELD_HANDLERS, HELD_WITH_ROOM_LEASED};
 	Oid			types[1] = {TEXTOID};
 	Datum		arg = CStringGetTextDatum(queue);
 	SPIPlanPtr	plan;
+	int			n;
+	char	  **handlers;
+	int64	   *running;
+	bool		trusted = false;
+	bool		room = false;
 
 	plan = atomizer_prepare_opts(&plans[external], queries[external], 1, types,
 								 CURSOR_OPT_GENERIC_PLAN);
-	if (SPI_execute_plan(plan, &arg, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not look at queue \"%s\"", queue);
-	return SPI_processed > 0;
+	if (external || SPI_processed == 0)
+		return SPI_processed > 0;
+
+	/* an internal queue's limited handlers with held jobs: count them */
+	n = (int) SPI_processed;
+	handlers = palloc(sizeof(char *) * n);
+	running = palloc0(sizeof(int64) * n);
+	{
+		SPITupleTable *tt = SPI_tuptable;
+		int		   *conc = palloc(sizeof(int) * n);
+
+		for (int h = 0; h < n; h++)
+		{
+			bool		isnull;
+
+			handlers[h] = SPI_getvalue(tt->vals[h], tt->tupdesc, 1);
+			conc[h] = DatumGetInt32(SPI_getbinval(tt->vals[h], tt->tupdesc, 2, &isnull));
+		}
+		if (reservations != NULL)
+		{
+			LWLockAcquire(reservations->lock, LW_SHARED);
+			trusted = trusted_locked();
+			if (trusted)
+				sum_holds(queue_hash(queue), handlers, n, running);
+			LWLockRelease(reservations->lock);
+		}
+		if (!trusted)
+			count_marked(queue, InvalidSnapshot, handlers, n, running);
+		for (int h = 0; h < n; h++)
+			if (running[h] < conc[h])
+				room = true;
+	}
+	return room;
 }
 
 /*
@@ -693,11 +1197,19 @@ atomizer_limits_held_with_room(const char *queue, bool external)
  *		may start now (concurrency less running, at least 0), and whether
  *		each has jobs held back.  Returns
  *		the number of limited handlers; *handlers and *room palloc'd in the
- *		current memory context.  Connected to SPI, as the owner.
+ *		current memory context.  Connected to SPI, as the owner.  Under the
+ *		queue's limit lock; for an internal queue it also reserves the
+ *		entries of the claim's holds (atomizer_limits_fill_holds fills them).
  */
-#define HANDLER_ROOM(running) \
-	"SELECT l.handler, greatest(l.concurrency - " running("l.queue", "l.handler") \
+#define HANDLER_ROOM_LEASED \
+	"SELECT l.handler, greatest(l.concurrency - " HANDLER_RUNNING_LEASED("l.queue", "l.handler") \
 	", 0)::int4," \
+	" EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = l.queue" \
+	"  AND j.handler = l.handler AND j.state = 'held')" \
+	" FROM atomizer.handler_limit l WHERE l.queue = $1" \
+	" ORDER BY l.handler"
+#define HANDLER_LIST \
+	"SELECT l.handler, l.concurrency," \
 	" EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = l.queue" \
 	"  AND j.handler = l.handler AND j.state = 'held')" \
 	" FROM atomizer.handler_limit l WHERE l.queue = $1" \
@@ -730,77 +1242,56 @@ text_attr(HeapTuple tup, TupleDesc desc, AttrNumber attno)
 }
 
 /*
- * count_handler_jobs
- *		How many of handler's jobs of queue the index scan of idx finds
- *		visible to snap in state (and, with zero_lease, with a lease of 0),
- *		stopping at stop_at.
+ * any_held
+ *		Whether the index scan of job_held_idx finds a job of handler of
+ *		queue visible to snap that is held.
  */
-static int
-count_handler_jobs(Relation job, Relation idx, Snapshot snap, const char *queue,
-				   const char *handler, const char *state, bool zero_lease,
-				   int stop_at)
+static bool
+any_held(Relation job, Relation idx, Snapshot snap, const char *queue,
+		 const char *handler)
 {
 	const char *vals[2] = {queue, handler};
 	ScanKeyData keys[2];
 	TupleDesc	desc = RelationGetDescr(job);
 	AttrNumber	state_att = attnum_of(desc, "state");
-	AttrNumber	lease_att = attnum_of(desc, "lease");
 	SysScanDesc scan;
 	HeapTuple	tup;
-	int			n = 0;
+	bool		found = false;
 
 	text_keys(idx, vals, 2, keys);
 	scan = systable_beginscan(job, RelationGetRelid(idx), true, snap, 2, keys);
-	while (n < stop_at && HeapTupleIsValid(tup = systable_getnext(scan)))
+	while (!found && HeapTupleIsValid(tup = systable_getnext(scan)))
 	{
 		char	   *st = text_attr(tup, desc, state_att);
-		bool		isnull;
-		Datum		lease;
 
 		/* the index's predicate, checked again on the row seen */
-		if (st == NULL || strcmp(st, state) != 0)
-			continue;
-		if (zero_lease)
-		{
-			Interval   *iv;
-
-			lease = heap_getattr(tup, lease_att, desc, &isnull);
-			if (isnull)
-				continue;
-			iv = DatumGetIntervalP(lease);
-			if (iv->time != 0 || iv->day != 0 || iv->month != 0)
-				continue;
-		}
-		n++;
+		found = st != NULL && strcmp(st, "held") == 0;
 	}
 	systable_endscan(scan);
-	return n;
+	return found;
 }
 
 /*
  * handlers_by_scan
- *		atomizer_limits_handlers for an internal queue without the
- *		executor: the queue's rows of atomizer.handler_limit (its primary
- *		key), and per handler its running jobs that a claim under the limit
- *		marked (job_limited_idx) and whether it has held jobs (job_held_idx),
- *		read with index scans under snap.  False (nothing done) if one of
- *		these is missing.
+ *		The handler limits of an internal queue without the executor: the
+ *		queue's rows of atomizer.handler_limit (its primary key), with each
+ *		handler's concurrency in *conc and whether it has held jobs
+ *		(job_held_idx), read with index scans under snap.  False (nothing
+ *		done) if one of these is missing.
  */
 static bool
 handlers_by_scan(const char *queue, Snapshot snap, int *nout, char ***handlers,
-				 int **room, bool **held)
+				 int **conc, bool **held)
 {
 	MemoryContext cxt = CurrentMemoryContext;
 	Oid			ns = get_namespace_oid(ATOMIZER_SCHEMA, true);
 	Oid			limit_relid,
 				limit_pkey,
 				job_relid,
-				limited_idx,
 				held_idx;
 	Relation	limit_rel,
 				job_rel,
 				idx_pkey,
-				idx_limited,
 				idx_held;
 	ScanKeyData key;
 	SysScanDesc scan;
@@ -812,18 +1303,16 @@ handlers_by_scan(const char *queue, Snapshot snap, int *nout, char ***handlers,
 		!OidIsValid(limit_relid = get_relname_relid("handler_limit", ns)) ||
 		!OidIsValid(limit_pkey = get_relname_relid("handler_limit_pkey", ns)) ||
 		!OidIsValid(job_relid = get_relname_relid("job", ns)) ||
-		!OidIsValid(limited_idx = get_relname_relid("job_limited_idx", ns)) ||
 		!OidIsValid(held_idx = get_relname_relid("job_held_idx", ns)))
 		return false;
 
 	limit_rel = table_open(limit_relid, AccessShareLock);
 	job_rel = table_open(job_relid, AccessShareLock);
 	idx_pkey = index_open(limit_pkey, AccessShareLock);
-	idx_limited = index_open(limited_idx, AccessShareLock);
 	idx_held = index_open(held_idx, AccessShareLock);
 
 	*handlers = MemoryContextAlloc(cxt, sizeof(char *) * cap);
-	*room = MemoryContextAlloc(cxt, sizeof(int) * cap);
+	*conc = MemoryContextAlloc(cxt, sizeof(int) * cap);
 	*held = MemoryContextAlloc(cxt, sizeof(bool) * cap);
 	text_keys(idx_pkey, &queue, 1, &key);
 	scan = systable_beginscan(limit_rel, limit_pkey, true, snap, 1, &key);
@@ -834,7 +1323,6 @@ handlers_by_scan(const char *queue, Snapshot snap, int *nout, char ***handlers,
 		char	   *handler = text_attr(tup, desc, attnum_of(desc, "handler"));
 		int			concurrency = DatumGetInt32(heap_getattr(tup, attnum_of(desc, "concurrency"),
 															 desc, &isnull));
-		int			running;
 
 		CHECK_FOR_INTERRUPTS();
 		if (handler == NULL || isnull)
@@ -843,22 +1331,17 @@ handlers_by_scan(const char *queue, Snapshot snap, int *nout, char ***handlers,
 		{
 			cap *= 2;
 			*handlers = repalloc(*handlers, sizeof(char *) * cap);
-			*room = repalloc(*room, sizeof(int) * cap);
+			*conc = repalloc(*conc, sizeof(int) * cap);
 			*held = repalloc(*held, sizeof(bool) * cap);
 		}
-		/* past the limit the count does not matter: no room */
-		running = count_handler_jobs(job_rel, idx_limited, snap, queue, handler,
-									 "running", true, Max(concurrency, 0));
 		(*handlers)[n] = MemoryContextStrdup(cxt, handler);
-		(*room)[n] = Max(concurrency - running, 0);
-		(*held)[n] = count_handler_jobs(job_rel, idx_held, snap, queue, handler,
-										"held", false, 1) > 0;
+		(*conc)[n] = concurrency;
+		(*held)[n] = any_held(job_rel, idx_held, snap, queue, handler);
 		n++;
 	}
 	systable_endscan(scan);
 
 	index_close(idx_held, NoLock);
-	index_close(idx_limited, NoLock);
 	index_close(idx_pkey, NoLock);
 	table_close(job_rel, NoLock);
 	table_close(limit_rel, NoLock);
@@ -866,30 +1349,27 @@ handlers_by_scan(const char *queue, Snapshot snap, int *nout, char ***handlers,
 	return true;
 }
 
-int
-atomizer_limits_handlers(const char *queue, bool external, Snapshot snap,
-						 char ***handlers, int **room, bool **held)
+/*
+ * read_limits
+ *		Run one of the statements above for queue with snap and copy its
+ *		rows (handler, an int4, a bool) into the current memory context.
+ */
+static int
+read_limits(SPIPlanPtr *plan, const char *query, const char *queue, Snapshot snap,
+			char ***handlers, int **ints, bool **held)
 {
-	static SPIPlanPtr plans[2] = {NULL, NULL};
-	static const char *const queries[2] = {
-		HANDLER_ROOM(HANDLER_RUNNING), HANDLER_ROOM(HANDLER_RUNNING_LEASED)
-	};
-	SPIPlanPtr	plan;
 	Oid			types[1] = {TEXTOID};
 	Datum		arg = CStringGetTextDatum(queue);
 	MemoryContext cxt = CurrentMemoryContext;
 	int			n;
 
-	if (!external && handlers_by_scan(queue, snap, &n, handlers, room, held))
-		return n;
-	plan = atomizer_prepare_opts(&plans[external], queries[external], 1, types,
-								 CURSOR_OPT_GENERIC_PLAN);
-	if (SPI_execute_snapshot(plan, &arg, NULL, snap, InvalidSnapshot, false,
+	atomizer_prepare_opts(plan, query, 1, types, CURSOR_OPT_GENERIC_PLAN);
+	if (SPI_execute_snapshot(*plan, &arg, NULL, snap, InvalidSnapshot, false,
 							 false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read the handler limits of queue \"%s\"", queue);
 	n = (int) SPI_processed;
 	*handlers = MemoryContextAlloc(cxt, sizeof(char *) * Max(n, 1));
-	*room = MemoryContextAlloc(cxt, sizeof(int) * Max(n, 1));
+	*ints = MemoryContextAlloc(cxt, sizeof(int) * Max(n, 1));
 	*held = MemoryContextAlloc(cxt, sizeof(bool) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
@@ -897,9 +1377,38 @@ atomizer_limits_handlers(const char *queue, bool external, Snapshot snap,
 		bool		isnull;
 
 		(*handlers)[i] = MemoryContextStrdup(cxt, SPI_getvalue(tup, SPI_tuptable->tupdesc, 1));
-		(*room)[i] = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+		(*ints)[i] = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
 		(*held)[i] = DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 3, &isnull));
 	}
+	return n;
+}
+
+int
+atomizer_limits_handlers(const char *queue, bool external, Snapshot snap,
+						 char ***handlers, int **room, bool **held)
+{
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+	int			n;
+	int64	   *running;
+	int			holds;
+
+	claim_trusted = false;
+	if (external)
+		return read_limits(&plans[1], HANDLER_ROOM_LEASED, queue, snap,
+						   handlers, room, held);
+
+	/* an internal queue: concurrency less the holds, or the marked jobs */
+	if (!handlers_by_scan(queue, snap, &n, handlers, room, held))
+		n = read_limits(&plans[0], HANDLER_LIST, queue, snap, handlers, room, held);
+	if (n == 0)
+		return 0;
+	running = palloc0(sizeof(int64) * n);
+	holds = take_holds(queue, *handlers, n, running);
+	if (holds == 0)
+		count_marked(queue, snap, *handlers, n, running);
+	claim_trusted = holds > 0;
+	for (int h = 0; h < n; h++)
+		(*room)[h] = holds < 0 ? 0 : (int) Max((*room)[h] - running[h], 0);
 	return n;
 }
 

@@ -1134,8 +1134,15 @@ atomizer_scheduler_main(Datum arg)
 			TimestampDifferenceExceeds(last_orphan_scan, now, ORPHAN_SCAN_MS) ||
 			pg_atomic_exchange_u32(&db->orphans_pending, 0) != 0)
 		{
+			/* the limits' holds are whole once no orphan is left (limits.c) */
+			uint64		trust_gen = atomizer_limits_trust_gen();
+
 			if (run_duty(DUTY_ORPHANS, dbname, duty_orphans, &ps))
+			{
 				last_orphan_scan = now;
+				if (!ps.orphans_again)
+					atomizer_limits_trust(trust_gen);
+			}
 			else
 				pg_atomic_write_u32(&db->orphans_pending, 1);
 		}

@@ -395,6 +395,8 @@ worker_start(Datum arg, WorkerLoop *wl)
 	wl->slot->state = ATOMIZER_WORKER_IDLE;
 	wl->slot->started_at = GetCurrentTimestamp();
 	LWLockRelease(atomizer_shared->lock);
+	/* holds go after the slot (limits.c): registered first, run last */
+	atomizer_limits_attach();
 	before_shmem_exit(worker_detach, (Datum) 0);
 
 	my_id.pid = MyProcPid;
