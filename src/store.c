@@ -88,7 +88,7 @@ static const struct
 /* Columns a new job leaves NULL. */
 static const char *const null_columns[] = {
 	"idempotency_key", "started_at", "last_error", "worker", "lease_until",
-	"schedule_id", "lease", "tags",
+	"schedule_id", "lease", "tags", "blockers", "on_dependency_failure",
 };
 
 /*
