@@ -104,6 +104,7 @@ typedef struct AtomizerDbSlot
 												 * "-" no extension */
 	TimestampTz retry_after;	/* launcher: start no scheduler before */
 	pg_atomic_uint32 orphans_pending;	/* a worker died with jobs */
+	pg_atomic_uint32 schedules_changed; /* a schedule's next run changed */
 	TimestampTz last_worker_failure;	/* a worker exited on an error */
 	TimestampTz next_wake;		/* when the scheduler means to wake */
 	int			nnotify;		/* external queues to NOTIFY ... */
@@ -151,6 +152,7 @@ extern void atomizer_wake_queue(Oid dboid, const char *queue);
 extern void atomizer_wake_queue_all(Oid dboid, const char *queue);
 extern void atomizer_wake_launcher(Oid dboid);
 extern void atomizer_wake_scheduler(Oid dboid);
+extern void atomizer_schedules_changed(Oid dboid);
 extern void atomizer_wake_scheduler_by(Oid dboid, TimestampTz when);
 extern void atomizer_request_notify(Oid dboid, const char *queue);
 extern List *atomizer_take_notify_requests(bool *all);
