@@ -357,6 +357,25 @@ typedef struct AtomizerNewJobs
 extern bool atomizer_store_jobs(const AtomizerNewJobs *jobs, Datum *payloads,
 								int n, int64 *ids);
 
+/* The job of one cron fire, as its schedule set it up (store.c). */
+typedef struct AtomizerFireJob
+{
+	int64		schedule_id;
+	const char *queue;
+	const char *handler;
+	Datum		payload;		/* jsonb */
+	int			priority;
+	bool		max_attempts_null;
+	int			max_attempts;
+	bool		timeout_null;
+	Interval   *timeout;
+	const char *owner;
+	TimestampTz run_at;
+} AtomizerFireJob;
+
+extern bool atomizer_store_fire_jobs(const AtomizerFireJob *jobs, int n,
+									 int64 *ids);
+
 /* workflow.c */
 typedef struct AtomizerDeps
 {
