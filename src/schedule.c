@@ -10,8 +10,9 @@
  *	  FOR UPDATE SKIP LOCKED: a fire happens once per (schedule, fire time)
  *	  whatever crashes, restarts or concurrent schedulers do.  Due
  *	  schedules fire in batches of up to FIRE_BATCH per transaction, with a
- *	  handful of statements per batch (the overlap check, the INSERT of the
- *	  jobs, the UPDATE of the schedules); a batch that fails is rolled back
+ *	  handful of statements per batch (the overlap check and the UPDATE of
+ *	  the schedules, a HOT update: no index covers next_run; the jobs are
+ *	  written by the job store's fast path, store.c); a batch that fails is rolled back
  *	  and its schedules fire one by one, each in a subtransaction, so that
  *	  one bad schedule is found, disabled and logged, and the others fire.
  *

@@ -5,7 +5,8 @@
  *	  heap insert and index insertions an INSERT would do, minus parsing,
  *	  plan-cache revalidation, executor start-up and shutdown, and the
  *	  privilege switch around them.  enqueue() and enqueue_many() (jobs.c)
- *	  use it for jobs without an idempotency key, which need no ON CONFLICT;
+ *	  use it for jobs without an idempotency key, which need no ON CONFLICT,
+ *	  and the cron firing (schedule.c) for a batch's jobs;
  *	  measured, it is what brings a single-row enqueue close to a bare
  *	  INSERT (see the README's performance section).
  *
