@@ -104,6 +104,7 @@ typedef struct AtomizerDbSlot
 												 * "-" no extension */
 	TimestampTz retry_after;	/* launcher: start no scheduler before */
 	pg_atomic_uint32 orphans_pending;	/* a worker died with jobs */
+	pg_atomic_uint32 schedules_changed; /* a schedule's next run changed */
 	TimestampTz last_worker_failure;	/* a worker exited on an error */
 	TimestampTz next_wake;		/* when the scheduler means to wake */
 	int			nnotify;		/* external queues to NOTIFY ... */
@@ -151,6 +152,7 @@ extern void atomizer_wake_queue(Oid dboid, const char *queue);
 extern void atomizer_wake_queue_all(Oid dboid, const char *queue);
 extern void atomizer_wake_launcher(Oid dboid);
 extern void atomizer_wake_scheduler(Oid dboid);
+extern void atomizer_schedules_changed(Oid dboid);
 extern void atomizer_wake_scheduler_by(Oid dboid, TimestampTz when);
 extern void atomizer_request_notify(Oid dboid, const char *queue);
 extern List *atomizer_take_notify_requests(bool *all);
@@ -354,6 +356,25 @@ typedef struct AtomizerNewJobs
 
 extern bool atomizer_store_jobs(const AtomizerNewJobs *jobs, Datum *payloads,
 								int n, int64 *ids);
+
+/* The job of one cron fire, as its schedule set it up (store.c). */
+typedef struct AtomizerFireJob
+{
+	int64		schedule_id;
+	const char *queue;
+	const char *handler;
+	Datum		payload;		/* jsonb */
+	int			priority;
+	bool		max_attempts_null;
+	int			max_attempts;
+	bool		timeout_null;
+	Interval   *timeout;
+	const char *owner;
+	TimestampTz run_at;
+} AtomizerFireJob;
+
+extern bool atomizer_store_fire_jobs(const AtomizerFireJob *jobs, int n,
+									 int64 *ids);
 
 /* workflow.c */
 typedef struct AtomizerDeps

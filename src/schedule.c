@@ -10,8 +10,9 @@
  *	  FOR UPDATE SKIP LOCKED: a fire happens once per (schedule, fire time)
  *	  whatever crashes, restarts or concurrent schedulers do.  Due
  *	  schedules fire in batches of up to FIRE_BATCH per transaction, with a
- *	  handful of statements per batch (the overlap check, the INSERT of the
- *	  jobs, the UPDATE of the schedules); a batch that fails is rolled back
+ *	  handful of statements per batch (the overlap check and the UPDATE of
+ *	  the schedules, a HOT update: no index covers next_run; the jobs are
+ *	  written by the job store's fast path, store.c); a batch that fails is rolled back
  *	  and its schedules fire one by one, each in a subtransaction, so that
  *	  one bad schedule is found, disabled and logged, and the others fire.
  *
@@ -757,6 +758,7 @@ typedef struct DueFire
 {
 	int64		id;
 	char	   *queue;
+	AtomizerFireJob job;		/* its job, if it fires */
 	TimestampTz fire_time;
 	TimestampTz next;			/* not finite: never again */
 	bool		skip_overlap;
@@ -792,10 +794,20 @@ decide_fire(HeapTuple tup, TupleDesc desc, TimestampTz now, HTAB *checks,
 	d->queue = SPI_getvalue(tup, desc, 5);
 	d->fire_time = DatumGetTimestampTz(SPI_getbinval(tup, desc, 10, &isnull));
 	d->skip_overlap = strcmp(SPI_getvalue(tup, desc, 8), "skip") == 0;
+	d->job.schedule_id = d->id;
+	d->job.queue = d->queue;
+	d->job.handler = SPI_getvalue(tup, desc, 4);
+	d->job.owner = SPI_getvalue(tup, desc, 7);
+	d->job.payload = SPI_getbinval(tup, desc, 12, &isnull);
+	d->job.priority = DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull));
+	d->job.max_attempts = DatumGetInt32(SPI_getbinval(tup, desc, 14,
+													  &d->job.max_attempts_null));
+	d->job.timeout = DatumGetIntervalP(SPI_getbinval(tup, desc, 15,
+													 &d->job.timeout_null));
 	if (!atomizer_cron_parse(spec, &cron, &reason) ||
 		(tz = pg_tzset(tz_name)) == NULL || !pg_tz_acceptable(tz) ||
 		queue_missing ||
-		fire_check_cached(checks, SPI_getvalue(tup, desc, 4), SPI_getvalue(tup, desc, 7),
+		fire_check_cached(checks, d->job.handler, d->job.owner,
 						  DatumGetBool(external_d)) != NULL)
 	{
 		d->alone = true;
@@ -847,6 +859,8 @@ fire_batch(void *arg)
 	bool	   *busy = palloc(sizeof(bool) * Max(b->n, 1));
 	int64	   *out_schedules = palloc(sizeof(int64) * Max(b->n, 1));
 	int64	   *out_jobs = palloc(sizeof(int64) * Max(b->n, 1));
+	AtomizerFireJob *jobs = palloc(sizeof(AtomizerFireJob) * Max(b->n, 1));
+	TimestampTz clock;
 	int			inserted;
 
 	b->fired = 0;
@@ -871,29 +885,41 @@ fire_batch(void *arg)
 	}
 
 	/* the jobs, in the order the schedules came due */
+	clock = GetCurrentTimestamp();
 	for (int i = 0; i < n; i++)
 	{
 		if (!mine[i]->fire)
 			continue;
+		mine[i]->job.run_at = Min(mine[i]->fire_time, clock);
+		jobs[nfire] = mine[i]->job;
 		ids[nfire] = mine[i]->id;
 		times[nfire++] = mine[i]->fire_time;
 		atomizer_note_enqueue(mine[i]->queue);
 	}
-	inserted = nfire > 0 ?
-		atomizer_store_insert_fires(ids, times, nfire, out_schedules, out_jobs) : 0;
-	if (inserted != nfire)
-		elog(ERROR, "could not enqueue the jobs of %d schedules (%d enqueued)",
-			 nfire, inserted);
-	qsort(mine, n, sizeof(DueFire *), compare_due_id);
-	for (int i = 0; i < inserted; i++)
+	if (nfire > 0 && atomizer_store_fire_jobs(jobs, nfire, out_jobs))
 	{
-		DueFire		key = {.id = out_schedules[i]};
-		DueFire    *keyp = &key;
-		DueFire   **d = bsearch(&keyp, mine, n, sizeof(DueFire *), compare_due_id);
+		/* written without a statement, in the order of jobs[] */
+		for (int i = 0, k = 0; i < n; i++)
+			if (mine[i]->fire)
+				mine[i]->job_id = out_jobs[k++];
+	}
+	else if (nfire > 0)
+	{
+		inserted = atomizer_store_insert_fires(ids, times, nfire, out_schedules, out_jobs);
+		if (inserted != nfire)
+			elog(ERROR, "could not enqueue the jobs of %d schedules (%d enqueued)",
+				 nfire, inserted);
+		qsort(mine, n, sizeof(DueFire *), compare_due_id);
+		for (int i = 0; i < inserted; i++)
+		{
+			DueFire		key = {.id = out_schedules[i]};
+			DueFire    *keyp = &key;
+			DueFire   **d = bsearch(&keyp, mine, n, sizeof(DueFire *), compare_due_id);
 
-		if (d == NULL)
-			elog(ERROR, "a job was enqueued for a schedule that was not due");
-		(*d)->job_id = out_jobs[i];
+			if (d == NULL)
+				elog(ERROR, "a job was enqueued for a schedule that was not due");
+			(*d)->job_id = out_jobs[i];
+		}
 	}
 
 	/* every schedule's next run and counters, in one statement */
@@ -1034,7 +1060,8 @@ atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake, bool *more)
 
 		atomizer_prepare(&due_plan,
 				"SELECT s.id, s.name, s.spec, s.handler, s.queue, s.tz,"
-				" s.owner::text, s.overlap, s.misfire, s.next_run, q.external"
+				" s.owner::text, s.overlap, s.misfire, s.next_run, q.external,"
+				" s.payload, s.priority::int4, s.max_attempts, s.timeout"
 				" FROM atomizer.schedule s"
 				" LEFT JOIN atomizer.queue q ON q.name = s.queue"
 				" WHERE s.enabled AND s.next_run <= $1"

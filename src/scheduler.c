@@ -98,6 +98,15 @@ static char *my_dbname = NULL;
 static List *logged_full = NIL;
 
 /*
+ * When the cron duty runs next (cron_duty_due): at the earliest next_run
+ * its last run found (DT_NOEND: none), or at once (0).  Finding the due
+ * schedules is a scan of atomizer.schedule, which has no index on next_run
+ * so that a fire's update is HOT; a pass that fires nothing does not scan.
+ */
+static TimestampTz cron_due = 0;
+static TimestampTz cron_checked = 0;	/* when the duty last ran */
+
+/*
  * atomizer_start_worker
  *		Reserve a worker slot for queue and register the worker.  Says why
  *		not when atomizer.max_workers or max_worker_processes is exhausted
@@ -789,11 +798,30 @@ static void
 duty_schedules(void *arg)
 {
 	PassState  *ps = (PassState *) arg;
+	TimestampTz now = GetCurrentTimestamp();
 	TimestampTz next_fire;
 
-	(void) atomizer_fire_schedules(GetCurrentTimestamp(), &next_fire,
-								   &ps->more_fires);
-	sleep_until(ps, next_fire);
+	cron_due = 0;				/* again at once if this fails */
+	(void) atomizer_fire_schedules(now, &next_fire, &ps->more_fires);
+	cron_due = ps->more_fires ? 0 : next_fire;
+	cron_checked = now;
+}
+
+/*
+ * cron_duty_due
+ *		Whether this pass runs the cron duty: a schedule is due, a committed
+ *		change to one woke us (atomizer_schedules_changed), the last run
+ *		failed, the clock went back, or atomizer.poll_interval passed (the
+ *		safety net for changes made without atomizer's functions, such as a
+ *		restore).
+ */
+static bool
+cron_duty_due(AtomizerDbSlot *db, TimestampTz now)
+{
+	if (pg_atomic_exchange_u32(&db->schedules_changed, 0) != 0)
+		return true;
+	return cron_due == 0 || now >= cron_due || now < cron_checked ||
+		TimestampDifferenceExceeds(cron_checked, now, atomizer_poll_interval);
 }
 
 static void
@@ -1148,14 +1176,21 @@ atomizer_scheduler_main(Datum arg)
 		}
 		ps.notify_all = !run_duty(DUTY_NOTIFY, dbname, duty_notify, &ps);
 		/* due schedules fire a batch per transaction, up to FIRE_ROUNDS */
-		for (int round = 0; round < FIRE_ROUNDS; round++)
+		ps.more_fires = false;
+		for (int round = 0; round < FIRE_ROUNDS && cron_duty_due(db, now); round++)
 		{
 			ps.more_fires = false;
-			if (!run_duty(DUTY_SCHEDULES, dbname, duty_schedules, &ps) ||
-				!ps.more_fires)
+			if (!run_duty(DUTY_SCHEDULES, dbname, duty_schedules, &ps))
+			{
+				cron_due = 0;
+				break;
+			}
+			if (!ps.more_fires)
 				break;
 			CHECK_FOR_INTERRUPTS();
 		}
+		if (cron_due != 0 || ps.more_fires)
+			sleep_until(&ps, cron_due); /* (a failure: duty_pause_ms) */
 		(void) run_duty(DUTY_LEASES, dbname, duty_leases, &ps);
 		(void) run_duty(DUTY_WORKERS, dbname, duty_workers, &ps);
 		if (last_prune == 0 || TimestampDifferenceExceeds(last_prune, now, PRUNE_MS))

@@ -91,7 +91,10 @@ shmem_startup(void)
 	{
 		memset(atomizer_shared, 0, shared_size());
 		for (int i = 0; i < ATOMIZER_MAX_DATABASES; i++)
+		{
 			pg_atomic_init_u32(&atomizer_shared->dbs[i].orphans_pending, 0);
+			pg_atomic_init_u32(&atomizer_shared->dbs[i].schedules_changed, 0);
+		}
 		atomizer_shared->lock = &(GetNamedLWLockTranche("atomizer"))->lock;
 		atomizer_shared->max_workers = atomizer_max_workers;
 		atomizer_floor_init();
@@ -139,6 +142,7 @@ atomizer_db_slot(Oid dboid, bool create)
 		memset(free_slot, 0, sizeof(AtomizerDbSlot));
 		free_slot->dboid = dboid;
 		pg_atomic_init_u32(&free_slot->orphans_pending, 0);
+		pg_atomic_init_u32(&free_slot->schedules_changed, 0);
 		return free_slot;
 	}
 	return NULL;
@@ -246,6 +250,32 @@ atomizer_wake_scheduler(Oid dboid)
 	db = atomizer_db_slot(dboid, false);
 	if (db != NULL)
 		latch = db->scheduler_latch;
+	LWLockRelease(atomizer_shared->lock);
+	if (latch != NULL)
+		SetLatch(latch);
+}
+
+/*
+ * atomizer_schedules_changed
+ *		A committed transaction changed a schedule of database dboid (made
+ *		one, enabled one, moved its next run): its scheduler looks at the
+ *		due schedules again, now.
+ */
+void
+atomizer_schedules_changed(Oid dboid)
+{
+	Latch	   *latch = NULL;
+	AtomizerDbSlot *db;
+
+	if (atomizer_shared == NULL)
+		return;
+	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
+	db = atomizer_db_slot(dboid, false);
+	if (db != NULL)
+	{
+		pg_atomic_write_u32(&db->schedules_changed, 1);
+		latch = db->scheduler_latch;
+	}
 	LWLockRelease(atomizer_shared->lock);
 	if (latch != NULL)
 		SetLatch(latch);

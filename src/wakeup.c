@@ -40,6 +40,7 @@ static int	npending = 0;
 static bool pending_overflow = false;
 static bool pending_launcher = false;
 static bool pending_scheduler = false;
+static bool pending_schedules = false;	/* a schedule changed */
 static int	nexternal = 0;
 static TimestampTz pending_deadline = 0;
 static int	nresumed = 0;
@@ -120,7 +121,9 @@ xact_callback(XactEvent event, void *arg)
 				atomizer_floor_reset_db(MyDatabaseId);
 				atomizer_wake_launcher(MyDatabaseId);
 			}
-			if (pending_scheduler)
+			if (pending_schedules)
+				atomizer_schedules_changed(MyDatabaseId);
+			else if (pending_scheduler)
 				atomizer_wake_scheduler(MyDatabaseId);
 			for (int i = 0; i < nexternal; i++)
 				atomizer_request_notify(MyDatabaseId, external[i]);
@@ -155,6 +158,7 @@ xact_callback(XactEvent event, void *arg)
 			pending_overflow = false;
 			pending_launcher = false;
 			pending_scheduler = false;
+			pending_schedules = false;
 			nexternal = 0;
 			pending_deadline = 0;
 			nresumed = 0;
@@ -386,7 +390,7 @@ atomizer_note_schedule_change(void)
 	if (atomizer_shared == NULL)
 		return;
 	register_callback();
-	pending_scheduler = true;
+	pending_schedules = true;
 }
 
 /*
