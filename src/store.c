@@ -219,7 +219,11 @@ map_columns(TupleDesc desc, int *attnums)
 			if (strcmp(NameStr(att->attname), columns[c].name) == 0)
 			{
 				if (att->atttypid != columns[c].type)
+				{
+					elog(DEBUG1, "atomizer: jobs are written with an INSERT: column \"%s\" of atomizer.job has another type",
+						 columns[c].name);
 					return false;
+				}
 				attnums[c] = i;
 				known = true;
 			}
@@ -227,11 +231,19 @@ map_columns(TupleDesc desc, int *attnums)
 			if (strcmp(NameStr(att->attname), null_columns[k]) == 0)
 				known = true;
 		if (!known)
+		{
+			elog(DEBUG1, "atomizer: jobs are written with an INSERT: the job store does not know column \"%s\" of atomizer.job",
+				 NameStr(att->attname));
 			return false;
+		}
 	}
 	for (int c = 0; c < NCOLS; c++)
 		if (attnums[c] < 0)
+		{
+			elog(DEBUG1, "atomizer: jobs are written with an INSERT: atomizer.job has no column \"%s\"",
+				 columns[c].name);
 			return false;
+		}
 	return true;
 }
 
@@ -289,6 +301,8 @@ store_open(StoreRel *s)
 	PreventCommandIfParallelMode("atomizer.enqueue()");
 
 	s->rel = table_open(relid, RowExclusiveLock);
+	if (s->rel->trigdesc != NULL || s->rel->rd_rel->relkind != RELKIND_RELATION)
+		elog(DEBUG1, "atomizer: jobs are written with an INSERT: atomizer.job has triggers or is not a plain table");
 	if (s->rel->trigdesc != NULL || s->rel->rd_rel->relkind != RELKIND_RELATION ||
 		!map_columns(RelationGetDescr(s->rel), s->attnums))
 	{

@@ -16,6 +16,12 @@ GRANT USAGE ON SCHEMA public TO regress_store_user;
 GRANT EXECUTE ON FUNCTION noop(jsonb) TO regress_store_user;
 
 -- one row, written directly, with what the column defaults would give
+-- (store.c says at DEBUG1 when it cannot write directly: nothing here)
+SET client_min_messages = debug1;
+SELECT atomizer.enqueue('noop', '{"n": 0}') > 0 AS enqueued;
+SELECT count(*) FROM atomizer.enqueue_many('noop', ARRAY['{}', '{}']::jsonb[]);
+SET client_min_messages = warning;
+DELETE FROM atomizer.job;
 SET ROLE regress_store_user;
 BEGIN;
 SELECT atomizer.enqueue('noop', '{"n": 1}', priority => 7, max_attempts => 3,
@@ -66,7 +72,9 @@ CREATE TABLE seen (id bigint);
 CREATE FUNCTION seen() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO public.seen VALUES (NEW.id); RETURN NEW; END $$;
 CREATE TRIGGER seen AFTER INSERT ON atomizer.job FOR EACH ROW EXECUTE FUNCTION seen();
+SET client_min_messages = debug1;
 SELECT atomizer.enqueue('noop', '{}') AS id \gset
+SET client_min_messages = warning;
 SELECT :id IN (SELECT id FROM seen) AS trigger_fired;
 SELECT count(*) FROM atomizer.enqueue_many('noop', ARRAY['{}', '{}']::jsonb[]);
 SELECT count(*) FROM seen;
@@ -74,11 +82,15 @@ DROP TRIGGER seen ON atomizer.job;
 
 -- a column store.c does not know: the INSERT writes its default
 ALTER TABLE atomizer.job ADD COLUMN note text DEFAULT 'from the default';
+SET client_min_messages = debug1;
 SELECT atomizer.enqueue('noop', '{}') AS id \gset
+SET client_min_messages = warning;
 SELECT note FROM atomizer.job WHERE id = :id;
 ALTER TABLE atomizer.job DROP COLUMN note;
 -- and with it dropped, the direct path again (a dropped column is skipped)
+SET client_min_messages = debug1;
 SELECT atomizer.enqueue('noop', '{}') > 0 AS enqueued;
+SET client_min_messages = warning;
 
 -- an index added by hand is kept up to date by the direct path too
 CREATE INDEX job_owner_idx ON atomizer.job (owner, id);
