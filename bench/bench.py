@@ -181,6 +181,10 @@ class Bench:
         # the baseline again: the best of its two runs is the table's figure
         # (one naive run is easily disturbed, e.g. by autovacuum)
         runs.append(dict(drain.drain_naive(a, cur), rep=2))
+        # the bare limit of a batched move into a history, twice (issue 16's
+        # target: 0.6 of it)
+        runs.append(drain.drain_bare(a, cur))
+        runs.append(dict(drain.drain_bare(a, cur), rep=2))
         drain.clean(cur)
         self.res["drain"] = runs
         self.save()

@@ -152,9 +152,12 @@ def drain_atomizer(a, cur, handler, batch, queue="drain", purge_queue_only=False
     return r
 
 
-def drain_naive(a, cur):
+def drain_naive(a, cur, script=None, per_xact=10, kind="naive"):
+    """The naive SKIP LOCKED queue (10 rows deleted per transaction), or,
+    with kind "bare", the bare batched move of bench/bare_move.sql."""
     n = a.jobs
-    cur.execute("TRUNCATE public.naive_q RESTART IDENTITY")
+    script = script or a.naive_script
+    cur.execute("TRUNCATE public.naive_q, public.naive_done RESTART IDENTITY")
     cur.execute("INSERT INTO public.naive_q (payload)"
                 " SELECT jsonb_build_object('i', g) FROM generate_series(1, %s) g", (n,))
     cur.execute("VACUUM ANALYZE public.naive_q")
@@ -162,7 +165,7 @@ def drain_naive(a, cur):
     # -t: far more than enough; the run is timed until the table is empty and
     # pgbench, still running empty transactions by then, is stopped
     cmd = [a.pgbench, "-n", "-M", "prepared", "-c", "2", "-j", "2",
-           "-t", str(n // 10), "-f", a.naive_script,
+           "-t", str(n // per_xact), "-f", script,
            "-h", a.host, "-p", str(a.port), "-U", "postgres", a.db]
     t0 = time.time()
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -188,10 +191,20 @@ def drain_naive(a, cur):
         p.terminate()               # our pgbench, by its pid
     p.wait()
     wall = t1 - t0
-    r = dict(kind="naive", jobs=n, wall_s=wall, per_s=n / wall)
-    print("  naive SKIP LOCKED (pgbench -c 2, 10 rows/xact): %6.2f s  %7.0f rows/s"
-          % (wall, r["per_s"]), flush=True)
+    r = dict(kind=kind, jobs=n, wall_s=wall, per_s=n / wall)
+    if kind == "bare":
+        moved = q1(cur, "SELECT count(*) FROM public.naive_done")[0]
+        if moved != n:
+            sys.exit("bare move: %d rows in the history, expected %d" % (moved, n))
+    print("  %s (pgbench -c 2, %d rows/xact): %6.2f s  %7.0f rows/s"
+          % ("naive SKIP LOCKED" if kind == "naive" else "bare batched move", per_xact,
+             wall, r["per_s"]), flush=True)
     return r
+
+
+def drain_bare(a, cur):
+    return drain_naive(a, cur, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                            "bare_move.sql"), 64, "bare")
 
 
 def probe_resume(a, cur, queue="default"):

@@ -81,6 +81,19 @@ if d:
         S.append("| drain by workers (2), %s | %s jobs/s | %s (naive SKIP LOCKED) | %s |"
                  % (names[x["handler"]], n(x["per_s"]), n(naive["per_s"]),
                     ratio(x["per_s"], naive["per_s"])))
+    bares = [x for x in d if x["kind"] == "bare"]
+    if bares:
+        bare = max(bares, key=lambda x: x["per_s"])
+        for x in d:
+            if x["kind"] == "atomizer" and x["handler"] in ("noop", "effect"):
+                T.append("| 3. … the same drain, %s, against the bare limit | %s jobs/s | %s rows/s |"
+                         " bare batched move: 64 rows per transaction deleted and inserted into"
+                         " a history table in one statement, pgbench -c 2 | %s |"
+                         % (names[x["handler"]], n(x["per_s"]), n(bare["per_s"]),
+                            ratio(x["per_s"], bare["per_s"])))
+                S.append("| drain by workers (2), %s | %s jobs/s | %s (bare batched move into a history) | %s |"
+                         % (names[x["handler"]], n(x["per_s"]), n(bare["per_s"]),
+                            ratio(x["per_s"], bare["per_s"])))
     cpu = ", ".join("%s %s" % (x["handler"], "n/a (a worker came or went)"
                                if x.get("cpu_workers") is None
                                else "%.0f %%" % x["cpu_workers"])

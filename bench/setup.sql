@@ -26,3 +26,6 @@ SELECT atomizer.create_queue('drain', concurrency => 2);
 
 -- Baseline: a plain-SQL queue drained with FOR UPDATE SKIP LOCKED.
 CREATE TABLE public.naive_q (id bigserial PRIMARY KEY, payload jsonb NOT NULL);
+-- and the bare limit of a batched move into a history (bench/bare_move.sql)
+CREATE TABLE public.naive_done (id bigint PRIMARY KEY, payload jsonb NOT NULL,
+								finished_at timestamptz NOT NULL);
