@@ -977,15 +977,14 @@ floor_check(const char *queue, const AtomizerClaimKey *floor,
  * mark_claimed
  *		The claim's second statement: mark the nids locked jobs ids[]
  *		running, attempt counted, with the worker's identity or name and an
- *		external worker's lease (or, limited, the lease 0 that marks an
- *		internal job a handler limit counts, see limits.c), started at
+ *		external worker's lease, started at
  *		started_at (0: now, each at its own clock_timestamp()), and read
  *		them back into a palloc'd array in
  *		caller_cxt, in claim order.  Connected to SPI.
  */
 static int
 mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
-			 TimestampTz started_at, bool limited, MemoryContext caller_cxt,
+			 TimestampTz started_at, MemoryContext caller_cxt,
 			 AtomizerJob **jobs)
 {
 	static SPIPlanPtr mark_plan = NULL;
@@ -1030,11 +1029,6 @@ mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
 
 			lease->time = spec->lease_ms * 1000;
 			mvalues[2] = IntervalPGetDatum(lease);
-		}
-		else if (limited)
-		{
-			/* no lease: the mark of a job a handler limit counts */
-			mvalues[2] = IntervalPGetDatum(palloc0(sizeof(Interval)));
 		}
 		else
 			mnulls[2] = 'n';
@@ -1570,7 +1564,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	if (new_floor && nids > 0)
 		floor_check(spec->queue, floor, new_floor);
 
-	return mark_claimed(spec, ids, nids, now, q->handler_limits, caller_cxt, jobs);
+	return mark_claimed(spec, ids, nids, now, caller_cxt, jobs);
 }
 
 /*
@@ -1645,7 +1639,7 @@ claim_plain(const AtomizerClaimSpec *spec, MemoryContext caller_cxt,
 	if (new_floor && nids > 0)
 		floor_check(spec->queue, floor, new_floor);
 
-	return mark_claimed(spec, ids, nids, 0, false, caller_cxt, jobs);
+	return mark_claimed(spec, ids, nids, 0, caller_cxt, jobs);
 }
 
 int

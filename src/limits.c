@@ -267,8 +267,8 @@ attnum_of(TupleDesc desc, const char *name)
  * left behind, and a database's holds are trusted only at the generation
  * at which its scheduler last finished an orphan recovery that found no
  * orphan left (atomizer_limits_trust); until then a claim counts the
- * running jobs marked with a lease of 0 in atomizer.job (one statement),
- * plus the reservations of claims in flight, as before holds existed.
+ * running jobs of atomizer.job without a lease (one statement), plus the
+ * reservations of claims in flight, as before holds existed.
  */
 typedef struct HeldJob
 {
@@ -1078,9 +1078,9 @@ atomizer_limits_lock(const char *queue)
 
 /*
  * How many jobs of handler h of queue q are running, counted in the table:
- * an internal queue's that a claim under the limit marked with a lease of
- * 0 (without an index: this count is only made while the holds are not
- * whole, see "Holds"), an external queue's under a lease (job_lease_idx).
+ * an internal queue's, which have no lease (without an index: this count
+ * is only made while the holds are not whole, see "Holds"), an external
+ * queue's under a lease (job_lease_idx).
  */
 #define HANDLER_RUNNING_LEASED(q, h) \
 	"(SELECT count(*) FROM atomizer.job j" \
@@ -1088,13 +1088,13 @@ atomizer_limits_lock(const char *queue)
 	"  AND j.state = 'running' AND j.lease_until IS NOT NULL)"
 
 /*
- * count_marked
+ * count_running_rows
  *		Into running[h], the running jobs of handlers[h] (nh) of internal
- *		queue that a claim under a handler limit marked, visible to snap
+ *		queue (whoever claimed them), visible to snap
  *		(InvalidSnapshot: the current one).  Connected to SPI.
  */
 static void
-count_marked(const char *queue, Snapshot snap, char **handlers, int nh,
+count_running_rows(const char *queue, Snapshot snap, char **handlers, int nh,
 			 int64 *running)
 {
 	static SPIPlanPtr plan = NULL;
@@ -1104,7 +1104,7 @@ count_marked(const char *queue, Snapshot snap, char **handlers, int nh,
 	atomizer_prepare_opts(&plan,
 						  "SELECT j.handler, count(*)::int8 FROM atomizer.job j"
 						  " WHERE j.queue = $1 AND j.state = 'running'"
-						  " AND j.lease = interval '0' GROUP BY j.handler",
+						  " AND j.lease_until IS NULL GROUP BY j.handler",
 						  1, types, CURSOR_OPT_GENERIC_PLAN);
 	if (SPI_execute_snapshot(plan, &arg, NULL, snap, InvalidSnapshot, true,
 							 false, 0) != SPI_OK_SELECT)
@@ -1183,7 +1183,7 @@ atomizer_limits_held_with_room(const char *queue, bool external)
 			LWLockRelease(reservations->lock);
 		}
 		if (!trusted)
-			count_marked(queue, InvalidSnapshot, handlers, n, running);
+			count_running_rows(queue, InvalidSnapshot, handlers, n, running);
 		for (int h = 0; h < n; h++)
 			if (running[h] < conc[h])
 				room = true;
@@ -1397,7 +1397,7 @@ atomizer_limits_handlers(const char *queue, bool external, Snapshot snap,
 		return read_limits(&plans[1], HANDLER_ROOM_LEASED, queue, snap,
 						   handlers, room, held);
 
-	/* an internal queue: concurrency less the holds, or the marked jobs */
+	/* an internal queue: concurrency less the holds, or the running rows */
 	if (!handlers_by_scan(queue, snap, &n, handlers, room, held))
 		n = read_limits(&plans[0], HANDLER_LIST, queue, snap, handlers, room, held);
 	if (n == 0)
@@ -1405,7 +1405,7 @@ atomizer_limits_handlers(const char *queue, bool external, Snapshot snap,
 	running = palloc0(sizeof(int64) * n);
 	holds = take_holds(queue, *handlers, n, running);
 	if (holds == 0)
-		count_marked(queue, snap, *handlers, n, running);
+		count_running_rows(queue, snap, *handlers, n, running);
 	claim_trusted = holds > 0;
 	for (int h = 0; h < n; h++)
 		(*room)[h] = holds < 0 ? 0 : (int) Max((*room)[h] - running[h], 0);
