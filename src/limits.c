@@ -118,6 +118,10 @@ PG_FUNCTION_INFO_V1(atomizer_release_held);
 /* locktag_field4 of atomizer's limit locks (user advisory locks use 1, 2) */
 #define LIMIT_LOCK_SPACE	0x4174
 
+/* A transaction that has written looks for the limit lock this often. */
+#define LIMIT_LOCK_TRIES	40
+#define LIMIT_LOCK_NAP_US	50
+
 /* Reservations of claims in flight, in shared memory. */
 #define RESERVATIONS	2048
 
@@ -1066,10 +1070,27 @@ atomizer_limits_lock(const char *queue)
 	}
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, h, (uint32) strlen(queue),
 						 LIMIT_LOCK_SPACE);
-	if (LockAcquire(&tag, ExclusiveLock, false,
-					TransactionIdIsValid(GetTopTransactionIdIfAny())) ==
-		LOCKACQUIRE_NOT_AVAIL)
-		return false;
+	if (!TransactionIdIsValid(GetTopTransactionIdIfAny()))
+		(void) LockAcquire(&tag, ExclusiveLock, false, false);
+	else
+	{
+		/*
+		 * No waiting in the lock manager; but a claim holds the lock for a
+		 * fraction of a millisecond, so look again a few times first
+		 * (atomizer's workers claim the next batch at the end of the
+		 * batch's transaction, and an empty claim would cost them a
+		 * transaction of its own).
+		 */
+		int			tries = 0;
+
+		while (LockAcquire(&tag, ExclusiveLock, false, true) == LOCKACQUIRE_NOT_AVAIL)
+		{
+			if (++tries > LIMIT_LOCK_TRIES)
+				return false;
+			CHECK_FOR_INTERRUPTS();
+			pg_usleep(LIMIT_LOCK_NAP_US);
+		}
+	}
 	held_tag = tag;
 	holding = true;
 	copy_inflight(h);

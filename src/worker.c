@@ -9,8 +9,9 @@
  *	  in a second transaction (the successes with one statement at its end),
  *	  so a handler's effects commit with its job's completion.  After a full
  *	  batch, that second transaction also claims the next batch (at its
- *	  start, before the handlers run, for a queue with limits), so a busy
- *	  worker commits (and waits for a WAL flush) once per batch.  The batch
+ *	  end; for a queue with limits, only if the queue's limit lock comes
+ *	  free within about 2 ms, limits.c), so a busy worker commits (and
+ *	  waits for a WAL flush) once per batch.  The batch
  *	  size adapts: it starts at 1, doubles while
  *	  batches are full and quick, and halves when a batch takes long, so
  *	  slow jobs spread over the queue's workers and fast ones are claimed
@@ -222,23 +223,9 @@ claim(int want, AtomizerJob **jobs, AtomizerClaimKey *new_floor, uint64 *gen)
 }
 
 /*
- * queue_limited
- *		Whether this worker's queue has a rate limit or handler limits (the
- *		queue's settings are cached per backend).  In a transaction.
- */
-static bool
-queue_limited(void)
-{
-	AtomizerQueue queue;
-
-	return atomizer_lookup_queue(my_queue, &queue) && atomizer_queue_limited(&queue);
-}
-
-/*
  * run_batch
  *		Run claimed jobs and record their outcomes in one transaction, and
- *		claim the next batch in it if next->want > 0 (first, for a queue
- *		with limits; last otherwise).  Returns the number of
+ *		claim the next batch at its end if next->want > 0.  Returns the number of
  *		jobs run (the rest were released on shutdown).
  */
 static int
@@ -255,22 +242,7 @@ run_batch(AtomizerJob *jobs, int n, int64 *succeeded, int64 *failed,
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 
-	/*
-	 * A queue with limits: the next batch is claimed first, while this
-	 * transaction has written nothing, so that its claim may wait for the
-	 * queue's limit lock (limits.c), and still commits with this batch.
-	 */
 	next->n = 0;
-	if (next->want > 0 && !atomizer_shutdown_pending && queue_limited())
-	{
-		MemoryContext old = MemoryContextSwitchTo(next->cxt);
-
-		next->n = claim(next->want, &next->jobs, &next->new_floor,
-						&next->floor_gen);
-		MemoryContextSwitchTo(old);
-		next->want = 0;
-	}
-
 	for (int i = 0; i < n; i++)
 	{
 		AtomizerOutcome outcome;
