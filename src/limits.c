@@ -635,7 +635,7 @@ atomizer_limits_fill_holds(const char *queue, char **handlers, const int *took,
 	uint32		qh = queue_hash(queue);
 	int			level = GetCurrentTransactionNestLevel();
 
-	if (reservations == NULL || nprehold != nh)
+	if (reservations == NULL || nh == 0 || nprehold != nh)
 		return;
 	LWLockAcquire(reservations->lock, LW_EXCLUSIVE);
 	for (int h = 0; h < nh; h++)
