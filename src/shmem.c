@@ -235,11 +235,12 @@ atomizer_wake_queue_all(Oid dboid, const char *queue)
 }
 
 /*
- * atomizer_wake_scheduler
- *		Set the latch of database dboid's scheduler.
+ * wake_scheduler
+ *		Set the latch of database dboid's scheduler; with schedules, first
+ *		tell it that a schedule changed.
  */
-void
-atomizer_wake_scheduler(Oid dboid)
+static void
+wake_scheduler(Oid dboid, bool schedules)
 {
 	Latch	   *latch = NULL;
 	AtomizerDbSlot *db;
@@ -249,10 +250,24 @@ atomizer_wake_scheduler(Oid dboid)
 	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
 	db = atomizer_db_slot(dboid, false);
 	if (db != NULL)
+	{
+		if (schedules)
+			pg_atomic_write_u32(&db->schedules_changed, 1);
 		latch = db->scheduler_latch;
+	}
 	LWLockRelease(atomizer_shared->lock);
 	if (latch != NULL)
 		SetLatch(latch);
+}
+
+/*
+ * atomizer_wake_scheduler
+ *		Set the latch of database dboid's scheduler.
+ */
+void
+atomizer_wake_scheduler(Oid dboid)
+{
+	wake_scheduler(dboid, false);
 }
 
 /*
@@ -264,21 +279,7 @@ atomizer_wake_scheduler(Oid dboid)
 void
 atomizer_schedules_changed(Oid dboid)
 {
-	Latch	   *latch = NULL;
-	AtomizerDbSlot *db;
-
-	if (atomizer_shared == NULL)
-		return;
-	LWLockAcquire(atomizer_shared->lock, LW_SHARED);
-	db = atomizer_db_slot(dboid, false);
-	if (db != NULL)
-	{
-		pg_atomic_write_u32(&db->schedules_changed, 1);
-		latch = db->scheduler_latch;
-	}
-	LWLockRelease(atomizer_shared->lock);
-	if (latch != NULL)
-		SetLatch(latch);
+	wake_scheduler(dboid, true);
 }
 
 /*
