@@ -610,6 +610,7 @@ extern int	atomizer_store_expired_leases(AtomizerJob **jobs, char ***reasons,
 										  TimestampTz *next_end);
 extern int	atomizer_store_running_internal(AtomizerJob **jobs, char ***workers);
 extern int64 atomizer_store_count_running(const char *worker);
+extern int	atomizer_store_running_workers(char ***workers);
 extern int	atomizer_store_sample_unfinished(AtomizerGaugeSample **samples);
 struct ReturnSetInfo;
 extern void atomizer_store_external_queue_counts(struct ReturnSetInfo *rsinfo);
@@ -656,6 +657,7 @@ extern bool atomizer_limits_held_with_room(const char *queue, bool external);
 extern void atomizer_limits_attach(void);
 extern uint64 atomizer_limits_trust_gen(void);
 extern void atomizer_limits_trust(uint64 gen);
+extern bool atomizer_limits_trusted(void);
 extern void atomizer_limits_fill_holds(const char *queue, char **handlers,
 									   const int *took, int nh, const Datum *ids,
 									   const int *id_h, int nids);

@@ -3112,6 +3112,39 @@ atomizer_store_count_running(const char *worker)
 }
 
 /*
+ * atomizer_store_running_workers
+ *		The distinct worker identities of atomizer's workers' running jobs,
+ *		read without locking them (rows a dying worker still locks too),
+ *		palloc'd in the caller's context.
+ */
+int
+atomizer_store_running_workers(char ***workers)
+{
+	static SPIPlanPtr plan = NULL;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	StoreCall	call;
+	uint64		n;
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+					 "SELECT DISTINCT worker FROM atomizer.job"
+					 " WHERE state = 'running' AND worker LIKE '"
+					 ATOMIZER_WORKER_ID_PREFIX "%'", 0, NULL);
+	if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read the running jobs' workers");
+	n = SPI_processed;
+	*workers = MemoryContextAllocZero(caller_cxt, sizeof(char *) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		char	   *w = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+
+		(*workers)[i] = MemoryContextStrdup(caller_cxt, w);
+	}
+	store_end(&call);
+	return (int) n;
+}
+
+/*
  * atomizer_store_sample_unfinished
  *		Every role's unfinished jobs per queue and state, and the run_at of
  *		each queue's oldest due job: the scheduler's sample for the

@@ -285,7 +285,13 @@ typedef struct HeldJob
 } HeldJob;
 
 static HTAB *held_jobs = NULL;
-static int	nheld = 0;			/* entries of held_jobs */
+
+/* How many jobs this backend holds (claimed, outcome not committed). */
+static inline long
+held_count(void)
+{
+	return held_jobs ? hash_get_num_entries(held_jobs) : 0;
+}
 static int	own_committed = 0;	/* this backend's committed holds */
 static int *prehold = NULL;		/* entries reserved for the claim under way */
 static int	nprehold = 0;
@@ -321,7 +327,7 @@ shrink_high(void)
 static void
 drop_reservations(int min_level)
 {
-	if (nheld > 0)
+	if (held_count() > 0)
 	{
 		HASH_SEQ_STATUS st;
 		HeldJob    *h;
@@ -332,7 +338,6 @@ drop_reservations(int min_level)
 			if (!h->committed && h->level >= min_level)
 			{
 				(void) hash_search(held_jobs, &h->id, HASH_REMOVE, NULL);
-				nheld--;
 			}
 			else if (h->released >= min_level)
 				h->released = 0;	/* its outcome was rolled back */
@@ -363,7 +368,7 @@ static void
 commit_reservations(void)
 {
 	nprehold = 0;
-	if (own_reservations == 0 && nheld == 0)
+	if (own_reservations == 0 && held_count() == 0)
 		return;
 	if (reservations == NULL)
 	{
@@ -385,7 +390,7 @@ commit_reservations(void)
 			own_committed++;
 		}
 	}
-	if (nheld > 0)
+	if (held_count() > 0)
 	{
 		HASH_SEQ_STATUS st;
 		HeldJob    *h;
@@ -411,7 +416,6 @@ commit_reservations(void)
 				}
 			}
 			(void) hash_search(held_jobs, &h->id, HASH_REMOVE, NULL);
-			nheld--;
 		}
 	}
 	shrink_high();
@@ -490,6 +494,24 @@ atomizer_limits_trust_gen(void)
 	gen = reservations->trust_gen;
 	LWLockRelease(reservations->lock);
 	return gen;
+}
+
+/*
+ * atomizer_limits_trusted
+ *		Whether this database's holds are whole now (no shared memory: no
+ *		holds to trust).
+ */
+bool
+atomizer_limits_trusted(void)
+{
+	bool		trusted;
+
+	if (reservations == NULL)
+		return false;
+	LWLockAcquire(reservations->lock, LW_SHARED);
+	trusted = trusted_locked();
+	LWLockRelease(reservations->lock);
+	return trusted;
 }
 
 void
@@ -646,13 +668,10 @@ atomizer_limits_fill_holds(const char *queue, char **handlers, const int *took,
 	{
 		int64		id = DatumGetInt64(ids[i]);
 		HeldJob    *j;
-		bool		found;
 
 		if (id_h[i] < 0)
 			continue;
-		j = hash_search(held_jobs, &id, HASH_ENTER, &found);
-		if (!found)
-			nheld++;
+		j = hash_search(held_jobs, &id, HASH_ENTER, NULL);
 		j->queue = qh;
 		j->key = key_hash(ATOMIZER_LIMIT_HANDLER, handlers[id_h[i]]);
 		j->level = level;
@@ -671,7 +690,7 @@ atomizer_limits_job_done(int64 id)
 {
 	HeldJob    *j;
 
-	if (nheld == 0)
+	if (held_count() == 0)
 		return;
 	j = hash_search(held_jobs, &id, HASH_FIND, NULL);
 	if (j != NULL && j->released == 0)
@@ -712,13 +731,13 @@ limits_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 {
 	int			level = GetCurrentTransactionNestLevel();
 
-	if (own_reservations == own_committed && nheld == 0)
+	if (own_reservations == own_committed && held_count() == 0)
 		return;
 	if (event == SUBXACT_EVENT_ABORT_SUB)
 		drop_reservations(level);
 	else if (event == SUBXACT_EVENT_COMMIT_SUB)
 	{
-		if (nheld > 0)
+		if (held_count() > 0)
 		{
 			HASH_SEQ_STATUS st;
 			HeldJob    *h;

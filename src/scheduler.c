@@ -414,6 +414,26 @@ recover_orphans(void)
 	if (recovered > 0)
 		ereport(LOG,
 				(errmsg("atomizer: recovered %d job(s) of workers that died", recovered)));
+
+	/*
+	 * While the limits' holds are not trusted (a worker died with jobs, or
+	 * a restart), look at every running job's worker, locked rows too: a
+	 * dead worker whose rows are all still locked left orphans that the
+	 * scan above could not see, and the holds must wait for them.
+	 */
+	if (!locked_left && !atomizer_limits_trusted())
+	{
+		char	  **running;
+		int			nrunning = atomizer_store_running_workers(&running);
+
+		for (int i = 0; i < nrunning && !locked_left; i++)
+		{
+			AtomizerWorkerId id;
+
+			if (atomizer_worker_id_parse(running[i], &id) && !worker_alive(&id))
+				locked_left = true;
+		}
+	}
 	return locked_left;
 }
 

@@ -184,9 +184,27 @@ sleep 1;
 is($node->safe_psql('postgres', q{
 	SELECT count(*) FROM atomizer.job WHERE queue = 'hang' AND state = 'held'}),
 	1, 'crash: the second job is held back while the first runs');
+# The orphan counts until the scheduler recovers it: a session holding a
+# lock on its row keeps the recovery off it (SKIP LOCKED) for a while, and
+# meanwhile the second job stays held back.
+my ($lock_in, $lock_out) = ('', '');
+my $locker = IPC::Run::start(
+	[ 'psql', '-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres') ],
+	'<', \$lock_in, '>', \$lock_out, '2>', \$lock_out, IPC::Run::timeout(120));
+$lock_in .= "BEGIN;\nSELECT 'locked' FROM atomizer.job WHERE queue = 'hang' AND state = 'running' FOR SHARE;\n";
+$locker->pump until $lock_out =~ /locked/;
 $node->safe_psql('postgres', q{
 	SELECT pg_terminate_backend(w.pid) FROM atomizer.workers w
 	 WHERE w.queue = 'hang' AND w.job_id IS NOT NULL});
+$node->poll_query_until('postgres',
+	q{SELECT count(*) = 0 FROM atomizer.workers WHERE queue = 'hang' AND job_id IS NOT NULL})
+  or die "the worker did not end";
+sleep 2;
+is($node->safe_psql('postgres', q{
+	SELECT string_agg(state, ',' ORDER BY id) FROM atomizer.job WHERE queue = 'hang'}),
+	'running,held', 'crash: the dead worker\'s job still counts until it is recovered');
+$lock_in .= "COMMIT;\n";
+$locker->finish;
 $node->poll_query_until('postgres',
 	q{SELECT count(*) = 2 FROM atomizer.jobs WHERE queue = 'hang' AND state = 'succeeded'})
   or die "the jobs of the dead worker's handler did not run";
