@@ -182,6 +182,15 @@ typedef enum StartResult
 } StartResult;
 
 extern void slot_reset(Slot *s);
+typedef struct Spawned
+{
+	pid_t		pid;
+	int			in_fd;			/* its stdin, ours to write */
+	int			out_fd;			/* its stdout */
+	int			err_fd;			/* its stderr, or -1 */
+} Spawned;
+extern StartResult spawn_command(char **argv, bool capture_err,
+								 const char *const *env, Spawned *sp, int *err);
 extern StartResult slot_start(Worker *w, Slot *s, int *err);
 extern void check_command(const char *cmd);
 extern void reap_children(Worker *w);

@@ -382,66 +382,55 @@ check_command(const char *cmd)
 	exit(EXIT_USAGE);
 }
 
+/* Close both ends of the first n pipes of p. */
+static void
+close_pipes(int p[][2], int n)
+{
+	for (int i = 0; i < n; i++)
+	{
+		close(p[i][0]);
+		close(p[i][1]);
+	}
+}
+
 /*
- * Start the command for a claimed job in slot s.  START_EXEC_FAILED when
- * the command could not be executed (*err: the errno of execvp), which a
- * status pipe tells: it is closed by a successful exec (O_CLOEXEC), or
- * carries execvp's errno.  START_FAILED when no pipe or process could be
- * made (*err: that errno).
+ * spawn_command
+ *		Start argv in a process group of its own, with default signal
+ *		handling, stdin and stdout (and, with capture_err, stderr) pipes to
+ *		us, and the environment variables env[] (name, value, ..., NULL)
+ *		set; on Linux it gets SIGTERM if we die.  Our ends are non-blocking,
+ *		in *sp.  START_EXEC_FAILED when the command could not be executed
+ *		(*err: the errno of execvp, which a status pipe tells: it is closed
+ *		by a successful exec, O_CLOEXEC, or carries the errno; the child is
+ *		reaped), START_FAILED when no pipe or process could be made (*err:
+ *		that errno).
  */
 StartResult
-slot_start(Worker *w, Slot *s, int *err_out)
+spawn_command(char **argv, bool capture_err, const char *const *env,
+			  Spawned *sp, int *err)
 {
-	int			in[2],
-				out[2],
-				err[2],
-				st[2];
+	int			p[4][2];		/* stdin, stdout, status, stderr */
+	int			np = capture_err ? 4 : 3;
 	pid_t		pid;
-	pid_t		parent;
+	pid_t		parent = getpid();
 	int			exec_errno = 0;
 	ssize_t		n;
 
-	if (pipe2(in, O_CLOEXEC) < 0)
-		goto fail;
-	if (pipe2(out, O_CLOEXEC) < 0)
-	{
-		close(in[0]);
-		close(in[1]);
-		goto fail;
-	}
-	if (pipe2(err, O_CLOEXEC) < 0)
-	{
-		close(in[0]);
-		close(in[1]);
-		close(out[0]);
-		close(out[1]);
-		goto fail;
-	}
-	if (pipe2(st, O_CLOEXEC) < 0)
-	{
-		close(in[0]);
-		close(in[1]);
-		close(out[0]);
-		close(out[1]);
-		close(err[0]);
-		close(err[1]);
-		goto fail;
-	}
+	for (int i = 0; i < np; i++)
+		if (pipe2(p[i], O_CLOEXEC) < 0)
+		{
+			*err = errno;
+			close_pipes(p, i);
+			return START_FAILED;
+		}
 	fflush(stdout);
 	fflush(stderr);
-	parent = getpid();
 	pid = fork();
 	if (pid < 0)
 	{
-		close(in[0]);
-		close(in[1]);
-		close(out[0]);
-		close(out[1]);
-		close(err[0]);
-		close(err[1]);
-		close(st[0]);
-		close(st[1]);
-		goto fail;
+		*err = errno;
+		close_pipes(p, np);
+		return START_FAILED;
 	}
 	if (pid == 0)
 	{
@@ -453,7 +442,7 @@ slot_start(Worker *w, Slot *s, int *err_out)
 
 		/*
 		 * If atomizer work dies (SIGKILL, OOM), stop the command too: its
-		 * job's lease will expire and the job run again elsewhere.
+		 * jobs' leases will expire and the jobs run again elsewhere.
 		 */
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		if (getppid() != parent)
@@ -465,48 +454,71 @@ slot_start(Worker *w, Slot *s, int *err_out)
 		signal(SIGPIPE, SIG_DFL);
 		sigemptyset(&none);
 		sigprocmask(SIG_SETMASK, &none, NULL);
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		dup2(err[1], 2);
-		setenv("ATOMIZER_JOB_ID", s->id, 1);
-		setenv("ATOMIZER_TASK", s->task, 1);
-		setenv("ATOMIZER_ATTEMPT", s->attempt, 1);
-		setenv("ATOMIZER_QUEUE", w->queue, 1);
-		execvp(w->command[0], w->command);
+		dup2(p[0][0], 0);
+		dup2(p[1][1], 1);
+		if (capture_err)
+			dup2(p[3][1], 2);
+		for (int i = 0; env[i] != NULL && env[i + 1] != NULL; i += 2)
+			setenv(env[i], env[i + 1], 1);
+		execvp(argv[0], argv);
 		e = errno;
-		if (write(st[1], &e, sizeof(e)) < 0)
+		if (write(p[2][1], &e, sizeof(e)) < 0)
 		{
 			/* the parent reads EOF and sees an exit status of 127 */
 		}
 		_exit(127);
 	}
 	setpgid(pid, pid);			/* also here: no race with kill(-pid) */
-	close(in[0]);
-	close(out[1]);
-	close(err[1]);
-	close(st[1]);
+	close(p[0][0]);
+	close(p[1][1]);
+	close(p[2][1]);
+	if (capture_err)
+		close(p[3][1]);
 	do
-		n = read(st[0], &exec_errno, sizeof(exec_errno));
+		n = read(p[2][0], &exec_errno, sizeof(exec_errno));
 	while (n < 0 && errno == EINTR);
-	close(st[0]);
+	close(p[2][0]);
 	if (n == sizeof(exec_errno))
 	{
 		/* not started: reap it here, no outcome to collect */
-		close(in[1]);
-		close(out[0]);
-		close(err[0]);
+		close(p[0][1]);
+		close(p[1][0]);
+		if (capture_err)
+			close(p[3][0]);
 		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
 			;
-		*err_out = exec_errno;
+		*err = exec_errno;
 		return START_EXEC_FAILED;
 	}
-	s->in_fd = in[1];
-	s->out_fd = out[0];
-	s->err_fd = err[0];
-	set_nonblock(s->in_fd);
-	set_nonblock(s->out_fd);
-	set_nonblock(s->err_fd);
-	s->pid = pid;
+	sp->pid = pid;
+	sp->in_fd = p[0][1];
+	sp->out_fd = p[1][0];
+	sp->err_fd = capture_err ? p[3][0] : -1;
+	set_nonblock(sp->in_fd);
+	set_nonblock(sp->out_fd);
+	if (capture_err)
+		set_nonblock(sp->err_fd);
+	return START_OK;
+}
+
+/*
+ * Start the command for a claimed job in slot s (see spawn_command for
+ * what comes back).
+ */
+StartResult
+slot_start(Worker *w, Slot *s, int *err_out)
+{
+	const char *env[] = {"ATOMIZER_JOB_ID", s->id, "ATOMIZER_TASK", s->task,
+		"ATOMIZER_ATTEMPT", s->attempt, "ATOMIZER_QUEUE", w->queue, NULL};
+	Spawned		sp;
+	StartResult r = spawn_command(w->command, true, env, &sp, err_out);
+
+	if (r != START_OK)
+		return r;
+	s->in_fd = sp.in_fd;
+	s->out_fd = sp.out_fd;
+	s->err_fd = sp.err_fd;
+	s->pid = sp.pid;
 	s->started = now_ms();
 	s->next_hb = w->hb_ms > 0 ? s->started + w->hb_ms : INT64_MAX;
 	s->state = SLOT_RUNNING;
@@ -514,10 +526,6 @@ slot_start(Worker *w, Slot *s, int *err_out)
 	write_stdin(s);
 	if (w->verbose)
 		logmsg("job %s (task %s, attempt %s) started, pid %d", s->id, s->task,
-			   s->attempt, (int) pid);
+			   s->attempt, (int) sp.pid);
 	return START_OK;
-
-fail:
-	*err_out = errno;
-	return START_FAILED;
 }

@@ -124,91 +124,28 @@ proc_drop_job(Persist *P, Proc *pr, int k)
 bool
 proc_start(Worker *w, Proc *pr)
 {
-	int			in[2],
-				out[2],
-				st[2];
-	pid_t		pid;
-	pid_t		parent = getpid();
-	int			exec_errno = 0;
-	ssize_t		n;
 	char		slot[16];
+	const char *env[] = {"ATOMIZER_QUEUE", w->queue, "ATOMIZER_SLOT", slot, NULL};
+	Spawned		sp;
+	int			err;
 
-	if (pipe2(in, O_CLOEXEC) < 0 || pipe2(out, O_CLOEXEC) < 0 ||
-		pipe2(st, O_CLOEXEC) < 0)
-	{
-		logmsg("could not create pipes for the command: %s", strerror(errno));
-		pr->start_at = now_ms() + RECONNECT_MAX_MS;
-		return true;
-	}
 	snprintf(slot, sizeof(slot), "%d", pr->index);
-	fflush(stdout);
-	fflush(stderr);
-	pid = fork();
-	if (pid < 0)
+	switch (spawn_command(w->command, false, env, &sp, &err))
 	{
-		logmsg("could not start the command: %s", strerror(errno));
-		close(in[0]);
-		close(in[1]);
-		close(out[0]);
-		close(out[1]);
-		close(st[0]);
-		close(st[1]);
-		pr->start_at = now_ms() + RECONNECT_MAX_MS;
-		return true;
+		case START_FAILED:
+			logmsg("could not start the command: %s", strerror(err));
+			pr->start_at = now_ms() + RECONNECT_MAX_MS;
+			return true;
+		case START_EXEC_FAILED:
+			logmsg("could not execute \"%s\": %s; stopping", w->command[0],
+				   strerror(err));
+			return false;
+		case START_OK:
+			break;
 	}
-	if (pid == 0)
-	{
-		sigset_t	none;
-		int			e;
-
-		setpgid(0, 0);
-#ifdef __linux__
-		/* if atomizer work dies, so does the process; the leases expire */
-		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		if (getppid() != parent)
-			_exit(1);
-#endif
-		signal(SIGTERM, SIG_DFL);
-		signal(SIGINT, SIG_DFL);
-		signal(SIGCHLD, SIG_DFL);
-		signal(SIGPIPE, SIG_DFL);
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		dup2(in[0], 0);
-		dup2(out[1], 1);
-		setenv("ATOMIZER_QUEUE", w->queue, 1);
-		setenv("ATOMIZER_SLOT", slot, 1);
-		execvp(w->command[0], w->command);
-		e = errno;
-		if (write(st[1], &e, sizeof(e)) < 0)
-		{
-			/* the parent reads EOF and sees exit status 127 */
-		}
-		_exit(127);
-	}
-	setpgid(pid, pid);
-	close(in[0]);
-	close(out[1]);
-	close(st[1]);
-	do
-		n = read(st[0], &exec_errno, sizeof(exec_errno));
-	while (n < 0 && errno == EINTR);
-	close(st[0]);
-	if (n == sizeof(exec_errno))
-	{
-		close(in[1]);
-		close(out[0]);
-		while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-			;
-		logmsg("could not execute \"%s\": %s; stopping", w->command[0],
-			   strerror(exec_errno));
-		return false;
-	}
-	fcntl(in[1], F_SETFL, fcntl(in[1], F_GETFL) | O_NONBLOCK);
-	fcntl(out[0], F_SETFL, fcntl(out[0], F_GETFL) | O_NONBLOCK);
-	pr->pid = pid;
-	pr->in_fd = in[1];
-	pr->out_fd = out[0];
+	pr->pid = sp.pid;
+	pr->in_fd = sp.in_fd;
+	pr->out_fd = sp.out_fd;
 	pr->woff = 0;
 	pr->wbuf.len = 0;
 	pr->rbuf.len = 0;
@@ -219,7 +156,7 @@ proc_start(Worker *w, Proc *pr)
 	pr->fail_id[0] = '\0';
 	pr->answered = false;
 	if (w->verbose)
-		logmsg("process %d started, pid %d", pr->index, (int) pid);
+		logmsg("process %d started, pid %d", pr->index, (int) sp.pid);
 	return true;
 }
 

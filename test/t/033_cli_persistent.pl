@@ -344,4 +344,23 @@ my $dsn = $node->connstr('postgres');
 	  if $node_js;
 }
 
+# A command that cannot be executed when a process is started again: the
+# worker says so and stops.
+{
+	my $dsn = $node->connstr('postgres');
+	my $noexec = "$tmp/noexec.sh";
+	open(my $ne, '>', $noexec) or die $!;
+	print $ne "#!/bin/sh\nsleep 1\n";
+	close $ne;
+	chmod 0755, $noexec;
+	my ($h, $log) = start_worker($dsn, '-q', 'p', '--persistent', '-c', '1', '--', $noexec);
+	my $deadline = time + 30;
+	usleep(50_000) until slurp_file($log) =~ /working on queue/ || time > $deadline;
+	chmod 0644, $noexec;
+	is(finish_worker($h, 30), 1,
+		'a command that cannot be executed any more: the worker exits 1');
+	like(slurp_file($log), qr/could not execute "\Q$noexec\E": Permission denied; stopping/,
+		'... and says why');
+}
+
 done_testing();
