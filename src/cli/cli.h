@@ -140,6 +140,11 @@ extern void buf_appendf(Buf *b, const char *fmt,...)
 			__attribute__((format(printf, 2, 3)));
 extern void buf_free(Buf *b);
 extern int64_t now_ms(void);
+static inline int64_t
+min64(int64_t a, int64_t b)
+{
+	return a < b ? a : b;
+}
 extern void logmsg(const char *fmt,...) __attribute__((format(printf, 1, 2)));
 extern void usage_error(const char *cmd, const char *fmt,...)
 			__attribute__((format(printf, 2, 3), noreturn));
@@ -162,6 +167,7 @@ extern bool json_member(const char *text, const char *key, const char **value,
 extern int	sig_pipe[2];
 extern volatile sig_atomic_t sig_count;
 extern void take_signals(Worker *w, int64_t now, int busy, const char *what);
+extern int64_t worker_wake(const Worker *w, int64_t now);
 extern bool worker_connect(Worker *w);
 extern void worker_disconnect(Worker *w, const char *why);
 extern void drain_notifies(Worker *w);

@@ -465,12 +465,6 @@ persist_connected(Worker *w)
 			P->procs[i].jobs[k].next_hb = 0;
 }
 
-static int64_t
-min64(int64_t a, int64_t b)
-{
-	return a < b ? a : b;
-}
-
 /* The main loop of --persistent. */
 int
 persist_loop(Worker *w)
@@ -570,13 +564,7 @@ persist_loop(Worker *w)
 		}
 
 		/* wait */
-		wake = now + 60000;
-		if (w->conn == NULL)
-			wake = min64(wake, w->reconnect_at);
-		else if (!w->stopping)
-			wake = min64(wake, w->next_poll);
-		if (w->stopping && w->grace_end > now)
-			wake = min64(wake, w->grace_end);
+		wake = worker_wake(w, now);
 		if (w->conn && batch_wake > 0)
 			wake = min64(wake, batch_wake);
 		pfds[np].fd = sig_pipe[0];

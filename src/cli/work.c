@@ -37,6 +37,26 @@ int			sig_pipe[2] = {-1, -1};
 volatile sig_atomic_t sig_count = 0;
 
 /*
+ * worker_wake
+ *		When either event loop must wake at the latest, whatever its
+ *		processes: to reconnect, to poll for jobs, at the end of the grace
+ *		period, and in a minute anyway.
+ */
+int64_t
+worker_wake(const Worker *w, int64_t now)
+{
+	int64_t		wake = now + 60000;
+
+	if (w->conn == NULL)
+		wake = min64(wake, w->reconnect_at);
+	else if (!w->stopping)
+		wake = min64(wake, w->next_poll);
+	if (w->stopping && w->grace_end > now)
+		wake = min64(wake, w->grace_end);
+	return wake;
+}
+
+/*
  * take_signals
  *		Empty the signal pipe; the first SIGTERM/SIGINT stops claiming and
  *		starts the grace period for the busy jobs (what they are, for the
@@ -649,12 +669,6 @@ do_timers(Worker *w, int64_t now)
 	}
 }
 
-static int64_t
-min64(int64_t a, int64_t b)
-{
-	return a < b ? a : b;
-}
-
 static int
 work_loop(Worker *w)
 {
@@ -734,13 +748,7 @@ work_loop(Worker *w)
 		}
 
 		/* wait */
-		wake = now + 60000;
-		if (w->conn == NULL)
-			wake = min64(wake, w->reconnect_at);
-		else if (!w->stopping)
-			wake = min64(wake, w->next_poll);
-		if (w->stopping && w->grace_end > now)
-			wake = min64(wake, w->grace_end);
+		wake = worker_wake(w, now);
 		for (int i = 0; i < w->concurrency; i++)
 		{
 			Slot	   *s = &w->slots[i];
