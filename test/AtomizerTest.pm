@@ -4,6 +4,8 @@
 #   my $node = AtomizerTest::node('name', conf => q{...});   # preloaded, started
 #   wait_until($node, $db, $sql, $expected, $name);
 #   my @lines = log_lines_mentioning($node, $words, $offset [, qr/also skip/]);
+#   my ($h, $log) = AtomizerTest::start_process("$tmp/w1", @command);
+#   my $status = AtomizerTest::finish_process($h, $secs);   # undef: timed out
 #
 # PostgreSQL::Test::Cluster and ::Utils do the rest.
 package AtomizerTest;
@@ -13,6 +15,8 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run;
+use Time::HiRes qw(usleep);
 use Exporter 'import';
 
 our @EXPORT = qw(wait_until log_lines_mentioning);
@@ -72,6 +76,35 @@ sub log_lines_mentioning
 		  && $line !~ /parameter "[^"]+" changed to/
 		  && !grep { $line =~ $_ } @skip
 	} split /\n/, $log;
+}
+
+# Start a command in the background, stdin empty, its stdout in $prefix.out
+# and its stderr in $prefix.log; the IPC::Run handle and the log's path.
+sub start_process
+{
+	my ($prefix, @cmd) = @_;
+	my $h = IPC::Run::start([@cmd], '<', \undef, '>', "$prefix.out", '2>', "$prefix.log");
+	return ($h, "$prefix.log");
+}
+
+# Wait (up to $secs, 60 by default) for a background process to exit; its
+# exit status, or undef after killing it on timeout.
+sub finish_process
+{
+	my ($h, $secs) = @_;
+	my $deadline = time + ($secs // 60);
+	while ($h->pumpable && time < $deadline)
+	{
+		usleep(50_000);
+		eval { $h->pump_nb; };
+	}
+	if ($h->pumpable)
+	{
+		$h->kill_kill;
+		return undef;
+	}
+	$h->finish;
+	return $h->result(0);
 }
 
 1;

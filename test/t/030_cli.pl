@@ -43,30 +43,11 @@ sub start_worker
 {
 	my ($dsn, @args) = @_;
 	$nworker++;
-	my $log = "$tmp/worker$nworker.log";
-	my $h = IPC::Run::start([ $cli, 'work', '--dsn', $dsn, @args ],
-		'<', \undef, '>', "$tmp/worker$nworker.out", '2>', $log);
-	return ($h, $log);
+	return AtomizerTest::start_process("$tmp/worker$nworker", $cli, 'work', '--dsn', $dsn, @args);
 }
 
 # Wait for a background CLI to exit; its exit status, or undef on timeout.
-sub finish_worker
-{
-	my ($h, $secs) = @_;
-	my $deadline = time + ($secs // 60);
-	while ($h->pumpable && time < $deadline)
-	{
-		usleep(50_000);
-		eval { $h->pump_nb; };
-	}
-	if ($h->pumpable)
-	{
-		$h->kill_kill;
-		return undef;
-	}
-	$h->finish;
-	return $h->result(0);
-}
+sub finish_worker { return AtomizerTest::finish_process(@_); }
 
 sub write_script
 {

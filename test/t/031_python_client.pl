@@ -37,29 +37,10 @@ sub start_py
 {
 	my @args = @_;
 	$nw++;
-	my $log = "$tmp/py$nw.log";
-	my $h = IPC::Run::start([ $python, $worker_py, @args ],
-		'<', \undef, '>', "$tmp/py$nw.out", '2>', $log);
-	return ($h, $log);
+	return AtomizerTest::start_process("$tmp/py$nw", $python, $worker_py, @args);
 }
 
-sub finish_py
-{
-	my ($h, $secs) = @_;
-	my $deadline = time + ($secs // 60);
-	while ($h->pumpable && time < $deadline)
-	{
-		usleep(50_000);
-		eval { $h->pump_nb; };
-	}
-	if ($h->pumpable)
-	{
-		$h->kill_kill;
-		return undef;
-	}
-	$h->finish;
-	return $h->result(0);
-}
+sub finish_py { return AtomizerTest::finish_process(@_); }
 
 my $node = PostgreSQL::Test::Cluster->new('py');
 $node->init;
