@@ -29,6 +29,7 @@ missing() {
 		[ -e "$f" ] || echo "postgresql-15: file $f"
 	done
 	for f in "$PGBIN/pg_config" \
+		/usr/include/postgresql/15/server/postgres.h \
 		"$PGXS_SRC/makefiles/pgxs.mk" \
 		"$PGXS_SRC/test/regress/pg_regress" \
 		"$PGXS_SRC/test/isolation/pg_isolation_regress" \
