@@ -64,7 +64,7 @@ StaticAssertDecl(INTERVAL_SPEC_MAX_SECS == ATOMIZER_MAX_DELAY_SECS,
 				 "a schedule's longest interval is atomizer's longest delay");
 /* first key of the advisory lock schedule() takes on (owner, name) */
 #define SCHEDULE_LOCK_CLASS	1635020653
-#define FIRE_BATCH			2500
+#define FIRE_BATCH			10000
 
 /* The clock of the previous firing pass of this process. */
 static TimestampTz last_pass_now = 0;
@@ -967,7 +967,12 @@ fire_batch(void *arg)
 													TYPALIGN_INT));
 		values[5] = PointerGetDatum(construct_array(cols[5], n, INT4OID, 4, true,
 													TYPALIGN_INT));
-		atomizer_prepare(&update_plan,
+		/*
+		 * A generic plan: a nested loop over the primary key, whatever the
+		 * batch's size (a custom plan hashes the whole table to join a big
+		 * batch, however few of its schedules are due).
+		 */
+		atomizer_prepare_opts(&update_plan,
 				"UPDATE atomizer.schedule s SET next_run = u.next_run,"
 				" last_run = coalesce(u.last_run, s.last_run),"
 				" last_job_id = coalesce(u.job_id, s.last_job_id),"
@@ -975,7 +980,7 @@ fire_batch(void *arg)
 				" FROM unnest($1::int8[], $2::timestamptz[], $3::timestamptz[],"
 				"  $4::int8[], $5::int4[], $6::int4[])"
 				"  u(id, next_run, last_run, job_id, fired, skipped)"
-				" WHERE s.id = u.id", 6, types);
+				" WHERE s.id = u.id", 6, types, CURSOR_OPT_GENERIC_PLAN);
 		if (SPI_execute_plan(update_plan, values, NULL, false, 0) != SPI_OK_UPDATE ||
 			SPI_processed != (uint64) n)
 			elog(ERROR, "could not update %d schedules", n);
