@@ -23,6 +23,7 @@ OBJS = \
 	src/scheduler.o \
 	src/worker.o \
 	src/dropdb.o \
+	src/plans.o \
 	src/cron.o \
 	src/cron_words.o \
 	src/schedule.o \

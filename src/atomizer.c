@@ -24,13 +24,14 @@ void		_PG_init(void);
 
 /*
  * _PG_init
- *		Define GUCs; when preloaded, request shared memory and register the
- *		launcher.
+ *		Define GUCs and install the planner hook; when preloaded, request
+ *		shared memory and register the launcher.
  */
 void
 _PG_init(void)
 {
 	atomizer_guc_init();
+	atomizer_plans_init();
 
 	/* shared memory and the launcher need shared_preload_libraries */
 	if (!process_shared_preload_libraries_in_progress)

@@ -191,6 +191,14 @@ extern PGDLLEXPORT void atomizer_worker_main(Datum arg);
 /* dropdb.c */
 extern void atomizer_dropdb_init(void);
 
+/*
+ * plans.c: a statement whose text starts with ATOMIZER_INDEXED is planned
+ * as if atomizer's tables were big, whatever their statistics say when it
+ * is planned (see plans.c).
+ */
+#define ATOMIZER_INDEXED	"/* atomizer: indexed */ "
+extern void atomizer_plans_init(void);
+
 /* wakeup.c */
 extern void atomizer_note_enqueue(const char *queue);
 extern void atomizer_note_schedule_change(void);

@@ -328,7 +328,7 @@ atomizer_store_insert(const AtomizerNewJobs *args, Datum payload,
 		insert_plan = insert_plans[tagged];
 		/* keys are the enqueuing role's own: another role's are not seen */
 		atomizer_prepare(&existing_plan,
-					 "SELECT id, payload = $4 FROM atomizer.job "
+					 ATOMIZER_INDEXED "SELECT id, payload = $4 FROM atomizer.job "
 					 "WHERE queue = $1 AND idempotency_key = $2 "
 					 "AND owner = $3::name", 4, lookup_types);
 	}
@@ -592,7 +592,7 @@ atomizer_store_insert_many_keyed(const AtomizerNewJobs *args, ArrayType *payload
 					 "WHERE idempotency_key IS NOT NULL DO NOTHING "
 					 "RETURNING id", 11, types);
 		atomizer_prepare(&existing_plan,
-					 "SELECT idempotency_key, id FROM atomizer.job"
+					 ATOMIZER_INDEXED "SELECT idempotency_key, id FROM atomizer.job"
 					 " WHERE queue = $1 AND owner = $2::name"
 					 " AND idempotency_key = ANY ($3)", 3, lookup_types);
 	}
@@ -778,7 +778,7 @@ atomizer_store_schedule_busy(int64 schedule_id)
 
 	store_begin(&call);
 	atomizer_prepare(&plan,
-			"SELECT EXISTS (SELECT 1 FROM atomizer.job WHERE schedule_id = $1)",
+			ATOMIZER_INDEXED "SELECT EXISTS (SELECT 1 FROM atomizer.job WHERE schedule_id = $1)",
 			1, types);
 	busy = DatumGetBool(run_one(plan, &arg, NULL, true, SPI_OK_SELECT,
 								"look at the jobs of a schedule", 1, &isnull));
@@ -865,7 +865,7 @@ atomizer_store_schedules_busy(const int64 *schedule_ids, int n, bool *busy)
 	}
 	store_begin(&call);
 	atomizer_prepare(&plan,
-			"SELECT DISTINCT schedule_id FROM atomizer.job"
+			ATOMIZER_INDEXED "SELECT DISTINCT schedule_id FROM atomizer.job"
 			" WHERE schedule_id = ANY($1)", 1, types);
 	arg = PointerGetDatum(construct_array(ids, n, INT8OID, 8, FLOAT8PASSBYVAL,
 										  TYPALIGN_DOUBLE));
@@ -932,7 +932,7 @@ floor_check(const char *queue, const AtomizerClaimKey *floor,
 	if (new_floor->priority <= floor->priority)
 		return;
 	atomizer_prepare(&plan,
-					 "SELECT priority::int4 AS prio, run_at, id FROM atomizer.job"
+					 ATOMIZER_INDEXED "SELECT priority::int4 AS prio, run_at, id FROM atomizer.job"
 					 " WHERE queue = $1 AND state = 'available'"
 					 " AND (priority, run_at, id) >= ($2, $3, $4)"
 					 " AND priority < $5 AND run_at > now()"
@@ -1000,7 +1000,7 @@ mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
 		char		mnulls[4] = {' ', ' ', ' ', ' '};
 
 		atomizer_prepare_opts(&mark_plan,
-							  "UPDATE atomizer.job j SET state = 'running',"
+							  ATOMIZER_INDEXED "UPDATE atomizer.job j SET state = 'running',"
 							  " attempt = j.attempt + 1,"
 							  " started_at = coalesce($4, clock_timestamp()), worker = $2,"
 							  " lease = $3,"
@@ -1071,7 +1071,7 @@ mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
 
 /* The candidates' columns, for both claims' first statements. */
 #define CLAIM_CANDIDATE_COLUMNS \
-	"SELECT id, solo, priority::int4 AS prio, run_at, handler," \
+	ATOMIZER_INDEXED "SELECT id, solo, priority::int4 AS prio, run_at, handler," \
 	" coalesce(payload ->> $8::text, '') AS part"
 
 /* The candidates: due, available, in claim order from the floor on. */
@@ -1228,7 +1228,7 @@ set_aside_candidates(Datum *ids, int n, TimestampTz *when)
 		Oid			types[1] = {INT8ARRAYOID};
 
 		atomizer_prepare(&hold_plan,
-						 "UPDATE atomizer.job SET state = 'held'"
+						 ATOMIZER_INDEXED "UPDATE atomizer.job SET state = 'held'"
 						 " WHERE id = ANY($1) AND state = 'available'", 1, types);
 		if (SPI_execute_plan(hold_plan, values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not hold jobs back");
@@ -1243,7 +1243,7 @@ set_aside_candidates(Datum *ids, int n, TimestampTz *when)
 		values[1] = PointerGetDatum(construct_array(times, n, TIMESTAMPTZOID, 8,
 													FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 		atomizer_prepare(&put_off_plan,
-						 "UPDATE atomizer.job j SET state = 'available', run_at = u.t"
+						 ATOMIZER_INDEXED "UPDATE atomizer.job j SET state = 'available', run_at = u.t"
 						 " FROM unnest($1::int8[], $2::timestamptz[]) u(id, t)"
 						 " WHERE j.id = u.id"
 						 " RETURNING j.queue, j.priority::int4, j.run_at, j.id",
@@ -1678,7 +1678,7 @@ queue_due_from(const char *queue, const AtomizerClaimKey *floor,
 	bool		isnull;
 
 	atomizer_prepare(&due_plan,
-					 "SELECT 1 FROM atomizer.job"
+					 ATOMIZER_INDEXED "SELECT 1 FROM atomizer.job"
 					 " WHERE queue = $1 AND state = 'available'"
 					 " AND (priority, run_at, id) >= ($2, $3, $4)"
 					 " AND run_at <= now()"
@@ -1689,7 +1689,7 @@ queue_due_from(const char *queue, const AtomizerClaimKey *floor,
 	 * read of every delayed job.
 	 */
 	atomizer_prepare(&next_plan,
-					 "WITH RECURSIVE p(prio, run_at) AS ("
+					 ATOMIZER_INDEXED "WITH RECURSIVE p(prio, run_at) AS ("
 					 " (SELECT j.priority, j.run_at FROM atomizer.job j"
 					 "  WHERE j.queue = $1 AND j.state = 'available'"
 					 "  AND (j.priority, j.run_at, j.id) >= ($2, $3, $4)"
@@ -1779,7 +1779,7 @@ finish_one(int64 id, const char *state, Datum result, bool result_isnull,
 
 	if (plans[gen] == NULL)
 		atomizer_prepare_opts(&plans[gen],
-							  psprintf("WITH d AS (DELETE FROM atomizer.job WHERE id = $1 RETURNING *) "
+							  psprintf(ATOMIZER_INDEXED "WITH d AS (DELETE FROM atomizer.job WHERE id = $1 RETURNING *) "
 									   "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "
 									   "SELECT id, queue, handler, payload, $2, priority, run_at, attempt,"
 									   " max_attempts, timeout, owner, idempotency_key, created_at,"
@@ -1871,7 +1871,7 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 
 		if (plans[gen] == NULL)
 			atomizer_prepare_opts(&plans[gen],
-								  psprintf("WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)"
+								  psprintf(ATOMIZER_INDEXED "WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)"
 										   " ORDER BY id), "
 										   "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
 										   " RETURNING j.*, r.result AS new_result) "
@@ -1937,7 +1937,7 @@ atomizer_store_cancel_dependents(int64 *ids, int64 *by, char **states, int n)
 												TYPALIGN_INT));
 	store_begin(&call);
 	atomizer_prepare(&plan,
-					 "WITH c AS (SELECT * FROM unnest($1, $2, $3) AS c(id, by, st)), "
+					 ATOMIZER_INDEXED "WITH c AS (SELECT * FROM unnest($1, $2, $3) AS c(id, by, st)), "
 					 "d AS (DELETE FROM atomizer.job j USING c"
 					 " WHERE j.id = c.id AND j.state = 'blocked'"
 					 " RETURNING j.*, c.by, c.st) "
@@ -2032,7 +2032,7 @@ atomizer_store_fail_attempt(const AtomizerJob *job, const AtomizerOutcome *outco
 		TEXTOID, TEXTOID};
 
 		atomizer_prepare(&error_plan,
-						 "WITH j AS (SELECT id, attempt, owner, queue, started_at,"
+						 ATOMIZER_INDEXED "WITH j AS (SELECT id, attempt, owner, queue, started_at,"
 						 " run_at, handler FROM atomizer.job WHERE id = $1), "
 						 "e AS (INSERT INTO atomizer.job_error "
 						 "(job_id, attempt, owner, queue, sqlstate,"
@@ -2047,7 +2047,7 @@ atomizer_store_fail_attempt(const AtomizerJob *job, const AtomizerOutcome *outco
 		Oid			types[3] = {INT8OID, TEXTOID, INTERVALOID};
 
 		atomizer_prepare(&retry_plan,
-						 "UPDATE atomizer.job j SET"
+						 ATOMIZER_INDEXED "UPDATE atomizer.job j SET"
 						 " state = 'available', worker = NULL,"
 						 " lease_until = NULL, last_error = $2,"
 						 " run_at = clock_timestamp() + make_interval(secs =>"
@@ -2119,7 +2119,7 @@ atomizer_release_job(int64 id, bool solo)
 
 	store_begin(&call);
 	atomizer_prepare(&plan,
-					 "UPDATE atomizer.job SET state = 'available',"
+					 ATOMIZER_INDEXED "UPDATE atomizer.job SET state = 'available',"
 					 " attempt = greatest(attempt - 1, 0), worker = NULL,"
 					 " started_at = NULL, lease_until = NULL,"
 					 " solo = solo OR $2 "
@@ -2155,7 +2155,7 @@ atomizer_store_release_held(const char *queue, const char *handler)
 	nulls[1] = handler ? ' ' : 'n';
 	store_begin(&call);
 	atomizer_prepare(&plan,
-					 "UPDATE atomizer.job SET state = 'available'"
+					 ATOMIZER_INDEXED "UPDATE atomizer.job SET state = 'available'"
 					 " WHERE queue = $1 AND state = 'held'"
 					 " AND ($2::text IS NULL OR handler = $2::text)"
 					 " RETURNING queue, priority::int4, run_at, id", 2, types);
@@ -2186,7 +2186,7 @@ atomizer_store_snooze(int64 id, int64 delay_ms)
 
 	store_begin(&call);
 	atomizer_prepare(&plan,
-					 "UPDATE atomizer.job SET state = 'available',"
+					 ATOMIZER_INDEXED "UPDATE atomizer.job SET state = 'available',"
 					 " attempt = greatest(attempt - 1, 0), worker = NULL,"
 					 " started_at = NULL, lease_until = NULL,"
 					 " run_at = clock_timestamp() + make_interval(secs => $2) "
@@ -2225,7 +2225,7 @@ atomizer_store_job_origin(int64 id, TimestampTz *created_at, char **schedule,
 	*tags_null = true;
 	store_begin(&call);
 	atomizer_prepare(&plan,
-					 "SELECT j.created_at, s.name, j.tags FROM atomizer.job j"
+					 ATOMIZER_INDEXED "SELECT j.created_at, s.name, j.tags FROM atomizer.job j"
 					 " LEFT JOIN atomizer.schedule s ON s.id = j.schedule_id"
 					 " WHERE j.id = $1", 1, types);
 	if (SPI_execute_plan(plan, &arg, NULL, true, 0) != SPI_OK_SELECT)
@@ -2282,7 +2282,7 @@ atomizer_store_job_facts(int64 id, AtomizerJobFacts *facts)
 		" schedule_id, last_error";
 
 		atomizer_prepare(&plans[gen],
-						 psprintf("SELECT j.queue, j.handler, j.payload, j.state,"
+						 psprintf(ATOMIZER_INDEXED "SELECT j.queue, j.handler, j.payload, j.state,"
 								  " j.priority::int4, j.run_at, j.attempt,"
 								  " coalesce(j.max_attempts, q.max_attempts, 1),"
 								  " j.owner::text, j.created_at, j.started_at,"
@@ -2366,7 +2366,7 @@ atomizer_store_hook_error(int64 id, int attempt, const AtomizerOutcome *error)
 
 	store_begin(&call);
 	atomizer_prepare(&plan,
-					 "INSERT INTO atomizer.job_error (job_id, attempt, owner, queue,"
+					 ATOMIZER_INDEXED "INSERT INTO atomizer.job_error (job_id, attempt, owner, queue,"
 					 " sqlstate, message, detail, hint, context) "
 					 "SELECT id, $2, owner, queue, $3, $4, $5, $6, $7"
 					 " FROM (SELECT id, owner, queue FROM atomizer.job WHERE id = $1"
@@ -2454,7 +2454,7 @@ atomizer_store_cancel(int64 job_id, const char *owner)
 
 	store_begin(&call);
 	atomizer_prepare(&plan,
-					 "SELECT state, worker, lease_until IS NOT NULL FROM atomizer.job"
+					 ATOMIZER_INDEXED "SELECT state, worker, lease_until IS NOT NULL FROM atomizer.job"
 					 " WHERE id = $1 AND state IN ('available', 'held', 'blocked', 'running')"
 					 " AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
 					 2, types);
@@ -2514,7 +2514,7 @@ atomizer_store_job_owner(int64 id, char **owner, char **queue)
 
 	store_begin(&call);
 	atomizer_prepare(&plan,
-					 "SELECT owner::text, queue FROM atomizer.job WHERE id = $1"
+					 ATOMIZER_INDEXED "SELECT owner::text, queue FROM atomizer.job WHERE id = $1"
 					 " UNION ALL "
 					 "SELECT owner::text, queue FROM atomizer.job_history WHERE id = $1",
 					 1, types);
@@ -2570,7 +2570,7 @@ atomizer_store_retry(int64 job_id, const char *owner)
 					 "AND ($2::name IS NULL OR owner = $2::name) FOR UPDATE",
 					 2, types);
 		atomizer_prepare(&dup_plan,
-					 "SELECT id FROM atomizer.job "
+					 ATOMIZER_INDEXED "SELECT id FROM atomizer.job "
 					 "WHERE queue = $1 AND idempotency_key = $2 "
 					 "AND owner = $3::name", 3, dup_types);
 		if (move_plans[gen] == NULL)
@@ -2766,7 +2766,7 @@ atomizer_store_lock_leased(int64 job_id, bool attempt_given, int attempt,
 
 	store_begin(&call);
 	atomizer_prepare_opts(&plan,
-						  "SELECT j.state, j.attempt, coalesce(j.max_attempts, q.max_attempts, 1),"
+						  ATOMIZER_INDEXED "SELECT j.state, j.attempt, coalesce(j.max_attempts, q.max_attempts, 1),"
 						  " j.lease_until, j.worker, j.queue"
 						  " FROM atomizer.job j LEFT JOIN atomizer.queue q ON q.name = j.queue"
 						  " WHERE j.id = $1 FOR UPDATE OF j", 1, types,
@@ -2892,7 +2892,7 @@ atomizer_store_lock_leased_many(const int64 *ids, const int32 *attempts,
 
 	store_begin(&call);
 	atomizer_prepare_opts(&plan,
-						  "SELECT j.id, j.state = 'running', j.attempt, j.lease_until, j.worker,"
+						  ATOMIZER_INDEXED "SELECT j.id, j.state = 'running', j.attempt, j.lease_until, j.worker,"
 						  " j.queue FROM atomizer.job j WHERE j.id = ANY($1)"
 						  " ORDER BY j.id FOR UPDATE OF j", 1, types,
 						  CURSOR_OPT_GENERIC_PLAN);
@@ -2961,7 +2961,7 @@ atomizer_store_extend_lease(int64 job_id, const Interval *lease)
 	nulls[1] = lease ? ' ' : 'n';
 	store_begin(&call);
 	atomizer_prepare(&plan,
-			"UPDATE atomizer.job SET lease = coalesce($2, lease),"
+			ATOMIZER_INDEXED "UPDATE atomizer.job SET lease = coalesce($2, lease),"
 			" lease_until = clock_timestamp() + coalesce($2, lease,"
 			"  interval '5 minutes') WHERE id = $1 RETURNING lease_until",
 			2, types);
@@ -2992,13 +2992,13 @@ atomizer_store_expired_leases(AtomizerJob **jobs, char ***reasons,
 
 	store_begin(&call);
 	atomizer_prepare(&plan,
-			"SELECT j.id, j.attempt, coalesce(j.max_attempts, q.max_attempts, 1),"
+			ATOMIZER_INDEXED "SELECT j.id, j.attempt, coalesce(j.max_attempts, q.max_attempts, 1),"
 			" j.queue, j.worker, j.lease_until"
 			" FROM atomizer.job j LEFT JOIN atomizer.queue q ON q.name = j.queue"
 			" WHERE j.state = 'running' AND j.lease_until < clock_timestamp()"
 			" FOR UPDATE OF j SKIP LOCKED", 0, NULL);
 	atomizer_prepare(&next_plan,
-			"SELECT min(lease_until) FROM atomizer.job"
+			ATOMIZER_INDEXED "SELECT min(lease_until) FROM atomizer.job"
 			" WHERE state = 'running' AND lease_until >= clock_timestamp()", 0, NULL);
 
 	if (SPI_execute_plan(plan, NULL, NULL, false, 0) != SPI_OK_SELECT)

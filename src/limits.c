@@ -1493,7 +1493,7 @@ atomizer_limits_rate_used(const AtomizerQueue *q, Snapshot snap, TimestampTz now
 		seedable[i] = true;
 	}
 	atomizer_prepare_opts(&plan,
-					 "SELECT part, sum(n)::int8, min(started_at), max(started_at) <= $4"
+					 ATOMIZER_INDEXED "SELECT part, sum(n)::int8, min(started_at), max(started_at) <= $4"
 					 " FROM atomizer.rate_start"
 					 " WHERE queue = $1 AND part = ANY($2) AND started_at > $3"
 					 " GROUP BY part", 4, types,

@@ -239,7 +239,7 @@ atomizer_deps_lock(AtomizerDeps *deps, const char *owner)
 	deps->failed_id = 0;
 	call_begin(&call);
 	atomizer_prepare(&lock_plan,
-					 "SELECT id FROM atomizer.job WHERE id = ANY ($1)"
+					 ATOMIZER_INDEXED "SELECT id FROM atomizer.job WHERE id = ANY ($1)"
 					 " AND ($2::name IS NULL OR owner = $2::name)"
 					 " ORDER BY id FOR KEY SHARE", 2, types);
 	atomizer_prepare(&done_plan,
@@ -349,7 +349,7 @@ atomizer_deps_attach(const AtomizerDeps *deps, const int64 *ids, int n,
 						 " SELECT j, d, $3::name FROM unnest($1) AS j, unnest($2) AS d",
 						 3, edge_types);
 		atomizer_prepare(&set_plan,
-						 "UPDATE atomizer.job SET on_dependency_failure = $2,"
+						 ATOMIZER_INDEXED "UPDATE atomizer.job SET on_dependency_failure = $2,"
 						 " blockers = $3,"
 						 " state = CASE WHEN $4 THEN 'blocked' ELSE state END"
 						 " WHERE id = ANY ($1)", 4, set_types);
@@ -488,14 +488,14 @@ release_once(const int64 *ids, const bool *failed, int n)
 		Oid			types[2] = {INT8ARRAYOID, BOOLARRAYOID};
 
 		atomizer_prepare(&lock_plan,
-						 "SELECT c.id FROM atomizer.job c"
+						 ATOMIZER_INDEXED "SELECT c.id FROM atomizer.job c"
 						 " WHERE c.state = 'blocked' AND c.blockers > 1 AND c.id IN"
 						 " (SELECT d.job_id FROM atomizer.job_dependency d"
 						 "  WHERE d.depends_on = ANY ($1))"
 						 " ORDER BY c.id FOR NO KEY UPDATE OF c", 1, lock_types);
 		atomizer_prepare(&cancel_plan,
 						 FINISHED_EDGES
-						 "SELECT c.id, e.failed_by,"
+						 ATOMIZER_INDEXED "SELECT c.id, e.failed_by,"
 						 "  (SELECT h.state FROM atomizer.job_history h"
 						 "   WHERE h.id = e.failed_by)"
 						 " FROM atomizer.job c JOIN e ON e.job_id = c.id"
@@ -504,7 +504,7 @@ release_once(const int64 *ids, const bool *failed, int n)
 						 2, types);
 		atomizer_prepare(&release_plan,
 						 FINISHED_EDGES
-						 "UPDATE atomizer.job c SET blockers = c.blockers - e.n,"
+						 ATOMIZER_INDEXED "UPDATE atomizer.job c SET blockers = c.blockers - e.n,"
 						 " state = CASE WHEN c.blockers - e.n > 0 THEN 'blocked'"
 						 "  ELSE 'available' END"
 						 " FROM e WHERE c.id = e.job_id AND c.state = 'blocked'"

@@ -1,0 +1,75 @@
+# The plans of atomizer's hot statements do not depend on how big
+# atomizer.job was when they were made (src/plans.c).  A backend plans a
+# statement once and keeps the plan until something invalidates it (a
+# VACUUM of the table).  Made while the table held one row, the generic plan
+# of a batch's finish is a merge join that walks the table's whole primary
+# key: a worker that kept it read every job of a backlog to finish each
+# batch.  A statement whose text starts with atomizer's marker (every claim,
+# finish, retry and lookup by id of src/jobstore.c) is planned as if the
+# table were big: with index probes.  Here the finish is planned on a one-row table, as the
+# extension plans it (a generic plan, enable_seqscan off), without the
+# marker and with it.  (On a server without preloading, where the library
+# and its hook load with the first call of atomizer's, as every marked
+# statement is; here LOAD.)
+use strict;
+use warnings;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use AtomizerTest;
+
+my $node = AtomizerTest::node('plans', preload => 0);
+$node->safe_psql('postgres', q{
+	SET client_min_messages = error;
+	CREATE EXTENSION atomizer;
+	CREATE FUNCTION work(p jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
+	SELECT atomizer.enqueue('work', '{}');
+	VACUUM atomizer.job;
+});
+is($node->safe_psql('postgres',
+	q{SELECT relpages || ' page, ' || reltuples || ' row' FROM pg_class WHERE oid = 'atomizer.job'::regclass}),
+	'1 page, 1 row', 'atomizer.job holds one job');
+
+# the batch finish of src/jobstore.c (atomizer_store_finish_succeeded)
+my $finish = q{PREPARE finish(int8[], jsonb[]) AS
+	WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result) ORDER BY id),
+	d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id
+	      RETURNING j.*, r.result AS new_result)
+	INSERT INTO atomizer.job_history (id, queue, handler, payload, state, priority,
+	  run_at, attempt, max_attempts, timeout, owner, idempotency_key, created_at,
+	  started_at, finished_at, result, last_error, schedule_id, tags, on_dependency_failure)
+	SELECT id, queue, handler, payload, 'succeeded', priority, run_at, attempt,
+	  max_attempts, timeout, owner, idempotency_key, created_at, started_at,
+	  clock_timestamp(), new_result, last_error, schedule_id, tags, on_dependency_failure
+	FROM d RETURNING queue, started_at, run_at, finished_at, id};
+my $explain = q{
+	LOAD 'atomizer';
+	SET plan_cache_mode = force_generic_plan;
+	SET enable_seqscan = off;
+	%s;
+	EXPLAIN (COSTS OFF) EXECUTE finish('{1, 2}', '{null, null}');
+};
+
+my $plain = $node->safe_psql('postgres', sprintf($explain, $finish));
+like($plain, qr/Merge Join/,
+	'planned as usual on a one-row table, the finish walks the whole primary key (a merge join)');
+
+my $marked = $node->safe_psql('postgres',
+	sprintf($explain, "/* atomizer: indexed */ $finish"));
+like($marked, qr/Nested Loop/, 'with the marker it probes the primary key once per job');
+like($marked, qr/Index (Only )?Scan using job_pkey on job j\n\s+Index Cond: \(id = r(_\d+)?\.id\)/,
+	'... by the job\'s id');
+unlike($marked, qr/Merge Join|Hash Join|Seq Scan on job|Bitmap Heap Scan on job/,
+	'... and never reads the whole table');
+
+# only the marked statement: the session's other statements see the table
+# as its statistics say
+like($node->safe_psql('postgres', q{
+	LOAD 'atomizer';
+	/* atomizer: indexed */ PREPARE p AS SELECT id FROM atomizer.job WHERE id = 1;
+	EXPLAIN EXECUTE p;
+	EXPLAIN SELECT id FROM atomizer.job;
+}), qr/rows=1 width=8\)\s*$/, 'other statements are planned as usual');
+
+$node->stop;
+done_testing();
