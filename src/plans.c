@@ -53,6 +53,16 @@ static get_relation_info_hook_type prev_get_relation_info_hook = NULL;
 static int	marked_depth = 0;
 static Oid	marked_schema = InvalidOid;
 
+/* The planner this hook was installed over. */
+static inline PlannedStmt *
+next_planner(Query *parse, const char *query_string, int cursorOptions,
+			 ParamListInfo boundParams)
+{
+	return prev_planner_hook ?
+		prev_planner_hook(parse, query_string, cursorOptions, boundParams) :
+		standard_planner(parse, query_string, cursorOptions, boundParams);
+}
+
 static PlannedStmt *
 atomizer_planner(Query *parse, const char *query_string, int cursorOptions,
 				 ParamListInfo boundParams)
@@ -63,6 +73,10 @@ atomizer_planner(Query *parse, const char *query_string, int cursorOptions,
 	Oid			schema = marked_schema;
 	PlannedStmt *result;
 
+	/* the common case, every other statement of the server: nothing to undo */
+	if (!marked && marked_depth == 0)
+		return next_planner(parse, query_string, cursorOptions, boundParams);
+
 	if (marked)
 	{
 		marked_schema = get_namespace_oid(ATOMIZER_SCHEMA, true);
@@ -72,9 +86,7 @@ atomizer_planner(Query *parse, const char *query_string, int cursorOptions,
 		marked_depth = 0;		/* a statement planned inside is planned as usual */
 	PG_TRY();
 	{
-		result = prev_planner_hook ?
-			prev_planner_hook(parse, query_string, cursorOptions, boundParams) :
-			standard_planner(parse, query_string, cursorOptions, boundParams);
+		result = next_planner(parse, query_string, cursorOptions, boundParams);
 	}
 	PG_FINALLY();
 	{
