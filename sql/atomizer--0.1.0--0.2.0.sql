@@ -1578,6 +1578,21 @@ GRANT EXECUTE ON FUNCTION atomizer.claim(text, integer, interval, text, bigint[]
 	atomizer.complete_many(bigint[], jsonb[], integer[]) TO PUBLIC;
 
 /*
+ * Schedules fire up to atomizer.cron_lookahead ahead of their fire time;
+ * _tick() takes the lookahead its pass uses (0: fire only what is due).
+ */
+DROP FUNCTION atomizer._tick(timestamptz);
+CREATE FUNCTION atomizer._tick(now timestamptz, lookahead interval DEFAULT '0')
+RETURNS integer
+LANGUAGE C VOLATILE PARALLEL UNSAFE
+AS 'MODULE_PATHNAME', 'atomizer_tick';
+
+REVOKE ALL ON FUNCTION atomizer._tick(timestamptz, interval) FROM PUBLIC;
+
+COMMENT ON FUNCTION atomizer._tick(timestamptz, interval) IS
+	'One pass of the cron firing logic as if the clock read "now", firing what is due by now + lookahead (for tests and manual catch-up); returns the number of jobs enqueued.';
+
+/*
  * Last: the schedulers of a server running the 0.2.0 library leave a
  * database with the 0.1.0 objects alone; wake the launcher at commit so that
  * this database's scheduler starts at once.

@@ -54,6 +54,7 @@ extern int	atomizer_max_workers;
 extern int	atomizer_shutdown_timeout;
 extern int	atomizer_poll_interval;
 extern int	atomizer_vacuum_after_jobs;
+extern int	atomizer_cron_lookahead;
 extern int	atomizer_worker_idle_timeout;
 extern int	atomizer_log_failures;
 
@@ -216,8 +217,8 @@ extern TimestampTz atomizer_expire_leases(void);
 extern void atomizer_notify_queue(const char *queue);
 
 /* schedule.c */
-extern int	atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake,
-									bool *more);
+extern int	atomizer_fire_schedules(TimestampTz now, int lookahead_ms,
+									TimestampTz *next_wake, bool *more);
 
 /* privilege.c */
 typedef struct AtomizerPrivState
@@ -545,6 +546,8 @@ extern int	atomizer_store_insert_fires(const int64 *schedule_ids,
 										int64 *out_schedules, int64 *out_jobs);
 extern void atomizer_store_schedules_busy(const int64 *schedule_ids, int n,
 										  bool *busy);
+extern bool atomizer_store_cancel_early_fire(int64 job_id, TimestampTz fire_time,
+											 const char *why);
 extern int	atomizer_store_claim(const AtomizerClaimSpec *spec, AtomizerJob **jobs);
 extern bool atomizer_queue_due(const char *queue, TimestampTz *next);
 extern int64 atomizer_store_release_held(const char *queue, const char *handler);

@@ -37,6 +37,7 @@ int			atomizer_worker_idle_timeout = 60000;
 
 /* Outcomes after which the scheduler vacuums atomizer.job (0: never). */
 int			atomizer_vacuum_after_jobs = 50000;
+int			atomizer_cron_lookahead = 2000;
 
 /* atomizer.log_failures: which failures get a line in the server log */
 int			atomizer_log_failures = ATOMIZER_LOG_FAILURES_DEAD;
@@ -109,6 +110,15 @@ atomizer_guc_init(void)
 							50000, 0, INT_MAX,
 							PGC_SIGHUP,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("atomizer.cron_lookahead",
+							"How long before its fire time a schedule's job is enqueued.",
+							"The job waits, scheduled, until its fire time; 0 enqueues at the fire time.",
+							&atomizer_cron_lookahead,
+							2000, 0, 60 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("atomizer.shutdown_timeout",

@@ -730,10 +730,9 @@ atomizer_store_insert_many_keyed(const AtomizerNewJobs *args, ArrayType *payload
 
 /*
  * atomizer_store_insert_fire
- *		Insert the job of one fire of schedule_id, as its owner set it up.
- *		Its run_at is the fire time (or the real time, when a test drives
- *		the clock into the future).  Returns the job id; the new job lowers
- *		its queue's floor at commit.
+ *		Insert the job of one fire of schedule_id, as its owner set it up,
+ *		with the run_at the caller chose (schedule.c: the fire time).
+ *		Returns the job id; the new job lowers its queue's floor at commit.
  */
 int64
 atomizer_store_insert_fire(int64 schedule_id, TimestampTz run_at)
@@ -749,8 +748,7 @@ atomizer_store_insert_fire(int64 schedule_id, TimestampTz run_at)
 	atomizer_prepare(&plan,
 			"INSERT INTO atomizer.job (queue, handler, payload, run_at, priority,"
 			" max_attempts, timeout, owner, schedule_id) "
-			"SELECT queue, handler, payload, least($2, clock_timestamp()),"
-			" priority, max_attempts,"
+			"SELECT queue, handler, payload, $2, priority, max_attempts,"
 			" timeout, owner, id FROM atomizer.schedule WHERE id = $1 "
 			"RETURNING queue, priority::int4, run_at, id", 2, types);
 	values[0] = Int64GetDatum(schedule_id);
@@ -816,7 +814,7 @@ atomizer_store_insert_fires(const int64 *schedule_ids, const TimestampTz *run_at
 	atomizer_prepare(&plan,
 			"INSERT INTO atomizer.job (queue, handler, payload, run_at, priority,"
 			" max_attempts, timeout, owner, schedule_id) "
-			"SELECT s.queue, s.handler, s.payload, least(u.t, clock_timestamp()),"
+			"SELECT s.queue, s.handler, s.payload, u.t,"
 			" s.priority, s.max_attempts, s.timeout, s.owner, s.id"
 			" FROM unnest($1::int8[], $2::timestamptz[]) WITH ORDINALITY u(id, t, o)"
 			" JOIN atomizer.schedule s ON s.id = u.id ORDER BY u.o "
@@ -889,6 +887,44 @@ atomizer_store_schedules_busy(const int64 *schedule_ids, int n, bool *busy)
 							  compare_int64) != NULL;
 	}
 	store_end(&call);
+}
+
+/*
+ * atomizer_store_cancel_early_fire
+ *		Cancel job_id if it is a schedule's job that a firing pass enqueued
+ *		ahead of its fire time fire_time (atomizer.cron_lookahead) and it
+ *		is not due yet: the schedule was replaced, enabled, disabled or
+ *		removed, or its next run brought back, before that time, so the
+ *		fire it had decided is no longer the one it makes.  A job whose
+ *		fire time has come has fired, and stays; so does one a handler
+ *		snoozed (its run_at is no longer its fire time).  To the history as
+ *		cancelled, with "why" as its last error.
+ */
+static bool finish_one(int64 id, const char *state, Datum result,
+					   bool result_isnull, const char *error);
+
+bool
+atomizer_store_cancel_early_fire(int64 job_id, TimestampTz fire_time, const char *why)
+{
+	static SPIPlanPtr plan = NULL;
+	StoreCall	call;
+	Oid			types[2] = {INT8OID, TIMESTAMPTZOID};
+	Datum		values[2] = {Int64GetDatum(job_id), TimestampTzGetDatum(fire_time)};
+	bool		cancelled = false;
+
+	store_begin(&call);
+	atomizer_prepare(&plan,
+			ATOMIZER_INDEXED "SELECT FROM atomizer.job WHERE id = $1 AND run_at = $2"
+			" AND state = 'available' AND attempt = 0"
+			" AND run_at > clock_timestamp() FOR UPDATE",
+			2, types);
+	atomizer_note_job_locks();
+	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not look up job " INT64_FORMAT, job_id);
+	if (SPI_processed == 1)
+		cancelled = finish_one(job_id, "cancelled", (Datum) 0, true, why);
+	store_end(&call);
+	return cancelled;
 }
 
 /* ------------------------------------------------------------------------

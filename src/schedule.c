@@ -8,7 +8,15 @@
  *	  A fire enqueues an ordinary job (with schedule_id set) and moves the
  *	  schedule's next_run on, in one transaction, on a row locked with
  *	  FOR UPDATE SKIP LOCKED: a fire happens once per (schedule, fire time)
- *	  whatever crashes, restarts or concurrent schedulers do.  Due
+ *	  whatever crashes, restarts or concurrent schedulers do.  The pass
+ *	  fires up to atomizer.cron_lookahead ahead of the fire time: the job
+ *	  is enqueued with run_at = the fire time and waits, scheduled, until
+ *	  then, so that however many schedules share a fire time their jobs
+ *	  are all there when it comes.  A fire decided ahead is undone (its job
+ *	  cancelled, cancel_early_fires) by whatever changes the schedule's
+ *	  next run before the fire time: schedule() replacing it,
+ *	  enable_schedule(), disable_schedule(), unschedule(), the clock
+ *	  going back.  Due
  *	  schedules fire in batches of up to FIRE_BATCH per transaction, with a
  *	  handful of statements per batch (the overlap check and the UPDATE of
  *	  the schedules, a HOT update: no index covers next_run; the jobs are
@@ -18,7 +26,9 @@
  *
  *	  Policies, per schedule:
  *	  - overlap 'skip' (default): no fire while the previous run's job is
- *		waiting or running; 'allow': fire anyway.
+ *		waiting or running; 'allow': fire anyway.  Ahead of the fire time,
+ *		a schedule whose previous run is busy is not decided: it is looked
+ *		at again at the fire time.
  *	  - misfire 'fire_once' (default): after downtime (more than one fire
  *		time passed), fire once for the whole missed period; 'skip': do not
  *		fire for it.  Either way the next run is the first fire time after
@@ -97,6 +107,42 @@ next_after(const AtomizerCron *cron, TimestampTz after, pg_tz *tz, bool *isnull)
 
 	*isnull = TIMESTAMP_NOT_FINITE(next);
 	return TimestampTzGetDatum(next);
+}
+
+/*
+ * fire_run_at
+ *		The run_at of a fire at fire_time decided by a pass at clock "now":
+ *		the fire time, also when the pass fires ahead of it; one that a
+ *		test's clock, ahead of the real one, made due runs now.
+ */
+static TimestampTz
+fire_run_at(TimestampTz fire_time, TimestampTz now)
+{
+	if (fire_time > now)
+		return fire_time;
+	return Min(fire_time, GetCurrentTimestamp());
+}
+
+/*
+ * cancel_early_fire
+ *		The schedule's next run has changed (or it is gone): cancel its last
+ *		job, tup's columns job_col (last_job_id) and job_col + 1 (last_run),
+ *		if a pass enqueued it ahead of a fire time still to come.
+ */
+static void
+cancel_early_fire(HeapTuple tup, TupleDesc desc, int job_col, const char *name,
+				  const char *what)
+{
+	bool		job_null;
+	bool		time_null;
+	Datum		job = SPI_getbinval(tup, desc, job_col, &job_null);
+	Datum		fire_time = SPI_getbinval(tup, desc, job_col + 1, &time_null);
+
+	if (!job_null && !time_null)
+		(void) atomizer_store_cancel_early_fire(DatumGetInt64(job),
+												DatumGetTimestampTz(fire_time),
+												psprintf("schedule \"%s\" was %s before this fire time",
+														 name, what));
 }
 
 /*
@@ -223,13 +269,15 @@ atomizer_schedule(PG_FUNCTION_ARGS)
 				" enabled = $8, overlap = $9, misfire = $10, priority = $11,"
 				" max_attempts = $12, timeout = $13, next_run = $14,"
 				" last_error = NULL, updated_at = now()"
-				" WHERE owner = $7::name AND name = $1 RETURNING id), "
+				" WHERE owner = $7::name AND name = $1"
+				" RETURNING id, last_job_id, last_run), "
 				"i AS (INSERT INTO atomizer.schedule (name, spec, handler, payload,"
 				" queue, tz, owner, enabled, overlap, misfire, priority,"
 				" max_attempts, timeout, next_run) "
 				"SELECT $1, $2, $3, $4, $5, $6, $7::name, $8, $9, $10, $11,"
-				" $12, $13, $14 WHERE NOT EXISTS (SELECT FROM u) RETURNING id) "
-				"SELECT id FROM u UNION ALL SELECT id FROM i", 14, types);
+				" $12, $13, $14 WHERE NOT EXISTS (SELECT FROM u)"
+				" RETURNING id, last_job_id, last_run) "
+				"SELECT * FROM u UNION ALL SELECT * FROM i", 14, types);
 	}
 	if (SPI_execute_plan(lock_plan, values, nulls, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not lock schedule \"%s\"", name);
@@ -238,6 +286,7 @@ atomizer_schedule(PG_FUNCTION_ARGS)
 		elog(ERROR, "could not save schedule \"%s\"", name);
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 									 SPI_tuptable->tupdesc, 1, &isnull));
+	cancel_early_fire(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, name, "replaced");
 	SPI_finish();
 	atomizer_restore_caller(&priv);
 	atomizer_note_schedule_change();
@@ -303,17 +352,20 @@ schedule_owner(const char *name)
 
 /*
  * run_on_own_schedule
- *		Run one of the name-keyed statements below on the schedule the
- *		caller acts on (schedule_owner: $2).  Returns SPI_processed.
+ *		Run one of the name-keyed statements below (each RETURNING
+ *		last_job_id, last_run) on the schedule the caller acts on
+ *		(schedule_owner: $2), and cancel the job a pass enqueued ahead of
+ *		its next fire time, since the statement changes that time ("what"
+ *		says how).  Returns whether there was such a schedule.
  */
-static uint64
+static bool
 run_on_own_schedule(SPIPlanPtr *cache, const char *sql, const char *name,
-					Datum extra, bool extra_null)
+					Datum extra, bool extra_null, const char *what)
 {
 	AtomizerPrivState priv;
 	Datum		values[3];
 	char		nulls[3] = {' ', ' ', ' '};
-	uint64		n;
+	bool		found;
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = schedule_owner(name);
@@ -329,10 +381,12 @@ run_on_own_schedule(SPIPlanPtr *cache, const char *sql, const char *name,
 	}
 	if (SPI_execute_plan(*cache, values, nulls, false, 0) < 0)
 		elog(ERROR, "could not change schedule \"%s\"", name);
-	n = SPI_processed;
+	found = SPI_processed == 1;
+	if (found)
+		cancel_early_fire(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, name, what);
 	SPI_finish();
 	atomizer_restore_caller(&priv);
-	return n;
+	return found;
 }
 
 /*
@@ -348,9 +402,9 @@ atomizer_unschedule(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(run_on_own_schedule(&plan,
 									   "DELETE FROM atomizer.schedule WHERE name = $1"
 									   " AND owner = $2::name"
-									   " AND $3 IS NULL",
+									   " AND $3 IS NULL RETURNING last_job_id, last_run",
 									   text_to_cstring(PG_GETARG_TEXT_PP(0)),
-									   (Datum) 0, true) > 0);
+									   (Datum) 0, true, "removed"));
 }
 
 /*
@@ -368,9 +422,9 @@ atomizer_disable_schedule(PG_FUNCTION_ARGS)
 									   " next_run = NULL, updated_at = now()"
 									   " WHERE name = $1"
 									   " AND owner = $2::name"
-									   " AND $3 IS NULL",
+									   " AND $3 IS NULL RETURNING last_job_id, last_run",
 									   text_to_cstring(PG_GETARG_TEXT_PP(0)),
-									   (Datum) 0, true) > 0);
+									   (Datum) 0, true, "disabled"));
 }
 
 /*
@@ -434,8 +488,8 @@ atomizer_enable_schedule(PG_FUNCTION_ARGS)
 							   "UPDATE atomizer.schedule SET enabled = true,"
 							   " last_error = NULL, next_run = $3,"
 							   " updated_at = now() WHERE name = $1"
-							   " AND owner = $2::name",
-							   name, next, isnull) > 0;
+							   " AND owner = $2::name RETURNING last_job_id, last_run",
+							   name, next, isnull, "enabled");
 	atomizer_note_schedule_change();
 	PG_RETURN_BOOL(done);
 }
@@ -557,7 +611,8 @@ clock_went_back(TimestampTz now)
 	uint64		n;
 
 	atomizer_prepare(&list_plan,
-			"SELECT id, spec, tz, next_run FROM atomizer.schedule"
+			"SELECT id, spec, tz, next_run, name, last_job_id, last_run"
+			" FROM atomizer.schedule"
 			" WHERE enabled AND next_run > $1 FOR UPDATE SKIP LOCKED",
 			1, &types[1]);
 	atomizer_prepare(&set_plan,
@@ -591,6 +646,9 @@ clock_went_back(TimestampTz now)
 		values[1] = TimestampTzGetDatum(next);
 		if (SPI_execute_plan(set_plan, values, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not update schedule");
+		cancel_early_fire(tup, tuptable->tupdesc, 6,
+						  SPI_getvalue(tup, tuptable->tupdesc, 5),
+						  "rescheduled (the clock went back)");
 	}
 }
 
@@ -679,13 +737,18 @@ fire_one(void *arg)
 	if (!TIMESTAMP_NOT_FINITE(following) && following <= a->now && skip_misfire)
 		fire = false;
 	if (fire && skip_overlap && atomizer_store_schedule_busy(DatumGetInt64(id)))
+	{
+		if (fire_time > a->now)
+			return;				/* ahead of time: decided at the fire time */
 		fire = false;
+	}
 
 	if (fire)
 	{
 		values[2] = TimestampTzGetDatum(fire_time);
 		nulls[2] = ' ';
-		values[3] = Int64GetDatum(atomizer_store_insert_fire(DatumGetInt64(id), fire_time));
+		values[3] = Int64GetDatum(atomizer_store_insert_fire(DatumGetInt64(id),
+															 fire_run_at(fire_time, a->now)));
 		nulls[3] = ' ';
 		atomizer_note_enqueue(queue);
 		a->fired++;
@@ -763,6 +826,7 @@ typedef struct DueFire
 	TimestampTz next;			/* not finite: never again */
 	bool		skip_overlap;
 	bool		fire;
+	bool		deferred;		/* ahead of time and busy: not decided yet */
 	bool		alone;			/* to be fired (or disabled) by fire_one */
 	int64		job_id;
 } DueFire;
@@ -825,6 +889,7 @@ typedef struct FireBatch
 {
 	DueFire    *due;
 	int			n;
+	TimestampTz now;			/* the pass's clock */
 	int			fired;
 } FireBatch;
 
@@ -870,18 +935,33 @@ fire_batch(void *arg)
 	if (n == 0)
 		return;
 
-	/* the overlap policy: no fire while a job of the schedule waits or runs */
+	/*
+	 * The overlap policy: no fire while a job of the schedule waits or
+	 * runs.  Ahead of the fire time, a busy schedule is left for the pass
+	 * at its fire time (its previous run may be over by then): not fired,
+	 * not skipped, its row not written.
+	 */
 	for (int i = 0; i < n; i++)
 		if (mine[i]->fire && mine[i]->skip_overlap)
 			ids[nlook++] = mine[i]->id;
 	if (nlook > 0)
 	{
 		int			k = 0;
+		int			left = 0;
 
 		atomizer_store_schedules_busy(ids, nlook, busy);
 		for (int i = 0; i < n; i++)
 			if (mine[i]->fire && mine[i]->skip_overlap && busy[k++])
+			{
 				mine[i]->fire = false;
+				mine[i]->deferred = mine[i]->fire_time > b->now;
+			}
+		for (int i = 0; i < n; i++)
+			if (!mine[i]->deferred)
+				mine[left++] = mine[i];
+		n = left;
+		if (n == 0)
+			return;
 	}
 
 	/* the jobs, in the order the schedules came due */
@@ -890,10 +970,11 @@ fire_batch(void *arg)
 	{
 		if (!mine[i]->fire)
 			continue;
-		mine[i]->job.run_at = Min(mine[i]->fire_time, clock);
+		mine[i]->job.run_at = mine[i]->fire_time > b->now ? mine[i]->fire_time :
+			Min(mine[i]->fire_time, clock);
 		jobs[nfire] = mine[i]->job;
 		ids[nfire] = mine[i]->id;
-		times[nfire++] = mine[i]->fire_time;
+		times[nfire++] = mine[i]->job.run_at;
 		atomizer_note_enqueue(mine[i]->queue);
 	}
 	if (nfire > 0 && atomizer_store_fire_jobs(jobs, nfire, out_jobs))
@@ -1032,18 +1113,23 @@ fire_alone(HeapTuple tup, TupleDesc desc, TimestampTz now)
 /*
  * atomizer_fire_schedules
  *		One firing pass at clock "now", in the current transaction, of up
- *		to FIRE_BATCH due schedules (*more: there may be more due).  They
+ *		to FIRE_BATCH schedules due by now + lookahead_ms (*more: there may
+ *		be more due); those due after now fire ahead, their jobs run at the
+ *		fire time.  They
  *		fire as a batch, with a handful of statements for all of them, in a
  *		subtransaction; if the batch fails, each fires again alone, in a
  *		subtransaction of its own, so that one whose job cannot be inserted
  *		(a trigger raises, its queue's settings fail) is disabled with the
  *		error as its last_error, and the others fire.  A schedule whose
  *		spec, time zone, queue, owner or handler is unusable is disabled
- *		alone too.  Returns the number of jobs enqueued; *next_wake is the
- *		earliest next_run left (DT_NOEND if none).
+ *		alone too.  Returns the number of jobs enqueued; *next_wake is when
+ *		the next pass is due (DT_NOEND if never): lookahead_ms before the
+ *		earliest next_run left, or at it for one already in the lookahead
+ *		(left undecided, or due again soon).
  */
 int
-atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake, bool *more)
+atomizer_fire_schedules(TimestampTz now, int lookahead_ms,
+						TimestampTz *next_wake, bool *more)
 {
 	static SPIPlanPtr due_plan = NULL;
 	static SPIPlanPtr wake_plan = NULL;
@@ -1056,12 +1142,15 @@ atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake, bool *more)
 	HASHCTL		ctl;
 	int			fired = 0;
 	bool		isnull;
-	Datum		arg = TimestampTzGetDatum(now);
+	Datum		horizon = TimestampTzGetDatum(TimestampTzPlusMilliseconds(now, lookahead_ms));
+	Datum		wake_args[2];
+	Interval	lookahead = {.time = (int64) lookahead_ms * 1000};
 
 	atomizer_become_owner(&priv);
 	SPI_connect();
 	{
 		Oid			types[1] = {TIMESTAMPTZOID};
+		Oid			wake_types[2] = {TIMESTAMPTZOID, INTERVALOID};
 
 		atomizer_prepare(&due_plan,
 				"SELECT s.id, s.name, s.spec, s.handler, s.queue, s.tz,"
@@ -1073,15 +1162,16 @@ atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake, bool *more)
 				" ORDER BY s.next_run LIMIT " CppAsString2(FIRE_BATCH)
 				" FOR UPDATE OF s SKIP LOCKED", 1, types);
 		atomizer_prepare(&wake_plan,
-				"SELECT min(next_run) FROM atomizer.schedule WHERE enabled",
-				0, NULL);
+				"SELECT min(CASE WHEN next_run - $2 > $1 THEN next_run - $2"
+				" ELSE next_run END) FROM atomizer.schedule WHERE enabled",
+				2, wake_types);
 	}
 
 	if (last_pass_now != 0 && now < last_pass_now - USECS_PER_SEC)
 		clock_went_back(now);
 	last_pass_now = now;
 
-	if (SPI_execute_plan(due_plan, &arg, NULL, false, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(due_plan, &horizon, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not list due schedules");
 	due = SPI_tuptable;
 	n = SPI_processed;
@@ -1096,6 +1186,7 @@ atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake, bool *more)
 						 HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 	batch.due = palloc(sizeof(DueFire) * Max(n, 1));
 	batch.n = (int) n;
+	batch.now = now;
 	batch.fired = 0;
 	for (uint64 i = 0; i < n; i++)
 	{
@@ -1121,7 +1212,9 @@ atomizer_fire_schedules(TimestampTz now, TimestampTz *next_wake, bool *more)
 	}
 
 	*next_wake = DT_NOEND;
-	if (SPI_execute_plan(wake_plan, NULL, NULL, true, 0) == SPI_OK_SELECT &&
+	wake_args[0] = TimestampTzGetDatum(now);
+	wake_args[1] = IntervalPGetDatum(&lookahead);
+	if (SPI_execute_plan(wake_plan, wake_args, NULL, true, 0) == SPI_OK_SELECT &&
 		SPI_processed == 1)
 	{
 		Datum		w = SPI_getbinval(SPI_tuptable->vals[0],
@@ -1143,10 +1236,29 @@ Datum
 atomizer_tick(PG_FUNCTION_ARGS)
 {
 	TimestampTz next_wake;
+	int64		lookahead_ms = 0;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("now must not be null")));
-	PG_RETURN_INT32(atomizer_fire_schedules(PG_GETARG_TIMESTAMPTZ(0), &next_wake, NULL));
+	/* 0.1.0's objects have no lookahead argument */
+	if (PG_NARGS() > 1)
+	{
+		Interval   *ahead;
+
+		if (PG_ARGISNULL(1))
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("lookahead must not be null")));
+		ahead = PG_GETARG_INTERVAL_P(1);
+		lookahead_ms = atomizer_interval_ms(ahead);
+		if (ahead->month != 0 || ahead->day != 0 || lookahead_ms < 0 ||
+			lookahead_ms > 60 * 1000)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("lookahead must be between 0 and 1 minute")));
+	}
+	PG_RETURN_INT32(atomizer_fire_schedules(PG_GETARG_TIMESTAMPTZ(0), (int) lookahead_ms,
+											&next_wake, NULL));
 }

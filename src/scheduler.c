@@ -822,7 +822,8 @@ duty_schedules(void *arg)
 	TimestampTz next_fire;
 
 	cron_due = 0;				/* again at once if this fails */
-	(void) atomizer_fire_schedules(now, &next_fire, &ps->more_fires);
+	(void) atomizer_fire_schedules(now, atomizer_cron_lookahead, &next_fire,
+								   &ps->more_fires);
 	cron_due = ps->more_fires ? 0 : next_fire;
 	cron_checked = now;
 }

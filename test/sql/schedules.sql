@@ -122,6 +122,63 @@ SELECT atomizer.run_pending();
 SELECT atomizer.disable_schedule('nope'), atomizer.enable_schedule('nope'), atomizer.unschedule('nope');
 SELECT atomizer.unschedule('five');
 
+-- fired ahead: a pass with a lookahead fires what is due by now + lookahead;
+-- the job waits, scheduled, until its fire time
+CREATE FUNCTION fired(sid bigint) RETURNS TABLE (state text, run_at timestamptz,
+                                                 tag text, last_error text)
+LANGUAGE sql AS $$
+	SELECT v.state, v.run_at, v.payload->>'tag', v.last_error FROM atomizer.jobs v
+	 WHERE v.id IN (SELECT id FROM atomizer.job WHERE schedule_id = sid
+	                UNION ALL SELECT id FROM atomizer.job_history WHERE schedule_id = sid)
+	 ORDER BY v.id
+$$;
+SELECT atomizer.schedule('ahead', '* * * * *', 'work', '{"tag": "ahead"}') AS ahead_id \gset
+SELECT anchor('ahead', '2030-01-01 08:00');
+SELECT atomizer._tick('2030-01-01 08:00:57', '2 seconds') AS fired_too_early;
+SELECT atomizer._tick('2030-01-01 08:00:58.5', '2 seconds') AS fired_ahead;
+SELECT name, next_run, last_run, fires, skipped FROM state WHERE name = 'ahead';
+SELECT state, run_at FROM fired(:ahead_id);
+SELECT atomizer._tick('2030-01-01 08:01:00', '2 seconds') AS fired_again;
+-- overlap 'skip' ahead of time: the previous run waits, so the fire is not
+-- decided (neither fired nor skipped) until its fire time
+SELECT atomizer._tick('2030-01-01 08:01:59', '2 seconds') AS fired_while_busy;
+SELECT name, next_run, fires, skipped FROM state WHERE name = 'ahead';
+SELECT atomizer._tick('2030-01-01 08:02:00', '2 seconds') AS fired_on_time;
+SELECT name, next_run, fires, skipped FROM state WHERE name = 'ahead';
+-- replacing, enabling, disabling or removing the schedule before the fire
+-- time cancels the job fired ahead, and says why
+SELECT atomizer.schedule('ahead', '* * * * *', 'work', '{"tag": "ahead, replaced"}') = :ahead_id;
+SELECT state, run_at, last_error FROM fired(:ahead_id);
+SELECT anchor('ahead', '2030-01-01 08:10');
+SELECT atomizer._tick('2030-01-01 08:10:59', '2 seconds') AS fired_ahead;
+SELECT tag, state FROM fired(:ahead_id) WHERE state = 'scheduled';
+SELECT atomizer.enable_schedule('ahead');
+SELECT anchor('ahead', '2030-01-01 08:20');
+SELECT atomizer._tick('2030-01-01 08:20:59', '2 seconds') AS fired_ahead;
+SELECT atomizer.disable_schedule('ahead');
+SELECT atomizer.enable_schedule('ahead');
+SELECT anchor('ahead', '2030-01-01 08:30');
+SELECT atomizer._tick('2030-01-01 08:30:59', '2 seconds') AS fired_ahead;
+SELECT atomizer.unschedule('ahead');
+SELECT state, run_at, last_error FROM fired(:ahead_id);
+-- the clock going back cancels it too, and the schedule fires at its time
+SELECT atomizer.schedule('ahead_back', '* * * * *', 'work', '{"tag": "ahead_back"}') AS back_id \gset
+SELECT anchor('ahead_back', '2030-01-01 09:00');
+SELECT atomizer._tick('2030-01-01 09:00:59', '2 seconds') AS fired_ahead;
+SELECT atomizer._tick('2030-01-01 08:00:30', '2 seconds') AS fired_after_clock_back;
+SELECT name, next_run FROM state WHERE name = 'ahead_back';
+SELECT state, run_at, last_error FROM fired(:back_id);
+SELECT atomizer.unschedule('ahead_back');
+-- a job fired ahead whose fire time has come has fired: it stays, and runs
+SELECT atomizer.schedule('ahead_due', '* * * * *', 'work', '{"tag": "ahead_due"}') AS due_id \gset
+UPDATE atomizer.schedule SET next_run = clock_timestamp() + interval '1.5 s'
+ WHERE name = 'ahead_due';
+SELECT atomizer._tick(clock_timestamp(), '2 seconds') AS fired_ahead;
+SELECT state FROM fired(:due_id);
+SELECT pg_sleep(1.7);
+SELECT atomizer.unschedule('ahead_due');
+SELECT atomizer.run_pending();
+SELECT state, last_error FROM fired(:due_id);
 -- a dropped handler disables only its own schedule, with the reason
 CREATE FUNCTION doomed(payload jsonb) RETURNS void LANGUAGE sql AS $$ SELECT $$;
 SELECT atomizer.schedule('doomed', '* * * * *', 'doomed') IS NOT NULL;
@@ -142,6 +199,11 @@ EXCEPTION WHEN OTHERS THEN
 	GET STACKED DIAGNOSTICS code = RETURNED_SQLSTATE, message = MESSAGE_TEXT;
 END
 $$;
+-- a lookahead is 0 to 1 minute
+SELECT * FROM try($$SELECT atomizer._tick('2030-01-01', '61 seconds')$$);
+SELECT * FROM try($$SELECT atomizer._tick('2030-01-01', '-1 second')$$);
+SELECT * FROM try($$SELECT atomizer._tick('2030-01-01', '1 day')$$);
+SELECT * FROM try($$SELECT atomizer._tick('2030-01-01', NULL)$$);
 -- a name has 1 to 200 characters (not bytes)
 SELECT atomizer.schedule(repeat('é', 200), '0 0 1 1 *', 'work') IS NOT NULL AS two_hundred_characters;
 SELECT code, left(message, 25) AS message FROM try($$SELECT atomizer.schedule(repeat('é', 201), '0 0 1 1 *', 'work')$$);

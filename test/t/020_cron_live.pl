@@ -1,6 +1,7 @@
 # Cron on a live server: a schedule fires on time by itself, each fire once;
-# a schedule created while the scheduler sleeps is picked up at once; a
-# restart does not double a fire.
+# a schedule created while the scheduler sleeps is picked up at once; fires
+# are enqueued ahead of their time (atomizer.cron_lookahead) and start at
+# it; a restart does not double a fire.
 use strict;
 use warnings;
 use PostgreSQL::Test::Cluster;
@@ -56,6 +57,36 @@ my $gaps = $node->safe_psql('postgres', q{
 		SELECT fire_time - lag(fire_time) OVER (ORDER BY fire_time) AS gap FROM fires
 	) g WHERE gap > interval '1 second'});
 is($gaps, '0', 'no second skipped');
+
+# fired ahead (atomizer.cron_lookahead, 2 s by default): a fire's job is
+# committed before its fire time and starts at it, not before; with 0 it is
+# enqueued at its fire time
+$node->safe_psql('postgres', q{
+	CREATE FUNCTION tock(payload jsonb) RETURNS void LANGUAGE sql AS 'SELECT';
+	CREATE VIEW tocks AS
+		SELECT run_at, created_at, started_at FROM atomizer.jobs
+		 WHERE handler = 'public.tock' AND state = 'succeeded';
+	SELECT atomizer.schedule('every_5s', '*/5 * * * * *', 'tock');
+});
+$node->poll_query_until('postgres', 'SELECT count(*) >= 3 FROM tocks')
+  or die 'every_5s did not fire';
+my ($tocks, $ahead, $started_early, $twice) = split /\|/, $node->safe_psql('postgres', q{
+	SELECT count(*), count(*) FILTER (WHERE created_at < run_at),
+	       count(*) FILTER (WHERE started_at < run_at),
+	       count(*) - count(DISTINCT run_at) FROM tocks});
+# (the first fire may come due within milliseconds of schedule())
+cmp_ok($ahead, '>=', $tocks - 1, "fires enqueued before their fire time ($ahead of $tocks)");
+is($started_early, '0', 'no job fired ahead started before its fire time');
+is($twice, '0', 'each fire time ran once');
+$node->append_conf('postgresql.conf', 'atomizer.cron_lookahead = 0');
+$node->reload;
+my $reloaded = $node->safe_psql('postgres', 'SELECT now() + interval \'5 seconds\'');
+$node->poll_query_until('postgres', "SELECT count(*) >= 2 FROM tocks WHERE run_at > '$reloaded'")
+  or die 'every_5s stopped firing with no lookahead';
+is($node->safe_psql('postgres', "SELECT count(*) FROM tocks WHERE run_at > '$reloaded'"
+		. ' AND created_at < run_at'), '0',
+	'with atomizer.cron_lookahead = 0 a fire is enqueued at its time');
+$node->safe_psql('postgres', q{SELECT atomizer.unschedule('every_5s')});
 
 # a restart does not double a fire
 $node->safe_psql('postgres', q{SELECT atomizer.unschedule('every_second')});
