@@ -684,20 +684,24 @@ class Bench:
                     " FROM generate_series(1, %s) i", (n,))
         create_s = time.time() - t0
         spid = self.scheduler_pid()
-        # the next minute boundary at least 3 s away
+        # fires are enqueued this long before their time (0: at it)
+        ahead = int(q1(cur, "SELECT setting FROM pg_settings"
+                            " WHERE name = 'atomizer.cron_lookahead'")[0]) / 1000.0
+        # the next minute boundary at least 3 s beyond the lookahead
         now = time.time()
         minute = (int(now) // 60 + 1) * 60
-        if minute - now < 3:
+        if minute - now < 3 + ahead:
             minute += 60
         log("  %d schedules created in %.2f s; waiting %.0f s for %s"
             % (n, create_s, minute - now, time.strftime("%H:%M:%S", time.gmtime(minute))))
-        time.sleep(max(0.0, minute - 1 - time.time()))
+        time.sleep(max(0.0, minute - ahead - 1 - time.time()))
         c0, w0 = drain.cpu_ticks([spid]), time.time()
         # when every fire has committed: no schedule is still due for the
         # minute (a scan of atomizer.schedule, which has no index on
         # next_run: about 2 ms for 10,000 schedules, so every 10 ms from just
-        # before the minute, not to take the scheduler's core)
-        time.sleep(max(0.0, minute - 0.02 - time.time()))
+        # before the firing pass, not to take the scheduler's core);
+        # negative: before the minute
+        time.sleep(max(0.0, minute - ahead - 0.02 - time.time()))
         committed = None
         while time.time() < minute + 10:
             if q1(cur, "SELECT NOT EXISTS (SELECT FROM atomizer.schedule WHERE enabled"
@@ -736,14 +740,15 @@ class Bench:
                  window_s=w1 - w0, cpu_s=cpu_s, cpu_pct=100 * cpu_s / (w1 - w0),
                  delay_p50_ms=p50, delay_p99_ms=p99, delay_max_ms=pmax,
                  last_enqueued_ms=span, first_enqueued_ms=first, first_start_ms=first_start,
-                 committed_ms=committed,
+                 committed_ms=committed, lookahead_s=ahead,
                  enqueue_many_s=many_s)
         log("  cron: %d of %d jobs for %s, %d started; scheduler CPU %.2f s over %.0f s (%.1f %%"
             " of a core); firing delay p50 %s ms, p99 %s ms; last job enqueued %s ms after the"
-            " minute, all fires committed %s ms after it (enqueue_many of %d: %.0f ms)"
+            " minute, all fires committed %s ms after it (lookahead %.1f s; enqueue_many of %d:"
+            " %.0f ms)"
             % (cnt, n, time.strftime("%H:%M", time.gmtime(minute)), started, cpu_s, w1 - w0,
                r["cpu_pct"], p50 and round(p50), p99 and round(p99), span and round(span),
-               committed and round(committed), n, many_s * 1000))
+               committed and round(committed), ahead, n, many_s * 1000))
         self.res["cron"] = r
         self.save()
 

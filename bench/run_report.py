@@ -308,8 +308,9 @@ if cr:
              % (n(cr["jobs"]), ms(cr["last_enqueued_ms"], 0), ms(cr["enqueue_many_s"] * 1000, 0),
                 n(cr["schedules"]), ratio(cr["last_enqueued_ms"], cr["enqueue_many_s"] * 1000)))
     if cr.get("committed_ms") is not None:
-        T.append("| 7. … minute boundary → every fire committed (polled every 2 ms) | %s ms"
-                 " | | | |" % ms(cr["committed_ms"], 0))
+        T.append("| 7. … minute boundary → every fire committed (polled every 10 ms;"
+                 " negative: before the minute, `atomizer.cron_lookahead` = %s s) | %s ms"
+                 " | | | |" % (ms(cr.get("lookahead_s", 0), 1), ms(cr["committed_ms"], 0)))
     S.append("| cron, %s schedules every minute: fire span (all committed) / scheduler CPU"
              " | %s ms (%s ms) / %.1f %% of a core | %s ms (enqueue_many) | %s |"
              % (n(cr["schedules"]), ms(cr["last_enqueued_ms"], 0), ms(cr.get("committed_ms"), 0),

@@ -1578,6 +1578,32 @@ GRANT EXECUTE ON FUNCTION atomizer.claim(text, integer, interval, text, bigint[]
 	atomizer.complete_many(bigint[], jsonb[], integer[]) TO PUBLIC;
 
 /*
+ * No index of atomizer.job reads state, so a claim's UPDATE (state,
+ * attempt, started_at, worker) is a HOT update: one new row version on the
+ * same page, no index entry.  The indexes that must leave jobs out by their
+ * state read parked instead, which only held and blocked jobs have: the
+ * claim index keeps the running jobs (a claim starts at the claim floor,
+ * past them, and checks state on the row), and the lease index every job
+ * with a lease (only running external jobs have one).  Pages are half
+ * filled by inserts, so that a batch's claimed rows find room on their own
+ * page.
+ */
+ALTER TABLE atomizer.job ADD COLUMN parked text
+	GENERATED ALWAYS AS (CASE WHEN state IN ('held', 'blocked') THEN state END) STORED;
+COMMENT ON COLUMN atomizer.job.parked IS
+	'state, for held and blocked jobs (NULL otherwise): what the claim and held indexes read instead of state.';
+DROP INDEX atomizer.job_claim_idx;
+CREATE INDEX job_claim_idx ON atomizer.job (queue, priority, run_at, id)
+	WHERE parked IS NULL;
+DROP INDEX atomizer.job_held_idx;
+CREATE INDEX job_held_idx ON atomizer.job (queue, handler, priority, run_at, id)
+	WHERE parked = 'held';
+DROP INDEX atomizer.job_lease_idx;
+CREATE INDEX job_lease_idx ON atomizer.job (lease_until)
+	WHERE lease_until IS NOT NULL;
+ALTER TABLE atomizer.job SET (fillfactor = 50);
+
+/*
  * Schedules fire up to atomizer.cron_lookahead ahead of their fire time;
  * _tick() takes the lookahead its pass uses (0: fire only what is due).
  */

@@ -78,6 +78,13 @@ schema_gen(void)
 static const char *const TAGS[2] = {"", ", tags"};
 
 /*
+ * The claim index's predicate (0.2.0: parked IS NULL, so that no index
+ * reads state and a claim's UPDATE is HOT; 0.1.0: state = 'available'),
+ * for the statements that scan it, which say state = 'available' too.
+ */
+static const char *const UNPARKED[2] = {"", " AND parked IS NULL"};
+
+/*
  * Purge and prune keep a finished job while an unfinished job depends on it
  * (its dependencies() read it), and take a purged job's own edges along.
  */
@@ -960,19 +967,25 @@ static void
 floor_check(const char *queue, const AtomizerClaimKey *floor,
 			AtomizerClaimKey *new_floor)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2] = {NULL, NULL};
+	int			gen = schema_gen();
+	SPIPlanPtr	plan;
 	Oid			types[5] = {TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, INT4OID};
 	Datum		values[5];
 	bool		isnull;
 
 	if (new_floor->priority <= floor->priority)
 		return;
-	atomizer_prepare(&plan,
-					 ATOMIZER_INDEXED "SELECT priority::int4 AS prio, run_at, id FROM atomizer.job"
-					 " WHERE queue = $1 AND state = 'available'"
-					 " AND (priority, run_at, id) >= ($2, $3, $4)"
-					 " AND priority < $5 AND run_at > now()"
-					 " ORDER BY priority, run_at, id LIMIT 1", 5, types);
+	if (plans[gen] == NULL)
+		atomizer_prepare(&plans[gen],
+						 psprintf(ATOMIZER_INDEXED "SELECT priority::int4 AS prio, run_at, id"
+								  " FROM atomizer.job"
+								  " WHERE queue = $1 AND state = 'available'%s"
+								  " AND (priority, run_at, id) >= ($2, $3, $4)"
+								  " AND priority < $5 AND run_at > now()"
+								  " ORDER BY priority, run_at, id LIMIT 1", UNPARKED[gen]),
+						 5, types);
+	plan = plans[gen];
 	values[0] = CStringGetTextDatum(queue);
 	values[1] = Int32GetDatum(floor->priority);
 	values[2] = TimestampTzGetDatum(floor->run_at);
@@ -1114,7 +1127,7 @@ mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
 #define CLAIM_CANDIDATES \
 	CLAIM_CANDIDATE_COLUMNS \
 	" FROM atomizer.job" \
-	" WHERE queue = $1 AND state = 'available'" \
+	" WHERE queue = $1 AND state = 'available'%s" \
 	" AND (priority, run_at, id) >= ($4, $5, $6)" \
 	" AND run_at <= now()" \
 	" AND ($3::name IS NULL OR owner = $3::name)" \
@@ -1135,8 +1148,9 @@ static void
 lock_candidates(const AtomizerClaimSpec *spec, const AtomizerClaimKey *floor,
 				int max_jobs, const char *partition, ArrayType *held)
 {
-	static SPIPlanPtr plan = NULL;
+	static SPIPlanPtr plans[2] = {NULL, NULL};
 	static SPIPlanPtr held_plan = NULL;
+	int			gen = schema_gen();
 	Oid			types[9] = {TEXTOID, INT4OID, TEXTOID, INT4OID,
 	TIMESTAMPTZOID, INT8OID, BOOLOID, TEXTOID, TEXTARRAYOID};
 	Datum		values[9];
@@ -1158,16 +1172,18 @@ lock_candidates(const AtomizerClaimSpec *spec, const AtomizerClaimKey *floor,
 	atomizer_note_job_locks();
 	if (held == NULL)
 	{
-		atomizer_prepare_opts(&plan, CLAIM_CANDIDATES, 8, types,
-							  CURSOR_OPT_GENERIC_PLAN);
-		if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_SELECT)
+		if (plans[gen] == NULL)
+			atomizer_prepare_opts(&plans[gen], psprintf(CLAIM_CANDIDATES, UNPARKED[gen]),
+								  8, types, CURSOR_OPT_GENERIC_PLAN);
+		if (SPI_execute_plan(plans[gen], values, nulls, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not claim jobs of queue \"%s\"", spec->queue);
 		return;
 	}
 	atomizer_prepare_opts(&held_plan,
 						  CLAIM_CANDIDATE_COLUMNS
 						  " FROM atomizer.job"
-						  " WHERE queue = $1 AND state = 'held' AND handler = ANY($9)"
+						  " WHERE queue = $1 AND state = 'held' AND parked = 'held'"
+						  " AND handler = ANY($9)"
 						  " AND ($3::name IS NULL OR owner = $3::name)"
 						  " AND EXISTS (SELECT 1 FROM atomizer.queue q"
 						  "  WHERE q.name = $1 AND NOT q.paused"
@@ -1707,46 +1723,53 @@ static bool
 queue_due_from(const char *queue, const AtomizerClaimKey *floor,
 			   TimestampTz *next)
 {
-	static SPIPlanPtr due_plan = NULL;
-	static SPIPlanPtr next_plan = NULL;
+	static SPIPlanPtr due_plans[2] = {NULL, NULL};
+	static SPIPlanPtr next_plans[2] = {NULL, NULL};
+	int			gen = schema_gen();
 	Oid			types[4] = {TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID};
 	Datum		args[4];
 	bool		isnull;
 
-	atomizer_prepare(&due_plan,
-					 ATOMIZER_INDEXED "SELECT 1 FROM atomizer.job"
-					 " WHERE queue = $1 AND state = 'available'"
-					 " AND (priority, run_at, id) >= ($2, $3, $4)"
-					 " AND run_at <= now()"
-					 " ORDER BY priority, run_at, id LIMIT 1", 4, types);
+	if (due_plans[gen] == NULL)
+		atomizer_prepare(&due_plans[gen],
+						 psprintf(ATOMIZER_INDEXED "SELECT 1 FROM atomizer.job"
+								  " WHERE queue = $1 AND state = 'available'%s"
+								  " AND (priority, run_at, id) >= ($2, $3, $4)"
+								  " AND run_at <= now()"
+								  " ORDER BY priority, run_at, id LIMIT 1", UNPARKED[gen]),
+						 4, types);
 	/*
 	 * The earliest run_at is the least of each priority's first: one index
 	 * descent per priority that has waiting jobs (a loose index scan), not a
 	 * read of every delayed job.
 	 */
-	atomizer_prepare(&next_plan,
-					 ATOMIZER_INDEXED "WITH RECURSIVE p(prio, run_at) AS ("
-					 " (SELECT j.priority, j.run_at FROM atomizer.job j"
-					 "  WHERE j.queue = $1 AND j.state = 'available'"
-					 "  AND (j.priority, j.run_at, j.id) >= ($2, $3, $4)"
-					 "  ORDER BY j.priority, j.run_at, j.id LIMIT 1)"
-					 " UNION ALL"
-					 " SELECT n.priority, n.run_at FROM p, LATERAL"
-					 " (SELECT j.priority, j.run_at FROM atomizer.job j"
-					 "  WHERE j.queue = $1 AND j.state = 'available'"
-					 "  AND j.priority > p.prio"
-					 "  ORDER BY j.priority, j.run_at, j.id LIMIT 1) n)"
-					 " SELECT min(run_at) FROM p", 4, types);
+	if (next_plans[gen] == NULL)
+		atomizer_prepare(&next_plans[gen],
+						 psprintf(ATOMIZER_INDEXED "WITH RECURSIVE p(prio, run_at) AS ("
+								  " (SELECT j.priority, j.run_at FROM atomizer.job j"
+								  "  WHERE j.queue = $1 AND j.state = 'available'%s"
+								  "  AND (j.priority, j.run_at, j.id) >= ($2, $3, $4)"
+								  "  ORDER BY j.priority, j.run_at, j.id LIMIT 1)"
+								  " UNION ALL"
+								  " SELECT n.priority, n.run_at FROM p, LATERAL"
+								  " (SELECT j.priority, j.run_at FROM atomizer.job j"
+								  "  WHERE j.queue = $1 AND j.state = 'available'%s"
+								  "  AND j.priority > p.prio"
+								  "  ORDER BY j.priority, j.run_at, j.id LIMIT 1) n)"
+								  " SELECT min(run_at) FROM p",
+								  gen ? " AND j.parked IS NULL" : "",
+								  gen ? " AND j.parked IS NULL" : ""),
+						 4, types);
 	args[0] = CStringGetTextDatum(queue);
 	args[1] = Int32GetDatum(floor->priority);
 	args[2] = TimestampTzGetDatum(floor->run_at);
 	args[3] = Int64GetDatum(floor->id);
 	*next = DT_NOEND;
-	if (SPI_execute_plan(due_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(due_plans[gen], args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look at queue \"%s\"", queue);
 	if (SPI_processed > 0)
 		return true;
-	if (SPI_execute_plan(next_plan, args, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(next_plans[gen], args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look at queue \"%s\"", queue);
 	if (SPI_processed == 1)
 	{
@@ -2192,7 +2215,7 @@ atomizer_store_release_held(const char *queue, const char *handler)
 	store_begin(&call);
 	atomizer_prepare(&plan,
 					 ATOMIZER_INDEXED "UPDATE atomizer.job SET state = 'available'"
-					 " WHERE queue = $1 AND state = 'held'"
+					 " WHERE queue = $1 AND state = 'held' AND parked = 'held'"
 					 " AND ($2::text IS NULL OR handler = $2::text)"
 					 " RETURNING queue, priority::int4, run_at, id", 2, types);
 	if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_UPDATE_RETURNING)

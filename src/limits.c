@@ -1173,7 +1173,7 @@ count_running_rows(const char *queue, Snapshot snap, char **handlers, int nh,
 	"SELECT l.handler, l.concurrency FROM atomizer.handler_limit l" \
 	" WHERE l.queue = $1" \
 	" AND EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = $1" \
-	"  AND j.handler = l.handler AND j.state = 'held')"
+	"  AND j.handler = l.handler AND j.parked = 'held')"
 #define HELD_WITH_ROOM_LEASED \
 	HELD_HANDLERS " AND l.concurrency > " HANDLER_RUNNING_LEASED("l.queue", "l.handler") \
 	" LIMIT 1"
@@ -1245,13 +1245,13 @@ atomizer_limits_held_with_room(const char *queue, bool external)
 	"SELECT l.handler, greatest(l.concurrency - " HANDLER_RUNNING_LEASED("l.queue", "l.handler") \
 	", 0)::int4," \
 	" EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = l.queue" \
-	"  AND j.handler = l.handler AND j.state = 'held')" \
+	"  AND j.handler = l.handler AND j.parked = 'held')" \
 	" FROM atomizer.handler_limit l WHERE l.queue = $1" \
 	" ORDER BY l.handler"
 #define HANDLER_LIST \
 	"SELECT l.handler, l.concurrency," \
 	" EXISTS (SELECT 1 FROM atomizer.job j WHERE j.queue = l.queue" \
-	"  AND j.handler = l.handler AND j.state = 'held')" \
+	"  AND j.handler = l.handler AND j.parked = 'held')" \
 	" FROM atomizer.handler_limit l WHERE l.queue = $1" \
 	" ORDER BY l.handler"
 

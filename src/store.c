@@ -90,6 +90,7 @@ static const struct
 static const char *const null_columns[] = {
 	"idempotency_key", "started_at", "last_error", "worker", "lease_until",
 	"schedule_id", "lease", "tags", "blockers", "on_dependency_failure",
+	"parked",
 };
 
 /*
