@@ -104,6 +104,30 @@ DROP INDEX atomizer.job_owner_idx;
 -- the jobs run: what was written is what a worker claims
 SELECT atomizer.run_pending() > 0 AS ran;
 
+-- a claim is a HOT update: no index of atomizer.job reads state (the claim
+-- and held indexes read parked), and the pages have room for the claimed
+-- row versions
+SELECT c.relname AS reads_state
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = 'atomizer.job'::regclass
+   AND ((SELECT attnum FROM pg_attribute WHERE attrelid = i.indrelid
+          AND attname = 'state') = ANY (i.indkey::int2[])
+        OR pg_get_expr(i.indpred, i.indrelid) ~ '\mstate\M');
+SELECT count(*) FROM atomizer.enqueue_many('noop',
+	(SELECT array_agg('{}'::jsonb) FROM generate_series(1, 20)));
+BEGIN;
+SELECT pg_stat_get_xact_tuples_updated('atomizer.job'::regclass) AS updated0,
+       pg_stat_get_xact_tuples_hot_updated('atomizer.job'::regclass) AS hot0 \gset
+SELECT atomizer.run_pending() AS ran;
+SELECT pg_stat_get_xact_tuples_updated('atomizer.job'::regclass) - :updated0 AS claimed,
+       pg_stat_get_xact_tuples_hot_updated('atomizer.job'::regclass) - :hot0 AS hot;
+COMMIT;
+-- parked is the state of a held or blocked job, NULL otherwise
+SELECT atomizer.enqueue('noop', '{}') AS first_id \gset
+SELECT atomizer.enqueue('noop', '{}', depends_on => ARRAY[:first_id]) > 0 AS second;
+SELECT state, parked FROM atomizer.job ORDER BY id;
+SELECT atomizer.run_pending() AS ran;
+
 \c postgres
 DROP DATABASE atomizer_store;
 DROP ROLE regress_store_user;

@@ -378,8 +378,11 @@ is(sql(q{SELECT count(*) FROM atomizer.job_errors}), '0', 'no errors');
 	sql(q{
 		SELECT atomizer.schedule('floor_cron', '* * * * * *', 'work',
 			'{"tag": "cron", "n": 1}', queue => 'q', priority => 0)});
+	# a fire is enqueued ahead of its time (atomizer.cron_lookahead), and
+	# unschedule() before that time would cancel it: wait until it is due
 	wait_until($node, 'postgres',
-		q{SELECT count(*) > 0 FROM atomizer.jobs WHERE payload->>'tag' = 'cron'},
+		q{SELECT count(*) > 0 FROM atomizer.jobs WHERE payload->>'tag' = 'cron'
+		   AND state = 'available'},
 		't', 'cron: the schedule fired');
 	sql(q{SELECT atomizer.unschedule('floor_cron')});
 	open_gate($g);
