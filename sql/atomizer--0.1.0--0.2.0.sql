@@ -1578,20 +1578,23 @@ GRANT EXECUTE ON FUNCTION atomizer.claim(text, integer, interval, text, bigint[]
 	atomizer.complete_many(bigint[], jsonb[], integer[]) TO PUBLIC;
 
 /*
- * No index of atomizer.job reads state, so a claim's UPDATE (state,
- * attempt, started_at, worker) is a HOT update: one new row version on the
- * same page, no index entry.  The indexes that must leave jobs out by their
- * state read parked instead, which only held and blocked jobs have: the
- * claim index keeps the running jobs (a claim starts at the claim floor,
- * past them, and checks state on the row), and the lease index every job
- * with a lease (only running external jobs have one).  Pages are half
- * filled by inserts, so that a batch's claimed rows find room on their own
- * page.
+ * No index of atomizer.job reads state, so that the claim of atomizer's
+ * own workers (state, attempt, started_at, worker) is a HOT update: one new
+ * row version on the same page, no index entry.  The indexes that must
+ * leave jobs out by their state read parked instead: held and blocked
+ * jobs, and external workers' running jobs ('leased': their claim writes
+ * lease_until, an indexed column, so it is no HOT update anyway).  The
+ * claim index keeps the running jobs of atomizer's workers (a claim starts
+ * at the claim floor, past them, and checks state on the row); the lease
+ * index has the jobs with a lease.  Pages are half filled by inserts, so
+ * that a batch's claimed rows find room on their own page.
  */
 ALTER TABLE atomizer.job ADD COLUMN parked text
-	GENERATED ALWAYS AS (CASE WHEN state IN ('held', 'blocked') THEN state END) STORED;
+	GENERATED ALWAYS AS (CASE WHEN state IN ('held', 'blocked') THEN state
+							  WHEN state = 'running' AND lease_until IS NOT NULL THEN 'leased'
+						 END) STORED;
 COMMENT ON COLUMN atomizer.job.parked IS
-	'state, for held and blocked jobs (NULL otherwise): what the claim and held indexes read instead of state.';
+	'held, blocked, or leased (an external worker runs it); NULL for jobs that wait or that atomizer''s workers run: what the claim and held indexes read instead of state.';
 DROP INDEX atomizer.job_claim_idx;
 CREATE INDEX job_claim_idx ON atomizer.job (queue, priority, run_at, id)
 	WHERE parked IS NULL;

@@ -79,8 +79,10 @@ static const char *const TAGS[2] = {"", ", tags"};
 
 /*
  * The claim index's predicate (0.2.0: parked IS NULL, so that no index
- * reads state and a claim's UPDATE is HOT; 0.1.0: state = 'available'),
- * for the statements that scan it, which say state = 'available' too.
+ * reads state and a worker's claim is a HOT update; 0.1.0: state =
+ * 'available'), for the statements that scan it, which say state =
+ * 'available' too.  parked is held, blocked or leased (running with an
+ * external worker's lease).
  */
 static const char *const UNPARKED[2] = {"", " AND parked IS NULL"};
 

@@ -127,6 +127,11 @@ SELECT atomizer.enqueue('noop', '{}') AS first_id \gset
 SELECT atomizer.enqueue('noop', '{}', depends_on => ARRAY[:first_id]) > 0 AS second;
 SELECT state, parked FROM atomizer.job ORDER BY id;
 SELECT atomizer.run_pending() AS ran;
+-- ... and leased for a job an external worker runs
+SELECT atomizer.create_queue('store_ext', external => true);
+SELECT atomizer.enqueue('task', '{}', queue => 'store_ext') > 0 AS enqueued;
+SELECT count(*) AS claimed FROM atomizer.claim('store_ext', 1);
+SELECT state, parked FROM atomizer.job WHERE queue = 'store_ext';
 
 \c postgres
 DROP DATABASE atomizer_store;

@@ -127,7 +127,9 @@ wait_until($new, 'app', q{SELECT count(*) FROM effects WHERE tag = 'delayed'},
 	'1', 'the delayed job runs');
 is($new->safe_psql('app', qq{SELECT min(at) >= '$delayed_at' FROM effects WHERE tag = 'delayed'}),
 	't', 'not before its run_at');
-is($new->safe_psql('app', q{SELECT count(*) FROM atomizer.job WHERE queue <> 'ext'}), '0',
+# (the every-second schedule's next fire is enqueued ahead of its time)
+is($new->safe_psql('app', q{SELECT count(*) FROM atomizer.job WHERE queue <> 'ext'
+	AND (schedule_id IS NULL OR run_at < now() - interval '2 seconds')}), '0',
 	'no internal job is left waiting');
 
 $new->stop;
