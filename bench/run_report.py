@@ -306,7 +306,7 @@ if cr:
     T.append("| 7. … minute boundary → last of the %s jobs enqueued | %s ms | %s ms"
              " | `enqueue_many()` of %s jobs in one statement | %s |"
              % (n(cr["jobs"]), ms(cr["last_enqueued_ms"], 0), ms(cr["enqueue_many_s"] * 1000, 0),
-                n(cr["schedules"]), ratio(cr["last_enqueued_ms"], cr["enqueue_many_s"] * 1000)))
+                n(cr["schedules"]), ("fired ahead" if (cr["last_enqueued_ms"] or 0) < 0 else ratio(cr["last_enqueued_ms"], cr["enqueue_many_s"] * 1000))))
     if cr.get("committed_ms") is not None:
         T.append("| 7. … minute boundary → every fire committed (polled every 10 ms;"
                  " negative: before the minute, `atomizer.cron_lookahead` = %s s) | %s ms"
@@ -315,7 +315,7 @@ if cr:
              " | %s ms (%s ms) / %.1f %% of a core | %s ms (enqueue_many) | %s |"
              % (n(cr["schedules"]), ms(cr["last_enqueued_ms"], 0), ms(cr.get("committed_ms"), 0),
                 cr["cpu_pct"], ms(cr["enqueue_many_s"] * 1000, 0),
-                ratio(cr["last_enqueued_ms"], cr["enqueue_many_s"] * 1000)))
+                ("fired ahead" if (cr["last_enqueued_ms"] or 0) < 0 else ratio(cr["last_enqueued_ms"], cr["enqueue_many_s"] * 1000))))
     notes.append("7: %s of %s jobs seen, %s started. Firing delay includes the wait for a"
                  " worker of queue `default` (concurrency 10, but idle workers of the other"
                  " queues hold some of the 8 `atomizer.max_workers` slots). `created_at` is"
