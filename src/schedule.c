@@ -13,7 +13,7 @@
  *	  is enqueued with run_at = the fire time and waits, scheduled, until
  *	  then, so that however many schedules share a fire time their jobs
  *	  are all there when it comes.  A fire decided ahead is undone (its job
- *	  cancelled, cancel_early_fires) by whatever changes the schedule's
+ *	  cancelled, cancel_early_fire) by whatever changes the schedule's
  *	  next run before the fire time: schedule() replacing it,
  *	  enable_schedule(), disable_schedule(), unschedule(), the clock
  *	  going back.  Due
@@ -891,6 +891,7 @@ typedef struct FireBatch
 	int			n;
 	TimestampTz now;			/* the pass's clock */
 	int			fired;
+	int			deferred;		/* left undecided until their fire time */
 } FireBatch;
 
 static int
@@ -929,6 +930,7 @@ fire_batch(void *arg)
 	int			inserted;
 
 	b->fired = 0;
+	b->deferred = 0;
 	for (int i = 0; i < b->n; i++)
 		if (!b->due[i].alone)
 			mine[n++] = &b->due[i];
@@ -955,6 +957,8 @@ fire_batch(void *arg)
 			{
 				mine[i]->fire = false;
 				mine[i]->deferred = mine[i]->fire_time > b->now;
+				if (mine[i]->deferred)
+					b->deferred++;
 			}
 		for (int i = 0; i < n; i++)
 			if (!mine[i]->deferred)
@@ -1188,6 +1192,7 @@ atomizer_fire_schedules(TimestampTz now, int lookahead_ms,
 	batch.n = (int) n;
 	batch.now = now;
 	batch.fired = 0;
+	batch.deferred = 0;
 	for (uint64 i = 0; i < n; i++)
 	{
 		CHECK_FOR_INTERRUPTS();
@@ -1203,6 +1208,14 @@ atomizer_fire_schedules(TimestampTz now, int lookahead_ms,
 								 batch.n, edata->message)));
 		FreeErrorData(edata);
 	}
+
+	/*
+	 * A full batch with schedules left undecided (busy, ahead of their
+	 * fire time) would be read again at once, and again, until that time:
+	 * the next pass is at the wake time below instead, their fire time.
+	 */
+	if (more && batch.deferred > 0)
+		*more = false;
 	for (uint64 i = 0; i < n; i++)
 	{
 		if (edata == NULL && !batch.due[i].alone)
