@@ -87,6 +87,23 @@ static const char *const TAGS[2] = {"", ", tags"};
 static const char *const UNPARKED[2] = {"", " AND parked IS NULL"};
 
 /*
+ * prepare_unparked
+ *		Prepare, once per schema generation, the statement fmt that scans
+ *		the claim index, each %s of it (one or two) standing for UNPARKED.
+ */
+static SPIPlanPtr
+prepare_unparked(SPIPlanPtr *plans, const char *fmt, int nargs, Oid *types,
+				 int cursor_opts)
+{
+	int			gen = schema_gen();
+
+	if (plans[gen] == NULL)
+		atomizer_prepare_opts(&plans[gen], psprintf(fmt, UNPARKED[gen], UNPARKED[gen]),
+							  nargs, types, cursor_opts);
+	return plans[gen];
+}
+
+/*
  * Purge and prune keep a finished job while an unfinished job depends on it
  * (its dependencies() read it), and take a purged job's own edges along.
  */
@@ -970,7 +987,6 @@ floor_check(const char *queue, const AtomizerClaimKey *floor,
 			AtomizerClaimKey *new_floor)
 {
 	static SPIPlanPtr plans[2] = {NULL, NULL};
-	int			gen = schema_gen();
 	SPIPlanPtr	plan;
 	Oid			types[5] = {TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID, INT4OID};
 	Datum		values[5];
@@ -978,16 +994,13 @@ floor_check(const char *queue, const AtomizerClaimKey *floor,
 
 	if (new_floor->priority <= floor->priority)
 		return;
-	if (plans[gen] == NULL)
-		atomizer_prepare(&plans[gen],
-						 psprintf(ATOMIZER_INDEXED "SELECT priority::int4 AS prio, run_at, id"
-								  " FROM atomizer.job"
-								  " WHERE queue = $1 AND state = 'available'%s"
-								  " AND (priority, run_at, id) >= ($2, $3, $4)"
-								  " AND priority < $5 AND run_at > now()"
-								  " ORDER BY priority, run_at, id LIMIT 1", UNPARKED[gen]),
-						 5, types);
-	plan = plans[gen];
+	plan = prepare_unparked(plans,
+							ATOMIZER_INDEXED "SELECT priority::int4 AS prio, run_at, id"
+							" FROM atomizer.job"
+							" WHERE queue = $1 AND state = 'available'%s"
+							" AND (priority, run_at, id) >= ($2, $3, $4)"
+							" AND priority < $5 AND run_at > now()"
+							" ORDER BY priority, run_at, id LIMIT 1", 5, types, 0);
 	values[0] = CStringGetTextDatum(queue);
 	values[1] = Int32GetDatum(floor->priority);
 	values[2] = TimestampTzGetDatum(floor->run_at);
@@ -1152,7 +1165,6 @@ lock_candidates(const AtomizerClaimSpec *spec, const AtomizerClaimKey *floor,
 {
 	static SPIPlanPtr plans[2] = {NULL, NULL};
 	static SPIPlanPtr held_plan = NULL;
-	int			gen = schema_gen();
 	Oid			types[9] = {TEXTOID, INT4OID, TEXTOID, INT4OID,
 	TIMESTAMPTZOID, INT8OID, BOOLOID, TEXTOID, TEXTARRAYOID};
 	Datum		values[9];
@@ -1174,10 +1186,10 @@ lock_candidates(const AtomizerClaimSpec *spec, const AtomizerClaimKey *floor,
 	atomizer_note_job_locks();
 	if (held == NULL)
 	{
-		if (plans[gen] == NULL)
-			atomizer_prepare_opts(&plans[gen], psprintf(CLAIM_CANDIDATES, UNPARKED[gen]),
-								  8, types, CURSOR_OPT_GENERIC_PLAN);
-		if (SPI_execute_plan(plans[gen], values, nulls, false, 0) != SPI_OK_SELECT)
+		SPIPlanPtr	plan = prepare_unparked(plans, CLAIM_CANDIDATES, 8, types,
+											CURSOR_OPT_GENERIC_PLAN);
+
+		if (SPI_execute_plan(plan, values, nulls, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not claim jobs of queue \"%s\"", spec->queue);
 		return;
 	}
@@ -1727,51 +1739,46 @@ queue_due_from(const char *queue, const AtomizerClaimKey *floor,
 {
 	static SPIPlanPtr due_plans[2] = {NULL, NULL};
 	static SPIPlanPtr next_plans[2] = {NULL, NULL};
-	int			gen = schema_gen();
+	SPIPlanPtr	due_plan;
+	SPIPlanPtr	next_plan;
 	Oid			types[4] = {TEXTOID, INT4OID, TIMESTAMPTZOID, INT8OID};
 	Datum		args[4];
 	bool		isnull;
 
-	if (due_plans[gen] == NULL)
-		atomizer_prepare(&due_plans[gen],
-						 psprintf(ATOMIZER_INDEXED "SELECT 1 FROM atomizer.job"
-								  " WHERE queue = $1 AND state = 'available'%s"
-								  " AND (priority, run_at, id) >= ($2, $3, $4)"
-								  " AND run_at <= now()"
-								  " ORDER BY priority, run_at, id LIMIT 1", UNPARKED[gen]),
-						 4, types);
+	due_plan = prepare_unparked(due_plans,
+								ATOMIZER_INDEXED "SELECT 1 FROM atomizer.job"
+								" WHERE queue = $1 AND state = 'available'%s"
+								" AND (priority, run_at, id) >= ($2, $3, $4)"
+								" AND run_at <= now()"
+								" ORDER BY priority, run_at, id LIMIT 1", 4, types, 0);
 	/*
 	 * The earliest run_at is the least of each priority's first: one index
 	 * descent per priority that has waiting jobs (a loose index scan), not a
 	 * read of every delayed job.
 	 */
-	if (next_plans[gen] == NULL)
-		atomizer_prepare(&next_plans[gen],
-						 psprintf(ATOMIZER_INDEXED "WITH RECURSIVE p(prio, run_at) AS ("
-								  " (SELECT j.priority, j.run_at FROM atomizer.job j"
-								  "  WHERE j.queue = $1 AND j.state = 'available'%s"
-								  "  AND (j.priority, j.run_at, j.id) >= ($2, $3, $4)"
-								  "  ORDER BY j.priority, j.run_at, j.id LIMIT 1)"
-								  " UNION ALL"
-								  " SELECT n.priority, n.run_at FROM p, LATERAL"
-								  " (SELECT j.priority, j.run_at FROM atomizer.job j"
-								  "  WHERE j.queue = $1 AND j.state = 'available'%s"
-								  "  AND j.priority > p.prio"
-								  "  ORDER BY j.priority, j.run_at, j.id LIMIT 1) n)"
-								  " SELECT min(run_at) FROM p",
-								  gen ? " AND j.parked IS NULL" : "",
-								  gen ? " AND j.parked IS NULL" : ""),
-						 4, types);
+	next_plan = prepare_unparked(next_plans,
+								 ATOMIZER_INDEXED "WITH RECURSIVE p(prio, run_at) AS ("
+								 " (SELECT j.priority, j.run_at FROM atomizer.job j"
+								 "  WHERE j.queue = $1 AND j.state = 'available'%s"
+								 "  AND (j.priority, j.run_at, j.id) >= ($2, $3, $4)"
+								 "  ORDER BY j.priority, j.run_at, j.id LIMIT 1)"
+								 " UNION ALL"
+								 " SELECT n.priority, n.run_at FROM p, LATERAL"
+								 " (SELECT j.priority, j.run_at FROM atomizer.job j"
+								 "  WHERE j.queue = $1 AND j.state = 'available'%s"
+								 "  AND j.priority > p.prio"
+								 "  ORDER BY j.priority, j.run_at, j.id LIMIT 1) n)"
+								 " SELECT min(run_at) FROM p", 4, types, 0);
 	args[0] = CStringGetTextDatum(queue);
 	args[1] = Int32GetDatum(floor->priority);
 	args[2] = TimestampTzGetDatum(floor->run_at);
 	args[3] = Int64GetDatum(floor->id);
 	*next = DT_NOEND;
-	if (SPI_execute_plan(due_plans[gen], args, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(due_plan, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look at queue \"%s\"", queue);
 	if (SPI_processed > 0)
 		return true;
-	if (SPI_execute_plan(next_plans[gen], args, NULL, true, 1) != SPI_OK_SELECT)
+	if (SPI_execute_plan(next_plan, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look at queue \"%s\"", queue);
 	if (SPI_processed == 1)
 	{

@@ -113,14 +113,14 @@ next_after(const AtomizerCron *cron, TimestampTz after, pg_tz *tz, bool *isnull)
  * fire_run_at
  *		The run_at of a fire at fire_time decided by a pass at clock "now":
  *		the fire time, also when the pass fires ahead of it; one that a
- *		test's clock, ahead of the real one, made due runs now.
+ *		test's clock, ahead of the real one ("clock"), made due runs now.
  */
 static TimestampTz
-fire_run_at(TimestampTz fire_time, TimestampTz now)
+fire_run_at(TimestampTz fire_time, TimestampTz now, TimestampTz clock)
 {
 	if (fire_time > now)
 		return fire_time;
-	return Min(fire_time, GetCurrentTimestamp());
+	return Min(fire_time, clock);
 }
 
 /*
@@ -748,7 +748,8 @@ fire_one(void *arg)
 		values[2] = TimestampTzGetDatum(fire_time);
 		nulls[2] = ' ';
 		values[3] = Int64GetDatum(atomizer_store_insert_fire(DatumGetInt64(id),
-															 fire_run_at(fire_time, a->now)));
+															 fire_run_at(fire_time, a->now,
+																		 GetCurrentTimestamp())));
 		nulls[3] = ' ';
 		atomizer_note_enqueue(queue);
 		a->fired++;
@@ -974,8 +975,7 @@ fire_batch(void *arg)
 	{
 		if (!mine[i]->fire)
 			continue;
-		mine[i]->job.run_at = mine[i]->fire_time > b->now ? mine[i]->fire_time :
-			Min(mine[i]->fire_time, clock);
+		mine[i]->job.run_at = fire_run_at(mine[i]->fire_time, b->now, clock);
 		jobs[nfire] = mine[i]->job;
 		ids[nfire] = mine[i]->id;
 		times[nfire++] = mine[i]->job.run_at;
