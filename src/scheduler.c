@@ -23,9 +23,10 @@
 	  - once a minute writes the counters' rollup, and at most once a second
 		samples the unfinished jobs' states for the dashboard (rollup.c);
  *	  - vacuums the hot table itself after every atomizer.vacuum_after_jobs outcomes
- *		(at most every VACUUM_MIN_MS), so that a busy queue's dead row
- *		versions are reused within seconds rather than at autovacuum's
- *		next visit (run_vacuum);
+ *		(at most every VACUUM_MIN_MS), waking for it at the pace jobs
+ *		finish, so that a busy queue's dead row versions are reused within
+ *		a second or two rather than at autovacuum's next visit
+ *		(run_vacuum);
  *
  *	  each of these duties in a transaction of its own (run_duty), so that
  *	  one that fails is logged and retried with backoff while the others go
@@ -693,8 +694,10 @@ static SchedulerDuty duties[NUM_DUTIES] = {
  * atomizer.vacuum_after_jobs outcomes, at most this often, and never sooner
  * than VACUUM_COST_FACTOR times the last one's duration after it.
  */
-#define VACUUM_MIN_MS		5000
-#define VACUUM_COST_FACTOR	20
+#define VACUUM_MIN_MS		1000
+#define VACUUM_COST_FACTOR	10
+/* and the scheduler, while jobs finish, looks again at most this often */
+#define VACUUM_POLL_MS		250
 
 #define DUTY_BACKOFF_MIN_MS	1000
 #define DUTY_BACKOFF_MAX_MS	60000
@@ -935,22 +938,29 @@ run_sampling(const char *dbname, PassState *ps)
  * run_vacuum
  *		VACUUM (SKIP_LOCKED, TRUNCATE false) atomizer.job after every
  *		atomizer.vacuum_after_jobs outcomes counted in this database (never
- *		with 0), at most every VACUUM_MIN_MS and
- *		VACUUM_COST_FACTOR times its last duration (a vacuum that cannot
- *		remove much, behind a transaction held open, still reads the whole
- *		table: it takes the scheduler at most a twentieth of its time).
- *		Every finished job leaves dead row versions behind (its claim is an
- *		update, its finish a delete); autovacuum visits a database once a
- *		naptime (a minute by default), in which time a busy queue leaves a
- *		million of them and the table grows to hold them.  VACUUM runs in
- *		transactions of its own, as at the top level; an error (or a table
- *		autovacuum is working on: skipped) is logged and the next one comes
- *		after the same interval.
+ *		with 0), at most every VACUUM_MIN_MS and VACUUM_COST_FACTOR times
+ *		its last duration (a vacuum that cannot remove much, behind a
+ *		transaction held open, still reads the whole table: it takes the
+ *		scheduler at most a tenth of its time).  Every finished job leaves
+ *		dead row versions behind (its claim is an update, its finish a
+ *		delete), and the space they take is reused only once a vacuum has
+ *		recorded it: autovacuum visits a database once a naptime (a minute
+ *		by default), in which time a busy queue leaves a million of them
+ *		and the table grows to hold them.  VACUUM runs in transactions of
+ *		its own, as at the top level; an error (or a table autovacuum is
+ *		working on: skipped) is logged and the next one comes after the
+ *		same interval.
+ *
+ *		Returns the ms until the next vacuum is expected while jobs are
+ *		finishing (from their pace since the last one, and the bounds), so
+ *		that the scheduler wakes for it rather than at its next pass; -1
+ *		when no job finished since the last vacuum.
  */
-static void
+static long
 run_vacuum(const char *dbname)
 {
 	static uint64 last_total = 0;
+	static TimestampTz last_at = 0;
 	static TimestampTz next_at = 0;
 	MemoryContext cxt = CurrentMemoryContext;	/* the pass's, reset each pass */
 	MemoryContext saved_portal_cxt;
@@ -959,10 +969,25 @@ run_vacuum(const char *dbname)
 
 	if (total < last_total)
 		last_total = total;		/* counters start again at a restart */
-	if (atomizer_vacuum_after_jobs <= 0 ||
-		total - last_total < (uint64) atomizer_vacuum_after_jobs || now < next_at)
-		return;
+	if (last_at == 0)
+		last_at = now;
+	if (atomizer_vacuum_after_jobs <= 0 || total == last_total)
+		return -1;
+	if (total - last_total < (uint64) atomizer_vacuum_after_jobs || now < next_at)
+	{
+		uint64		done = total - last_total;
+		long		elapsed_ms = Max(TimestampDifferenceMilliseconds(last_at, now), 1);
+		long		wait_ms = TimestampDifferenceMilliseconds(now, next_at);
+
+		/* when the jobs left to count will have finished at this pace */
+		if (done < (uint64) atomizer_vacuum_after_jobs)
+			wait_ms = Max(wait_ms,
+						  (long) Min((double) (atomizer_vacuum_after_jobs - done) *
+									 elapsed_ms / done, (double) LONG_MAX / 2));
+		return Max(wait_ms, VACUUM_POLL_MS);
+	}
 	last_total = total;
+	last_at = now;
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -1001,6 +1026,7 @@ run_vacuum(const char *dbname)
 	MemoryContextSwitchTo(cxt);
 	next_at = now + Max((int64) VACUUM_MIN_MS * 1000,
 						(int64) (GetCurrentTimestamp() - now) * VACUUM_COST_FACTOR);
+	return -1;
 }
 
 /*
@@ -1145,6 +1171,7 @@ atomizer_scheduler_main(Datum arg)
 	for (;;)
 	{
 		long		sleep_ms;
+		long		vacuum_ms;
 		TimestampTz now;
 
 		CHECK_FOR_INTERRUPTS();
@@ -1221,7 +1248,9 @@ atomizer_scheduler_main(Datum arg)
 		}
 		run_rollup(dbname, &ps);
 		run_sampling(dbname, &ps);
-		run_vacuum(dbname);
+		vacuum_ms = run_vacuum(dbname);
+		if (vacuum_ms >= 0)
+			ps.sleep_ms = Min(ps.sleep_ms, vacuum_ms);
 		orphans_again = ps.orphans_again;
 		sleep_ms = duty_pause_ms(ps.sleep_ms);
 

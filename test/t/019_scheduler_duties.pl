@@ -123,6 +123,23 @@ is(scalar log_lines_mentioning($node, 'vacuum of atomizer.job failed', $offset),
 is($node->safe_psql('postgres',
 	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'atomizer scheduler'}),
 	$scheduler, 'in the same scheduler process');
+# while jobs keep finishing, the vacuums follow their pace (every 200
+# outcomes here, at most once a second), not the scheduler's other passes:
+# 2,000 jobs enqueued at about 200 a second for 10 s get several vacuums
+$vacuums = $node->safe_psql('postgres',
+	q{SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'atomizer.job'::regclass});
+for my $round (1 .. 20)
+{
+	$node->safe_psql('postgres', qq{
+		SELECT count(*) FROM atomizer.enqueue_many('tick', queue => 'vac', payloads =>
+			ARRAY(SELECT jsonb_build_object('tag', 'paced', 'n', i) FROM generate_series(1, 100) i))});
+	select(undef, undef, undef, 0.5);
+}
+wait_until($node, 'postgres', q{SELECT count(*) FROM atomizer.jobs WHERE payload->>'tag' = 'paced' AND state = 'succeeded'},
+	'2000', '2,000 jobs ran at a steady pace');
+my $paced = $node->safe_psql('postgres', qq{SELECT vacuum_count - $vacuums FROM pg_stat_user_tables
+	WHERE relid = 'atomizer.job'::regclass});
+cmp_ok($paced, '>=', 4, "the scheduler vacuumed at their pace ($paced vacuums in about 10 s)");
 # 0 turns it off: no more vacuums by the scheduler
 $node->append_conf('postgresql.conf', "atomizer.vacuum_after_jobs = 0\n");
 $node->reload;
