@@ -18,6 +18,7 @@
 #include "nodes/pg_list.h"
 #include "pgtime.h"
 #include "postmaster/bgworker.h"
+#include "storage/itemptr.h"
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
@@ -366,6 +367,20 @@ typedef struct AtomizerNewJobs
 extern bool atomizer_store_jobs(const AtomizerNewJobs *jobs, Datum *payloads,
 								int n, int64 *ids);
 
+/*
+ * What a claim writes into each job it claimed, and the queue's settings
+ * for jobs without their own (store.c).
+ */
+typedef struct AtomizerClaimMark
+{
+	Datum		worker;			/* text: the worker's identity or name */
+	bool		worker_null;
+	const Interval *lease;		/* an external worker's lease, or NULL */
+	TimestampTz started_at;		/* 0: each job at its own clock */
+	int			queue_max_attempts;
+	const Interval *queue_timeout;	/* or NULL */
+} AtomizerClaimMark;
+
 /* The job of one cron fire, as its schedule set it up (store.c). */
 typedef struct AtomizerFireJob
 {
@@ -382,6 +397,11 @@ typedef struct AtomizerFireJob
 	TimestampTz run_at;
 } AtomizerFireJob;
 
+extern bool atomizer_store_mark_claimed(const AtomizerClaimMark *mark,
+										const ItemPointerData *tids,
+										const int64 *ids, int n,
+										const char *queue, MemoryContext cxt,
+										AtomizerJob *jobs);
 extern bool atomizer_store_fire_jobs(const AtomizerFireJob *jobs, int n,
 									 int64 *ids);
 

@@ -20,6 +20,7 @@
 #error "atomizer supports PostgreSQL 15, 16, 17 and 18"
 #endif
 
+#include "access/tableam.h"
 #include "catalog/pg_database_d.h"
 #include "catalog/pg_proc_d.h"
 #include "executor/executor.h"
@@ -85,6 +86,56 @@ atomizer_init_range_table(EState *estate, RangeTblEntry *rte)
 	ExecInitRangeTable(estate, list_make1(rte));
 #endif
 }
+
+/*
+ * The range table of a one-table UPDATE's executor state, with the columns
+ * it sets (attribute numbers offset by FirstLowInvalidHeapAttributeNumber):
+ * the executor's helpers read them to know which stored generated columns
+ * to compute and which indexes the update leaves unchanged (a hint that
+ * lets a B-tree delete the old versions' entries before it splits a page).
+ * From 16 on they are in the entry's RTEPermissionInfo.
+ */
+static inline void
+atomizer_init_update_range_table(EState *estate, RangeTblEntry *rte,
+								 Bitmapset *updated)
+{
+#if PG_VERSION_NUM >= 160000
+	RTEPermissionInfo *perm = makeNode(RTEPermissionInfo);
+
+	perm->relid = rte->relid;
+	perm->requiredPerms = ACL_UPDATE;
+	perm->updatedCols = updated;
+	rte->perminfoindex = 1;
+#if PG_VERSION_NUM >= 180000
+	ExecInitRangeTable(estate, list_make1(rte), list_make1(perm),
+					   bms_make_singleton(1));
+#else
+	ExecInitRangeTable(estate, list_make1(rte), list_make1(perm));
+#endif
+#else
+	rte->requiredPerms = ACL_UPDATE;
+	rte->updatedCols = updated;
+	ExecInitRangeTable(estate, list_make1(rte));
+#endif
+}
+
+/*
+ * What table_tuple_update() says an update's new row needs in the indexes:
+ * 15 has a flag (all or none), 16 an enum that adds "only the summarizing
+ * ones" (a HOT update that changed a BRIN index's column).
+ */
+#if PG_VERSION_NUM >= 160000
+typedef TU_UpdateIndexes AtomizerUpdateIndexes;
+#define atomizer_update_needs_indexes(u) ((u) != TU_None)
+#define atomizer_update_index_tuples(rri, slot, estate, u) \
+	ExecInsertIndexTuples((rri), (slot), (estate), true, false, NULL, NIL, \
+						  (u) == TU_Summarizing)
+#else
+typedef bool AtomizerUpdateIndexes;
+#define atomizer_update_needs_indexes(u) (u)
+#define atomizer_update_index_tuples(rri, slot, estate, u) \
+	ExecInsertIndexTuples((rri), (slot), (estate), true, false, NULL, NIL)
+#endif
 
 /*
  * 16 added onlySummarizing to ExecInsertIndexTuples() (HOT updates that

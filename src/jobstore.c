@@ -1037,26 +1037,115 @@ floor_check(const char *queue, const AtomizerClaimKey *floor,
  *		atomizer_floor_advance after the commit, or to
  *		atomizer_note_floor_advance before.
  */
+/* The queue's settings a claim's candidates came with. */
+typedef struct ClaimDefaults
+{
+	bool		known;			/* read from a candidate row */
+	int			max_attempts;
+	Interval	timeout;
+	bool		timeout_null;
+} ClaimDefaults;
+
+/*
+ * read_claim_defaults
+ *		Fill *qd from SPI's candidate rows, unless already known or there
+ *		are none.
+ */
+static void
+read_claim_defaults(ClaimDefaults *qd)
+{
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+
+	if (qd->known || SPI_processed == 0)
+		return;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	d = SPI_getbinval(tup, desc, 8, &isnull);
+	if (isnull)
+		return;					/* the queue is gone: the UPDATE finds out */
+	qd->max_attempts = DatumGetInt32(d);
+	d = SPI_getbinval(tup, desc, 9, &isnull);
+	qd->timeout_null = isnull;
+	if (!isnull)
+		qd->timeout = *DatumGetIntervalP(d);
+	qd->known = true;
+}
+
+/* A candidate row's place (its ctid). */
+static ItemPointerData
+candidate_tid(HeapTuple tup, TupleDesc desc)
+{
+	bool		isnull;
+
+	return *(ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 7, &isnull));
+}
+
 /*
  * mark_claimed
- *		The claim's second statement: mark the nids locked jobs ids[]
- *		running, attempt counted, with the worker's identity or name and an
- *		external worker's lease, started at
- *		started_at (0: now, each at its own clock_timestamp()), and read
- *		them back into a palloc'd array in
- *		caller_cxt, in claim order.  Connected to SPI.
+ *		The claim's second step: mark the nids locked jobs ids[] (at
+ *		tids[]) running, attempt counted, with the worker's identity or
+ *		name and an external worker's lease, started at started_at (0: now,
+ *		each at its own clock), and read them back into a palloc'd array
+ *		in caller_cxt, in claim order.  The job store writes the rows
+ *		itself (atomizer_store_mark_claimed); if it does not know the
+ *		table, or the queue's settings were not read, an UPDATE statement
+ *		does.  Connected to SPI.
  */
 static int
-mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
-			 TimestampTz started_at, MemoryContext caller_cxt,
-			 AtomizerJob **jobs)
+mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, ItemPointerData *tids,
+			 int nids, TimestampTz started_at, const ClaimDefaults *qd,
+			 MemoryContext caller_cxt, AtomizerJob **jobs)
 {
 	static SPIPlanPtr mark_plan = NULL;
 	bool		external = spec->lease_ms > 0;
 	AtomizerJob *result;
 	int			n = 0;
+	Datum		worker = (Datum) 0;
+	bool		worker_null = false;
+	Interval   *lease = NULL;
 
 	result = MemoryContextAllocZero(caller_cxt, sizeof(AtomizerJob) * Max(nids, 1));
+	if (spec->worker_id != NULL)
+	{
+		/* the batch size, for the scheduler if the worker dies */
+		AtomizerWorkerId wid = *spec->worker_id;
+
+		wid.batch = nids;
+		worker = CStringGetTextDatum(atomizer_worker_id_format(&wid));
+	}
+	else if (spec->worker_name != NULL)
+		worker = CStringGetTextDatum(spec->worker_name);
+	else
+		worker_null = true;
+	if (external)
+	{
+		lease = palloc0(sizeof(Interval));
+		lease->time = spec->lease_ms * 1000;
+	}
+	if (nids > 0 && qd->known)
+	{
+		AtomizerClaimMark mark;
+		int64	   *id64 = palloc(sizeof(int64) * nids);
+
+		mark.worker = worker;
+		mark.worker_null = worker_null;
+		mark.lease = lease;
+		mark.started_at = started_at;
+		mark.queue_max_attempts = qd->max_attempts;
+		mark.queue_timeout = qd->timeout_null ? NULL : &qd->timeout;
+		for (int i = 0; i < nids; i++)
+			id64[i] = DatumGetInt64(ids[i]);
+		if (atomizer_store_mark_claimed(&mark, tids, id64, nids, spec->queue,
+										caller_cxt, result))
+		{
+			qsort(result, nids, sizeof(AtomizerJob), compare_jobs);
+			*jobs = result;
+			return nids;
+		}
+	}
 	if (nids > 0)
 	{
 		Oid			types[4] = {INT8ARRAYOID, TEXTOID, INTERVALOID, TIMESTAMPTZOID};
@@ -1075,27 +1164,10 @@ mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
 							  CURSOR_OPT_GENERIC_PLAN);
 		mvalues[0] = PointerGetDatum(construct_array(ids, nids, INT8OID, 8,
 													 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		if (spec->worker_id != NULL)
-		{
-			/* the batch size, for the scheduler if the worker dies */
-			AtomizerWorkerId wid = *spec->worker_id;
-
-			wid.batch = nids;
-			mvalues[1] = CStringGetTextDatum(atomizer_worker_id_format(&wid));
-		}
-		else if (spec->worker_name != NULL)
-			mvalues[1] = CStringGetTextDatum(spec->worker_name);
-		else
-			mnulls[1] = 'n';
-		if (external)
-		{
-			Interval   *lease = palloc0(sizeof(Interval));
-
-			lease->time = spec->lease_ms * 1000;
-			mvalues[2] = IntervalPGetDatum(lease);
-		}
-		else
-			mnulls[2] = 'n';
+		mvalues[1] = worker;
+		mnulls[1] = worker_null ? 'n' : ' ';
+		mvalues[2] = IntervalPGetDatum(lease);
+		mnulls[2] = lease ? ' ' : 'n';
 		mvalues[3] = TimestampTzGetDatum(started_at);
 		mnulls[3] = started_at != 0 ? ' ' : 'n';
 		if (SPI_execute_plan(mark_plan, mvalues, mnulls, false, 0) != SPI_OK_UPDATE_RETURNING)
@@ -1133,10 +1205,16 @@ mark_claimed(const AtomizerClaimSpec *spec, Datum *ids, int nids,
 	return n;
 }
 
-/* The candidates' columns, for both claims' first statements. */
+/*
+ * The candidates' columns, for both claims' first statements: with where
+ * each row is (the mark updates it there) and the queue's settings for
+ * jobs without their own (read once, as init plans).
+ */
 #define CLAIM_CANDIDATE_COLUMNS \
 	ATOMIZER_INDEXED "SELECT id, solo, priority::int4 AS prio, run_at, handler," \
-	" coalesce(payload ->> $8::text, '') AS part"
+	" coalesce(payload ->> $8::text, '') AS part, ctid," \
+	" (SELECT q.max_attempts FROM atomizer.queue q WHERE q.name = $1)," \
+	" (SELECT q.timeout FROM atomizer.queue q WHERE q.name = $1)"
 
 /* The candidates: due, available, in claim order from the floor on. */
 #define CLAIM_CANDIDATES \
@@ -1217,6 +1295,7 @@ typedef struct Candidate
 	bool		held;			/* a handler limit held it back before */
 	int			handler;		/* index into the limited handlers, or -1 */
 	int			part;			/* index into the partitions */
+	ItemPointerData tid;		/* where it is */
 } Candidate;
 
 static int
@@ -1255,6 +1334,7 @@ read_candidates(Candidate *cands, int *n, bool held, char **handlers, int nh,
 		c->key.priority = DatumGetInt32(SPI_getbinval(tup, desc, 3, &isnull));
 		c->key.run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull));
 		c->held = held;
+		c->tid = candidate_tid(tup, desc);
 		c->handler = -1;
 		for (int h = 0; h < nh; h++)
 			if (strcmp(handlers[h], handler) == 0)
@@ -1428,6 +1508,8 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	int		   *started = palloc0(sizeof(int) * cap);
 	int		   *noff = palloc0(sizeof(int) * cap);
 	Datum	   *ids = palloc(sizeof(Datum) * cap);
+	ItemPointerData *tids = palloc(sizeof(ItemPointerData) * cap);
+	ClaimDefaults qd = {0};
 	int		   *id_h = palloc(sizeof(int) * cap);	/* their limited handler */
 	Datum	   *hold_ids = palloc(sizeof(Datum) * cap);
 	Datum	   *off_ids = palloc(sizeof(Datum) * cap);
@@ -1486,6 +1568,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 
 		lock_candidates(spec, &from, want, q->rate_partition, NULL);
 		nread = (int) SPI_processed;
+		read_claim_defaults(&qd);
 		read_candidates(cands, &ncands, false, handlers, nh, parts, &nparts);
 		if (ncands > 0)
 		{
@@ -1497,6 +1580,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 			lock_candidates(spec, &from, spec->max_jobs, q->rate_partition,
 							construct_array(with_room, nwith, TEXTOID, -1,
 											false, TYPALIGN_INT));
+			read_claim_defaults(&qd);
 			read_candidates(cands, &ncands, true, handlers, nh, parts, &nparts);
 			qsort(cands, ncands, sizeof(Candidate), compare_candidates);
 		}
@@ -1546,6 +1630,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 			else
 			{
 				id_h[nids] = c->handler;
+				tids[nids] = c->tid;
 				ids[nids++] = Int64GetDatum(c->key.id);
 				started[c->part]++;
 				if (c->handler >= 0)
@@ -1630,7 +1715,7 @@ claim_limited(const AtomizerClaimSpec *spec, const AtomizerQueue *q,
 	if (new_floor && nids > 0)
 		floor_check(spec->queue, floor, new_floor);
 
-	return mark_claimed(spec, ids, nids, now, caller_cxt, jobs);
+	return mark_claimed(spec, ids, tids, nids, now, &qd, caller_cxt, jobs);
 }
 
 /*
@@ -1646,6 +1731,8 @@ claim_plain(const AtomizerClaimSpec *spec, MemoryContext caller_cxt,
 	AtomizerClaimKey *new_floor = spec->new_floor;
 	bool		external = spec->lease_ms > 0;
 	Datum	   *ids;
+	ItemPointerData *tids;
+	ClaimDefaults qd = {0};
 	int			nids = 0;
 	AtomizerClaimKey first_left = {0};	/* first locked row not claimed */
 	bool		left = false;
@@ -1656,7 +1743,9 @@ claim_plain(const AtomizerClaimSpec *spec, MemoryContext caller_cxt,
 	 * job that kills its worker is found out and charged alone.
 	 */
 	lock_candidates(spec, floor, spec->max_jobs, NULL, NULL);
+	read_claim_defaults(&qd);
 	ids = palloc(sizeof(Datum) * Max(SPI_processed, 1));
+	tids = palloc(sizeof(ItemPointerData) * Max(SPI_processed, 1));
 	if (new_floor)
 		*new_floor = *floor;
 	for (uint64 i = 0; i < SPI_processed; i++)
@@ -1686,12 +1775,14 @@ claim_plain(const AtomizerClaimSpec *spec, MemoryContext caller_cxt,
 				first_left.run_at = DatumGetTimestampTz(SPI_getbinval(first, desc, 4, &isnull));
 				first_left.id = DatumGetInt64(SPI_getbinval(first, desc, 1, &isnull));
 			}
+			tids[0] = candidate_tid(tup, desc);
 			ids[0] = id;
 			nids = 1;
 			if (new_floor)
 				*new_floor = left ? first_left : key;
 			break;
 		}
+		tids[nids] = candidate_tid(tup, desc);
 		ids[nids++] = id;
 		if (new_floor)
 			*new_floor = key;
@@ -1705,7 +1796,7 @@ claim_plain(const AtomizerClaimSpec *spec, MemoryContext caller_cxt,
 	if (new_floor && nids > 0)
 		floor_check(spec->queue, floor, new_floor);
 
-	return mark_claimed(spec, ids, nids, 0, caller_cxt, jobs);
+	return mark_claimed(spec, ids, tids, nids, 0, &qd, caller_cxt, jobs);
 }
 
 int

@@ -133,6 +133,39 @@ SELECT atomizer.enqueue('task', '{}', queue => 'store_ext') > 0 AS enqueued;
 SELECT count(*) AS claimed FROM atomizer.claim('store_ext', 1);
 SELECT state, parked FROM atomizer.job WHERE queue = 'store_ext';
 
+
+-- The claim's mark is written directly too (store.c; nothing said at
+-- DEBUG1): the row an UPDATE would write, with the index entries of an
+-- update that is not HOT (an external claim's lease_until is indexed)
+SELECT count(*) FROM atomizer.enqueue_many('task',
+	(SELECT array_agg(jsonb_build_object('n', i)) FROM generate_series(1, 3) i),
+	queue => 'store_ext');
+BEGIN;
+SET LOCAL client_min_messages = debug1;
+SELECT id - min(id) OVER () AS n, handler, attempt, payload,
+       lease_until - clock_timestamp() BETWEEN interval '50 seconds' AND interval '60 seconds' AS leased
+  FROM atomizer.claim('store_ext', 3, lease => '1 minute', worker => 'mark test') ORDER BY id;
+RESET client_min_messages;
+SELECT state, attempt, worker, lease, parked, started_at IS NOT NULL AS started,
+       lease_until = started_at + lease AS lease_from_start
+  FROM atomizer.job WHERE queue = 'store_ext' AND payload ? 'n' ORDER BY id;
+SELECT c.relname, bt_index_check(c.oid, true)
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = 'atomizer.job'::regclass
+   AND c.relam = (SELECT oid FROM pg_am WHERE amname = 'btree') ORDER BY c.relname;
+COMMIT;
+-- a trigger on the table: the claim is an UPDATE, which fires it
+CREATE FUNCTION claimed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.seen VALUES (NEW.id); RETURN NEW; END $$;
+CREATE TRIGGER claimed AFTER UPDATE ON atomizer.job FOR EACH ROW EXECUTE FUNCTION claimed();
+TRUNCATE seen;
+SELECT atomizer.enqueue('task', '{"by": "update"}', queue => 'store_ext') AS id \gset
+SET client_min_messages = debug1;
+SELECT id = :id AS claimed, attempt FROM atomizer.claim('store_ext', 1, worker => 'mark test');
+SET client_min_messages = warning;
+SELECT id = :id AS trigger_fired FROM seen;
+SELECT state, attempt, worker FROM atomizer.job WHERE id = :id;
+DROP TRIGGER claimed ON atomizer.job;
 \c postgres
 DROP DATABASE atomizer_store;
 DROP ROLE regress_store_user;
