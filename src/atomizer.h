@@ -381,6 +381,17 @@ typedef struct AtomizerClaimMark
 	const Interval *queue_timeout;	/* or NULL */
 } AtomizerClaimMark;
 
+/* A job a batch finish moved to the history, for its counters (store.c). */
+typedef struct AtomizerMoved
+{
+	int64		id;
+	char	   *queue;
+	TimestampTz run_at;
+	TimestampTz started_at;
+	bool		started_null;
+	TimestampTz finished_at;
+} AtomizerMoved;
+
 /* The job of one cron fire, as its schedule set it up (store.c). */
 typedef struct AtomizerFireJob
 {
@@ -402,6 +413,10 @@ extern bool atomizer_store_mark_claimed(const AtomizerClaimMark *mark,
 										const int64 *ids, int n,
 										const char *queue, MemoryContext cxt,
 										AtomizerJob *jobs);
+extern int	atomizer_store_move_succeeded(const int64 *ids, const Datum *results,
+										  const bool *result_nulls, int n,
+										  AtomizerMoved *moved, int64 *left,
+										  int *nleft);
 extern bool atomizer_store_fire_jobs(const AtomizerFireJob *jobs, int n,
 									 int64 *ids);
 

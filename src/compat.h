@@ -137,6 +137,15 @@ typedef bool AtomizerUpdateIndexes;
 	ExecInsertIndexTuples((rri), (slot), (estate), true, false, NULL, NIL)
 #endif
 
+/* 18 gave index_beginscan() an instrumentation argument (NULL: none). */
+#if PG_VERSION_NUM >= 180000
+#define atomizer_index_beginscan(heap, index, snapshot, nkeys) \
+	index_beginscan((heap), (index), (snapshot), NULL, (nkeys), 0)
+#else
+#define atomizer_index_beginscan(heap, index, snapshot, nkeys) \
+	index_beginscan((heap), (index), (snapshot), (nkeys), 0)
+#endif
+
 /*
  * 16 added onlySummarizing to ExecInsertIndexTuples() (HOT updates that
  * touch only summarizing indexes); a new row goes into every index.

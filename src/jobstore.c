@@ -1992,28 +1992,30 @@ atomizer_finish_job(int64 id, const char *state, Datum result,
 /*
  * atomizer_finish_succeeded
  *		Move n succeeded jobs to the history at once, with their results
- *		(results[i] NULL for none).  One statement for a whole batch: the
- *		workers call it just before they commit the batch.  The rows are
- *		deleted in id order, the order in which an enqueue locks the
- *		dependencies it names (workflow.c), so that the two do not wait for
- *		each other in a cycle.
+ *		(results[i] NULL for none): the workers call it just before they
+ *		commit the batch.  The job store writes the moves itself
+ *		(atomizer_store_move_succeeded); one statement does for a table it
+ *		does not know, 0.1.0's, or a job another transaction changed
+ *		meanwhile.  The rows are deleted in id order, the order in which an
+ *		enqueue locks the dependencies it names (workflow.c), so that the
+ *		two do not wait for each other in a cycle.
  */
-void
-atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
+/*
+ * finish_succeeded_sql
+ *		atomizer_finish_succeeded's statement, for the n jobs ids[] with
+ *		results[]; and its counters.  Connected to SPI.
+ */
+static void
+finish_succeeded_sql(int gen, int64 *ids, Datum *results, bool *result_nulls,
+					 int n)
 {
 	static SPIPlanPtr plans[2] = {NULL, NULL};
-	int			gen = schema_gen();
-	SPIPlanPtr	plan;
-	StoreCall	call;
 	Datum	   *id_datums;
 	Datum		values[2];
 	int			dims[1];
 	int			lbs[1] = {1};
+	Oid			types[2] = {INT8ARRAYOID, JSONBARRAYOID};
 
-	if (n == 0)
-		return;
-	for (int i = 0; i < n; i++)
-		atomizer_limits_job_done(ids[i]);
 	id_datums = palloc(sizeof(Datum) * n);
 	for (int i = 0; i < n; i++)
 		id_datums[i] = Int64GetDatum(ids[i]);
@@ -2023,28 +2025,21 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 	values[1] = PointerGetDatum(construct_md_array(results, result_nulls, 1, dims,
 												   lbs, JSONBOID, -1, false,
 												   TYPALIGN_INT));
-
-	store_begin(&call);
-	{
-		Oid			types[2] = {INT8ARRAYOID, JSONBARRAYOID};
-
-		if (plans[gen] == NULL)
-			atomizer_prepare_opts(&plans[gen],
-								  psprintf(ATOMIZER_INDEXED "WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)"
-										   " ORDER BY id), "
-										   "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
-										   " RETURNING j.*, r.result AS new_result) "
-										   "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "
-										   "SELECT id, queue, handler, payload, 'succeeded', priority,"
-										   " run_at, attempt, max_attempts, timeout, owner,"
-										   " idempotency_key, created_at, started_at, clock_timestamp(),"
-										   " new_result, last_error, schedule_id%s FROM d"
-										   " RETURNING queue, started_at, run_at, finished_at, id",
-										   MOVED[gen], MOVED[gen]), 2, types,
-								  CURSOR_OPT_GENERIC_PLAN);
-		plan = plans[gen];
-	}
-	if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
+	if (plans[gen] == NULL)
+		atomizer_prepare_opts(&plans[gen],
+							  psprintf(ATOMIZER_INDEXED "WITH r AS (SELECT * FROM unnest($1, $2) AS r(id, result)"
+									   " ORDER BY id), "
+									   "d AS (DELETE FROM atomizer.job j USING r WHERE j.id = r.id"
+									   " RETURNING j.*, r.result AS new_result) "
+									   "INSERT INTO atomizer.job_history (" HISTORY_COLUMNS "%s) "
+									   "SELECT id, queue, handler, payload, 'succeeded', priority,"
+									   " run_at, attempt, max_attempts, timeout, owner,"
+									   " idempotency_key, created_at, started_at, clock_timestamp(),"
+									   " new_result, last_error, schedule_id%s FROM d"
+									   " RETURNING queue, started_at, run_at, finished_at, id",
+									   MOVED[gen], MOVED[gen]), 2, types,
+							  CURSOR_OPT_GENERIC_PLAN);
+	if (SPI_execute_plan(plans[gen], values, NULL, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not record %d succeeded jobs", n);
 	for (uint64 i = 0; i < SPI_processed; i++)
 	{
@@ -2058,6 +2053,109 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 																		5, &isnull)),
 											false);
 		}
+	}
+}
+
+/* A finished job and its result, to sort by id. */
+typedef struct FinishedJob
+{
+	int64		id;
+	Datum		result;
+	bool		result_null;
+} FinishedJob;
+
+static int
+compare_finished(const void *a, const void *b)
+{
+	int64		x = ((const FinishedJob *) a)->id;
+	int64		y = ((const FinishedJob *) b)->id;
+
+	return (x > y) - (x < y);
+}
+
+void
+atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
+{
+	int			gen = schema_gen();
+	StoreCall	call;
+	FinishedJob *sorted;
+	int64	   *sorted_ids;
+	Datum	   *sorted_results;
+	bool	   *sorted_nulls;
+	AtomizerMoved *moved;
+	int64	   *left;
+	int			nleft = 0;
+	int			nmoved;
+
+	if (n == 0)
+		return;
+	for (int i = 0; i < n; i++)
+		atomizer_limits_job_done(ids[i]);
+
+	store_begin(&call);
+	if (gen == 0)
+	{
+		/* 0.1.0's tables: the statement */
+		finish_succeeded_sql(gen, ids, results, result_nulls, n);
+		store_end(&call);
+		return;
+	}
+
+	/* the job store moves them itself, in id order */
+	sorted = palloc(sizeof(FinishedJob) * n);
+	for (int i = 0; i < n; i++)
+	{
+		sorted[i].id = ids[i];
+		sorted[i].result = results[i];
+		sorted[i].result_null = result_nulls[i];
+	}
+	qsort(sorted, n, sizeof(FinishedJob), compare_finished);
+	sorted_ids = palloc(sizeof(int64) * n);
+	sorted_results = palloc(sizeof(Datum) * n);
+	sorted_nulls = palloc(sizeof(bool) * n);
+	for (int i = 0; i < n; i++)
+	{
+		sorted_ids[i] = sorted[i].id;
+		sorted_results[i] = sorted[i].result;
+		sorted_nulls[i] = sorted[i].result_null;
+	}
+	moved = palloc(sizeof(AtomizerMoved) * n);
+	left = palloc(sizeof(int64) * n);
+	nmoved = atomizer_store_move_succeeded(sorted_ids, sorted_results, sorted_nulls,
+										   n, moved, left, &nleft);
+	if (nmoved < 0)
+	{
+		finish_succeeded_sql(gen, ids, results, result_nulls, n);
+		store_end(&call);
+		return;
+	}
+	for (int i = 0; i < nmoved; i++)
+	{
+		int64		wait_us = -1;
+		int64		run_us = -1;
+
+		if (!moved[i].started_null)
+		{
+			wait_us = Max(moved[i].started_at - moved[i].run_at, 0);
+			run_us = Max(moved[i].finished_at - moved[i].started_at, 0);
+		}
+		atomizer_stats_note(moved[i].queue, ATOMIZER_OUTCOME_SUCCEEDED, wait_us, run_us);
+		atomizer_workflow_note_finished(moved[i].id, false);
+	}
+	if (nleft > 0)
+	{
+		/* changed by another transaction meanwhile: the statement follows it */
+		Datum	   *lres = palloc(sizeof(Datum) * nleft);
+		bool	   *lnull = palloc(sizeof(bool) * nleft);
+
+		for (int k = 0; k < nleft; k++)
+			for (int i = 0; i < n; i++)
+				if (sorted_ids[i] == left[k])
+				{
+					lres[k] = sorted_results[i];
+					lnull[k] = sorted_nulls[i];
+				}
+		finish_succeeded_sql(gen, left, lres, lnull, nleft);
 	}
 	store_end(&call);
 }

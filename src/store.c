@@ -10,7 +10,8 @@
  *	  measured, it is what brings a single-row enqueue close to a bare
  *	  INSERT (see the README's performance section).  The claim's mark
  *	  (jobstore.c) is done here the same way: the heap updates (and, when
- *	  an update is not HOT, the index insertions) its UPDATE would do.
+ *	  an update is not HOT, the index insertions) its UPDATE would do; and
+ *	  a batch's finish: the deletes and history inserts of its statement.
  *
  *	  The caller has validated every value.  What an INSERT would still do
  *	  is done here: NOT NULL checks (ExecConstraints), every index including
@@ -30,6 +31,8 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/relscan.h"
+#include "access/stratnum.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
@@ -46,6 +49,7 @@
 #include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
+#include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
@@ -779,4 +783,287 @@ atomizer_store_mark_claimed(const AtomizerClaimMark *mark,
 	/* the statements after it see the claimed rows, as after the UPDATE */
 	CommandCounterIncrement();
 	return true;
+}
+
+/* The job's columns a finished job's history row gets, as they are. */
+static const char *const moved_columns[] = {
+	"id", "queue", "handler", "payload", "priority", "run_at", "attempt",
+	"max_attempts", "timeout", "owner", "idempotency_key", "created_at",
+	"started_at", "last_error", "schedule_id", "tags", "on_dependency_failure",
+};
+
+/* The history's columns the finish sets. */
+enum
+{
+	HC_STATE,
+	HC_FINISHED_AT,
+	HC_RESULT,
+	NHC
+};
+
+static const struct
+{
+	const char *name;
+	Oid			type;
+}			history_set[NHC] = {
+	{"state", TEXTOID},
+	{"finished_at", TIMESTAMPTZOID},
+	{"result", JSONBOID},
+};
+
+/* How a history row is made from a job's (map_history). */
+typedef struct HistoryMap
+{
+	int			from_job[MaxHeapAttributeNumber];	/* job attno (0-based), or -1 */
+	int			set[NHC];		/* history attnos of what the finish sets */
+	int			job_id;			/* the job's id, queue, run_at, started_at */
+	int			job_queue;
+	int			job_run_at;
+	int			job_started_at;
+} HistoryMap;
+
+static int
+find_column(TupleDesc desc, const char *name)
+{
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return i;
+	}
+	return -1;
+}
+
+/*
+ * map_history
+ *		Fill *m for moving rows of job (jdesc) into history (hdesc) as the
+ *		finish's INSERT would; false if a column is missing or of another
+ *		type, or the history has a column the INSERT would give a default
+ *		(or a generated value) rather than NULL.
+ */
+static bool
+map_history(TupleDesc jdesc, TupleDesc hdesc, HistoryMap *m)
+{
+	int			found = 0;
+
+	for (int c = 0; c < NHC; c++)
+		m->set[c] = -1;
+	for (int i = 0; i < hdesc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(hdesc, i);
+		const char *name = NameStr(att->attname);
+		bool		known = false;
+
+		m->from_job[i] = -1;
+		if (att->attisdropped)
+			continue;
+		if (att->attgenerated)
+			return false;
+		for (int k = 0; k < lengthof(moved_columns) && !known; k++)
+			if (strcmp(name, moved_columns[k]) == 0)
+			{
+				int			j = find_column(jdesc, name);
+
+				if (j < 0 || TupleDescAttr(jdesc, j)->atttypid != att->atttypid)
+					return false;
+				m->from_job[i] = j;
+				known = true;
+				found++;
+			}
+		for (int c = 0; c < NHC && !known; c++)
+			if (strcmp(name, history_set[c].name) == 0)
+			{
+				if (att->atttypid != history_set[c].type)
+					return false;
+				m->set[c] = i;
+				known = true;
+			}
+		/* any other column: NULL, as the INSERT that does not name it */
+		if (!known && (att->atthasdef || att->attnotnull))
+			return false;
+	}
+	for (int c = 0; c < NHC; c++)
+		if (m->set[c] < 0)
+			return false;
+	m->job_id = find_column(jdesc, "id");
+	m->job_queue = find_column(jdesc, "queue");
+	m->job_run_at = find_column(jdesc, "run_at");
+	m->job_started_at = find_column(jdesc, "started_at");
+	return found == lengthof(moved_columns) && m->job_id >= 0 &&
+		TupleDescAttr(jdesc, m->job_id)->atttypid == INT8OID;
+}
+
+/* A table this file may write directly: a plain table, no trigger. */
+static bool
+plain_table(Relation rel)
+{
+	return rel->trigdesc == NULL && rel->rd_rel->relkind == RELKIND_RELATION &&
+		!rel->rd_rel->relforcerowsecurity;
+}
+
+/*
+ * atomizer_store_move_succeeded
+ *		A batch's finish without its statement: the jobs ids[] (n, in id
+ *		order, the order the statement deletes them in) are deleted from
+ *		atomizer.job and each inserted into atomizer.job_history as
+ *		succeeded with results[i] (NULL where result_nulls[i]), finished at
+ *		its own clock, with what the INSERT does besides (constraints,
+ *		every index, statistics).  moved[] gets what the counters need of
+ *		each job moved; a job no longer in the table is skipped, as the
+ *		statement's join skips it.  A job another transaction changed since
+ *		this one's snapshot is left to the statement, which follows the
+ *		change: its id goes into left[] (*nleft of them).  Returns how many
+ *		were moved, or -1, with nothing written, if either table is not one
+ *		this file knows (a trigger, forced row security, a column it does
+ *		not know as it is): the caller runs the statement.
+ */
+int
+atomizer_store_move_succeeded(const int64 *ids, const Datum *results,
+							  const bool *result_nulls, int n,
+							  AtomizerMoved *moved, int64 *left, int *nleft)
+{
+	Oid			nsp = get_namespace_oid(ATOMIZER_SCHEMA, false);
+	Oid			jrelid = get_relname_relid("job", nsp);
+	Oid			hrelid = get_relname_relid("job_history", nsp);
+	Oid			pkid = get_relname_relid("job_pkey", nsp);
+	Relation	jrel;
+	Relation	hrel;
+	Relation	pkrel;
+	HistoryMap	map;
+	EState	   *estate;
+	RangeTblEntry *rte;
+	ResultRelInfo *hrri;
+	TupleTableSlot *jslot;
+	TupleTableSlot *hslot;
+	IndexScanDesc scan;
+	ScanKeyData key;
+	Snapshot	snap;
+	CommandId	cid;
+	Datum		succeeded;
+	int			nmoved = 0;
+
+	*nleft = 0;
+	if (!OidIsValid(jrelid) || !OidIsValid(hrelid) || !OidIsValid(pkid))
+		return -1;
+	jrel = table_open(jrelid, RowExclusiveLock);
+	hrel = table_open(hrelid, RowExclusiveLock);
+	pkrel = index_open(pkid, AccessShareLock);
+	if (!plain_table(jrel) || !plain_table(hrel) ||
+		!map_history(RelationGetDescr(jrel), RelationGetDescr(hrel), &map) ||
+		pkrel->rd_index->indrelid != jrelid || pkrel->rd_index->indnkeyatts != 1 ||
+		pkrel->rd_index->indkey.values[0] != map.job_id + 1 ||
+		pkrel->rd_rel->relam != BTREE_AM_OID)
+	{
+		elog(DEBUG1, "atomizer: finished jobs are moved with a statement: atomizer.job or atomizer.job_history is not the table the job store knows");
+		index_close(pkrel, AccessShareLock);
+		table_close(hrel, RowExclusiveLock);
+		table_close(jrel, RowExclusiveLock);
+		return -1;
+	}
+	PreventCommandIfReadOnly("DELETE");
+	PreventCommandIfParallelMode("DELETE");
+
+	/* what the statement would see: this transaction's changes so far */
+	CommandCounterIncrement();
+	PushCopiedSnapshot(GetTransactionSnapshot());
+	UpdateActiveSnapshotCommandId();
+	snap = GetActiveSnapshot();
+	cid = GetCurrentCommandId(true);
+
+	estate = CreateExecutorState();
+	rte = makeNode(RangeTblEntry);
+	rte->rtekind = RTE_RELATION;
+	rte->relid = hrelid;
+	rte->relkind = hrel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	atomizer_init_range_table(estate, rte);
+	hrri = makeNode(ResultRelInfo);
+	InitResultRelInfo(hrri, hrel, 1, NULL, 0);
+	ExecOpenIndices(hrri, false);
+	jslot = table_slot_create(jrel, &estate->es_tupleTable);
+	hslot = table_slot_create(hrel, &estate->es_tupleTable);
+	succeeded = CStringGetTextDatum("succeeded");
+	scan = atomizer_index_beginscan(jrel, pkrel, snap, 1);
+
+	for (int i = 0; i < n; i++)
+	{
+		TupleDesc	hdesc = RelationGetDescr(hrel);
+		TM_Result	result;
+		TM_FailureData tmfd;
+		ItemPointerData tid;
+		TimestampTz finished;
+		AtomizerMoved *mv;
+
+		CHECK_FOR_INTERRUPTS();
+		ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(ids[i]));
+		index_rescan(scan, &key, 1, NULL, 0);
+		if (!index_getnext_slot(scan, ForwardScanDirection, jslot))
+			continue;			/* gone: the statement's join would skip it */
+		tid = jslot->tts_tid;
+		result = table_tuple_delete(jrel, &tid, cid, snap, InvalidSnapshot, true,
+									&tmfd, false);
+		if (result == TM_Updated)
+		{
+			/* changed since the snapshot: the statement follows the change */
+			left[(*nleft)++] = ids[i];
+			ExecClearTuple(jslot);
+			continue;
+		}
+		if (result == TM_Deleted)
+		{
+			ExecClearTuple(jslot);
+			continue;			/* moved by another transaction meanwhile */
+		}
+		if (result != TM_Ok)
+			elog(ERROR, "could not move finished job %lld to the history",
+				 (long long) ids[i]);
+
+		/* the history row: the job's, and what the finish sets */
+		slot_getallattrs(jslot);
+		ExecClearTuple(hslot);
+		for (int a = 0; a < hdesc->natts; a++)
+		{
+			int			j = map.from_job[a];
+
+			hslot->tts_values[a] = j >= 0 ? jslot->tts_values[j] : (Datum) 0;
+			hslot->tts_isnull[a] = j >= 0 ? jslot->tts_isnull[j] : true;
+		}
+		hslot->tts_values[map.set[HC_STATE]] = succeeded;
+		hslot->tts_isnull[map.set[HC_STATE]] = false;
+		finished = GetCurrentTimestamp();
+		hslot->tts_values[map.set[HC_FINISHED_AT]] = TimestampTzGetDatum(finished);
+		hslot->tts_isnull[map.set[HC_FINISHED_AT]] = false;
+		hslot->tts_values[map.set[HC_RESULT]] = result_nulls[i] ? (Datum) 0 : results[i];
+		hslot->tts_isnull[map.set[HC_RESULT]] = result_nulls[i];
+		ExecStoreVirtualTuple(hslot);
+		if (hdesc->constr != NULL)
+			ExecConstraints(hrri, hslot, estate);
+		table_tuple_insert(hrel, hslot, cid, 0, NULL);
+		if (hrri->ri_NumIndices > 0)
+			(void) atomizer_insert_index_tuples(hrri, hslot, estate);
+
+		mv = &moved[nmoved++];
+		mv->id = ids[i];
+		mv->queue = TextDatumGetCString(jslot->tts_values[map.job_queue]);
+		mv->run_at = DatumGetTimestampTz(jslot->tts_values[map.job_run_at]);
+		mv->started_null = jslot->tts_isnull[map.job_started_at];
+		mv->started_at = mv->started_null ? 0 :
+			DatumGetTimestampTz(jslot->tts_values[map.job_started_at]);
+		mv->finished_at = finished;
+		ExecClearTuple(jslot);
+		ExecClearTuple(hslot);
+		ResetPerTupleExprContext(estate);
+	}
+
+	index_endscan(scan);
+	ExecCloseIndices(hrri);
+	ExecResetTupleTable(estate->es_tupleTable, false);
+	FreeExecutorState(estate);
+	PopActiveSnapshot();
+	index_close(pkrel, NoLock);
+	table_close(hrel, NoLock);
+	table_close(jrel, NoLock);
+	CommandCounterIncrement();
+	return nmoved;
 }

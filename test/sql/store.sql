@@ -166,6 +166,45 @@ SET client_min_messages = warning;
 SELECT id = :id AS trigger_fired FROM seen;
 SELECT state, attempt, worker FROM atomizer.job WHERE id = :id;
 DROP TRIGGER claimed ON atomizer.job;
+
+-- A batch's finish is written directly as well (nothing said at DEBUG1):
+-- each job leaves atomizer.job, and its history row is the one the
+-- statement writes, in every index of the history
+TRUNCATE seen;
+SELECT count(*) FROM atomizer.enqueue_many('task',
+	(SELECT array_agg(jsonb_build_object('done', i)) FROM generate_series(1, 3) i),
+	queue => 'store_ext', priority => 3, max_attempts => 4, timeout => '9 seconds',
+	tags => ARRAY['red', 'blue']);
+BEGIN;
+SET LOCAL client_min_messages = debug1;
+SELECT array_agg(id ORDER BY id) AS done_ids FROM atomizer.claim('store_ext', 3, worker => 'mark test')
+ WHERE payload ? 'done' \gset
+SELECT atomizer.complete_many(:'done_ids', ARRAY['{"r": 1}', NULL, '{"r": 3}']::jsonb[]) AS completed;
+RESET client_min_messages;
+COMMIT;
+SELECT count(*) AS left_in_job FROM atomizer.job WHERE id = ANY (:'done_ids');
+SELECT h.id - min(h.id) OVER () AS n, h.queue, h.handler, h.payload, h.state, h.priority,
+       h.attempt, h.max_attempts, h.timeout, h.owner = current_user AS owner, h.result,
+       h.tags, h.on_dependency_failure, h.cancelled_by, h.last_error, h.schedule_id,
+       h.created_at <= h.run_at AND h.run_at <= h.started_at AND h.started_at <= h.finished_at AS times
+  FROM atomizer.job_history h WHERE h.id = ANY (:'done_ids') ORDER BY h.id;
+SELECT c.relname, bt_index_check(c.oid, true)
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+ WHERE i.indrelid = 'atomizer.job_history'::regclass
+   AND c.relam = (SELECT oid FROM pg_am WHERE amname = 'btree') ORDER BY c.relname;
+SELECT count(*) AS tagged FROM atomizer.job_history WHERE tags @> ARRAY['red'];
+-- a trigger on the history: the statement moves them, and fires it
+CREATE FUNCTION recorded() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO public.seen VALUES (NEW.id); RETURN NEW; END $$;
+CREATE TRIGGER recorded AFTER INSERT ON atomizer.job_history FOR EACH ROW EXECUTE FUNCTION recorded();
+SELECT atomizer.enqueue('task', '{"by": "statement"}', queue => 'store_ext') AS id \gset
+SELECT count(*) AS claimed FROM atomizer.claim('store_ext', 1, worker => 'mark test');
+SET client_min_messages = debug1;
+SELECT atomizer.complete_many(ARRAY[:id]::bigint[], ARRAY['{"r": "s"}']::jsonb[]) AS completed;
+SET client_min_messages = warning;
+SELECT id = :id AS trigger_fired FROM seen;
+SELECT state, result FROM atomizer.job_history WHERE id = :id;
+DROP TRIGGER recorded ON atomizer.job_history;
 \c postgres
 DROP DATABASE atomizer_store;
 DROP ROLE regress_store_user;
