@@ -626,11 +626,23 @@ class Bench:
             polls = 0
             # done when none of the chunk's jobs is left; the primary key
             # range keeps this poll off a sequential scan of the hot table
+            sampled = False
             while q1(cur, "SELECT EXISTS (SELECT FROM atomizer.job WHERE id >= %s"
                           " AND queue = 'steady')", (first_id,))[0]:
                 polls += 1
                 if time.time() - t0 > 600:
                     sys.exit("steady: chunk not drained after 600 s")
+                if not sampled and time.time() - t0 > 20:
+                    # a chunk ten times slower than usual: say what the
+                    # server's processes are doing, for whoever looks at it
+                    sampled = True
+                    cur.execute("SELECT backend_type, state, wait_event_type, wait_event,"
+                                " left(query, 60) FROM pg_stat_activity"
+                                " WHERE backend_type LIKE 'atomizer%%' OR backend_type = 'autovacuum worker'"
+                                " ORDER BY 1")
+                    for row in cur.fetchall():
+                        log("    slow chunk: %s" % (row,))
+                    log("    slow chunk: job table %s" % (self.sizes(),))
                 time.sleep(max(0.0, t_enq + polls * 0.05 - time.time()))
             t1 = time.time()
             done += n
