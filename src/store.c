@@ -76,11 +76,14 @@ enum
 	NCOLS
 };
 
-static const struct
+/* A column this file reads or writes, by name and type. */
+typedef struct StoreColumn
 {
 	const char *name;
 	Oid			type;
-}			columns[NCOLS] = {
+} StoreColumn;
+
+static const StoreColumn columns[NCOLS] = {
 	{"id", INT8OID},
 	{"queue", TEXTOID},
 	{"handler", TEXTOID},
@@ -279,6 +282,29 @@ fill_slot(TupleTableSlot *slot, const int *attnums, const Datum *fixed,
 	ExecStoreVirtualTuple(slot);
 }
 
+/*
+ * result_rel
+ *		The ResultRelInfo of rel in estate, whose range table it becomes:
+ *		an INSERT's, or with updated set an UPDATE's of those columns.
+ */
+static ResultRelInfo *
+result_rel(EState *estate, Relation rel, Bitmapset *updated)
+{
+	RangeTblEntry *rte = makeNode(RangeTblEntry);
+	ResultRelInfo *rri = makeNode(ResultRelInfo);
+
+	rte->rtekind = RTE_RELATION;
+	rte->relid = RelationGetRelid(rel);
+	rte->relkind = rel->rd_rel->relkind;
+	rte->rellockmode = RowExclusiveLock;
+	if (updated != NULL)
+		atomizer_init_update_range_table(estate, rte, updated);
+	else
+		atomizer_init_range_table(estate, rte);
+	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	return rri;
+}
+
 /* What an insert into atomizer.job needs, opened by store_open. */
 typedef struct StoreRel
 {
@@ -302,7 +328,6 @@ store_open(StoreRel *s)
 {
 	Oid			nsp = get_namespace_oid(ATOMIZER_SCHEMA, false);
 	Oid			relid = get_relname_relid("job", nsp);
-	RangeTblEntry *rte;
 
 	s->seqid = get_relname_relid("job_id_seq", nsp);
 	if (!OidIsValid(relid) || !OidIsValid(s->seqid))
@@ -322,14 +347,7 @@ store_open(StoreRel *s)
 	}
 
 	s->estate = CreateExecutorState();
-	rte = makeNode(RangeTblEntry);
-	rte->rtekind = RTE_RELATION;
-	rte->relid = relid;
-	rte->relkind = s->rel->rd_rel->relkind;
-	rte->rellockmode = RowExclusiveLock;
-	atomizer_init_range_table(s->estate, rte);
-	s->rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(s->rri, s->rel, 1, NULL, 0);
+	s->rri = result_rel(s->estate, s->rel, NULL);
 	s->slot = table_slot_create(s->rel, &s->estate->es_tupleTable);
 	s->cid = GetCurrentCommandId(true);
 	return true;
@@ -555,11 +573,7 @@ enum
 	NMC
 };
 
-static const struct
-{
-	const char *name;
-	Oid			type;
-}			claim_columns[NMC] = {
+static const StoreColumn claim_columns[NMC] = {
 	{"id", INT8OID},
 	{"handler", TEXTOID},
 	{"payload", JSONBOID},
@@ -576,6 +590,20 @@ static const struct
 	{"lease_until", TIMESTAMPTZOID},
 };
 
+/* The 0-based number of column name of desc, or -1. */
+static int
+find_column(TupleDesc desc, const char *name)
+{
+	for (int i = 0; i < desc->natts; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
+			return i;
+	}
+	return -1;
+}
+
 /*
  * map_claim_columns
  *		Fill attnums[] (0-based) with the claim's columns; false if one is
@@ -587,20 +615,10 @@ map_claim_columns(TupleDesc desc, int *attnums)
 {
 	for (int c = 0; c < NMC; c++)
 	{
-		attnums[c] = -1;
-		for (int i = 0; i < desc->natts; i++)
-		{
-			Form_pg_attribute att = TupleDescAttr(desc, i);
-
-			if (!att->attisdropped &&
-				strcmp(NameStr(att->attname), claim_columns[c].name) == 0)
-			{
-				if (att->atttypid != claim_columns[c].type || att->attgenerated)
-					return false;
-				attnums[c] = i;
-			}
-		}
-		if (attnums[c] < 0)
+		attnums[c] = find_column(desc, claim_columns[c].name);
+		if (attnums[c] < 0 ||
+			TupleDescAttr(desc, attnums[c])->atttypid != claim_columns[c].type ||
+			TupleDescAttr(desc, attnums[c])->attgenerated)
 			return false;
 	}
 	return true;
@@ -637,7 +655,6 @@ atomizer_store_mark_claimed(const AtomizerClaimMark *mark,
 	int			att[NMC];
 	Bitmapset  *updated = NULL;
 	EState	   *estate;
-	RangeTblEntry *rte;
 	ResultRelInfo *rri;
 	TupleTableSlot *oldslot;
 	TupleTableSlot *newslot;
@@ -666,14 +683,7 @@ atomizer_store_mark_claimed(const AtomizerClaimMark *mark,
 		updated = bms_add_member(updated,
 								 att[c] + 1 - FirstLowInvalidHeapAttributeNumber);
 	estate = CreateExecutorState();
-	rte = makeNode(RangeTblEntry);
-	rte->rtekind = RTE_RELATION;
-	rte->relid = relid;
-	rte->relkind = rel->rd_rel->relkind;
-	rte->rellockmode = RowExclusiveLock;
-	atomizer_init_update_range_table(estate, rte, updated);
-	rri = makeNode(ResultRelInfo);
-	InitResultRelInfo(rri, rel, 1, NULL, 0);
+	rri = result_rel(estate, rel, updated);
 	oldslot = table_slot_create(rel, &estate->es_tupleTable);
 	newslot = table_slot_create(rel, &estate->es_tupleTable);
 	cid = GetCurrentCommandId(true);
@@ -801,11 +811,7 @@ enum
 	NHC
 };
 
-static const struct
-{
-	const char *name;
-	Oid			type;
-}			history_set[NHC] = {
+static const StoreColumn history_set[NHC] = {
 	{"state", TEXTOID},
 	{"finished_at", TIMESTAMPTZOID},
 	{"result", JSONBOID},
@@ -821,19 +827,6 @@ typedef struct HistoryMap
 	int			job_run_at;
 	int			job_started_at;
 } HistoryMap;
-
-static int
-find_column(TupleDesc desc, const char *name)
-{
-	for (int i = 0; i < desc->natts; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (!att->attisdropped && strcmp(NameStr(att->attname), name) == 0)
-			return i;
-	}
-	return -1;
-}
 
 /*
  * map_history
@@ -932,7 +925,6 @@ atomizer_store_move_succeeded(const int64 *ids, const Datum *results,
 	Relation	pkrel;
 	HistoryMap	map;
 	EState	   *estate;
-	RangeTblEntry *rte;
 	ResultRelInfo *hrri;
 	TupleTableSlot *jslot;
 	TupleTableSlot *hslot;
@@ -972,14 +964,7 @@ atomizer_store_move_succeeded(const int64 *ids, const Datum *results,
 	cid = GetCurrentCommandId(true);
 
 	estate = CreateExecutorState();
-	rte = makeNode(RangeTblEntry);
-	rte->rtekind = RTE_RELATION;
-	rte->relid = hrelid;
-	rte->relkind = hrel->rd_rel->relkind;
-	rte->rellockmode = RowExclusiveLock;
-	atomizer_init_range_table(estate, rte);
-	hrri = makeNode(ResultRelInfo);
-	InitResultRelInfo(hrri, hrel, 1, NULL, 0);
+	hrri = result_rel(estate, hrel, NULL);
 	ExecOpenIndices(hrri, false);
 	jslot = table_slot_create(jrel, &estate->es_tupleTable);
 	hslot = table_slot_create(hrel, &estate->es_tupleTable);
