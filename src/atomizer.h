@@ -415,7 +415,7 @@ extern bool atomizer_store_mark_claimed(const AtomizerClaimMark *mark,
 										AtomizerJob *jobs);
 extern int	atomizer_store_move_succeeded(const int64 *ids, const Datum *results,
 										  const bool *result_nulls, int n,
-										  AtomizerMoved *moved, int64 *left,
+										  AtomizerMoved *moved, int *left,
 										  int *nleft);
 extern bool atomizer_store_fire_jobs(const AtomizerFireJob *jobs, int n,
 									 int64 *ids);

@@ -2083,7 +2083,7 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 	Datum	   *sorted_results;
 	bool	   *sorted_nulls;
 	AtomizerMoved *moved;
-	int64	   *left;
+	int		   *left;
 	int			nleft = 0;
 	int			nmoved;
 
@@ -2120,7 +2120,7 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 		sorted_nulls[i] = sorted[i].result_null;
 	}
 	moved = palloc(sizeof(AtomizerMoved) * n);
-	left = palloc(sizeof(int64) * n);
+	left = palloc(sizeof(int) * n);
 	nmoved = atomizer_store_move_succeeded(sorted_ids, sorted_results, sorted_nulls,
 										   n, moved, left, &nleft);
 	if (nmoved < 0)
@@ -2145,17 +2145,17 @@ atomizer_finish_succeeded(int64 *ids, Datum *results, bool *result_nulls, int n)
 	if (nleft > 0)
 	{
 		/* changed by another transaction meanwhile: the statement follows it */
+		int64	   *lids = palloc(sizeof(int64) * nleft);
 		Datum	   *lres = palloc(sizeof(Datum) * nleft);
 		bool	   *lnull = palloc(sizeof(bool) * nleft);
 
 		for (int k = 0; k < nleft; k++)
-			for (int i = 0; i < n; i++)
-				if (sorted_ids[i] == left[k])
-				{
-					lres[k] = sorted_results[i];
-					lnull[k] = sorted_nulls[i];
-				}
-		finish_succeeded_sql(gen, left, lres, lnull, nleft);
+		{
+			lids[k] = sorted_ids[left[k]];
+			lres[k] = sorted_results[left[k]];
+			lnull[k] = sorted_nulls[left[k]];
+		}
+		finish_succeeded_sql(gen, lids, lres, lnull, nleft);
 	}
 	store_end(&call);
 }

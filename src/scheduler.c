@@ -952,9 +952,10 @@ run_sampling(const char *dbname, PassState *ps)
  *		same interval.
  *
  *		Returns the ms until the next vacuum is expected while jobs are
- *		finishing (from their pace since the last one, and the bounds), so
- *		that the scheduler wakes for it rather than at its next pass; -1
- *		when no job finished since the last vacuum.
+ *		finishing (from their pace since the last one, and the bounds; after
+ *		a vacuum, when the next may run), so that the scheduler wakes for it
+ *		rather than at its next pass; -1 when no job finished since the
+ *		last vacuum.
  */
 static long
 run_vacuum(const char *dbname)
@@ -1026,7 +1027,9 @@ run_vacuum(const char *dbname)
 	MemoryContextSwitchTo(cxt);
 	next_at = now + Max((int64) VACUUM_MIN_MS * 1000,
 						(int64) (GetCurrentTimestamp() - now) * VACUUM_COST_FACTOR);
-	return -1;
+	/* jobs were finishing: look again when the next one may run */
+	return Max(TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next_at),
+			   VACUUM_POLL_MS);
 }
 
 /*

@@ -906,7 +906,7 @@ plain_table(Relation rel)
  *		each job moved; a job no longer in the table is skipped, as the
  *		statement's join skips it.  A job another transaction changed since
  *		this one's snapshot is left to the statement, which follows the
- *		change: its id goes into left[] (*nleft of them).  Returns how many
+ *		change: its index in ids[] goes into left[] (*nleft of them).  Returns how many
  *		were moved, or -1, with nothing written, if either table is not one
  *		this file knows (a trigger, forced row security, a column it does
  *		not know as it is): the caller runs the statement.
@@ -914,7 +914,7 @@ plain_table(Relation rel)
 int
 atomizer_store_move_succeeded(const int64 *ids, const Datum *results,
 							  const bool *result_nulls, int n,
-							  AtomizerMoved *moved, int64 *left, int *nleft)
+							  AtomizerMoved *moved, int *left, int *nleft)
 {
 	Oid			nsp = get_namespace_oid(ATOMIZER_SCHEMA, false);
 	Oid			jrelid = get_relname_relid("job", nsp);
@@ -930,6 +930,7 @@ atomizer_store_move_succeeded(const int64 *ids, const Datum *results,
 	TupleTableSlot *hslot;
 	IndexScanDesc scan;
 	ScanKeyData key;
+	TupleDesc	hdesc;
 	Snapshot	snap;
 	CommandId	cid;
 	Datum		succeeded;
@@ -941,6 +942,7 @@ atomizer_store_move_succeeded(const int64 *ids, const Datum *results,
 	jrel = table_open(jrelid, RowExclusiveLock);
 	hrel = table_open(hrelid, RowExclusiveLock);
 	pkrel = index_open(pkid, AccessShareLock);
+	hdesc = RelationGetDescr(hrel);
 	if (!plain_table(jrel) || !plain_table(hrel) ||
 		!map_history(RelationGetDescr(jrel), RelationGetDescr(hrel), &map) ||
 		pkrel->rd_index->indrelid != jrelid || pkrel->rd_index->indnkeyatts != 1 ||
@@ -973,7 +975,6 @@ atomizer_store_move_succeeded(const int64 *ids, const Datum *results,
 
 	for (int i = 0; i < n; i++)
 	{
-		TupleDesc	hdesc = RelationGetDescr(hrel);
 		TM_Result	result;
 		TM_FailureData tmfd;
 		ItemPointerData tid;
@@ -991,7 +992,7 @@ atomizer_store_move_succeeded(const int64 *ids, const Datum *results,
 		if (result == TM_Updated)
 		{
 			/* changed since the snapshot: the statement follows the change */
-			left[(*nleft)++] = ids[i];
+			left[(*nleft)++] = i;
 			ExecClearTuple(jslot);
 			continue;
 		}
