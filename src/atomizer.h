@@ -123,6 +123,8 @@ typedef struct AtomizerClaimKey
 } AtomizerClaimKey;
 
 #define ATOMIZER_FLOOR_SLOTS	256
+/* lowerings a slot remembers, for the advances of claims they overlapped */
+#define ATOMIZER_FLOOR_LOG		32
 
 typedef struct AtomizerFloorSlot
 {
@@ -131,7 +133,9 @@ typedef struct AtomizerFloorSlot
 	Oid			dboid;			/* InvalidOid: no queue holds the slot */
 	char		queue[NAMEDATALEN];
 	AtomizerClaimKey key;		/* no job of the queue waits below it */
-	TimestampTz last_full;		/* last look from the front of the queue */
+	/* the key each of the last lowerings allows, at generation % LOG */
+	AtomizerClaimKey lowered[ATOMIZER_FLOOR_LOG];
+	TimestampTz next_full;		/* no look from the front before this */
 } AtomizerFloorSlot;
 
 typedef struct AtomizerShared
@@ -169,6 +173,8 @@ extern void atomizer_floor_lower(Oid dboid, const char *queue,
 								 const AtomizerClaimKey *key);
 extern void atomizer_floor_reset_db(Oid dboid);
 extern bool atomizer_floor_recheck(Oid dboid, const char *queue);
+extern void atomizer_floor_rechecked(Oid dboid, const char *queue,
+									 TimestampTz started);
 extern void atomizer_floor_init(void);
 
 /* launcher.c, scheduler.c, worker.c */

@@ -216,8 +216,11 @@ atomizer_claim(PG_FUNCTION_ARGS)
 	/* nothing above the floor: now and then, look from the front */
 	if (n == 0 && atomizer_floor_recheck(MyDatabaseId, queue_name))
 	{
+		TimestampTz started = GetCurrentTimestamp();
+
 		floor = atomizer_key_min;
 		n = atomizer_store_claim(&spec, &jobs);
+		atomizer_floor_rechecked(MyDatabaseId, queue_name, started);
 	}
 	for (int i = 0; i < n; i++)
 	{

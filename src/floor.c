@@ -18,9 +18,15 @@
  *
  *	  - A worker (or an external claim() in READ COMMITTED, from its
  *	    commit callback) advances the floor, after its claim commits, to
- *	    the last key it claimed, but only if no one lowered it meanwhile:
- *	    each slot has a generation that every lowering bumps, read with the
- *	    floor before the claim's snapshot is taken.
+ *	    the last key it claimed, but no higher than the key of any lowering
+ *	    since the claim began, which its snapshot may not have seen: each
+ *	    slot has a generation that every lowering bumps, read with the
+ *	    floor before the claim's snapshot is taken, and remembers the keys
+ *	    of its last ATOMIZER_FLOOR_LOG lowerings.  (Refusing any advance
+ *	    after any lowering would keep the floor where it is for as long as
+ *	    jobs are enqueued while claims take longer than the enqueues' pace:
+ *	    stuck at the front of a queue whose dead entries a held snapshot
+ *	    keeps, every claim would walk all of them.)
  *	  - Every commit that makes a job wait (enqueue, retry, release, a cron
  *	    fire) lowers the floor to that job's key, or resets it, from its
  *	    commit callback (wakeup.c), so after the procarray shows the job.
@@ -33,7 +39,10 @@
  *	  - Safety net for what no commit callback sees (rows written by hand by
  *	    the extension owner, a prepared transaction rolled back later): a
  *	    claim or due check that finds nothing from the floor looks again
- *	    from the front of the queue, at most once a second per queue.
+ *	    from the front of the queue, at most once a second per queue, one
+ *	    at a time, and after a look that took long, not before twenty times
+ *	    as long has passed (behind a held snapshot such a look walks every
+ *	    dead entry since: its cost must stay a small share of the time).
  *
  *	  Slots are hashed by (database, queue); a queue whose slot another
  *	  queue holds simply has no floor (claims start at the front).  After a
@@ -49,10 +58,15 @@
 
 #include "atomizer.h"
 
-/* Look from the front of the queue at most this often (ms). */
+/* Look from the front of the queue at most this often (ms)... */
 #define FULL_SCAN_INTERVAL_MS	1000
+/* ...and at most this share of the time (1 / n) */
+#define FULL_SCAN_SHARE			20
+/* how long a look in progress keeps others from starting one (ms) */
+#define FULL_SCAN_GUARD_MS		10000
 
 const AtomizerClaimKey atomizer_key_min = {PG_INT32_MIN, DT_NOBEGIN, PG_INT64_MIN};
+static const AtomizerClaimKey key_max = {PG_INT32_MAX, DT_NOEND, PG_INT64_MAX};
 
 /*
  * atomizer_key_cmp
@@ -113,33 +127,55 @@ atomizer_floor_get(Oid dboid, const char *queue, AtomizerClaimKey *floor)
 
 /*
  * atomizer_floor_advance
- *		After a claim committed: raise the floor to key, unless a lowering
- *		came in since gen was read.
+ *		After a claim committed: raise the floor to key, or to the lowest
+ *		key a lowering since gen was read allows, if lower.  If the slot has
+ *		forgotten some of those lowerings, or it changed hands, leave it.
  */
 void
 atomizer_floor_advance(Oid dboid, const char *queue, uint64 gen,
 					   const AtomizerClaimKey *key)
 {
 	AtomizerFloorSlot *slot;
+	AtomizerClaimKey to = *key;
 
 	if (atomizer_shared == NULL)
 		return;
 	slot = floor_slot(dboid, queue);
 	SpinLockAcquire(&slot->mutex);
-	if (slot->gen == gen)
+	if (slot->gen == gen && !slot_is(slot, dboid, queue))
 	{
-		if (!slot_is(slot, dboid, queue))
+		/* take the slot over; the previous holder now has no floor */
+		slot->dboid = dboid;
+		strlcpy(slot->queue, queue, NAMEDATALEN);
+		slot->key = to;
+		slot->next_full = 0;
+	}
+	else if (slot_is(slot, dboid, queue) &&
+			 slot->gen - gen < ATOMIZER_FLOOR_LOG)
+	{
+		for (uint64 g = gen + 1; g <= slot->gen; g++)
 		{
-			/* take the slot over; the previous holder now has no floor */
-			slot->dboid = dboid;
-			strlcpy(slot->queue, queue, NAMEDATALEN);
-			slot->key = *key;
-			slot->last_full = 0;
+			const AtomizerClaimKey *low = &slot->lowered[g % ATOMIZER_FLOOR_LOG];
+
+			if (atomizer_key_cmp(low, &to) < 0)
+				to = *low;
 		}
-		else if (atomizer_key_cmp(key, &slot->key) > 0)
-			slot->key = *key;
+		if (atomizer_key_cmp(&to, &slot->key) > 0)
+			slot->key = to;
 	}
 	SpinLockRelease(&slot->mutex);
+}
+
+/*
+ * new_generation
+ *		A lowering that allows key (of no concern to the queue holding the
+ *		slot: key_max); caller holds the slot's mutex.
+ */
+static void
+new_generation(AtomizerFloorSlot *slot, const AtomizerClaimKey *key)
+{
+	slot->gen++;
+	slot->lowered[slot->gen % ATOMIZER_FLOOR_LOG] = *key;
 }
 
 /*
@@ -154,16 +190,18 @@ atomizer_floor_lower(Oid dboid, const char *queue, const AtomizerClaimKey *key)
 
 	if (atomizer_shared == NULL)
 		return;
+	if (key == NULL)
+		key = &atomizer_key_min;
 	slot = floor_slot(dboid, queue);
 	SpinLockAcquire(&slot->mutex);
-	slot->gen++;
 	if (slot_is(slot, dboid, queue))
 	{
-		if (key == NULL)
-			slot->key = atomizer_key_min;
-		else if (atomizer_key_cmp(key, &slot->key) < 0)
+		new_generation(slot, key);
+		if (atomizer_key_cmp(key, &slot->key) < 0)
 			slot->key = *key;
 	}
+	else
+		new_generation(slot, &key_max);
 	SpinLockRelease(&slot->mutex);
 }
 
@@ -181,9 +219,13 @@ atomizer_floor_reset_db(Oid dboid)
 		AtomizerFloorSlot *slot = &atomizer_shared->floors[i];
 
 		SpinLockAcquire(&slot->mutex);
-		slot->gen++;
 		if (slot->dboid == dboid)
+		{
+			new_generation(slot, &atomizer_key_min);
 			slot->key = atomizer_key_min;
+		}
+		else
+			new_generation(slot, &key_max);
 		SpinLockRelease(&slot->mutex);
 	}
 }
@@ -192,8 +234,9 @@ atomizer_floor_reset_db(Oid dboid)
  * atomizer_floor_recheck
  *		A look from the floor found nothing: should the caller look again
  *		from the front of the queue?  Yes if the queue has a floor above the
- *		front and no one looked from the front in the last second (then the
- *		caller does, and this notes it).
+ *		front and the time for the next look has come; then the caller
+ *		does, and calls atomizer_floor_rechecked with the time it started
+ *		(until then, or for FULL_SCAN_GUARD_MS, no one else looks).
  */
 bool
 atomizer_floor_recheck(Oid dboid, const char *queue)
@@ -208,13 +251,37 @@ atomizer_floor_recheck(Oid dboid, const char *queue)
 	SpinLockAcquire(&slot->mutex);
 	if (slot_is(slot, dboid, queue) &&
 		atomizer_key_cmp(&slot->key, &atomizer_key_min) != 0 &&
-		TimestampDifferenceExceeds(slot->last_full, now, FULL_SCAN_INTERVAL_MS))
+		now >= slot->next_full)
 	{
-		slot->last_full = now;
+		slot->next_full = TimestampTzPlusMilliseconds(now, FULL_SCAN_GUARD_MS);
 		recheck = true;
 	}
 	SpinLockRelease(&slot->mutex);
 	return recheck;
+}
+
+/*
+ * atomizer_floor_rechecked
+ *		A look from the front that began at started is over: the next one
+ *		may start a second after it began, or, if it took long, once
+ *		FULL_SCAN_SHARE times its length has passed since it began.
+ */
+void
+atomizer_floor_rechecked(Oid dboid, const char *queue, TimestampTz started)
+{
+	AtomizerFloorSlot *slot;
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz next;
+
+	if (atomizer_shared == NULL)
+		return;
+	next = started + Max((int64) FULL_SCAN_INTERVAL_MS * 1000,
+						 (now - started) * FULL_SCAN_SHARE);
+	slot = floor_slot(dboid, queue);
+	SpinLockAcquire(&slot->mutex);
+	if (slot_is(slot, dboid, queue))
+		slot->next_full = next;
+	SpinLockRelease(&slot->mutex);
 }
 
 /*
@@ -229,5 +296,7 @@ atomizer_floor_init(void)
 		SpinLockInit(&atomizer_shared->floors[i].mutex);
 		atomizer_shared->floors[i].dboid = InvalidOid;
 		atomizer_shared->floors[i].key = atomizer_key_min;
+		for (int j = 0; j < ATOMIZER_FLOOR_LOG; j++)
+			atomizer_shared->floors[i].lowered[j] = atomizer_key_min;
 	}
 }

@@ -1821,12 +1821,12 @@ atomizer_store_claim(const AtomizerClaimSpec *spec, AtomizerJob **jobs)
 
 /*
  * queue_due_from
- *		atomizer_queue_due's two looks, from claim key floor on.  Connected
- *		to SPI.
+ *		atomizer_queue_due's two looks, from claim key floor on; the first
+ *		due job's key goes to *first.  Connected to SPI.
  */
 static bool
 queue_due_from(const char *queue, const AtomizerClaimKey *floor,
-			   TimestampTz *next)
+			   TimestampTz *next, AtomizerClaimKey *first)
 {
 	static SPIPlanPtr due_plans[2] = {NULL, NULL};
 	static SPIPlanPtr next_plans[2] = {NULL, NULL};
@@ -1837,7 +1837,7 @@ queue_due_from(const char *queue, const AtomizerClaimKey *floor,
 	bool		isnull;
 
 	due_plan = prepare_unparked(due_plans,
-								ATOMIZER_INDEXED "SELECT 1 FROM atomizer.job"
+								ATOMIZER_INDEXED "SELECT priority, run_at, id FROM atomizer.job"
 								" WHERE queue = $1 AND state = 'available'%s"
 								" AND (priority, run_at, id) >= ($2, $3, $4)"
 								" AND run_at <= now()"
@@ -1868,7 +1868,15 @@ queue_due_from(const char *queue, const AtomizerClaimKey *floor,
 	if (SPI_execute_plan(due_plan, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look at queue \"%s\"", queue);
 	if (SPI_processed > 0)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		first->priority = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		first->run_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 2, &isnull));
+		first->id = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
 		return true;
+	}
 	if (SPI_execute_plan(next_plan, args, NULL, true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not look at queue \"%s\"", queue);
 	if (SPI_processed == 1)
@@ -1894,6 +1902,7 @@ bool
 atomizer_queue_due(const char *queue, TimestampTz *next)
 {
 	AtomizerClaimKey floor;
+	AtomizerClaimKey first;
 	StoreCall	call;
 	bool		due;
 
@@ -1903,13 +1912,23 @@ atomizer_queue_due(const char *queue, TimestampTz *next)
 	if (!atomizer_lookup_queue(queue, &q))
 		memset(&q, 0, sizeof(q));
 	store_begin(&call);
-	due = queue_due_from(queue, &floor, next);
-	if (!due && atomizer_floor_recheck(MyDatabaseId, queue) &&
-		queue_due_from(queue, &atomizer_key_min, next))
+	due = queue_due_from(queue, &floor, next, &first);
+	if (!due && atomizer_floor_recheck(MyDatabaseId, queue))
 	{
-		/* a job below the floor, written where no callback saw it */
-		atomizer_floor_lower(MyDatabaseId, queue, NULL);
-		due = true;
+		TimestampTz started = GetCurrentTimestamp();
+
+		if (queue_due_from(queue, &atomizer_key_min, next, &first))
+		{
+			/*
+			 * A due job below the floor, written where no callback saw it
+			 * (or locked by a claim in progress): lower the floor to it.
+			 * Lowering never hides a job, so any below it still waiting
+			 * (delayed ones) are found by a later look.
+			 */
+			atomizer_floor_lower(MyDatabaseId, queue, &first);
+			due = true;
+		}
+		atomizer_floor_rechecked(MyDatabaseId, queue, started);
 	}
 	if (!due && q.handler_limits)
 		due = atomizer_limits_held_with_room(queue, q.external);

@@ -214,10 +214,13 @@ claim(int want, AtomizerJob **jobs, AtomizerClaimKey *new_floor, uint64 *gen)
 	PopActiveSnapshot();
 	if (n == 0 && atomizer_floor_recheck(MyDatabaseId, my_queue))
 	{
+		TimestampTz started = GetCurrentTimestamp();
+
 		floor = atomizer_key_min;
 		PushActiveSnapshot(GetTransactionSnapshot());
 		n = atomizer_store_claim(&spec, jobs);
 		PopActiveSnapshot();
+		atomizer_floor_rechecked(MyDatabaseId, my_queue, started);
 	}
 	return n;
 }
