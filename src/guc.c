@@ -36,7 +36,7 @@ int			atomizer_poll_interval = 10000;
 int			atomizer_worker_idle_timeout = 60000;
 
 /* Outcomes after which the scheduler vacuums atomizer.job (0: never). */
-int			atomizer_vacuum_after_jobs = 50000;
+int			atomizer_vacuum_after_jobs = 20000;
 int			atomizer_cron_lookahead = 2000;
 
 /* atomizer.log_failures: which failures get a line in the server log */
@@ -105,9 +105,9 @@ atomizer_guc_init(void)
 
 	DefineCustomIntVariable("atomizer.vacuum_after_jobs",
 							"Jobs finished (or attempts failed) in a database after which its scheduler vacuums atomizer.job.",
-							"At most every 5 s and a twentieth of the scheduler's time; 0 leaves the table to autovacuum alone.",
+							"At most every half second and a tenth of the scheduler's time; 0 leaves the table to autovacuum alone.",
 							&atomizer_vacuum_after_jobs,
-							50000, 0, INT_MAX,
+							20000, 0, INT_MAX,
 							PGC_SIGHUP,
 							0,
 							NULL, NULL, NULL);

@@ -694,7 +694,7 @@ static SchedulerDuty duties[NUM_DUTIES] = {
  * atomizer.vacuum_after_jobs outcomes, at most this often, and never sooner
  * than VACUUM_COST_FACTOR times the last one's duration after it.
  */
-#define VACUUM_MIN_MS		1000
+#define VACUUM_MIN_MS		500
 #define VACUUM_COST_FACTOR	10
 /* and the scheduler, while jobs finish, looks again at most this often */
 #define VACUUM_POLL_MS		250

@@ -124,7 +124,7 @@ is($node->safe_psql('postgres',
 	q{SELECT pid FROM pg_stat_activity WHERE backend_type = 'atomizer scheduler'}),
 	$scheduler, 'in the same scheduler process');
 # while jobs keep finishing, the vacuums follow their pace (every 200
-# outcomes here, at most once a second), not the scheduler's other passes:
+# outcomes here, at most every half second), not the scheduler's other passes:
 # 2,000 jobs enqueued at about 200 a second for 10 s get several vacuums
 $vacuums = $node->safe_psql('postgres',
 	q{SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = 'atomizer.job'::regclass});
