@@ -110,6 +110,10 @@ prepare_unparked(SPIPlanPtr *plans, const char *fmt, int nargs, Oid *types,
 static const char *const KEEP_DEPENDED[2] = {"",
 	" AND NOT EXISTS (SELECT 1 FROM atomizer.job_dependency x"
 	" JOIN atomizer.job c ON c.id = x.job_id WHERE x.depends_on = h.id)"};
+/* the same, for pruning's candidates p: a probe per candidate */
+static const char *const PRUNE_KEEP_DEPENDED[2] = {"",
+	" WHERE NOT EXISTS (SELECT 1 FROM atomizer.job_dependency x"
+	" JOIN atomizer.job c ON c.id = x.job_id WHERE x.depends_on = p.id OFFSET 0)"};
 static const char *const DROP_EDGES[2] = {"",
 	", f AS (DELETE FROM atomizer.job_dependency x USING d WHERE x.job_id = d.id)"};
 
@@ -2979,18 +2983,29 @@ atomizer_store_prune(int limit)
 	bool		isnull;
 	int64		count;
 
+	/*
+	 * One read of the history, as far as it takes to find limit jobs, and
+	 * a probe of the primary key per job deleted, whatever the statistics
+	 * say when the plan is made: planned while the history looked empty
+	 * (after a purge and a vacuum), the plain statement became a nested
+	 * loop that read the whole history again for every row (a pass over
+	 * 10,000,000 rows took about ten minutes, and the scheduler started no
+	 * worker meanwhile).  The OFFSET 0s keep the dependency test a probe
+	 * per candidate, after the retention test.
+	 */
 	store_begin(&call);
 	if (plans[gen] == NULL)
 		atomizer_prepare(&plans[gen],
-					 psprintf("WITH d AS (DELETE FROM atomizer.job_history h"
-							  " WHERE h.id IN (SELECT h.id FROM atomizer.job_history h"
+					 psprintf(ATOMIZER_INDEXED "WITH d AS (DELETE FROM atomizer.job_history h"
+							  " WHERE h.id = ANY (ARRAY(SELECT p.id FROM"
+							  " (SELECT h.id FROM atomizer.job_history h"
 							  "  JOIN atomizer.queue q ON q.name = h.queue"
 							  "  WHERE h.state <> 'dead'"
-							  "  AND h.finished_at < now() - q.retention%s LIMIT $1)"
-							  " RETURNING h.id), "
+							  "  AND h.finished_at < now() - q.retention OFFSET 0) p%s"
+							  " LIMIT $1)) RETURNING h.id), "
 							  "e AS (DELETE FROM atomizer.job_error e USING d"
 							  " WHERE e.job_id = d.id)%s "
-							  "SELECT count(*) FROM d", KEEP_DEPENDED[gen],
+							  "SELECT count(*) FROM d", PRUNE_KEEP_DEPENDED[gen],
 							  DROP_EDGES[gen]), 1, types);
 	count = DatumGetInt64(run_one(plans[gen], &arg, NULL, false, SPI_OK_SELECT,
 								  "prune finished jobs", 1, &isnull));

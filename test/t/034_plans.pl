@@ -71,5 +71,40 @@ like($node->safe_psql('postgres', q{
 	EXPLAIN SELECT id FROM atomizer.job;
 }), qr/rows=1 width=8\)\s*$/, 'other statements are planned as usual');
 
+# the scheduler's pruning (atomizer_store_prune), planned while the history
+# looks empty (vacuumed with no row): one read of the history until enough
+# candidates, a probe per candidate for its dependants, the delete by
+# primary key.  Unmarked and written as a join, its plan read the whole
+# history again for each row (a pass over 10,000,000 rows took minutes).
+$node->safe_psql('postgres', 'VACUUM atomizer.job_history');
+is($node->safe_psql('postgres',
+	q{SELECT reltuples FROM pg_class WHERE oid = 'atomizer.job_history'::regclass}),
+	'0', 'atomizer.job_history looks empty');
+my $prune = $node->safe_psql('postgres', q{
+	LOAD 'atomizer';
+	SET plan_cache_mode = force_generic_plan;
+	/* atomizer: indexed */ PREPARE prune(int) AS
+	WITH d AS (DELETE FROM atomizer.job_history h
+	  WHERE h.id = ANY (ARRAY(SELECT p.id FROM
+	   (SELECT h.id FROM atomizer.job_history h
+	     JOIN atomizer.queue q ON q.name = h.queue
+	     WHERE h.state <> 'dead'
+	     AND h.finished_at < now() - q.retention OFFSET 0) p
+	   WHERE NOT EXISTS (SELECT 1 FROM atomizer.job_dependency x
+	     JOIN atomizer.job c ON c.id = x.job_id WHERE x.depends_on = p.id OFFSET 0)
+	   LIMIT $1)) RETURNING h.id),
+	e AS (DELETE FROM atomizer.job_error e USING d WHERE e.job_id = d.id),
+	f AS (DELETE FROM atomizer.job_dependency x USING d WHERE x.job_id = d.id)
+	SELECT count(*) FROM d;
+	EXPLAIN (COSTS OFF) EXECUTE prune(10000);
+});
+my @history_scans = $prune =~ /(Seq Scan on job_history|Recheck Cond: \((?!id = ANY))/g;
+is(scalar @history_scans, 1, 'pruning reads the history once') or diag($prune);
+like($prune, qr/job_history_pkey\n?\s+Index Cond: \(id = ANY|Index Cond: \(id = ANY \(\$\d+\)\)/,
+	'... deletes by primary key');
+like($prune, qr/SubPlan \d+\n(.*\n)*?\s+->  Index Scan using job_dependency_depends_on_idx on job_dependency x\n\s+Index Cond: \(depends_on = p\.id\)/,
+	'... and probes the dependencies per candidate');
+unlike($prune, qr/Seq Scan on job c\b/, '... never reading the job table');
+
 $node->stop;
 done_testing();
