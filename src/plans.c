@@ -25,8 +25,13 @@
  *	  batch, the others find their rows through an index, one probe per id.
  *	  That is also the plan for a big table.  So while such a statement is
  *	  planned, a relation of atomizer's schema that looks smaller than
- *	  MIN_TUPLES rows is taken to hold that many (its indexes too).  Any
- *	  other statement, the handlers' included, is planned as usual.
+ *	  MIN_TUPLES rows is taken to hold that many (its indexes too), and
+ *	  bitmap scans are off: the statistics may say that no job waits (an
+ *	  ANALYZE while every job was running), and the claim then became a
+ *	  bitmap scan of every entry from the floor on, sorted, for each batch
+ *	  (behind a transaction held open, drains fell to 3,200 jobs/s until
+ *	  the next ANALYZE).  Any other statement, the handlers' included, is
+ *	  planned as usual.
  *
  *	  src/plans.c
  *
@@ -36,6 +41,7 @@
 
 #include "catalog/namespace.h"
 #include "nodes/pathnodes.h"
+#include "optimizer/cost.h"
 #include "optimizer/plancat.h"
 #include "optimizer/planner.h"
 #include "utils/lsyscache.h"
@@ -52,6 +58,8 @@ static get_relation_info_hook_type prev_get_relation_info_hook = NULL;
 /* Planning a marked statement; and atomizer's schema, looked up then. */
 static int	marked_depth = 0;
 static Oid	marked_schema = InvalidOid;
+/* enable_bitmapscan as it was outside the outermost marked statement */
+static bool user_bitmapscan = true;
 
 /* The planner this hook was installed over. */
 static inline PlannedStmt *
@@ -71,6 +79,7 @@ atomizer_planner(Query *parse, const char *query_string, int cursorOptions,
 		strncmp(query_string, ATOMIZER_INDEXED, sizeof(ATOMIZER_INDEXED) - 1) == 0;
 	int			depth = marked_depth;
 	Oid			schema = marked_schema;
+	bool		bitmapscan = enable_bitmapscan;
 	PlannedStmt *result;
 
 	/* the common case, every other statement of the server: nothing to undo */
@@ -79,11 +88,17 @@ atomizer_planner(Query *parse, const char *query_string, int cursorOptions,
 
 	if (marked)
 	{
+		if (marked_depth == 0)
+			user_bitmapscan = enable_bitmapscan;
 		marked_schema = get_namespace_oid(ATOMIZER_SCHEMA, true);
 		marked_depth++;
+		enable_bitmapscan = false;
 	}
 	else
+	{
 		marked_depth = 0;		/* a statement planned inside is planned as usual */
+		enable_bitmapscan = user_bitmapscan;
+	}
 	PG_TRY();
 	{
 		result = next_planner(parse, query_string, cursorOptions, boundParams);
@@ -92,6 +107,7 @@ atomizer_planner(Query *parse, const char *query_string, int cursorOptions,
 	{
 		marked_depth = depth;
 		marked_schema = schema;
+		enable_bitmapscan = bitmapscan;
 	}
 	PG_END_TRY();
 	return result;
