@@ -107,13 +107,13 @@ prepare_unparked(SPIPlanPtr *plans, const char *fmt, int nargs, Oid *types,
  * Purge and prune keep a finished job while an unfinished job depends on it
  * (its dependencies() read it), and take a purged job's own edges along.
  */
-static const char *const KEEP_DEPENDED[2] = {"",
-	" AND NOT EXISTS (SELECT 1 FROM atomizer.job_dependency x"
-	" JOIN atomizer.job c ON c.id = x.job_id WHERE x.depends_on = h.id)"};
+#define DEPENDED_ON(alias) \
+	"EXISTS (SELECT 1 FROM atomizer.job_dependency x" \
+	" JOIN atomizer.job c ON c.id = x.job_id WHERE x.depends_on = " alias ".id"
+static const char *const KEEP_DEPENDED[2] = {"", " AND NOT " DEPENDED_ON("h") ")"};
 /* the same, for pruning's candidates p: a probe per candidate */
 static const char *const PRUNE_KEEP_DEPENDED[2] = {"",
-	" WHERE NOT EXISTS (SELECT 1 FROM atomizer.job_dependency x"
-	" JOIN atomizer.job c ON c.id = x.job_id WHERE x.depends_on = p.id OFFSET 0)"};
+	" WHERE NOT " DEPENDED_ON("p") " OFFSET 0)"};
 static const char *const DROP_EDGES[2] = {"",
 	", f AS (DELETE FROM atomizer.job_dependency x USING d WHERE x.job_id = d.id)"};
 
