@@ -3,7 +3,8 @@
 # in ../shared/vendor beside the clone (or $PG_TARBALL) into a cache directory outside the
 # clone, /var/cache/atomizer/pgVERSION (or $PG_CACHE_DIR), together with what
 # the test suites need from a source tree: pg_regress, the isolation tester,
-# the perl TAP modules and the contrib modules the tests load (amcheck).
+# the perl TAP modules and the contrib modules the tests load (amcheck,
+# pageinspect, pg_stat_statements, auto_explain).
 #
 # Prints the path of the installed pg_config on its last line.  Does nothing
 # but print it when the cache already holds a complete build, so a machine
@@ -23,7 +24,9 @@ fi
 PREFIX=${PG_CACHE_DIR:-/var/cache/atomizer}/pg$VERSION
 STAMP=$PREFIX/.atomizer-complete
 
-if [ -e "$STAMP" ] && [ -x "$PREFIX/bin/pg_config" ]; then
+# (a cache built before auto_explain was in the list is built again)
+if [ -e "$STAMP" ] && [ -x "$PREFIX/bin/pg_config" ] &&
+	[ -e "$("$PREFIX/bin/pg_config" --pkglibdir)/auto_explain.so" ]; then
 	echo "$PREFIX/bin/pg_config"
 	exit 0
 fi
@@ -71,6 +74,7 @@ mkdir -p "$PREFIX"
 	make -s -C contrib/amcheck install
 	make -s -C contrib/pageinspect install
 	make -s -C contrib/pg_stat_statements install
+	make -s -C contrib/auto_explain install
 ) >"$build/build.log" 2>&1 || {
 	echo "build-pg: error: the build failed; last lines of the log:" >&2
 	tail -n 40 "$build/build.log" >&2

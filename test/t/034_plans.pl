@@ -125,23 +125,24 @@ is($node->safe_psql('postgres', q{
 	'{running}', 'the statistics say every job is running');
 SKIP:
 {
-	# (a server built from source without contrib has no auto_explain)
+	# (test/build-pg.sh installs auto_explain; a server built from
+	# source without contrib has none)
 	skip 'auto_explain is not installed', 4
 	  unless -e $node->config_data('--pkglibdir') . '/auto_explain.so';
-my ($rc, $out, $claim) = $node->psql('postgres', q{
-	LOAD 'auto_explain';
-	SET auto_explain.log_min_duration = 0;
-	SET auto_explain.log_nested_statements = on;
-	SET auto_explain.log_level = notice;
-	SET client_min_messages = notice;
-	SELECT count(*) FROM atomizer.claim('ext', 64);
-});
-is($rc, 0, 'claim() ran');
-like($claim, qr/FOR UPDATE SKIP LOCKED/, 'auto_explain showed the claim\'s statement')
-	or diag($claim);
-like($claim, qr/Index Scan using job_claim_idx on job/, 'the claim reads the claim index')
-	or diag($claim);
-unlike($claim, qr/Bitmap|Sort/, '... in claim order, with no bitmap scan and no sort');
+	my ($rc, $out, $claim) = $node->psql('postgres', q{
+		LOAD 'auto_explain';
+		SET auto_explain.log_min_duration = 0;
+		SET auto_explain.log_nested_statements = on;
+		SET auto_explain.log_level = notice;
+		SET client_min_messages = notice;
+		SELECT count(*) FROM atomizer.claim('ext', 64);
+	});
+	is($rc, 0, 'claim() ran');
+	like($claim, qr/FOR UPDATE SKIP LOCKED/, 'auto_explain showed the claim\'s statement')
+		or diag($claim);
+	like($claim, qr/Index Scan using job_claim_idx on job/, 'the claim reads the claim index')
+		or diag($claim);
+	unlike($claim, qr/Bitmap|Sort/, '... in claim order, with no bitmap scan and no sort');
 }
 # and the session's own statements may still use bitmap scans
 like($node->safe_psql('postgres', q{
