@@ -6,10 +6,11 @@
 --
 --   one_job   one table, vacuumed (today's job store);
 --   rot_job   the same columns, list-partitioned by "gen" into three
---             partitions; enqueues go to the current one, and rot_rotate()
---             switches to the next partition every rot_every jobs, moves
---             the waiting rows left in the others to the current one and
---             truncates a partition once nothing is left in it.
+--             partitions; enqueues go to the current one, and rotate()
+--             moves the oldest partition's waiting rows to the current
+--             one, truncates it once nothing is left in it, and makes it
+--             the current one when the current one has had
+--             rot_state.every jobs.
 --
 -- This is a measurement of the design, not a part of atomizer.
 
