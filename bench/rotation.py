@@ -78,7 +78,7 @@ class Run:
         cur.execute("TRUNCATE rot.history, rot.one_job, rot.rot_job")
         cur.execute("UPDATE rot.rot_state SET cur = 0, since_id ="
                     " (SELECT last_value FROM rot.rot_job_id_seq), every = %s,"
-                    " rotations = 0, truncations = 0, moved = 0, busy = 0", (a.every,))
+                    " rotations = 0, truncations = 0, moved = 0, busy = 0, lock_ms_max = 0, lock_ms_sum = 0", (a.every,))
         cur.execute("VACUUM ANALYZE rot.one_job, rot.rot_job, rot.history")
         cur.execute("CHECKPOINT")
         holder = None
@@ -116,15 +116,19 @@ class Run:
         hist = q1(cur, "SELECT count(*) FROM rot.history")[0]
         if hist != done:
             raise SystemExit("rotation: %d history rows, expected %d" % (hist, done))
-        state = q1(cur, "SELECT rotations, truncations, moved, busy FROM rot.rot_state")
+        state = q1(cur, "SELECT rotations, truncations, moved, busy, lock_ms_max, lock_ms_sum"
+                       " FROM rot.rot_state")
         r = dict(table=self.tab, hold=self.hold, jobs=done, per_s=done / wall,
                  chunks=[round(c) for c in chunks], ratio=chunks[-1] / chunks[0],
                  size_mb=size / 1e6, rotations=state[0], truncations=state[1],
-                 moved=state[2], busy=state[3])
+                 moved=state[2], busy=state[3], lock_ms_max=state[4],
+                 lock_ms_mean=state[5] / state[1] if state[1] else 0)
         print("%-3s %-6s %d jobs, %.0f jobs/s, last/first %.2f, table %.1f MB;"
-              " rotations %d, truncations %d (lock busy %d), rows moved %d; chunks %s"
+              " rotations %d, truncations %d (lock busy %d; held %.1f ms mean, %.1f max),"
+              " rows moved %d; chunks %s"
               % (self.tab, "held" if self.hold else "normal", done, r["per_s"], r["ratio"],
-                 r["size_mb"], r["rotations"], r["truncations"], r["busy"], r["moved"],
+                 r["size_mb"], r["rotations"], r["truncations"], r["busy"], r["lock_ms_mean"],
+                 r["lock_ms_max"], r["moved"],
                  r["chunks"]), flush=True)
         return r
 

@@ -74,7 +74,9 @@ CREATE TABLE rot_state (
 	rotations	bigint NOT NULL DEFAULT 0,
 	truncations bigint NOT NULL DEFAULT 0,
 	moved		bigint NOT NULL DEFAULT 0,
-	busy		bigint NOT NULL DEFAULT 0
+	busy		bigint NOT NULL DEFAULT 0,
+	lock_ms_max float8 NOT NULL DEFAULT 0,	-- the longest the truncation's lock was held
+	lock_ms_sum float8 NOT NULL DEFAULT 0
 );
 INSERT INTO rot_state VALUES (0, 0, 50000);
 
@@ -149,6 +151,8 @@ DECLARE
 	s rot.rot_state;
 	oldest int;
 	n bigint;
+	t0 timestamptz;
+	ms float8;
 BEGIN
 	SELECT * INTO s FROM rot.rot_state;
 	-- three partitions: the current one, the previous one (its jobs drain
@@ -181,9 +185,12 @@ BEGIN
 		BEGIN
 			SET LOCAL lock_timeout = '20ms';
 			EXECUTE format('LOCK TABLE rot.rot_job_%s IN ACCESS EXCLUSIVE MODE', oldest);
+			t0 := clock_timestamp();
 			IF NOT EXISTS (SELECT FROM rot.rot_job WHERE gen = oldest) THEN
 				EXECUTE format('TRUNCATE rot.rot_job_%s', oldest);
-				UPDATE rot.rot_state SET truncations = truncations + 1;
+				ms := 1000 * extract(epoch FROM clock_timestamp() - t0);
+				UPDATE rot.rot_state SET truncations = truncations + 1,
+				       lock_ms_max = greatest(lock_ms_max, ms), lock_ms_sum = lock_ms_sum + ms;
 			END IF;
 		EXCEPTION WHEN lock_not_available THEN
 			UPDATE rot.rot_state SET busy = busy + 1;
