@@ -16,18 +16,7 @@ import json
 import threading
 import time
 
-import psycopg2
-
-
-def connect(a):
-    c = psycopg2.connect(host=a.host, port=a.port, dbname=a.db, user="postgres")
-    c.autocommit = True
-    return c
-
-
-def q1(cur, sql, args=None):
-    cur.execute(sql, args)
-    return cur.fetchone()
+from drain import connect, q1  # (bench/drain.py)
 
 
 class Run:

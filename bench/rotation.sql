@@ -45,25 +45,16 @@ CREATE TABLE one_job (
 CREATE INDEX one_job_claim_idx ON one_job (queue, priority, run_at, id);
 
 -- the rotating one
-CREATE SEQUENCE rot_job_id_seq;
 CREATE TABLE rot_job (
-	id			bigint NOT NULL DEFAULT nextval('rot_job_id_seq'),
 	gen			int NOT NULL,
-	queue		text NOT NULL,
-	handler		text NOT NULL,
-	payload		jsonb NOT NULL,
-	state		text NOT NULL DEFAULT 'available',
-	priority	int NOT NULL DEFAULT 0,
-	run_at		timestamptz NOT NULL DEFAULT now(),
-	attempt		int NOT NULL DEFAULT 0,
-	owner		name NOT NULL DEFAULT current_user,
-	created_at	timestamptz NOT NULL DEFAULT now(),
-	started_at	timestamptz,
+	LIKE one_job INCLUDING DEFAULTS,		-- (not its identity)
 	PRIMARY KEY (id, gen)
 ) PARTITION BY LIST (gen);
 CREATE TABLE rot_job_0 PARTITION OF rot_job FOR VALUES IN (0) WITH (fillfactor = 50);
 CREATE TABLE rot_job_1 PARTITION OF rot_job FOR VALUES IN (1) WITH (fillfactor = 50);
 CREATE TABLE rot_job_2 PARTITION OF rot_job FOR VALUES IN (2) WITH (fillfactor = 50);
+CREATE SEQUENCE rot_job_id_seq OWNED BY rot_job.id;
+ALTER TABLE rot_job ALTER id SET DEFAULT nextval('rot_job_id_seq');
 CREATE INDEX rot_job_claim_idx ON rot_job (queue, priority, run_at, id);
 
 -- the current partition, and the id at which it became current
@@ -172,7 +163,8 @@ BEGIN
 		           FOR UPDATE SKIP LOCKED) x
 		 WHERE j.gen = oldest AND j.id = x.id
 		RETURNING j.*)
-	INSERT INTO rot.rot_job
+	INSERT INTO rot.rot_job (id, gen, queue, handler, payload, state, priority, run_at,
+	                         attempt, owner, created_at, started_at)
 	SELECT id, s.cur, queue, handler, payload, state, priority, run_at, attempt, owner,
 	       created_at, started_at FROM m;
 	GET DIAGNOSTICS n = ROW_COUNT;
